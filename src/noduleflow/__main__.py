@@ -1,0 +1,3 @@
+from noduleflow.cli import main
+
+main()
