@@ -60,6 +60,25 @@ def synth(
 
 
 @app.command()
+def prepare(
+    data: Path = typer.Argument(..., help="LUNA16-layout folder (subsetN/*.mhd), e.g. the output of `noduleflow synth`."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Cache folder; default DATA/.noduleflow-cache."),
+    spacing: Optional[str] = typer.Option(None, "--spacing", help="Resample every scan to X,Y,Z mm, e.g. 0.7,0.7,1.25; default: keep each scan's spacing."),
+    workers: int = typer.Option(0, "--workers", "-j", help="Scans built in parallel processes; 0 = one per CPU core (at most 8)."),
+    verify: bool = typer.Option(False, "--verify", help="Re-hash cached entries instead of trusting their sizes (reads them in full)."),
+) -> None:
+    """Read each scan once into a memory-mapped cache (int16 HU + lung mask) for fast training.
+
+    Resumes an interrupted run; rebuilds entries that are partial, corrupt or stale.
+    Example: noduleflow prepare data/synth --workers 4
+    """
+    from noduleflow.data.prepare_cache import parse_spacing, prepare as prepare_cache
+
+    summary = prepare_cache(data, cache=cache, spacing_xyz=parse_spacing(spacing), workers=workers, verify=verify)
+    typer.echo(summary.describe())
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the demo's data and results."),
     scans: int = typer.Option(6, "--scans", help="Number of synthetic scans to generate."),
