@@ -1,0 +1,101 @@
+"""Random augmentation as torch ops, applied after the cache to samples or whole batches.
+
+Flips are exact (`torch.flip`); rotation, zoom and shift are folded into one affine resample with
+`affine_grid` / `grid_sample`, which pads with air rather than with 0 (= water after scaling).
+A segmentation mask gets the same geometric transform (nearest neighbour) and no noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random flips, in-plane rotation, zoom, shift and HU noise for (C, *spatial) or (B, C, *spatial) tensors.
+
+    spatial_dims: 3 for (D, H, W) = (I, R, C) patches, 2 for (H, W) slices.
+    flip_axes: spatial axes (0 = first spatial axis) each flipped with probability 1/2; None: all.
+    rotate_deg: rotation about the slice axis I (within the R-C plane) by up to +-rotate_deg degrees:
+        in-plane, because CT voxels are often coarser along I.
+    scale: zoom by a factor in [1 - scale, 1 + scale]. offset_vox: shift by up to +-offset_vox voxels per axis.
+    noise_hu: standard deviation of added Gaussian noise in HU (inputs are HU / 1000, see `hu_to_unit`).
+    pad: value shown where the transform looks outside the input (-1 = air after scaling).
+    """
+
+    spatial_dims: int = 3
+    flip_axes: tuple[int, ...] | None = None
+    rotate_deg: float = 0.0
+    scale: float = 0.0
+    offset_vox: float = 0.0
+    noise_hu: float = 0.0
+    pad: float = -1.0
+
+    def __post_init__(self) -> None:
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        axes = tuple(range(self.spatial_dims)) if self.flip_axes is None else tuple(self.flip_axes)
+        if any(a not in range(self.spatial_dims) for a in axes):
+            raise ValueError(f"flip_axes {axes} must lie in 0..{self.spatial_dims - 1}")
+        if min(self.rotate_deg, self.scale, self.offset_vox, self.noise_hu) < 0 or self.scale >= 1:
+            raise ValueError("rotate_deg, offset_vox and noise_hu must be >= 0, and scale in [0, 1)")
+        object.__setattr__(self, "flip_axes", axes)
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor | None = None, generator: torch.Generator | None = None):
+        """Augment one sample (C, *spatial) or a batch (B, C, *spatial); returns image or (image, mask).
+
+        Random numbers come from `generator`, else from torch's global RNG (seeded per worker).
+        """
+        batched = image.dim() == self.spatial_dims + 2
+        if not batched and image.dim() != self.spatial_dims + 1:
+            raise ValueError(f"expected (C, *spatial) or (B, C, *spatial) with {self.spatial_dims} spatial dims, got {tuple(image.shape)}")
+        x = image if batched else image[None]
+        m = None if mask is None else (mask if batched else mask[None])
+        x, m = self.batch(x, m, generator)
+        if not batched:
+            x, m = x[0], None if m is None else m[0]
+        return x if mask is None else (x, m)
+
+    def batch(self, x: torch.Tensor, mask: torch.Tensor | None = None, generator: torch.Generator | None = None):
+        """(B, C, *spatial) -> (image, mask or None), each sample with its own random transform."""
+        b, s = x.shape[0], self.spatial_dims
+        flips = torch.rand(b, s, generator=generator) < 0.5                         # (B, S)
+        flips[:, [a for a in range(s) if a not in self.flip_axes]] = False
+        if self.rotate_deg or self.scale or self.offset_vox:
+            theta = self._theta(x.shape[2:], flips, generator).to(x)                 # (B, S, S + 1)
+            x, mask = _resample(x, theta, self.pad, "bilinear"), None if mask is None else \
+                _resample(mask.float(), theta, 0.0, "nearest").to(mask.dtype)
+        else:
+            for a in range(s):
+                f = flips[:, a].view(-1, *[1] * (x.dim() - 1)).to(x.device)          # (B, 1, ...)
+                x = torch.where(f, x.flip(2 + a), x)
+                if mask is not None:
+                    mask = torch.where(f, mask.flip(2 + a), mask)
+        if self.noise_hu:
+            x = x + torch.randn(x.shape, generator=generator).to(x) * (self.noise_hu / 1000.0)
+        return x, mask
+
+    def _theta(self, spatial: torch.Size, flips: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """(B, S, S + 1) affine matrices in affine_grid's (x, y[, z]) = (W, H[, D]) axis order."""
+        b, s = flips.shape[0], self.spatial_dims
+        u = lambda *shape: torch.rand(*shape, generator=generator, dtype=torch.float64) * 2 - 1  # noqa: E731, U(-1, 1)
+        angle = u(b) * math.radians(self.rotate_deg)
+        zoom = 1 + u(b) * self.scale
+        theta = torch.zeros(b, s, s + 1, dtype=torch.float64)
+        theta[:, :s, :s] = torch.eye(s, dtype=torch.float64)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos  # in the W-H plane
+        sign = torch.where(flips.flip(1), -1.0, 1.0).double()                         # (B, S) in W, H, D order
+        theta[:, :, :s] = theta[:, :, :s] * sign[:, None, :] / zoom[:, None, None]
+        size = torch.tensor(list(spatial)[::-1], dtype=torch.float64)                 # (S,) W, H, D voxels
+        theta[:, :, s] = u(b, s) * self.offset_vox * 2 / size                          # voxels -> [-1, 1] units
+        return theta.float()
+
+
+def _resample(x: torch.Tensor, theta: torch.Tensor, pad: float, mode: str) -> torch.Tensor:
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x - pad, grid, mode=mode, padding_mode="zeros", align_corners=False) + pad

@@ -1,0 +1,154 @@
+"""Classification datasets on the scan cache: candidate patches (nodule or not) and malignancy.
+
+A sample is `(patch, label, index)`: patch (1, D, H, W) float32, HU clipped to [-1000, 1000] and
+scaled to [-1, 1]; label int64; index int64 into `dataset.records` (series UID, world centre, ...).
+Patches are cut from the read-only memmaps of the cache, which each process opens on first use
+and keeps open; nothing but the patch's own voxels is read, so a DataLoader worker costs little
+memory and the page cache is shared by all of them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from noduleflow.data.cache import CachedScan, LungMask, ScanCache
+from noduleflow.data.luna16 import Candidate, Nodule
+from noduleflow.data.patches import crop, crop_mm, hu_to_unit
+
+DEFAULT_PATCH = (32, 48, 48)
+"""Patch size in voxels (I, R, C), as in "Deep Learning with PyTorch" ch. 11."""
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class OpenScans:
+    """Cache entries opened on first use and kept open, per process.
+
+    Pickling (to a DataLoader worker) drops the open memmaps, so each worker opens its own; a
+    handful of lung masks is kept in a small LRU.
+    """
+
+    def __init__(self, cache: ScanCache, masks_kept: int = 16):
+        self.cache, self.masks_kept = cache, masks_kept
+        self._scans: dict[str, CachedScan] = {}
+        self._masks: OrderedDict[str, LungMask] = OrderedDict()
+
+    def __getstate__(self) -> dict:
+        return {"cache": self.cache, "masks_kept": self.masks_kept, "_scans": {}, "_masks": OrderedDict()}
+
+    def __call__(self, series_uid: str) -> CachedScan:
+        scan = self._scans.get(series_uid)
+        if scan is None:
+            scan = self._scans[series_uid] = self.cache.open(series_uid)
+        return scan
+
+    def lung_mask(self, series_uid: str) -> LungMask:
+        mask = self._masks.pop(series_uid, None) or self(series_uid).lung_mask()
+        self._masks[series_uid] = mask
+        while len(self._masks) > self.masks_kept:
+            self._masks.popitem(last=False)
+        return mask
+
+
+def locate(scans: OpenScans, records: Sequence[Candidate | Nodule], what: str) -> tuple[np.ndarray, np.ndarray]:
+    """World centres -> ((N, 3) float voxel centres, (N,) bool inside the volume).
+
+    Records outside their volume are counted and warned about once: a patch there would be all
+    padding, and such rows usually mean a CSV that belongs to other scans.
+    """
+    centers = np.zeros((len(records), 3), dtype=np.float64)
+    inside = np.zeros(len(records), dtype=bool)
+    by_series: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        by_series.setdefault(record.series_uid, []).append(i)
+    for uid, rows in by_series.items():
+        scan = scans(uid)
+        centers[rows] = scan.xyz_to_irc([records[i].center_xyz for i in rows], rounded=False)
+        rounded = np.floor(centers[rows] + 0.5)
+        inside[rows] = np.all((rounded >= 0) & (rounded < scan.shape), axis=1)
+    if not inside.all():
+        warnings.warn(f"skipped {int((~inside).sum())} {what} whose centre lies outside its scan's volume "
+                      "(check that the CSV belongs to these scans)", stacklevel=3)
+    return centers, inside
+
+
+class PatchDataset(Dataset):
+    """Fixed-size patches around world points, each with an integer label.
+
+    size: patch voxels (D, H, W) along (I, R, C). size_mm: when given, the patch spans these mm
+    (I, R, C order) whatever the scan's spacing and is resampled to `size` voxels.
+    transform: applied to each (1, D, H, W) tensor (e.g. `noduleflow.data.augment.RandomAffine`).
+    """
+
+    def __init__(self, cache: ScanCache, records: Sequence[Candidate | Nodule], labels: Sequence[int], *,
+                 size: Sequence[int] = DEFAULT_PATCH, size_mm: Sequence[float] | None = None,
+                 transform: Transform | None = None, what: str = "records"):
+        if len(records) != len(labels):
+            raise ValueError(f"{len(records)} records but {len(labels)} labels")
+        if len(size) != 3 or min(size) < 1:
+            raise ValueError(f"size must be three positive voxel counts (D, H, W), got {tuple(size)}")
+        self.scans = OpenScans(cache)
+        self.size = tuple(int(s) for s in size)
+        self.size_mm = None if size_mm is None else tuple(float(s) for s in size_mm)
+        self.transform = transform
+        centers, inside = locate(self.scans, records, what)
+        self.records = tuple(r for r, keep in zip(records, inside) if keep)
+        self.labels = np.asarray(labels, dtype=np.int64)[inside]           # (N,)
+        self.centers_irc = centers[inside]                                  # (N, 3) fractional voxels
+        self._rounded = np.floor(self.centers_irc + 0.5).astype(np.int64)   # (N, 3)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def patch_hu(self, index: int) -> np.ndarray:
+        """The (D, H, W) patch of sample `index` in HU (int16, or float32 when resampled to mm)."""
+        scan = self.scans(self.records[index].series_uid)
+        if self.size_mm is None:
+            return crop(scan.hu, self._rounded[index], self.size)
+        return crop_mm(scan.hu, self.centers_irc[index], self.size, self.size_mm, scan.spacing_xyz[::-1])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        patch = torch.from_numpy(hu_to_unit(self.patch_hu(index)))[None]   # (1, D, H, W)
+        if self.transform is not None:
+            patch = self.transform(patch)
+        return patch, torch.tensor(self.labels[index]), torch.tensor(index)
+
+    def positives(self) -> np.ndarray:
+        """Indices with label 1."""
+        return np.flatnonzero(self.labels == 1)
+
+    def balanced_sampler(self, balance: int = 1, *, num_samples: int | None = None, seed: int = 0):
+        """A `BalancedSampler` over this dataset's labels: one positive, then `balance` negatives."""
+        from noduleflow.data.loaders import BalancedSampler
+
+        return BalancedSampler(self.labels, balance, num_samples=num_samples, seed=seed)
+
+
+class CandidatePatches(PatchDataset):
+    """LUNA16 candidates: label 1 for a nodule (class 1), 0 for everything else.
+
+    Build one per split: `CandidatePatches(cache, index.candidates_of(split.train))`. Balance
+    positives against negatives with `balanced_sampler(balance)` (or pass augmentation as
+    `transform`); see `PatchDataset` for size, size_mm and transform.
+    """
+
+    def __init__(self, cache: ScanCache, candidates: Sequence[Candidate], **kwargs):
+        super().__init__(cache, candidates, [int(c.is_nodule) for c in candidates], what="candidates", **kwargs)
+
+
+class MalignancySamples(PatchDataset):
+    """Patches centred on annotated nodules, label 1 for malignant (`mal_bool`), 0 for benign.
+
+    Nodules without malignancy information are left out (LUNA16 has it only in
+    annotations_with_malignancy.csv).
+    """
+
+    def __init__(self, cache: ScanCache, nodules: Sequence[Nodule], **kwargs):
+        known = [n for n in nodules if n.malignant is not None]
+        super().__init__(cache, known, [int(n.malignant) for n in known], what="nodules", **kwargs)

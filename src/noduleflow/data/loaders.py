@@ -1,0 +1,107 @@
+"""DataLoaders with seeded workers, and a sampler that balances positives against negatives.
+
+Determinism: `make_loader(..., seed=s)` hands the DataLoader a generator seeded with `s`, from which
+it draws the shuffle order and each worker's base seed; `_seed_worker` then seeds Python's and
+NumPy's global RNGs from it. Datasets draw their random choices from torch's global RNG, so two
+runs with the same seed and worker count give the same batches. (With workers=0 the dataset draws
+from this process's global RNG: call torch.manual_seed yourself.)
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+
+from noduleflow.errors import ConfigError
+
+
+class BalancedSampler(Sampler[int]):
+    """Indices in the order positive, `balance` negatives, positive, ... ("Deep Learning with PyTorch" ch. 12).
+
+    Each epoch (see `set_epoch`) reshuffles the positives and the negatives with (seed, epoch), so
+    a long run visits every negative while each batch holds 1 / (balance + 1) positives; positives
+    repeat as often as needed. balance=0 is a plain shuffle of all indices.
+
+    labels: (N,) 0/1. num_samples: indices per epoch over all replicas (default N).
+    num_replicas / rank: for DDP, as in DistributedSampler (read from torch.distributed when it is
+    initialised); each rank gets a contiguous block of the epoch's sequence, which keeps the ratio.
+    """
+
+    def __init__(self, labels: Sequence[int], balance: int = 1, *, num_samples: int | None = None, seed: int = 0,
+                 num_replicas: int | None = None, rank: int | None = None):
+        labels = np.asarray(labels)
+        self.positives, self.negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+        if balance < 0:
+            raise ConfigError(f"balance={balance} is negative", fix="Use 0 (no balancing) or a positive negatives-per-positive ratio.")
+        if balance and (len(self.positives) == 0 or len(self.negatives) == 0):
+            raise ConfigError(f"balance={balance} needs both labels, but there are {len(self.positives)} positives "
+                              f"and {len(self.negatives)} negatives", fix="Use balance=0, or a split holding scans with and without nodules.")
+        if num_replicas is None or rank is None:
+            dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+            num_replicas = num_replicas if num_replicas is not None else (torch.distributed.get_world_size() if dist else 1)
+            rank = rank if rank is not None else (torch.distributed.get_rank() if dist else 0)
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} must lie in [0, {num_replicas})")
+        self.balance, self.seed, self.epoch = int(balance), int(seed), 0
+        self.num_replicas, self.rank = num_replicas, rank
+        total = len(labels) if num_samples is None else int(num_samples)
+        self.per_rank = math.ceil(total / num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for `epoch` (call before iterating, as with DistributedSampler)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        slots = np.arange(self.rank * self.per_rank, (self.rank + 1) * self.per_rank)  # this rank's block
+        if self.balance == 0:
+            order = rng.permutation(np.concatenate([self.positives, self.negatives]))
+            return iter(order[slots % len(order)].tolist())
+        pos, neg = rng.permutation(self.positives), rng.permutation(self.negatives)
+        period = self.balance + 1
+        n_pos = slots // period + 1                          # positives up to and including this slot
+        is_pos = slots % period == 0
+        out = np.where(is_pos, pos[(n_pos - 1) % len(pos)], neg[(slots - n_pos) % len(neg)])
+        return iter(out.tolist())
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, workers: int = 0, shuffle: bool = False, seed: int = 0,
+                sampler: Sampler | None = None, distributed: bool = False, drop_last: bool = False,
+                pin_memory: bool | None = None, persistent_workers: bool = True, prefetch_factor: int | None = None,
+                collate_fn: Callable | None = None) -> DataLoader:
+    """A DataLoader with seeded, persistent workers.
+
+    shuffle: a new order each epoch, the same for the same seed (ignored when `sampler` is given).
+    distributed: shard with DistributedSampler (torchrun / DDP) unless `sampler` already shards
+    (BalancedSampler does); call `loader.sampler.set_epoch(epoch)` each epoch in both cases.
+    pin_memory: defaults to True when CUDA is available (faster host-to-GPU copies).
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} is not positive", fix="Use a batch size of 1 or more, e.g. 32.")
+    if workers < 0:
+        raise ConfigError(f"workers={workers} is negative", fix="Use 0 (load in this process) or a positive worker count.")
+    if sampler is None and distributed:
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
+        num_workers=workers, collate_fn=collate_fn, pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=drop_last, worker_init_fn=_seed_worker, generator=generator,
+        persistent_workers=persistent_workers and workers > 0, prefetch_factor=prefetch_factor if workers > 0 else None,
+    )
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed Python's and NumPy's global RNGs from the seed torch gave this worker (base seed + worker id)."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)

@@ -1,0 +1,283 @@
+"""The LUNA16 index: which scans lie on disk, their candidates and nodules, and splits by series.
+
+Reads a data folder in the LUNA16 layout (the real download or `noduleflow synth` output)::
+
+    subset0/<seriesuid>.mhd (+ .raw)   ... subset9/
+    annotations.csv                    seriesuid,coordX,coordY,coordZ,diameter_mm
+    candidates.csv                     seriesuid,coordX,coordY,coordZ,class   (or candidates_V2.csv)
+    annotations_with_malignancy.csv    ... + mal_bool                          (optional)
+    annotations_excluded.csv           same columns as annotations.csv         (optional)
+
+Coordinates are world millimetres ordered X, Y, Z. Rows whose series is not on disk are skipped
+with one warning per file that counts them (normal when only some subsets are downloaded).
+Splits are always by series, never by candidate: candidates of one scan are strongly correlated,
+and a scan seen in training must not score the validation set.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, NamedTuple
+
+import numpy as np
+
+from noduleflow.errors import CsvError, ScanError
+
+SCAN_SUFFIXES = (".mhd", ".mha", ".nii.gz", ".nii")
+_SUBSET = re.compile(r"^subset(\d+)$")
+_XYZ = ("coordX", "coordY", "coordZ")
+
+
+class Nodule(NamedTuple):
+    """One annotated nodule: centre in world mm (X, Y, Z), diameter in mm, malignancy if known."""
+
+    series_uid: str
+    center_xyz: tuple[float, float, float]
+    diameter_mm: float
+    malignant: bool | None = None
+
+
+class Candidate(NamedTuple):
+    """One LUNA16 candidate location.
+
+    `diameter_mm` is the matched annotation's diameter for class-1 candidates (0.0 for negatives
+    and for positives with no annotation within its radius); `malignant` comes from the same
+    annotation when `annotations_with_malignancy.csv` exists, else None.
+    """
+
+    series_uid: str
+    center_xyz: tuple[float, float, float]
+    is_nodule: bool
+    diameter_mm: float = 0.0
+    malignant: bool | None = None
+
+
+class Split(NamedTuple):
+    """Series UIDs per split; the three sets are disjoint."""
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Luna16Index:
+    """Everything known about a LUNA16-layout folder, restricted to the series present on disk.
+
+    scans:      series UID -> scan file (subsetN/<uid>.mhd).
+    folds:      series UID -> N of its subsetN folder (LUNA16's ten cross-validation folds).
+    candidates: candidates.csv joined with the annotations (see `Candidate`).
+    nodules:    annotated nodules (from annotations_with_malignancy.csv when present).
+    excluded:   annotations_excluded.csv rows (findings that count neither as hit nor as miss).
+    skipped:    CSV file name -> rows skipped because their series is not on disk.
+    """
+
+    root: Path
+    scans: dict[str, Path]
+    folds: dict[str, int]
+    candidates: tuple[Candidate, ...]
+    nodules: tuple[Nodule, ...]
+    excluded: tuple[Nodule, ...] = ()
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def series_uids(self) -> tuple[str, ...]:
+        """All series on disk, sorted."""
+        return tuple(sorted(self.scans))
+
+    def split(self, *, val_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 0) -> Split:
+        """A random split by series, the same for the same seed (see `split_series`)."""
+        return split_series(self.series_uids, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+
+    def fold_split(self, val_fold: int, test_fold: int | None = None) -> Split:
+        """LUNA16 cross-validation: subset`val_fold` validates, subset`test_fold` tests, the rest train."""
+        present = sorted(set(self.folds.values()))
+        for fold in (val_fold, test_fold):
+            if fold is not None and fold not in present:
+                raise CsvError(f"there is no subset{fold} folder with scans", path=self.root, fix=f"Pick a fold among {present}.")
+        if val_fold == test_fold:
+            raise ValueError(f"val_fold and test_fold must differ, got {val_fold} for both")
+        train, val, test = [], [], []
+        for uid in self.series_uids:
+            fold = self.folds[uid]
+            (val if fold == val_fold else test if fold == test_fold else train).append(uid)
+        return Split(tuple(train), tuple(val), tuple(test))
+
+    def candidates_of(self, series_uids: Iterable[str]) -> tuple[Candidate, ...]:
+        """The candidates whose series is in `series_uids`, in index order."""
+        keep = set(series_uids)
+        return tuple(c for c in self.candidates if c.series_uid in keep)
+
+    def nodules_of(self, series_uids: Iterable[str]) -> tuple[Nodule, ...]:
+        """The annotated nodules whose series is in `series_uids`, in index order."""
+        keep = set(series_uids)
+        return tuple(n for n in self.nodules if n.series_uid in keep)
+
+
+def find_scans(root: str | Path) -> tuple[dict[str, Path], dict[str, int]]:
+    """Scan files under `root`/subset*/ -> ({series UID: path}, {series UID: subset number})."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ScanError("is not a folder", path=root, fix="Pass the LUNA16 data folder (holding subset0/, annotations.csv, ...).")
+    scans: dict[str, Path] = {}
+    folds: dict[str, int] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and _SUBSET.match(p.name)):
+        for path in sorted(folder.iterdir()):
+            uid = _series_uid(path)
+            if uid is None:
+                continue
+            if uid in scans:
+                raise ScanError(f"series {uid} lies in two places: {scans[uid]} and {path}", path=root,
+                                fix="Keep one copy of each scan.")
+            scans[uid] = path
+            folds[uid] = int(_SUBSET.match(folder.name).group(1))  # type: ignore[union-attr]
+    return scans, folds
+
+
+def load_index(root: str | Path) -> Luna16Index:
+    """Read the CSVs of a LUNA16-layout folder and join them, keeping only the series on disk."""
+    root = Path(root)
+    scans, folds = find_scans(root)
+    if not scans:
+        raise ScanError("holds no scans under subset*/", path=root,
+                        fix="Download LUNA16 into it (subset0/ ... subset9/) or run `noduleflow synth` into it.")
+    skipped: dict[str, int] = {}
+
+    annotations = _read_nodules(_require_file(root, "annotations.csv"), scans, skipped)
+    malignancy_csv = root / "annotations_with_malignancy.csv"
+    nodules = _read_nodules(malignancy_csv, scans, skipped, malignancy=True) if malignancy_csv.exists() else annotations
+    excluded_csv = root / "annotations_excluded.csv"
+    excluded = _read_nodules(excluded_csv, scans, skipped) if excluded_csv.exists() else ()
+    candidates = _read_candidates(_candidates_csv(root), scans, nodules, skipped)
+    return Luna16Index(root, scans, folds, candidates, nodules, excluded, skipped)
+
+
+def split_series(series_uids: Iterable[str], *, val_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 0) -> Split:
+    """Shuffle the series with `seed` and cut them into train / val / test.
+
+    Deterministic: the sorted UIDs are permuted by `np.random.default_rng(seed)`, so the split does
+    not depend on the order of the input. A non-zero fraction gets at least one series whenever
+    that still leaves one for training.
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) and sum below 1")
+    uids = sorted(set(series_uids))
+    order = [uids[i] for i in np.random.default_rng(seed).permutation(len(uids))]
+    n_val, n_test = (_count(len(uids), f) for f in (val_fraction, test_fraction))
+    while n_val + n_test >= len(uids) and n_val + n_test > 0:
+        n_val, n_test = (n_val - 1, n_test) if n_val >= n_test else (n_val, n_test - 1)
+    val, test, train = order[:n_val], order[n_val:n_val + n_test], order[n_val + n_test:]
+    return Split(tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test)))
+
+
+def _count(n: int, fraction: float) -> int:
+    return 0 if fraction == 0 else max(1, round(n * fraction))
+
+
+def _series_uid(path: Path) -> str | None:
+    for suffix in SCAN_SUFFIXES:
+        if path.name.endswith(suffix) and path.is_file():
+            return path.name[: -len(suffix)]
+    return None
+
+
+def _require_file(root: Path, name: str) -> Path:
+    path = root / name
+    if not path.is_file():
+        raise CsvError("is missing", path=path, fix="Put the LUNA16 CSVs next to the subset*/ folders (or rerun `noduleflow synth`).")
+    return path
+
+
+def _candidates_csv(root: Path) -> Path:
+    for name in ("candidates.csv", "candidates_V2.csv", "candidates_V2/candidates_V2.csv"):
+        if (root / name).is_file():
+            return root / name
+    return _require_file(root, "candidates.csv")
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]):
+    """The CSV as a pandas frame with `columns` checked; UIDs stay strings (never parsed as numbers)."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, dtype={"seriesuid": str}, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise CsvError(f"cannot be parsed as CSV ({err})", path=path, fix="Restore the file from the LUNA16 download.") from err
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise CsvError(f"lacks the column(s) {', '.join(missing)} (it has {', '.join(map(str, frame.columns))})", path=path,
+                       fix=f"Use a LUNA16 CSV with the header {','.join(columns)}.")
+    for column in columns[1:]:
+        if column == "mal_bool":
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy())
+        if bad.size:
+            raise CsvError(f"row {bad[0] + 2} has a non-numeric {column} {frame[column].iloc[bad[0]]!r}", path=path,
+                           fix="Fix or delete that row.")
+        frame[column] = values
+    return frame
+
+
+def _on_disk(frame, path: Path, scans: dict[str, Path], skipped: dict[str, int]):
+    """Drop rows whose series has no scan file; count them and warn once per file."""
+    known = frame["seriesuid"].isin(scans.keys()).to_numpy()
+    if not known.all():
+        n_rows, n_series = int((~known).sum()), frame["seriesuid"][~known].nunique()
+        skipped[path.name] = n_rows
+        warnings.warn(f"{path}: skipped {n_rows} row(s) of {n_series} series not found under subset*/ "
+                      "(expected when only some subsets are on disk)", stacklevel=4)
+    return frame[known]
+
+
+def _read_nodules(path: Path, scans: dict[str, Path], skipped: dict[str, int], *, malignancy: bool = False) -> tuple[Nodule, ...]:
+    columns = ("seriesuid", *_XYZ, "diameter_mm") + (("mal_bool",) if malignancy else ())
+    frame = _on_disk(_read_csv(path, columns), path, scans, skipped)
+    mal = [_parse_bool(v, path) for v in frame["mal_bool"]] if malignancy else [None] * len(frame)
+    xyz = frame[list(_XYZ)].to_numpy(np.float64).tolist()
+    return tuple(Nodule(uid, tuple(c), float(d), m)
+                 for uid, c, d, m in zip(frame["seriesuid"], xyz, frame["diameter_mm"], mal))
+
+
+def _read_candidates(path: Path, scans: dict[str, Path], nodules: tuple[Nodule, ...], skipped: dict[str, int]) -> tuple[Candidate, ...]:
+    """Candidates with the diameter (and malignancy) of the nearest annotation for class-1 rows.
+
+    As in "Deep Learning with PyTorch" ch. 10, only a class-1 candidate close to an annotation gets
+    its diameter; "close" here means within the annotation's radius of its centre.
+    """
+    frame = _on_disk(_read_csv(path, ("seriesuid", *_XYZ, "class")), path, scans, skipped)
+    by_series: dict[str, list[Nodule]] = {}
+    for nodule in nodules:
+        by_series.setdefault(nodule.series_uid, []).append(nodule)
+    xyz = frame[list(_XYZ)].to_numpy(np.float64)
+    out = []
+    for uid, center, cls in zip(frame["seriesuid"], xyz.tolist(), frame["class"].to_numpy()):
+        if cls not in (0, 1):
+            raise CsvError(f"has class {cls} for series {uid}", path=path, fix="Use 1 for nodules and 0 for non-nodules.")
+        if cls == 0:
+            out.append(Candidate(uid, tuple(center), False))
+            continue
+        match = _nearest(center, by_series.get(uid, ()))
+        out.append(Candidate(uid, tuple(center), True, *(match[2:] if match else (0.0, None))))
+    return tuple(out)
+
+
+def _nearest(center: list[float], nodules: Iterable[Nodule]) -> Nodule | None:
+    best, best_mm = None, np.inf
+    for nodule in nodules:
+        mm = float(np.linalg.norm(np.subtract(center, nodule.center_xyz)))
+        if mm <= nodule.diameter_mm / 2 and mm < best_mm:
+            best, best_mm = nodule, mm
+    return best
+
+
+def _parse_bool(value, path: Path) -> bool:
+    text = str(value).strip().lower()
+    if text in ("true", "1", "1.0", "yes"):
+        return True
+    if text in ("false", "0", "0.0", "no"):
+        return False
+    raise CsvError(f"has mal_bool {value!r}", path=path, fix="Use True/False (or 1/0) in the mal_bool column.")

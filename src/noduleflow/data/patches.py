@@ -1,0 +1,100 @@
+"""Cutting patches out of cached (I, R, C) int16 volumes: padding, HU scaling, nodule masks.
+
+Everything here works on plain numpy arrays, typically read-only memmaps from the cache, and
+copies only the voxels a patch needs.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+AIR_HU = -1000
+HU_MIN, HU_MAX = -1000.0, 1000.0
+"""Network inputs clip HU to [HU_MIN, HU_MAX] (air to dense bone) and scale it to [-1, 1]."""
+
+
+def crop(hu: np.ndarray, center_irc: Sequence[int], size: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+    """The `size` block of `hu` centred on voxel `center_irc`: the centre lands at index size // 2."""
+    size = np.asarray(size, dtype=np.int64)
+    return crop_box(hu, np.asarray(center_irc, dtype=np.int64) - size // 2, size, out)
+
+
+def crop_box(hu: np.ndarray, lo_irc: Sequence[int], size: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+    """hu[lo : lo + size] of an (I, R, C) array, padded with air (-1000 HU) past the edges.
+
+    `out` (shape `size`, any dtype that holds HU) is filled in place when given, so a batch can be
+    cut straight into one buffer. Returns a (D, H, W) array, hu's dtype unless `out` says otherwise.
+    """
+    lo = np.asarray(lo_irc, dtype=np.int64)
+    hi = lo + np.asarray(size, dtype=np.int64)
+    src_lo, src_hi = np.maximum(lo, 0), np.minimum(hi, hu.shape)
+    if out is None:
+        out = np.empty(tuple(hi - lo), dtype=hu.dtype)
+    if np.any(src_lo != lo) or np.any(src_hi != hi):
+        out.fill(AIR_HU)
+        if np.any(src_hi <= src_lo):  # wholly outside
+            return out
+    dst_lo, dst_hi = src_lo - lo, src_hi - lo
+    out[dst_lo[0]:dst_hi[0], dst_lo[1]:dst_hi[1], dst_lo[2]:dst_hi[2]] = \
+        hu[src_lo[0]:src_hi[0], src_lo[1]:src_hi[1], src_lo[2]:src_hi[2]]
+    return out
+
+
+def crop_mm(hu: np.ndarray, center_irc: Sequence[float], size: Sequence[int], size_mm: Sequence[float],
+            spacing_irc: Sequence[float]) -> np.ndarray:
+    """A patch of `size` voxels spanning `size_mm` (I, R, C order) around a fractional voxel centre.
+
+    Resamples with trilinear interpolation, so patches from scans of any spacing cover the same
+    anatomy. Returns a (D, H, W) float32 array in HU, air beyond the volume.
+    """
+    from scipy.ndimage import map_coordinates
+
+    size = np.asarray(size, np.int64)
+    step = np.asarray(size_mm, np.float64) / size / np.asarray(spacing_irc, np.float64)  # source voxels per output voxel
+    axes = [c + (np.arange(n) - (n - 1) / 2) * s for c, n, s in zip(np.asarray(center_irc, np.float64), size, step)]
+    lo = np.array([np.floor(a[0]) for a in axes], dtype=np.int64)
+    hi = np.array([np.floor(a[-1]) for a in axes], dtype=np.int64) + 2
+    block = crop_box(hu, lo, hi - lo, np.empty(tuple(hi - lo), np.float32))  # only the voxels the grid touches
+    grid = np.meshgrid(*[a - l for a, l in zip(axes, lo)], indexing="ij")    # 3 x (D, H, W)
+    return map_coordinates(block, grid, order=1, mode="nearest").astype(np.float32, copy=False)
+
+
+def hu_to_unit(hu: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """HU (any shape) -> float32 clipped to [HU_MIN, HU_MAX] and scaled to [-1, 1] (written into `out` if given)."""
+    if out is None:
+        out = hu.astype(np.float32)
+    else:
+        np.copyto(out, hu, casting="unsafe")
+    np.clip(out, HU_MIN, HU_MAX, out=out)
+    out *= 1.0 / HU_MAX
+    return out
+
+
+def sphere_mask(shape: Sequence[int], origin_irc: Sequence[int], centers_irc: np.ndarray, radii_mm: Sequence[float],
+                spacing_xyz: Sequence[float], direction: np.ndarray) -> np.ndarray:
+    """(D, H, W) bool: voxels of the block starting at `origin_irc` within a nodule's radius.
+
+    centers_irc: (N, 3) fractional voxel centres; radii_mm: (N,). Distances are measured in world
+    mm (through spacing and direction), so a nodule is round even in anisotropic or oblique scans.
+    Only the bounding box of each sphere is visited.
+    """
+    shape = np.asarray(shape, np.int64)
+    origin = np.asarray(origin_irc, np.int64)
+    spacing_irc = np.asarray(spacing_xyz, np.float64)[::-1]
+    # (3, 3): world offset per voxel step along I, R, C (columns of direction, scaled, reordered)
+    step = (np.asarray(direction, np.float64) * np.asarray(spacing_xyz, np.float64))[:, ::-1]
+    # a voxel step moves at least min(spacing) mm, so this box holds the sphere for any direction
+    reach_vox = np.asarray(radii_mm, np.float64)[:, None] / spacing_irc.min() * np.ones(3)
+    out = np.zeros(tuple(shape), dtype=bool)
+    for center, radius, reach in zip(np.asarray(centers_irc, np.float64).reshape(-1, 3), radii_mm, reach_vox):
+        lo = np.maximum(np.floor(center - reach).astype(np.int64) - origin, 0)
+        hi = np.minimum(np.ceil(center + reach).astype(np.int64) + 1 - origin, shape)
+        if np.any(hi <= lo):
+            continue
+        idx = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")  # 3 x (d, h, w)
+        delta = np.stack(idx, -1) + origin - center                                     # (d, h, w, 3) voxels
+        world = delta @ step.T                                                          # (d, h, w, 3) mm
+        out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= (world ** 2).sum(-1) <= radius ** 2
+    return out
