@@ -1,0 +1,73 @@
+"""Augmentation: shapes, exact flips, air padding, masks that follow the image, seeding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from noduleflow.data.augment import Augment
+
+
+def _ball(shape, center, radius) -> torch.Tensor:
+    grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij")
+    return sum((g - c) ** 2 for g, c in zip(grids, center)) <= radius ** 2
+
+
+@pytest.mark.parametrize("spatial_dims, shape", [(3, (2, 1, 8, 12, 10)), (2, (3, 5, 12, 10))])
+def test_every_transform_keeps_shape_and_dtype(spatial_dims, shape):
+    x = torch.rand(shape) * 2 - 1
+    aug = Augment(spatial_dims, rotate_deg=20, scale=0.2, offset_vox=2, noise_hu=25)
+    out = aug(x, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+    sample = aug(x[0], generator=torch.Generator().manual_seed(0))
+    assert sample.shape == x.shape[1:]
+
+
+def test_flips_are_exact_and_the_mask_flips_with_the_image():
+    x = torch.randn(64, 1, 4, 5, 6)
+    mask = x > 0.5
+    out, out_mask = Augment(flip_axes=(2,))(x, mask, generator=torch.Generator().manual_seed(1))
+    flipped = [torch.equal(o, s.flip(-1)) for o, s in zip(out, x)]
+    same = [torch.equal(o, s) for o, s in zip(out, x)]
+    assert all(f or s for f, s in zip(flipped, same)) and 10 < sum(flipped) < 54
+    assert torch.equal(out_mask, out > 0.5)
+
+
+def test_shift_pads_with_air_not_water():
+    x = torch.full((8, 1, 16, 16, 16), 0.3)
+    out = Augment(flip_axes=(), offset_vox=8)(x, generator=torch.Generator().manual_seed(2))
+    assert out.min().item() == pytest.approx(-1.0, abs=1e-5) and out.max().item() <= 0.3 + 1e-5
+    settled = ((out - 0.3).abs() < 1e-4) | ((out + 1).abs() < 1e-4)
+    assert settled.float().mean() > 0.8                                    # only the seam interpolates
+
+
+def test_rotation_and_zoom_move_the_mask_with_the_image():
+    mask = _ball((12, 32, 32), (6, 10, 20), 5)[None, None].repeat(4, 1, 1, 1, 1)  # (4, 1, 12, 32, 32)
+    image = mask.float() * 2 - 1
+    out, out_mask = Augment(rotate_deg=90, scale=0.2, offset_vox=3)(image, mask, generator=torch.Generator().manual_seed(3))
+    assert out_mask.dtype == torch.bool and not torch.equal(out_mask, mask)
+    for o, m in zip(out, out_mask):
+        bright = o > 0
+        iou = (bright & m).sum() / (bright | m).sum()
+        assert iou > 0.85
+
+
+def test_same_generator_seed_same_result_and_noise_has_the_asked_std():
+    x = torch.zeros(4, 1, 16, 16, 16)
+    aug = Augment(rotate_deg=10, noise_hu=25)
+    a, b = (aug(x, generator=torch.Generator().manual_seed(7)) for _ in range(2))
+    c = aug(x, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    noise = Augment(flip_axes=(), noise_hu=25)(x, generator=torch.Generator().manual_seed(0))
+    assert noise.std().item() == pytest.approx(0.025, rel=0.05)
+
+
+@pytest.mark.parametrize("kwargs", [dict(spatial_dims=4), dict(flip_axes=(3,)), dict(scale=1.0), dict(noise_hu=-1.0)])
+def test_bad_arguments_raise(kwargs):
+    with pytest.raises(ValueError):
+        Augment(**kwargs)
+
+
+def test_wrong_rank_input_raises():
+    with pytest.raises(ValueError, match="spatial dims"):
+        Augment(spatial_dims=3)(torch.zeros(4, 4))

@@ -1,0 +1,93 @@
+"""Balanced sampling, seeded loaders with workers, and the DistributedSampler option."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from torch.utils.data.distributed import DistributedSampler
+
+from noduleflow.data.augment import Augment
+from noduleflow.data.datasets import CandidatePatches
+from noduleflow.data.loaders import BalancedSampler, make_loader
+from noduleflow.data.luna16 import Candidate, Nodule
+from noduleflow.data.segmentation import SegmentationCrops
+from noduleflow.errors import ConfigError
+
+from luna_phantoms import nodule_xyz
+
+LABELS = np.array([0] * 30 + [1] * 4 + [0] * 6)
+
+
+@pytest.mark.parametrize("balance", [1, 2, 5])
+def test_balanced_sampler_puts_a_positive_every_balance_plus_one(balance):
+    order = np.array(list(BalancedSampler(LABELS, balance, num_samples=120, seed=0)))
+    assert len(order) == 120
+    expected = (np.arange(120) % (balance + 1) == 0).astype(int)
+    np.testing.assert_array_equal(LABELS[order], expected)
+    assert set(order[LABELS[order] == 0]) == set(np.flatnonzero(LABELS == 0))   # >= 60 negative slots visit all 36
+
+
+def test_balanced_sampler_reshuffles_per_epoch_and_repeats_per_seed():
+    sampler = BalancedSampler(LABELS, 1, seed=3)
+    first = list(sampler)
+    assert list(sampler) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    assert list(BalancedSampler(LABELS, 0, seed=3)) != first and sorted(BalancedSampler(LABELS, 0)) == list(range(40))
+
+
+def test_balanced_sampler_shards_by_rank_and_keeps_the_ratio():
+    whole = list(BalancedSampler(LABELS, 1, num_samples=40, seed=1))
+    ranks = [list(BalancedSampler(LABELS, 1, num_samples=40, seed=1, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert ranks[0] + ranks[1] == whole and len(ranks[0]) == 20
+    assert all(LABELS[r].sum() == 10 for r in ranks)
+
+
+def test_balancing_needs_both_labels():
+    with pytest.raises(ConfigError, match="0 positives"):
+        BalancedSampler(np.zeros(5), 1)
+
+
+def test_loader_with_balanced_sampler_alternates_labels(luna_prepared):
+    v = luna_prepared["volumes"][0]
+    rows = [Candidate(v.series_uid, nodule_xyz(v), True)] + [
+        Candidate(v.series_uid, tuple(v.irc_to_xyz([i, 30, 30])), False) for i in range(5, 30, 5)]
+    ds = CandidatePatches(luna_prepared["cache"], rows, size=(8, 16, 16))
+    loader = make_loader(ds, 8, sampler=ds.balanced_sampler(1, num_samples=16))
+    patches, labels, index = next(iter(loader))
+    assert patches.shape == (8, 1, 8, 16, 16) and labels.tolist() == [1, 0] * 4
+    assert (index[labels == 1] == 0).all()
+
+
+def test_seeded_workers_give_the_same_first_batch_twice(luna_prepared):
+    nodules = [Nodule(v.series_uid, nodule_xyz(v), 6.0) for v in luna_prepared["volumes"]]
+    ds = SegmentationCrops(luna_prepared["cache"], nodules, spatial_dims=2, crop=(32, 32), context=1,
+                           samples_per_epoch=12, transform=Augment(2, rotate_deg=15, noise_hu=10))
+
+    def first(seed):
+        loader = make_loader(ds, 4, workers=2, shuffle=True, seed=seed)
+        image, mask, index = next(iter(loader))
+        return image, mask, index
+
+    a, b, c = first(5), first(5), first(6)
+    assert a[0].shape == (4, 3, 32, 32) and a[1].shape == (4, 1, 32, 32)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+
+
+def test_make_loader_options(luna_prepared, tmp_path):
+    v = luna_prepared["volumes"][0]
+    ds = CandidatePatches(luna_prepared["cache"], [Candidate(v.series_uid, nodule_xyz(v), True)] * 6, size=(4, 4, 4))
+    loader = make_loader(ds, 2, workers=1, shuffle=True)
+    assert loader.persistent_workers and loader.pin_memory == torch.cuda.is_available()
+    assert loader.worker_init_fn is not None and loader.generator is not None
+    with pytest.raises(ConfigError, match="batch_size=0"):
+        make_loader(ds, 0)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        loader = make_loader(ds, 2, distributed=True, shuffle=True, seed=1)
+        assert isinstance(loader.sampler, DistributedSampler) and sorted(i for b in loader for i in b[2].tolist()) == list(range(6))
+    finally:
+        dist.destroy_process_group()
