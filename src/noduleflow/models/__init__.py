@@ -1,0 +1,10 @@
+"""Network architectures behind one registry: `create_model(name, **kwargs)`, `list_models()`.
+
+Models are plain single-device `nn.Module`s returning logits; mixed precision, compilation,
+memory format and data parallelism are applied from outside by `noduleflow.train.wrap`.
+"""
+
+from noduleflow.models import digits_cnn, nodule_classifier, unet  # noqa: F401  (register the architectures)
+from noduleflow.models.registry import ModelEntry, create_model, list_models, model_entry, register_model
+
+__all__ = ["ModelEntry", "create_model", "list_models", "model_entry", "register_model"]

@@ -1,0 +1,66 @@
+"""The model registry: `create_model(name, **kwargs)` builds any registered architecture by name.
+
+Each architecture file registers its builder with `@register_model(name, example_shapes=...)`.
+`example_shapes` maps `spatial_dims` to the shape of one sample, (C, *spatial); the registry
+test feeds such samples through every model, and tools like the bench use it as the default
+input size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from torch import nn
+
+from noduleflow.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered architecture: its builder and example input shapes per spatial_dims."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    example_shapes: Mapping[int, tuple[int, ...]]
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, *, example_shapes: Mapping[int, tuple[int, ...]]) -> Callable:
+    """Class or function decorator that adds a builder to the registry under `name`."""
+
+    def add(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise RuntimeError(f"model name {name!r} registered twice")
+        _REGISTRY[name] = ModelEntry(name, build, dict(example_shapes))
+        return build
+
+    return add
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The registry entry of `name`; an unknown name raises `ConfigError` listing the known ones."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model '{name}'", fix=f"Choose one of: {', '.join(list_models())}.")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build the registered model `name` with constructor keyword arguments `kwargs`.
+
+    Every classifier accepts `in_channels`, `num_classes`, `width` and `depth`; see each
+    architecture's docstring for the rest. A keyword the architecture lacks raises `ConfigError`.
+    """
+    entry = model_entry(name)
+    try:
+        return entry.build(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"model '{name}' does not take these arguments ({err})",
+                          fix=f"Check the keyword arguments of {entry.build.__qualname__}.") from None
