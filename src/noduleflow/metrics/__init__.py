@@ -1,0 +1,1 @@
+"""Evaluation metrics: classification (P/R/F1, ROC AUC); segmentation and FROC live beside it."""
