@@ -93,6 +93,126 @@ def demo(
     run_demo(out, scans=scans, seed=seed)
 
 
+# ---- noduleflow train <task>: one command per task, all calling noduleflow.train.train ----
+
+from typer.core import TyperGroup  # noqa: E402
+
+from noduleflow.config import TASKS, field_help  # noqa: E402  (light: yaml only, no torch)
+
+
+class _TaskGroup(TyperGroup):
+    """`noduleflow train <task>`: an unknown task is a user error with one line, not a usage dump."""
+
+    def resolve_command(self, ctx, args):
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            from noduleflow.errors import ConfigError
+
+            raise ConfigError(f"unknown task '{args[0]}'", fix=f"Choose one of: {', '.join(TASKS)}.")
+        return super().resolve_command(ctx, args)
+
+
+train_app = typer.Typer(
+    cls=_TaskGroup, no_args_is_help=True,
+    help="Train a model. Each run writes runs/<name>/: config.yaml, last.pt, best.pt, metrics.jsonl, TensorBoard events, curves.png.\n\n"
+         "Multi-process: torchrun --nproc_per_node=N -m noduleflow train digits ...",
+)
+app.add_typer(train_app, name="train")
+
+_CONFIG = typer.Option(None, "--config", "-c", help="YAML recipe (e.g. configs/debug.yaml) over the task's defaults.")
+_EPOCHS = typer.Option(None, "--epochs", min=1, help=field_help("run.epochs"))
+_RUN = typer.Option(None, "--run", help=field_help("run.name"))
+_RESUME = typer.Option(False, "--resume", help="Continue the run folder's last.pt with its saved config.yaml (flags still apply).")
+_BATCH = typer.Option(None, "--batch-size", min=1, help=field_help("data.batch_size"))
+_LR = typer.Option(None, "--lr", help=field_help("optim.lr"))
+_WORKERS = typer.Option(None, "--workers", min=0, help=field_help("data.num_workers"))
+_DEVICE = typer.Option(None, "--device", help=field_help("run.device"))
+_SEED = typer.Option(None, "--seed", help=field_help("run.seed"))
+_PROGRESS = typer.Option(None, "--progress/--no-progress", help=field_help("run.progress"))
+_SET = typer.Option(None, "--set", help="Any config key, repeatable: --set optim.scheduler=none --set run.patience=3.")
+_DATA = typer.Argument(..., help="LUNA16-layout folder prepared with `noduleflow prepare` (or synthetic: `noduleflow synth`).")
+
+
+def _run_training(task: str, flags: dict, sets: Optional[list[str]], config: Optional[Path], resume: bool) -> None:
+    """Flags -> dotted overrides -> resolved config -> `noduleflow.train.train`; rank 0 prints the summary."""
+    import os
+
+    from noduleflow.config import parse_override, resolve_config
+    from noduleflow.train import train
+    from noduleflow.train.distributed import close_distributed
+
+    overrides = {key: value for key, value in flags.items() if value is not None}
+    overrides.update(parse_override(text) for text in sets or [])
+    cfg = resolve_config(task, path=config, overrides=overrides, resume=resume)
+    try:
+        result = train(cfg, resume=resume)
+    finally:
+        close_distributed()
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(result.describe())
+
+
+def _common(epochs, run, batch_size, lr, workers, device, seed, progress) -> dict:
+    return {"run.epochs": epochs, "run.name": run, "data.batch_size": batch_size, "optim.lr": lr,
+            "data.num_workers": workers, "run.device": device, "run.seed": seed, "run.progress": progress}
+
+
+@train_app.command("digits")
+def train_digits(
+    classes: Optional[str] = typer.Option(None, "--classes", help="Digits to tell apart, e.g. 0,1 (ones versus zeros); default all ten."),
+    config: Optional[Path] = _CONFIG, epochs: Optional[int] = _EPOCHS, run: Optional[str] = _RUN, resume: bool = _RESUME,
+    batch_size: Optional[int] = _BATCH, lr: Optional[float] = _LR, workers: Optional[int] = _WORKERS,
+    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, progress: Optional[bool] = _PROGRESS,
+    set_: Optional[list[str]] = _SET,
+) -> None:
+    """Train the small 2D CNN on scikit-learn's 1,797 real 8x8 handwritten digits; tests best.pt on a held-out split.
+
+    Example: noduleflow train digits --classes 0,1 --epochs 5 --run ones-vs-zeros
+    """
+    flags = _common(epochs, run, batch_size, lr, workers, device, seed, progress)
+    if classes is not None:
+        from noduleflow.errors import ConfigError
+
+        try:
+            flags["data.classes"] = [int(c) for c in classes.split(",") if c.strip()]
+        except ValueError:
+            raise ConfigError(f"--classes {classes!r} is not a comma-separated list of digits", fix="Write e.g. --classes 0,1.") from None
+    _run_training("digits", flags, set_, config, resume)
+
+
+@train_app.command("classify")
+def train_classify(
+    data: Path = _DATA, config: Optional[Path] = _CONFIG, epochs: Optional[int] = _EPOCHS, run: Optional[str] = _RUN,
+    resume: bool = _RESUME, batch_size: Optional[int] = _BATCH, lr: Optional[float] = _LR, workers: Optional[int] = _WORKERS,
+    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, progress: Optional[bool] = _PROGRESS,
+    set_: Optional[list[str]] = _SET,
+) -> None:
+    """Train the 3D nodule classifier on LUNA16 candidate patches (nodule vs. not), split by series.
+
+    Example: noduleflow prepare data/synth && noduleflow train classify data/synth --epochs 5
+    """
+    flags = {**_common(epochs, run, batch_size, lr, workers, device, seed, progress), "data.root": str(data)}
+    _run_training("classify", flags, set_, config, resume)
+
+
+@train_app.command("malignancy")
+def train_malignancy(
+    data: Path = _DATA,
+    init: Path = typer.Option(..., "--init", help="Classifier run folder (its best.pt) or checkpoint file to fine-tune from."),
+    finetune_depth: Optional[int] = typer.Option(None, "--finetune-depth", min=0, help=field_help("model.finetune_depth")),
+    config: Optional[Path] = _CONFIG, epochs: Optional[int] = _EPOCHS, run: Optional[str] = _RUN, resume: bool = _RESUME,
+    batch_size: Optional[int] = _BATCH, lr: Optional[float] = _LR, workers: Optional[int] = _WORKERS,
+    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, progress: Optional[bool] = _PROGRESS,
+    set_: Optional[list[str]] = _SET,
+) -> None:
+    """Fine-tune a nodule classifier run into a malignant-vs-benign classifier on annotated nodules.
+
+    Example: noduleflow train malignancy data/synth --init runs/classify --finetune-depth 2
+    """
+    flags = {**_common(epochs, run, batch_size, lr, workers, device, seed, progress), "data.root": str(data),
+             "model.init": str(init), "model.finetune_depth": finetune_depth}
+    _run_training("malignancy", flags, set_, config, resume)
+
+
 def main() -> None:
     """Entry point of `noduleflow` and `python -m noduleflow`: user errors print one line and exit 2."""
     try:

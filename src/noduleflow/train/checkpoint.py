@@ -1,0 +1,135 @@
+"""Checkpoints: atomic writes, weights_only reads, RNG capture, and fine-tuning initialisation.
+
+A checkpoint is a dict of tensors and plain containers only (no pickled classes), so it loads
+with `torch.load(path, weights_only=True)`: numpy's RNG state becomes a tensor and ints, Python's
+a list, the config a nested dict. Files are written to a temporary name in the same folder,
+fsynced, then `os.replace`d: a crash leaves either the old file or the new one, never half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from noduleflow.errors import CheckpointError
+
+FORMAT = 1
+"""Checkpoint layout version, stored under "format"."""
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+    """Write `payload` to `path` atomically (temp file in the same folder + fsync + os.replace)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a noduleflow checkpoint (CPU tensors); a missing, corrupt or foreign file raises `CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("checkpoint not found", path=path, fix="Point to a run folder or a .pt file that exists.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
+        raise CheckpointError(f"cannot read checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]})", path=path,
+                              fix="The file is truncated or not a checkpoint; use last.pt/best.pt of a finished run or retrain.") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
+        raise CheckpointError("not a noduleflow checkpoint", path=path, fix="Use best.pt or last.pt from a runs/<name>/ folder.")
+    return payload
+
+
+def resolve_checkpoint(source: str | Path, name: str = "best.pt") -> Path:
+    """A run folder (-> its `name`, default best.pt) or a checkpoint file -> the file's path."""
+    source = Path(source)
+    return source / name if source.is_dir() else source
+
+
+def rng_state() -> dict[str, Any]:
+    """The process's torch, CUDA, numpy and Python RNG states as tensors and lists (weights_only-safe)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": [version, list(internal), gauss_next],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_model_state(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, *, strict: bool = True) -> None:
+    """`module.load_state_dict(state)`, turning missing keys or shape mismatches into `CheckpointError` naming `path`."""
+    own = module.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
+    missing = [k for k in own if k not in state] if strict else []
+    unexpected = [k for k in state if k not in own]
+    if wrong or missing or unexpected:
+        detail = "; ".join(filter(None, [f"shape {wrong[0]}" if wrong else "", f"missing {missing[0]}" if missing else "",
+                                         f"unexpected {unexpected[0]}" if unexpected else ""]))
+        raise CheckpointError(f"weights do not fit model {type(module).__name__} ({detail})", path=path,
+                              fix="Use a checkpoint trained with the same model name, width and depth.")
+    module.load_state_dict(state, strict=strict)
+
+
+def init_from_checkpoint(module: nn.Module, source: str | Path, *, finetune_depth: int) -> Path:
+    """Fine-tuning start: load the weights of `source` (run folder -> best.pt) into all but the head,
+    then freeze every top-level block except the last `finetune_depth` (0 keeps everything trainable).
+
+    The head (last top-level child with parameters) starts fresh because the new task's classes
+    mean something else (nodule vs. not -> malignant vs. benign). Returns the file that was read.
+    """
+    path = resolve_checkpoint(source)
+    payload = load_checkpoint(path)
+    head = parameter_blocks(module)[-1]
+    body = {k: v for k, v in payload["model"].items() if k.split(".")[0] != head}
+    load_model_state(module, body, path, strict=False)
+    missing = [k for k in module.state_dict() if k.split(".")[0] != head and k not in body]
+    if missing:
+        raise CheckpointError(f"weights do not fit model {type(module).__name__} (missing {missing[0]})", path=path,
+                              fix="Initialise from a run of the same architecture (model name, width, depth).")
+    freeze_blocks(module, finetune_depth)
+    return path
+
+
+def parameter_blocks(module: nn.Module) -> list[str]:
+    """Names of the top-level children that hold parameters, input side first, head last."""
+    return [name for name, child in module.named_children() if any(True for _ in child.parameters())]
+
+
+def freeze_blocks(module: nn.Module, depth: int) -> None:
+    """Keep only the last `depth` parameter blocks trainable (`requires_grad`); 0 leaves all trainable."""
+    if depth:
+        trainable = set(parameter_blocks(module)[-depth:])
+        for name, child in module.named_children():
+            child.requires_grad_(name in trainable)

@@ -1,0 +1,102 @@
+"""What each task trains on: `build_task(cfg, dist)` returns the model, loss, loaders and metrics.
+
+Every task is classification with cross-entropy on (B, C) logits, so the same `Trainer` and
+`classification_metrics` serve all of them; only data and model differ.
+    digits      scikit-learn's 8x8 handwritten digits, stratified train/val/test by seed
+    classify    LUNA16 candidates (nodule vs. not), split by series, balanced 1:`balance`
+    malignancy  annotated nodules (malignant vs. benign), fine-tuned from a classify run (`model.init`)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from noduleflow.config import TASKS, TrainConfig
+from noduleflow.data.loaders import make_loader
+from noduleflow.errors import ConfigError
+from noduleflow.metrics.classification import classification_metrics
+from noduleflow.models import create_model
+from noduleflow.train.distributed import DistInfo, ShardSampler
+
+# Book ch. 12-14 style augmentation of (1, 32, 48, 48) patches: flips, small rotation/zoom/shift, noise.
+_CT_AUGMENT = {"rotate_deg": 15.0, "scale": 0.1, "offset_vox": 2.0, "noise_hu": 25.0}
+
+
+@dataclass
+class TaskParts:
+    """A task's collaborators for the `Trainer` (test_loader None when nothing is held out)."""
+
+    model: nn.Module
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    train_loader: DataLoader
+    val_loader: DataLoader
+    test_loader: DataLoader | None
+    metrics_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] = classification_metrics
+
+
+def build_task(cfg: TrainConfig, dist: DistInfo = DistInfo()) -> TaskParts:
+    """Model (randomly initialised from the current torch seed), datasets and loaders of `cfg.task`."""
+    if cfg.task not in _BUILDERS:
+        raise ConfigError(f"unknown task '{cfg.task}'", fix=f"Choose one of: {', '.join(TASKS)}.")
+    return _BUILDERS[cfg.task](cfg, dist)
+
+
+def _digits(cfg: TrainConfig, dist: DistInfo) -> TaskParts:
+    from noduleflow.data.digits import load_digit_splits
+
+    splits = load_digit_splits(cfg.data.classes, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
+                               seed=cfg.run.seed, augment=cfg.data.augment)
+    model = create_model(cfg.model.name, in_channels=1, num_classes=len(splits.classes), width=cfg.model.width, depth=cfg.model.depth)
+    return _parts(cfg, dist, model, splits.train, splits.val, splits.test, sampler=None)
+
+
+def _ct(cfg: TrainConfig, dist: DistInfo) -> TaskParts:
+    from noduleflow.data import Augment, CandidatePatches, MalignancySamples, ScanCache, load_index
+    from noduleflow.data.cache import DEFAULT_CACHE_NAME
+
+    root = Path(cfg.data.root)
+    index = load_index(root)
+    split = index.split(val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.run.seed)
+    cache = ScanCache(cfg.data.cache or root / DEFAULT_CACHE_NAME, spacing_xyz=cfg.data.spacing or None)
+    augment = Augment(spatial_dims=3, **_CT_AUGMENT) if cfg.data.augment else None
+    if cfg.task == "classify":
+        sets = [CandidatePatches(cache, index.candidates_of(uids), transform=t) for uids, t in
+                [(split.train, augment), (split.val, None), (split.test, None)]]
+    else:
+        sets = [MalignancySamples(cache, index.nodules_of(uids), transform=t) for uids, t in
+                [(split.train, augment), (split.val, None), (split.test, None)]]
+    train, val, test = sets
+    for name, dataset in (("training", train), ("validation", val)):
+        if len(dataset) == 0:
+            raise ConfigError(f"the {name} split of {root} holds no {cfg.task} samples",
+                              fix="Use more scans (e.g. `noduleflow synth --scans 10`) or change data.val_fraction.")
+    sampler = train.balanced_sampler(cfg.data.balance, num_samples=cfg.data.epoch_samples or None, seed=cfg.run.seed)
+    model = create_model(cfg.model.name, in_channels=1, num_classes=2, width=cfg.model.width, depth=cfg.model.depth)
+    return _parts(cfg, dist, model, train, val, test if len(test) else None, sampler=sampler)
+
+
+def _parts(cfg: TrainConfig, dist: DistInfo, model: nn.Module, train: Dataset, val: Dataset, test: Dataset | None,
+           *, sampler) -> TaskParts:
+    """Loaders: the train loader shuffles (or follows `sampler`) and shards under DDP; val/test shard without padding.
+
+    persistent_workers stays off: fresh workers each epoch take their seeds from the loader's
+    generator, whose state the checkpoint stores, so a resumed run replays the same augmentation.
+    """
+    batch, workers, seed = cfg.data.batch_size, cfg.data.num_workers, cfg.run.seed
+    train_loader = make_loader(train, batch, workers=workers, shuffle=sampler is None, seed=seed, sampler=sampler,
+                               distributed=dist.enabled, persistent_workers=False)
+
+    def evaluation(dataset: Dataset) -> DataLoader:
+        shard = ShardSampler(len(dataset), dist.rank, dist.world_size) if dist.enabled else None
+        return make_loader(dataset, batch, workers=workers, seed=seed, sampler=shard, persistent_workers=False)
+
+    return TaskParts(model, nn.CrossEntropyLoss(), train_loader, evaluation(val), None if test is None else evaluation(test))
+
+
+_BUILDERS = {"digits": _digits, "classify": _ct, "malignancy": _ct}
