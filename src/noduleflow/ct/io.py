@@ -1,41 +1,47 @@
 """Read and write CT volumes by file name: .mhd/.raw, .mha, .nii, .nii.gz, and DICOM series folders.
 
-(First cut: SimpleITK for every format. To be hardened with per-format readers and clear errors.)
+One reader per format (`metaimage`, `nifti`, `dicom`), each validating its input and raising
+`ScanError` with the file and the fix; this module only picks the reader or writer.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
-
+from noduleflow.ct.dicom import read_dicom_series
+from noduleflow.ct.metaimage import read_metaimage, write_metaimage
+from noduleflow.ct.nifti import read_nifti, write_nifti
 from noduleflow.ct.volume import CtVolume
+from noduleflow.errors import ScanError
+
+_READERS = {".mhd": read_metaimage, ".mha": read_metaimage, ".nii": read_nifti, ".nii.gz": read_nifti}
+_WRITERS = {".mhd": write_metaimage, ".mha": write_metaimage, ".nii": write_nifti, ".nii.gz": write_nifti}
 
 
 def read_volume(path: str | Path) -> CtVolume:
-    """Read a scan file into a `CtVolume` (int16 HU, (I, R, C))."""
+    """Read a scan file, or a folder holding one DICOM series, into a `CtVolume` (int16 HU, (I, R, C))."""
     path = Path(path)
-    image = sitk.ReadImage(str(path))
-    hu = sitk.GetArrayFromImage(image)
-    hu = np.clip(hu, -32768, 32767).astype(np.int16, copy=False)
-    return CtVolume(hu, image.GetOrigin(), image.GetSpacing(), np.reshape(image.GetDirection(), (3, 3)), series_uid=_stem(path))
+    if not path.exists():
+        raise ScanError("does not exist", path=path, fix="Check the path: a scan is a .mhd, .mha, .nii or .nii.gz file, or a DICOM series folder")
+    if path.is_dir():
+        return read_dicom_series(path)
+    return _READERS[_suffix(path, "read")](path)
 
 
 def write_volume(volume: CtVolume, path: str | Path) -> Path:
-    """Write a `CtVolume` as .mhd (+ .raw), .mha, .nii or .nii.gz, chosen by the suffix."""
+    """Write a `CtVolume` as .mhd (+ .raw next to it), .mha, .nii or .nii.gz, chosen by the suffix.
+
+    Returns the path written (the header's, for .mhd).
+    """
     path = Path(path)
-    image = sitk.GetImageFromArray(volume.hu)
-    image.SetOrigin(tuple(volume.origin_xyz))
-    image.SetSpacing(tuple(volume.spacing_xyz))
-    image.SetDirection(tuple(volume.direction.ravel()))
-    sitk.WriteImage(image, str(path), useCompression=path.name.endswith(".gz"))
-    return path
+    return _WRITERS[_suffix(path, "write")](volume, path)
 
 
-def _stem(path: Path) -> str:
-    name = path.name
+def _suffix(path: Path, action: str) -> str:
+    name = path.name.lower()
     for suffix in (".nii.gz", ".mhd", ".mha", ".nii"):
         if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+            return suffix
+    dicom_hint = " (for DICOM, pass the folder that holds the series)" if action == "read" else ""
+    raise ScanError(f"has a suffix noduleflow cannot {action}", path=path,
+                    fix=f"Use .mhd, .mha, .nii or .nii.gz{dicom_hint}")
