@@ -1,0 +1,90 @@
+"""`lung_mask` on a small chest phantom: lungs in, juxta-pleural nodule and vessel in, air and body out."""
+
+import numpy as np
+import pytest
+
+from noduleflow.ct import CtVolume, lung_mask
+
+SPACING_XYZ = (2.0, 2.0, 3.0)
+SHAPE = (56, 150, 170)  # (I, R, C): 168 mm of chest, 300 x 340 mm field of view
+
+
+def _phantom(nodule_radius_mm=6.0):
+    """Body ellipse at 0 HU in -1000 HU air; two lung ellipsoids at -850 HU; a 0 HU nodule on the
+    lateral wall of the right-hand lung, a vessel across the left-hand one and a stomach gas bubble.
+    Returns the volume and a dict of (I, R, C) bool masks of its parts."""
+    i, r, c = np.ogrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    z, y, x = i * SPACING_XYZ[2], r * SPACING_XYZ[1], c * SPACING_XYZ[0]
+    cz, cy, cx = 84.0, 150.0, 170.0
+    body = np.broadcast_to(((x - cx) / 150) ** 2 + ((y - cy) / 110) ** 2 <= 1, SHAPE)
+    lung_axes = np.array([50.7, 75.3, 70.0])  # x, y, z semi-axes in mm, edges between voxel centres
+    parts = {"body": body}
+    for name, side in (("lung_right", 1), ("lung_left", -1)):
+        parts[name] = ((x - cx - side * 70) / lung_axes[0]) ** 2 + ((y - cy) / lung_axes[1]) ** 2 + ((z - cz) / lung_axes[2]) ** 2 <= 1
+    lungs = parts["lung_right"] | parts["lung_left"]
+    wall_x = cx + 70 + lung_axes[0]  # lateral edge of the right-hand lung at its middle
+    nodule_x = wall_x - 0.8 * nodule_radius_mm  # overlaps the chest wall: juxta-pleural
+    parts["nodule"] = ((x - nodule_x) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 <= nodule_radius_mm**2) & lungs
+    parts["vessel"] = ((x - (cx - 70)) ** 2 + (z - cz) ** 2 <= 3.0**2) & (np.abs(y - cy) < 40) & np.ones(SHAPE, bool)
+    parts["gas"] = (x - cx) ** 2 + (y - (cy + 40)) ** 2 + (z - 10) ** 2 <= 15.0**2
+    hu = np.full(SHAPE, -1000, np.int16)
+    hu[body] = 0
+    hu[lungs] = -850
+    hu[parts["nodule"] | parts["vessel"]] = 0
+    hu[parts["gas"]] = -1000
+    hu += np.random.default_rng(0).normal(0, 15, SHAPE).astype(np.int16)  # CT noise
+    return CtVolume(hu, [-170.0, -150.0, -84.0], SPACING_XYZ, np.eye(3)), parts
+
+
+@pytest.fixture(scope="module")
+def phantom_and_mask():
+    volume, parts = _phantom()
+    return volume, parts, lung_mask(volume)
+
+
+def test_lungs_and_their_contents_are_inside(phantom_and_mask):
+    volume, parts, mask = phantom_and_mask
+    assert mask.dtype == bool and mask.shape == volume.shape
+    assert mask[parts["lung_right"] | parts["lung_left"]].all()
+    assert parts["nodule"].sum() > 30 and mask[parts["nodule"]].all()
+    assert mask[parts["vessel"]].all()
+
+
+def test_outside_air_body_and_gas_are_outside(phantom_and_mask):
+    _, parts, mask = phantom_and_mask
+    lungs = parts["lung_right"] | parts["lung_left"]
+    assert not mask[~parts["body"]].any()
+    assert not mask[parts["gas"]].any()
+    # the closing may take a rim of a few mm in concave places; nothing far from the lungs
+    lung_rows = lungs.any(axis=(0, 2))
+    assert not mask[:, ~lung_rows, :].any()
+    extra = mask & ~lungs
+    assert extra.sum() < 0.03 * lungs.sum()
+
+
+def test_empty_mask_without_lungs():
+    volume, parts = _phantom()
+    no_lungs = np.where(parts["body"], np.int16(40), volume.hu)  # all tissue inside the body
+    mask = lung_mask(CtVolume(no_lungs, volume.origin_xyz, volume.spacing_xyz, volume.direction))
+    assert mask.shape == volume.shape and mask.dtype == bool and not mask.any()
+    air = CtVolume(np.full((8, 20, 20), -1000, np.int16), [0, 0, 0], [1, 1, 1], np.eye(3))
+    assert not lung_mask(air).any()
+
+
+def test_airway_leaving_the_body_above_the_lungs_does_not_drop_the_lungs():
+    """A trachea that reaches the outside air (a scan including mouth and nose) joins lungs and
+    outside in 3D; the lungs must still be found."""
+    volume, parts = _phantom()
+    hu = volume.hu.copy()
+    top = int(np.flatnonzero(parts["lung_left"].any(axis=(1, 2)))[-1])
+    hu[top - 3 : top - 1, 73:77, 50:121] = -1000  # bronchi into both lungs near their tops
+    hu[top - 3 :, 73:77, 83:87] = -1000  # trachea from there up to the last slice
+    hu[-2:, 73:77, :87] = -1000  # then out to the side of the scan
+    mask = lung_mask(CtVolume(hu, volume.origin_xyz, volume.spacing_xyz, volume.direction))
+    assert mask[parts["lung_right"] | parts["lung_left"]].all()
+
+
+def test_larger_nodule_needs_a_larger_closing():
+    volume, parts = _phantom(nodule_radius_mm=12.0)
+    assert not lung_mask(volume, closing_mm=4.0)[parts["nodule"]].all()
+    assert lung_mask(volume, closing_mm=14.0)[parts["nodule"]].all()
