@@ -11,11 +11,14 @@ Steps, each vectorised over the whole volume:
    and stomach gas;
 4. close in plane with a square of half-width `closing_mm`, then fill holes in each slice, so
    vessels and nodules inside the lungs, including juxta-pleural nodules that bulge in from
-   the chest wall (up to about `closing_mm` in radius), end up inside the mask.
+   the chest wall (up to about `closing_mm` in radius), end up inside the mask. Only holes up to
+   the area of a `max_hole_mm` disk are filled: near the lung bases an axial slice can show the
+   lung as a ring around the diaphragm's dome (liver, stomach), which must stay outside.
 
-The closing is a separable max/min filter (cost independent of its size) on the lungs' bounding
-box; it may also take in a little mediastinum where the two lungs come within 2 * `closing_mm`
-of each other, which is harmless for finding candidates.
+The closing is a separable max/min filter (cost independent of its size) on each lung's bounding
+box, one lung at a time so that it does not bridge the mediastinum between them. Where the
+airways join both lungs into one component it may take in some mediastinum where the lungs come
+within 2 * `closing_mm` of each other, which is harmless for finding candidates.
 """
 
 from __future__ import annotations
@@ -31,51 +34,51 @@ _IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
 _SECOND_LUNG_FRACTION = 0.2
 
 
-def lung_mask(volume: CtVolume, *, threshold_hu: int = -400, closing_mm: float = 10.0, min_lung_ml: float = 10.0) -> np.ndarray:
+def lung_mask(volume: CtVolume, *, threshold_hu: int = -400, closing_mm: float = 10.0, min_lung_ml: float = 10.0,
+              max_hole_mm: float = 50.0) -> np.ndarray:
     """(I, R, C) bool mask of the lungs of `volume`; all False if no lung is found (the caller decides).
 
     threshold_hu: voxels below it are air or lung.
     closing_mm: half-width in mm of the in-plane closing; nodules on the lung wall up to about
         this radius are kept inside the mask.
     min_lung_ml: air components smaller than this (in millilitres) are not lungs.
+    max_hole_mm: in-slice holes up to the area of a disk of this diameter are filled (nodules
+        and masses up to this size surrounded by lung).
     """
     air = volume.hu < threshold_hu
-    inner_air = _enclosed_in_plane(air)
-    lungs = _large_components(inner_air, min_voxels=min_lung_ml * 1000.0 / float(np.prod(volume.spacing_xyz)))
-    mask = np.zeros(volume.shape, dtype=bool)
-    if not lungs.any():
-        return mask
+    labels, lungs = _lung_components(_enclosed_in_plane(air), min_voxels=min_lung_ml * 1000.0 / float(np.prod(volume.spacing_xyz)))
     radius_rc = np.maximum(1, np.round(closing_mm / volume.spacing_irc[1:])).astype(int)
-    box = _bounding_box(lungs)
-    mask[box] = _close_and_fill(lungs[box], radius_rc)
+    max_hole_voxels = np.pi * (max_hole_mm / 2) ** 2 / float(np.prod(volume.spacing_irc[1:]))
+    mask = np.zeros(volume.shape, dtype=bool)
+    for label in lungs:  # each lung on its own, so the closing does not bridge the mediastinum
+        lung = labels == label
+        box = _bounding_box(lung)
+        mask[box] |= _close_and_fill(lung[box], radius_rc, max_hole_voxels)
     return mask
 
 
-def _enclosed_in_plane(mask: np.ndarray) -> np.ndarray:
-    """The voxels of `mask` whose in-slice 4-connected component does not touch the slice's edge.
+def _enclosed_in_plane(mask: np.ndarray, max_voxels: float = np.inf) -> np.ndarray:
+    """The voxels of `mask` whose in-slice 4-connected component does not touch the slice's edge
+    and has at most `max_voxels` voxels.
 
     mask: (I, R, C) bool.
     """
     labels, count = ndimage.label(mask, structure=_IN_PLANE)
     edge = np.concatenate([labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]], axis=None)
-    keep = np.ones(count + 1, dtype=bool)
+    keep = np.ones(count + 1, dtype=bool) if np.isinf(max_voxels) else np.bincount(labels.ravel()) <= max_voxels
     keep[0] = False
     keep[edge] = False
     return keep[labels]
 
 
-def _large_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
-    """The (at most two) largest 6-connected components of `mask` that pass the size rules."""
+def _lung_components(mask: np.ndarray, min_voxels: float) -> tuple[np.ndarray, list[int]]:
+    """6-connected components of `mask` (int32 labels, (I, R, C)) and the labels of the (at most two)
+    largest that pass the size rules: the lungs."""
     labels, count = ndimage.label(mask)
-    if count == 0:
-        return mask.copy()
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    largest = np.argsort(sizes)[::-1][:2]
-    keep = np.zeros(count + 1, dtype=bool)
-    for label in largest[largest > 0]:
-        keep[label] = sizes[label] >= min_voxels and sizes[label] >= _SECOND_LUNG_FRACTION * sizes[largest[0]]
-    return keep[labels]
+    sizes = np.bincount(labels[mask], minlength=count + 1)  # counting only the mask's voxels is faster
+    largest = [int(label) for label in np.argsort(sizes)[::-1][:2] if label > 0]
+    floor = max(min_voxels, _SECOND_LUNG_FRACTION * sizes[largest[0]]) if largest else 0
+    return labels, [label for label in largest if sizes[label] >= floor]
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
@@ -87,8 +90,9 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
     return tuple(box)  # type: ignore[return-value]
 
 
-def _close_and_fill(lungs: np.ndarray, radius_rc: np.ndarray) -> np.ndarray:
-    """In-plane square closing with half-widths `radius_rc` (voxels along R, C), then per-slice hole filling.
+def _close_and_fill(lungs: np.ndarray, radius_rc: np.ndarray, max_hole_voxels: float) -> np.ndarray:
+    """In-plane square closing with half-widths `radius_rc` (voxels along R, C), then per-slice
+    filling of holes up to `max_hole_voxels` voxels.
 
     lungs: (I, R, C) bool. The array is padded by the radius so the filters see empty space, not
     the array's edge, around the lungs.
@@ -100,4 +104,4 @@ def _close_and_fill(lungs: np.ndarray, radius_rc: np.ndarray) -> np.ndarray:
     closed = ndimage.minimum_filter1d(closed, 2 * rr + 1, axis=1, mode="constant")
     closed = ndimage.minimum_filter1d(closed, 2 * rc + 1, axis=2, mode="constant")
     closed = closed[:, rr : closed.shape[1] - rr, rc : closed.shape[2] - rc].astype(bool)
-    return closed | _enclosed_in_plane(~closed)
+    return closed | _enclosed_in_plane(~closed, max_hole_voxels)

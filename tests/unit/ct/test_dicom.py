@@ -5,7 +5,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
 from noduleflow.ct import read_volume
 from noduleflow.errors import ScanError
@@ -15,8 +15,10 @@ from conftest import rotation
 ROW_MM, COL_MM, SLICE_MM = 0.75, 0.625, 2.5
 
 
-def _write_series(folder, stored, *, slopes, intercepts, direction, origin, series_uid=None, shuffle_seed=3, positions=None):
-    """One uint16 DICOM file per slice of `stored` (I, R, C), under shuffled file names and instance numbers.
+def _write_series(folder, stored, *, slopes, intercepts, direction, origin, series_uid=None, shuffle_seed=3, positions=None,
+                  bits_stored=16, syntax=ExplicitVRLittleEndian):
+    """One 16-bit DICOM file per slice of `stored` (I, R, C), under shuffled file names and instance numbers;
+    signed if `stored` is, keeping the low `bits_stored` bits.
 
     direction: (3, 3) columns = world directions of C, R and I. Returns the files in slice order.
     """
@@ -31,7 +33,7 @@ def _write_series(folder, stored, *, slopes, intercepts, direction, origin, seri
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
         meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.TransferSyntaxUID = syntax
         ds = Dataset()
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
@@ -40,13 +42,14 @@ def _write_series(folder, stored, *, slopes, intercepts, direction, origin, seri
         ds.InstanceNumber = int(names[k]) + 1
         ds.Rows, ds.Columns = stored[k].shape
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        signed = stored.dtype.kind == "i"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, int(signed)
         ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*direction[:, 0], *direction[:, 1])]
         ds.ImagePositionPatient = [f"{v:.4f}" for v in positions[k]]
         ds.PixelSpacing = [ROW_MM, COL_MM]
         ds.SliceThickness = SLICE_MM
         ds.RescaleSlope, ds.RescaleIntercept = slopes[k], intercepts[k]
-        ds.PixelData = np.ascontiguousarray(stored[k], dtype="<u2").tobytes()
+        ds.PixelData = (stored[k].astype("<i2" if signed else "<u2").view("<u2") & ((1 << bits_stored) - 1)).tobytes()
         files.append(folder / f"IM{names[k]:04d}")
         ds.save_as(files[-1], enforce_file_format=True)
     return files
@@ -173,3 +176,23 @@ def test_slice_without_position_tag(tmp_path, stored, direction):
     with pytest.raises(ScanError, match="ImagePositionPatient") as err:
         read_volume(tmp_path / "s")
     assert str(files[2]) in str(err.value)
+
+
+@pytest.mark.parametrize("bits_stored, syntax", [(16, ImplicitVRLittleEndian), (12, ExplicitVRLittleEndian)])
+def test_signed_pixels(tmp_path, direction, bits_stored, syntax):
+    """Signed 16-bit pixels are read from the bytes; signed 12-bit ones need pydicom's sign extension."""
+    stored = np.random.default_rng(4).integers(-2000, 2000, size=(3, 4, 5)).astype(np.int16)
+    _write_series(tmp_path / "s", stored, slopes=[1] * 3, intercepts=[24] * 3, direction=direction, origin=np.zeros(3),
+                  bits_stored=bits_stored, syntax=syntax)
+    np.testing.assert_array_equal(read_volume(tmp_path / "s").hu, stored + 24)
+
+
+def test_undecodable_pixel_data(tmp_path, stored, direction):
+    files = _write_series(tmp_path / "s", stored, slopes=[1] * 6, intercepts=[0] * 6, direction=direction, origin=np.zeros(3))
+    ds = pydicom.dcmread(files[1])
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\x4f\xff\x51 not a real codestream"])
+    ds.save_as(files[1])
+    with pytest.raises(ScanError, match="cannot be decoded") as err:
+        read_volume(tmp_path / "s")
+    assert str(files[1]) in str(err.value)
