@@ -38,7 +38,7 @@ def read_dicom_series(folder: str | Path) -> CtVolume:
 
     Pixels become HU with each slice's RescaleSlope and RescaleIntercept. Files that are not
     DICOM, or DICOM without pixels (DICOMDIR, reports), are skipped. The series uid is the
-    SeriesInstanceUID.
+    SeriesInstanceUID (the folder's name if the files have none).
     """
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -46,7 +46,8 @@ def read_dicom_series(folder: str | Path) -> CtVolume:
         raise ScanError("is an empty folder, not a DICOM series", path=folder, fix="Point at the folder that holds the series' slice files")
     slices = [(f, ds) for f in files if (ds := _read_slice(f)) is not None]
     if not slices:
-        raise ScanError(f"holds {len(files)} files but no DICOM image file", path=folder, fix="Point at the folder that holds the series' slice files")
+        raise ScanError(f"holds {len(files)} files but no DICOM image file", path=folder,
+                        fix="Point at the folder that holds the series' slice files, or pass one scan file (.mhd, .mha, .nii, .nii.gz)")
     series = sorted({str(ds.get("SeriesInstanceUID", "")) for _, ds in slices})
     if len(series) > 1:
         raise ScanError(f"mixes {len(series)} DICOM series: {', '.join(series)}", path=folder, fix=_ONE_SERIES_FIX)
@@ -73,7 +74,7 @@ def read_dicom_series(folder: str | Path) -> CtVolume:
     row_mm, col_mm = (float(v) for v in first.PixelSpacing)
     slice_mm = float(np.linalg.norm(step))
     direction = np.column_stack([col_dir, row_dir, step / slice_mm])
-    return CtVolume(hu, positions[0], [col_mm, row_mm, slice_mm], direction, series_uid=series[0])
+    return CtVolume(hu, positions[0], [col_mm, row_mm, slice_mm], direction, series_uid=series[0] or folder.name)
 
 
 def _read_slice(path: Path) -> pydicom.Dataset | None:

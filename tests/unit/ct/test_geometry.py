@@ -27,7 +27,7 @@ def _direction(q: np.ndarray, reflect: float) -> np.ndarray:
     return rot @ np.diag([reflect, 1.0, 1.0])
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(quaternions, reflections, spacings, origins, irc_points)
 def test_oblique_round_trip_irc_xyz_irc(q, reflect, spacing, origin, irc):
     direction = _direction(q, reflect)
@@ -39,7 +39,7 @@ def test_oblique_round_trip_irc_xyz_irc(q, reflect, spacing, origin, irc):
     np.testing.assert_allclose(np.linalg.norm(moved, axis=1), spacing[0], rtol=1e-9)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(quaternions, reflections, spacings, origins, irc_points)
 def test_oblique_round_trip_xyz_irc_xyz(q, reflect, spacing, origin, irc):
     direction = _direction(q, reflect)
