@@ -53,19 +53,20 @@ def _position(body: Body, tree: VesselTree, rng: np.random.Generator, nodule: No
     """(centre (3,), site) for `nodule` at `site`, falling back to an isolated spot; (None, site) if the lung is full."""
     reach, r = nodule.extent, nodule.diameter_mm / 2
     for attempt in (site, "isolated"):
-        if attempt == "juxta-pleural":
-            pts = body.sample_lung(rng, 512, margin=0.5 * r)
-            pts = pts[~body.lung_inside(pts, margin=1.05 * r)]
-            pts = pts[tree.distance(pts, min_radius=1.5) > reach]
-        elif attempt == "juxta-vascular":
-            pts = _beside_vessels(tree, rng, r)
-            pts = pts[body.lung_inside(pts, margin=0.9 * r + 1.0)]
-        else:
-            pts = body.sample_lung(rng, 256, margin=reach + 2.0)
-            pts = pts[tree.distance(pts, min_radius=1.0) > reach + 1.0]
-        for p in pts:
-            if all(np.linalg.norm(p - o.centre) > reach + o.extent + 3.0 for o in others):
-                return p, attempt
+        for _ in range(8):  # small batches: most first tries succeed, and each costs a vessel-distance pass
+            if attempt == "juxta-pleural":
+                pts = body.sample_lung(rng, 64, margin=0.5 * r)
+                pts = pts[~body.lung_inside(pts, margin=1.05 * r)]
+                pts = pts[tree.distance(pts, min_radius=1.5) > reach]
+            elif attempt == "juxta-vascular":
+                pts = _beside_vessels(tree, rng, r, 64)
+                pts = pts[body.lung_inside(pts, margin=0.9 * r + 1.0)]
+            else:
+                pts = body.sample_lung(rng, 16, margin=reach + 2.0)
+                pts = pts[tree.distance(pts, min_radius=1.0) > reach + 1.0]
+            for p in pts:
+                if all(np.linalg.norm(p - o.centre) > reach + o.extent + 3.0 for o in others):
+                    return p, attempt
     return None, site
 
 

@@ -89,6 +89,22 @@ class Tubes:
     def __len__(self) -> int:
         return len(self.r0)
 
+    def contains(self, xyz: np.ndarray) -> np.ndarray:
+        """True (N,) for points (N, 3) inside any tube; each tube tests only the points in its own box."""
+        xyz = np.asarray(xyz, float).reshape(-1, 3)
+        inside = np.zeros(len(xyz), bool)
+        pad = np.maximum(self.r0, self.r1)[:, None]
+        lo, hi = np.minimum(self.a, self.b) - pad, np.maximum(self.a, self.b) + pad
+        near = np.flatnonzero(_in_box(xyz, lo.min(0), hi.max(0)))  # first the box around all tubes
+        p = xyz[near]
+        for k in range(len(self)):
+            idx = np.flatnonzero(_in_box(p, lo[k], hi[k]))
+            if len(idx):
+                q = p[idx]
+                d, t = segment_distance(q[:, 0], q[:, 1], q[:, 2], self.a[k], self.b[k])
+                inside[near[idx]] |= d < self.r0[k] + (self.r1[k] - self.r0[k]) * t
+        return inside
+
     def point_distance(self, xyz: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
         """Signed distance (N,) mm (< 0 inside) from points (N, 3) to the union of all tubes.
 
@@ -118,10 +134,16 @@ class Tubes:
         return best
 
 
+def _in_box(p: np.ndarray, lo, hi) -> np.ndarray:
+    """True (N,) for points (N, 3) in the box [lo, hi]; column by column, which numpy does faster than axis=1."""
+    return ((p[:, 0] >= lo[0]) & (p[:, 0] <= hi[0]) & (p[:, 1] >= lo[1]) & (p[:, 1] <= hi[1])
+            & (p[:, 2] >= lo[2]) & (p[:, 2] <= hi[2]))
+
+
 def segment_distance(x, y, z, a, b):
     """Distance (mm) from points to segment a -> b, and the position t in [0, 1] of the nearest point on it."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    (ax, ay, az), (ux, uy, uz) = a.tolist(), (b - a).tolist()  # Python floats keep float32 inputs float32
+    (ax, ay, az), (bx, by, bz) = np.asarray(a, float).tolist(), np.asarray(b, float).tolist()
+    ux, uy, uz = bx - ax, by - ay, bz - az  # Python floats keep float32 inputs float32
     dx, dy, dz = x - ax, y - ay, z - az
     t = np.clip((dx * ux + dy * uy + dz * uz) / max(ux * ux + uy * uy + uz * uz, 1e-12), 0.0, 1.0)
     d2 = (dx - t * ux) ** 2 + (dy - t * uy) ** 2 + (dz - t * uz) ** 2
@@ -151,20 +173,23 @@ def tube_fraction(grid: Grid, tubes: Tubes, region: Box | None = None):
         if region is None:
             return None, None
     frac = np.zeros([s.stop - s.start for s in region], np.float32)
-    start = [s.start for s in region]
-    for k in range(len(tubes)):
-        box = grid.box(lo[k], hi[k])
-        if box is None:
-            continue
-        box = tuple(slice(max(s.start, r.start), min(s.stop, r.stop)) for s, r in zip(box, region))
-        if any(s.stop <= s.start for s in box):
-            continue
-        z, y, x = grid.axes(box)
-        d, t = segment_distance(x, y, z, tubes.a[k], tubes.b[k])
-        r0, r1 = float(tubes.r0[k]), float(tubes.r1[k])
-        f = np.clip(0.5 + (r0 + (r1 - r0) * t - d) / grid.soft, 0.0, 1.0)
-        local = tuple(slice(s.start - o, s.stop - o) for s, o in zip(box, start))
-        np.maximum(frac[local], f, out=frac[local])
+    # index ranges (I, R, C) of every tube's box at once, clipped to the region and made local to it
+    first = np.stack([np.searchsorted(axis, lo[:, k], "left") for axis, k in ((grid.z, 2), (grid.y, 1), (grid.x, 0))], 1)
+    last = np.stack([np.searchsorted(axis, hi[:, k], "right") for axis, k in ((grid.z, 2), (grid.y, 1), (grid.x, 0))], 1)
+    start = np.array([s.start for s in region])
+    first = np.maximum(first, start) - start
+    last = np.minimum(last, [s.stop for s in region]) - start
+    soft = float(grid.soft)
+    a, b, r0s, r1s = tubes.a.tolist(), tubes.b.tolist(), tubes.r0.tolist(), tubes.r1.tolist()
+    for k in np.flatnonzero(np.all(last > first, axis=1)).tolist():
+        (i0, j0, c0), (i1, j1, c1) = first[k].tolist(), last[k].tolist()
+        z = grid.z[start[0] + i0 : start[0] + i1, None, None]
+        y = grid.y[start[1] + j0 : start[1] + j1, None]
+        x = grid.x[start[2] + c0 : start[2] + c1]
+        d, t = segment_distance(x, y, z, a[k], b[k])
+        f = np.clip(0.5 + (r0s[k] + (r1s[k] - r0s[k]) * t - d) / soft, 0.0, 1.0)
+        local = frac[i0:i1, j0:j1, c0:c1]
+        np.maximum(local, f, out=local)
     return region, frac
 
 
@@ -179,6 +204,6 @@ def blend(hu: np.ndarray, region: Box | None, frac: np.ndarray | None, value, wh
 
 
 def sphere_directions() -> np.ndarray:
-    """(26, 3) unit vectors to the faces, edges and corners of a cube: probes for 'is the whole ball inside?'."""
-    d = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1) if (i, j, k) != (0, 0, 0)], float)
+    """(14, 3) unit vectors to the faces and corners of a cube: probes for 'is the whole ball inside?'."""
+    d = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1) if abs(i) + abs(j) + abs(k) in (1, 3)], float)
     return d / np.linalg.norm(d, axis=1, keepdims=True)

@@ -2,8 +2,8 @@
 
 Each lung gets an arterial and a venous tree grown from its hilum towards a few hundred targets
 spread through the lung. A tree is built top-down: the branch carrying a set of targets runs from
-its parent part of the way to their centroid, then the set is split in two along its longest
-axis, unevenly, and each half grows on. Radii follow Murray's law loosely (r ~ n**0.4 for a branch
+its parent part of the way to their centroid, then the set is split in two across its longest
+side, unevenly, and each half grows on. Radii follow Murray's law loosely (r ~ n**0.4 for a branch
 feeding n targets), so vessels are 4-5 mm wide at the hilum and taper to under a millimetre at the
 periphery, and every branching point is a real bifurcation with a known position.
 """
@@ -56,6 +56,8 @@ def grow_vessels(body: Body, rng: np.random.Generator, targets_per_lung: int = 4
 def _grow(root: np.ndarray, targets: np.ndarray, r_end: float, rng: np.random.Generator) -> tuple[Tubes, np.ndarray]:
     """Grow one tree from root (3,) to targets (n, 3); returns its segments and its bifurcation points."""
     a, b, r0, r1, nodes = [], [], [], [], []
+    reach = rng.uniform(0.3, 0.55, len(targets))  # how far towards its targets' centroid each branch runs
+    split = rng.uniform(0.3, 0.7, len(targets))  # the share of targets the first child takes
     stack = [(root, targets)]
     while stack:
         start, pts = stack.pop()
@@ -64,14 +66,12 @@ def _grow(root: np.ndarray, targets: np.ndarray, r_end: float, rng: np.random.Ge
         if n == 1:
             a.append(start), b.append(pts[0]), r0.append(radius * 1.1), r1.append(radius * 0.9)
             continue
-        centre = pts.mean(axis=0)
-        node = start + rng.uniform(0.3, 0.55) * (centre - start)
+        j = len(nodes)
+        node = start + reach[j] * (pts.sum(axis=0) / n - start)
         a.append(start), b.append(node), r0.append(radius), r1.append(radius * 0.94)
         nodes.append(node)
-        offsets = pts - centre
-        axis = np.linalg.svd(offsets, full_matrices=False)[2][0]
-        order = np.argsort(offsets @ axis)
-        k = int(np.clip(round(n * rng.uniform(0.3, 0.7)), 1, n - 1))
+        order = pts[:, (pts.max(axis=0) - pts.min(axis=0)).argmax()].argsort()  # split across the longest side
+        k = min(max(int(n * split[j] + 0.5), 1), n - 1)
         stack.append((node, pts[order[:k]]))
         stack.append((node, pts[order[k:]]))
     tubes = Tubes(np.array(a), np.array(b), np.array(r0), np.array(r1))
