@@ -69,10 +69,10 @@ class Body:
         return max(semi_x, semi_y + abs(centre_y))
 
     def lung_scale(self, z):
-        """Cross-section scale of the lungs at height z: the top 32% narrows like a dome to the apex."""
+        """Cross-section scale of the lungs at height z: wider at the base, and the top 32% narrows like a dome to the apex."""
         H = self.lung_height
         u = np.clip((z - 0.68 * H) / (0.32 * H), 0.0, 1.0)
-        return np.sqrt(np.clip(1.0 - u**2, 1e-6, None)) * (1.0 + 0.08 * np.clip(1.0 - z / H, 0.0, 1.0))
+        return np.sqrt(np.clip(1.0 - u**2, 1e-6, None)) * (0.9 + 0.18 * np.clip(1.0 - z / H, 0.0, 1.0))
 
     def diaphragm(self, x, y):
         """z (mm) of the diaphragm under each point: a dome per lung, deepest in the posterior recess."""

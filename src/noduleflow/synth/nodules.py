@@ -24,6 +24,15 @@ from noduleflow.synth.shapes import Grid, Tubes
 
 KINDS = ("solid", "ground-glass", "part-solid", "calcified", "lobulated", "spiculated")
 SITES = ("isolated", "juxta-pleural", "juxta-vascular")
+# per kind: (count range, radius range, distance range) of the spheres added to the main blob, in units of its radius
+_BUMPS = ((2, 5), (0.25, 0.4), (0.6, 0.8))
+_LOBES = {
+    "solid": (_BUMPS,),
+    "lobulated": (((3, 6), (0.45, 0.65), (0.45, 0.65)), ((1, 3), (0.25, 0.4), (0.6, 0.8))),
+    "ground-glass": (((3, 7), (0.3, 0.5), (0.5, 0.75)),),
+    "part-solid": (((2, 5), (0.3, 0.5), (0.5, 0.7)),),
+    "spiculated": (_BUMPS,),
+}
 _MALIGNANCY_SHIFT = {"solid": 0.0, "ground-glass": 0.3, "part-solid": 1.5, "calcified": -3.5, "lobulated": 1.0, "spiculated": 2.2}
 
 
@@ -110,19 +119,17 @@ def design(rng: np.random.Generator, diameter: float, kind: str, site: str = "is
     stretch = {"ground-glass": 0.2, "part-solid": 0.18, "calcified": 0.06}.get(kind, 0.13)
     axes = 1.0 + rng.uniform(-stretch, stretch, 3)
     centres, radii, maps = [np.zeros(3)], [float(axes.mean())], [np.diag(1 / axes) @ rot.T]
-    lobes = {"lobulated": rng.integers(3, 6), "ground-glass": rng.integers(1, 4), "part-solid": rng.integers(1, 3),
-             "spiculated": rng.integers(0, 3), "solid": rng.integers(0, 2)}.get(kind, 0)
     if kind == "lobulated":
         maps[0], radii[0] = maps[0] / 0.8, radii[0] * 0.8
-    for _ in range(lobes):
-        u = _unit(rng)
-        r = rng.uniform(0.45, 0.65) if kind == "lobulated" else rng.uniform(0.3, 0.5)
-        centres.append(u * rng.uniform(0.45, 0.65)), radii.append(r), maps.append(np.eye(3) / r)
+    for count, size, dist in _LOBES.get(kind, ()):  # lobes and bumps: spheres that make the outline irregular
+        for _ in range(rng.integers(*count)):
+            r = rng.uniform(*size)
+            centres.append(_unit(rng) * rng.uniform(*dist)), radii.append(r), maps.append(np.eye(3) / r)
     spicules = Tubes(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), np.zeros(0))
-    if kind == "spiculated":
-        u = np.array([_unit(rng) for _ in range(rng.integers(8, 17))])
-        ends = u * rng.uniform(1.5, 2.4, (len(u), 1)) + rng.normal(0, 0.15, u.shape)
-        spicules = Tubes(0.85 * u, ends, np.full(len(u), 0.1), np.full(len(u), 0.035))
+    if kind == "spiculated":  # thin strands radiating into the lung, thinning to their tips
+        u = np.array([_unit(rng) for _ in range(rng.integers(10, 21))])
+        ends = u * rng.uniform(1.4, 2.6, (len(u), 1)) + rng.normal(0, 0.2, u.shape)
+        spicules = Tubes(0.8 * u, ends, np.full(len(u), 0.2), np.full(len(u), 0.05))
     calc_c, calc_r = np.zeros((0, 3)), np.zeros(0)
     if kind == "calcified":
         pattern = rng.choice(["central", "popcorn", "diffuse"])

@@ -3,7 +3,7 @@
 Placement is analytic (`Body.lung_inside`, `VesselTree.distance`), so the ground truth of a scan
 is known before a voxel is drawn. Nodules never overlap each other; isolated ones keep clear of
 vessels wider than 1 mm; juxta-pleural ones have their centre inside the lung but reach the wall;
-juxta-vascular ones touch a 1-7 mm vessel.
+juxta-vascular ones touch a 2-7 mm wide vessel.
 """
 
 from __future__ import annotations
@@ -71,10 +71,10 @@ def _position(body: Body, tree: VesselTree, rng: np.random.Generator, nodule: No
 
 
 def _beside_vessels(tree: VesselTree, rng: np.random.Generator, r: float, n: int = 256) -> np.ndarray:
-    """n points (n, 3) whose ball of radius r just touches the side of a 1-7 mm vessel."""
+    """n points (n, 3) whose ball of radius r just touches the side of a 2-7 mm wide vessel."""
     t = tree.tubes
     radius = 0.5 * (t.r0 + t.r1)
-    pick = np.flatnonzero((radius >= 0.5) & (radius <= 3.5))
+    pick = np.flatnonzero((radius >= 1.0) & (radius <= 3.5))
     if len(pick) == 0:
         return np.zeros((0, 3))
     k = rng.choice(pick, n)
