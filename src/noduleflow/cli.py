@@ -127,6 +127,7 @@ _LR = typer.Option(None, "--lr", help=field_help("optim.lr"))
 _WORKERS = typer.Option(None, "--workers", min=0, help=field_help("data.num_workers"))
 _DEVICE = typer.Option(None, "--device", help=field_help("run.device"))
 _SEED = typer.Option(None, "--seed", help=field_help("run.seed"))
+_THREADS = typer.Option(None, "--threads", min=0, help=field_help("run.threads"))
 _PROGRESS = typer.Option(None, "--progress/--no-progress", help=field_help("run.progress"))
 _SET = typer.Option(None, "--set", help="Any config key, repeatable: --set optim.scheduler=none --set run.patience=3.")
 _DATA = typer.Argument(..., help="LUNA16-layout folder prepared with `noduleflow prepare` (or synthetic: `noduleflow synth`).")
@@ -151,9 +152,9 @@ def _run_training(task: str, flags: dict, sets: Optional[list[str]], config: Opt
         typer.echo(result.describe())
 
 
-def _common(epochs, run, batch_size, lr, workers, device, seed, progress) -> dict:
-    return {"run.epochs": epochs, "run.name": run, "data.batch_size": batch_size, "optim.lr": lr,
-            "data.num_workers": workers, "run.device": device, "run.seed": seed, "run.progress": progress}
+def _common(epochs, run, batch_size, lr, workers, device, seed, threads, progress) -> dict:
+    return {"run.epochs": epochs, "run.name": run, "data.batch_size": batch_size, "optim.lr": lr, "data.num_workers": workers,
+            "run.device": device, "run.seed": seed, "run.threads": threads, "run.progress": progress}
 
 
 @train_app.command("digits")
@@ -161,14 +162,14 @@ def train_digits(
     classes: Optional[str] = typer.Option(None, "--classes", help="Digits to tell apart, e.g. 0,1 (ones versus zeros); default all ten."),
     config: Optional[Path] = _CONFIG, epochs: Optional[int] = _EPOCHS, run: Optional[str] = _RUN, resume: bool = _RESUME,
     batch_size: Optional[int] = _BATCH, lr: Optional[float] = _LR, workers: Optional[int] = _WORKERS,
-    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, progress: Optional[bool] = _PROGRESS,
+    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, threads: Optional[int] = _THREADS, progress: Optional[bool] = _PROGRESS,
     set_: Optional[list[str]] = _SET,
 ) -> None:
     """Train the small 2D CNN on scikit-learn's 1,797 real 8x8 handwritten digits; tests best.pt on a held-out split.
 
     Example: noduleflow train digits --classes 0,1 --epochs 5 --run ones-vs-zeros
     """
-    flags = _common(epochs, run, batch_size, lr, workers, device, seed, progress)
+    flags = _common(epochs, run, batch_size, lr, workers, device, seed, threads, progress)
     if classes is not None:
         from noduleflow.errors import ConfigError
 
@@ -183,14 +184,14 @@ def train_digits(
 def train_classify(
     data: Path = _DATA, config: Optional[Path] = _CONFIG, epochs: Optional[int] = _EPOCHS, run: Optional[str] = _RUN,
     resume: bool = _RESUME, batch_size: Optional[int] = _BATCH, lr: Optional[float] = _LR, workers: Optional[int] = _WORKERS,
-    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, progress: Optional[bool] = _PROGRESS,
+    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, threads: Optional[int] = _THREADS, progress: Optional[bool] = _PROGRESS,
     set_: Optional[list[str]] = _SET,
 ) -> None:
     """Train the 3D nodule classifier on LUNA16 candidate patches (nodule vs. not), split by series.
 
     Example: noduleflow prepare data/synth && noduleflow train classify data/synth --epochs 5
     """
-    flags = {**_common(epochs, run, batch_size, lr, workers, device, seed, progress), "data.root": str(data)}
+    flags = {**_common(epochs, run, batch_size, lr, workers, device, seed, threads, progress), "data.root": str(data)}
     _run_training("classify", flags, set_, config, resume)
 
 
@@ -201,14 +202,14 @@ def train_malignancy(
     finetune_depth: Optional[int] = typer.Option(None, "--finetune-depth", min=0, help=field_help("model.finetune_depth")),
     config: Optional[Path] = _CONFIG, epochs: Optional[int] = _EPOCHS, run: Optional[str] = _RUN, resume: bool = _RESUME,
     batch_size: Optional[int] = _BATCH, lr: Optional[float] = _LR, workers: Optional[int] = _WORKERS,
-    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, progress: Optional[bool] = _PROGRESS,
+    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, threads: Optional[int] = _THREADS, progress: Optional[bool] = _PROGRESS,
     set_: Optional[list[str]] = _SET,
 ) -> None:
     """Fine-tune a nodule classifier run into a malignant-vs-benign classifier on annotated nodules.
 
     Example: noduleflow train malignancy data/synth --init runs/classify --finetune-depth 2
     """
-    flags = {**_common(epochs, run, batch_size, lr, workers, device, seed, progress), "data.root": str(data),
+    flags = {**_common(epochs, run, batch_size, lr, workers, device, seed, threads, progress), "data.root": str(data),
              "model.init": str(init), "model.finetune_depth": finetune_depth}
     _run_training("malignancy", flags, set_, config, resume)
 

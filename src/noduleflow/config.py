@@ -125,6 +125,7 @@ class RunConfig:
     monitor: str = _f("val_loss", "Metric that picks best.pt and drives early stopping: val_loss, val_accuracy, val_precision, val_recall, val_f1 or val_auc.")
     patience: int = _f(0, "Stop after this many epochs without a better `monitor`; 0 never stops early.")
     progress: bool = _f(True, "Show a progress bar with samples/s while training.")
+    threads: int = _f(0, "CPU threads per process for torch ops; 0 keeps PyTorch's choice (one per core). 1 is faster for small models on a busy machine.")
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "run.epochs", self.epochs, "Train for at least 1 epoch.")
@@ -134,6 +135,7 @@ class RunConfig:
         _require(self.channels_last in ("auto", "on", "off"), "run.channels_last", self.channels_last, "Use 'auto', 'on' or 'off'.")
         _require(self.monitor in {f"val_{m}" for m in METRICS}, "run.monitor", self.monitor,
                  f"Use one of: {', '.join(f'val_{m}' for m in METRICS)}.")
+        _require(self.threads >= 0, "run.threads", self.threads, "Use 0 (PyTorch's default) or a positive thread count.")
         _require(self.patience >= 0, "run.patience", self.patience, "Use 0 (no early stopping) or a positive epoch count.")
         _require("/" not in self.name and self.name not in (".", ".."), "run.name", self.name, "Use a plain folder name without '/'.")
 

@@ -3,7 +3,7 @@
 Each architecture file registers its builder with `@register_model(name, example_shapes=...)`.
 `example_shapes` maps `spatial_dims` to the shape of one sample, (C, *spatial); the registry
 test feeds such samples through every model, and tools like the bench use it as the default
-input size.
+input size. `dense` marks per-pixel outputs (B, num_classes, *spatial) instead of (B, num_classes).
 """
 
 from __future__ import annotations
@@ -18,23 +18,24 @@ from noduleflow.errors import ConfigError
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered architecture: its builder and example input shapes per spatial_dims."""
+    """A registered architecture: its builder, example input shapes per spatial_dims, output kind."""
 
     name: str
     build: Callable[..., nn.Module]
     example_shapes: Mapping[int, tuple[int, ...]]
+    dense: bool = False
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, *, example_shapes: Mapping[int, tuple[int, ...]]) -> Callable:
+def register_model(name: str, *, example_shapes: Mapping[int, tuple[int, ...]], dense: bool = False) -> Callable:
     """Class or function decorator that adds a builder to the registry under `name`."""
 
     def add(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise RuntimeError(f"model name {name!r} registered twice")
-        _REGISTRY[name] = ModelEntry(name, build, dict(example_shapes))
+        _REGISTRY[name] = ModelEntry(name, build, dict(example_shapes), dense)
         return build
 
     return add

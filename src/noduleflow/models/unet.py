@@ -14,7 +14,7 @@ from noduleflow.models.layers import DoubleConv, conv_nd, init_relu_convs, maxpo
 from noduleflow.models.registry import register_model
 
 
-@register_model("unet", example_shapes={2: (1, 32, 32), 3: (1, 16, 32, 32)})
+@register_model("unet", example_shapes={2: (1, 32, 32), 3: (1, 16, 32, 32)}, dense=True)
 class UNet(nn.Module):
     """Encoder-decoder with skip connections.
 

@@ -48,9 +48,15 @@ class RunResult:
         return "\n".join(lines)
 
 
-def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
-    """Train `cfg` into `runs_dir/<name>/`; `resume` continues from its last.pt (see `resolve_config`)."""
+def train(cfg: TrainConfig, *, resume: bool = False, until_epoch: int | None = None) -> RunResult:
+    """Train `cfg` into `runs_dir/<name>/`; `resume` continues from its last.pt (see `resolve_config`).
+
+    until_epoch: stop after this epoch although `run.epochs` is larger (a time-sliced job, or a
+    test of resume); the schedule still spans `run.epochs`, and `resume` picks up from there.
+    """
     start = time.perf_counter()
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist = init_distributed(device)
     run_dir = cfg.run_dir
@@ -76,7 +82,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> RunResult:
         save_config(cfg, run_dir / "config.yaml")
     if resume:
         trainer.resume(run_dir / "last.pt")
-    best = trainer.fit()
+    best = trainer.fit(until_epoch=until_epoch)
     barrier()  # best.pt is on disk
     test = None
     if parts.test_loader is not None and (run_dir / "best.pt").is_file():
@@ -106,9 +112,15 @@ def build_optimizer(cfg: OptimConfig, model: torch.nn.Module) -> torch.optim.Opt
 
 
 def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer, total_steps: int):
-    """Per-optimizer-step schedule: cosine decay from `lr` to 0 over `total_steps`, or None."""
+    """Per-optimizer-step schedule: cosine decay from `lr` to 0 over `total_steps`, or None.
+
+    A LambdaLR over the closed-form cosine rather than CosineAnnealingLR: its checkpointed state is
+    only the step count, so a run resumed with more epochs stretches the remaining decay to the
+    new end instead of restoring the old horizon (past which CosineAnnealingLR climbs back up).
+    """
     if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+        total = max(total_steps, 1)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
     return None
 
 

@@ -50,12 +50,12 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.progress = EpochProgress(config.run.progress and dist.is_main)
 
-    def fit(self) -> dict[str, Any]:
-        """Train from `self.epoch + 1` to `run.epochs` (or an early stop); returns the best epoch's summary."""
+    def fit(self, until_epoch: int | None = None) -> dict[str, Any]:
+        """Train from `self.epoch + 1` to `run.epochs` (or `until_epoch`, or an early stop); returns the best epoch's summary."""
         log = RunLog(self.run_dir, keep_epochs=self.epoch) if self.run_dir is not None else None
         stopped_early = False
         try:
-            for epoch in range(self.epoch + 1, self.config.run.epochs + 1):
+            for epoch in range(self.epoch + 1, min(self.config.run.epochs, until_epoch or self.config.run.epochs) + 1):
                 record = {"epoch": epoch, **self._train_epoch(epoch)}
                 record.update({f"val_{k}": v for k, v in self.evaluate(self.val_loader).items()})
                 improved = self._update_best(record[self.monitor], epoch)
