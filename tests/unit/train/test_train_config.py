@@ -1,0 +1,123 @@
+"""The config tree: defaults, presets, YAML recipes, dotted overrides, and errors that name the fix."""
+
+from pathlib import Path
+
+import pytest
+
+from noduleflow.config import (PRESETS, TASKS, DataConfig, OptimConfig, RunConfig, TrainConfig, config_from_dict,
+                               config_to_dict, field_help, load_config, parse_override, resolve_config, save_config)
+from noduleflow.errors import CheckpointError, ConfigError
+
+CONFIGS = sorted((Path(__file__).parents[3] / "configs").glob("*.yaml"))
+
+
+def test_defaults_are_the_digits_recipe():
+    cfg = TrainConfig()
+    assert (cfg.task, cfg.model.name, cfg.run_name) == ("digits", "digits_cnn", "digits")
+    assert load_config(CONFIGS[0].parent / "digits.yaml") == cfg
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_recipe_loads(path):
+    cfg = load_config(path, {"data.root": "somewhere"})
+    assert cfg.task in TASKS
+
+
+def test_presets_cover_every_task():
+    assert set(PRESETS) == set(TASKS)
+    cfg = resolve_config("classify", overrides={"data.root": "d"})
+    assert (cfg.model.name, cfg.model.width, cfg.run.monitor) == ("nodule_classifier", 8, "val_f1")
+
+
+def test_overrides_beat_file_and_preset(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("task: digits\nrun: {epochs: 7, seed: 3}\noptim: {lr: 0.01}\n")
+    cfg = resolve_config("digits", path=recipe, overrides={"run.epochs": 2, "data.classes": [0, 1]})
+    assert (cfg.run.epochs, cfg.run.seed, cfg.optim.lr, cfg.data.classes) == (2, 3, 0.01, (0, 1))
+
+
+def test_yaml_ints_become_floats_and_lists_tuples():
+    cfg = config_from_dict({"optim": {"lr": 1}, "data": {"spacing": [1, 1, 2]}})
+    assert isinstance(cfg.optim.lr, float) and cfg.data.spacing == (1.0, 1.0, 2.0)
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = resolve_config("digits", overrides={"data.classes": [3, 5], "run.name": "x"})
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize(("build", "key"), [
+    (lambda: OptimConfig(lr=-1.0), "optim.lr"),
+    (lambda: OptimConfig(name="adam"), "optim.name"),
+    (lambda: OptimConfig(accumulate=0), "optim.accumulate"),
+    (lambda: DataConfig(classes=(3,)), "data.classes"),
+    (lambda: DataConfig(classes=(1, 12)), "data.classes"),
+    (lambda: DataConfig(val_fraction=0.6, test_fraction=0.5), "data.test_fraction"),
+    (lambda: RunConfig(monitor="val_dice"), "run.monitor"),
+    (lambda: RunConfig(amp="fp8"), "run.amp"),
+    (lambda: RunConfig(name="a/b"), "run.name"),
+    (lambda: TrainConfig(task="classify"), "data.root"),
+])
+def test_bad_values_name_the_key_and_the_fix(build, key):
+    with pytest.raises(ConfigError) as err:
+        build()
+    assert key in err.value.message and err.value.fix
+    assert isinstance(err.value, ValueError)
+
+
+def test_unknown_model_name_lists_the_registry():
+    with pytest.raises(ConfigError, match="unet"):
+        config_from_dict({"model": {"name": "vgg"}})
+
+
+def test_unknown_key_names_the_file_and_the_known_keys(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("run:\n  epoch: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(recipe)
+    assert "bad.yaml" in err.value.message and "'run.epoch'" in err.value.message and "run.epochs" in err.value.message
+
+
+def test_wrong_type_is_refused():
+    with pytest.raises(ConfigError, match="'run.epochs' must be an integer"):
+        config_from_dict({"run": {"epochs": "many"}})
+    with pytest.raises(ConfigError, match="must be true or false"):
+        config_from_dict({}, overrides={"data.augment": 1})
+
+
+def test_unknown_task_and_mismatched_recipe(tmp_path):
+    with pytest.raises(ConfigError, match="unknown task 'segment'"):
+        resolve_config("segment")
+    recipe = tmp_path / "c.yaml"
+    recipe.write_text("task: classify\n")
+    with pytest.raises(ConfigError, match="recipe for task 'classify'"):
+        resolve_config("digits", path=recipe)
+
+
+def test_resume_reads_the_saved_config(tmp_path):
+    first = resolve_config("digits", overrides={"run.runs_dir": str(tmp_path), "run.seed": 5, "run.epochs": 1})
+    first.run_dir.mkdir(parents=True)
+    save_config(first, first.run_dir / "config.yaml")
+    resumed = resolve_config("digits", overrides={"run.runs_dir": str(tmp_path), "run.epochs": 4}, resume=True)
+    assert (resumed.run.seed, resumed.run.epochs) == (5, 4)
+    with pytest.raises(CheckpointError, match="no config.yaml"):
+        resolve_config("digits", overrides={"run.runs_dir": str(tmp_path), "run.name": "other"}, resume=True)
+
+
+def test_parse_override_and_field_help():
+    assert parse_override("optim.lr=0.01") == ("optim.lr", 0.01)
+    assert parse_override("data.classes=[0, 1]") == ("data.classes", [0, 1])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("optim.lr")
+    assert "Epochs" in field_help("run.epochs")
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("run: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
