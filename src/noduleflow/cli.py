@@ -79,6 +79,28 @@ def prepare(
 
 
 @app.command()
+def evaluate(
+    data: Path = typer.Argument(..., help="LUNA16-layout folder with annotations.csv (annotations_excluded.csv optional); its subset*/ scans, or its seriesuids.csv, are the scans scored."),
+    submission: Path = typer.Argument(..., help="submission.csv with columns seriesuid, coordX, coordY, coordZ (world mm), probability and optionally malignancy; or a detections JSON."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for froc.json and froc.png; default: the submission's folder."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Resamplings of the scans for the 95% intervals; 0 skips them."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the bootstrap."),
+) -> None:
+    """Score detections as the LUNA16 challenge does: FROC, CPM (mean sensitivity at 1/8..8 false positives per scan) and its 95% interval.
+
+    Marks within a nodule's radius hit it (once), marks on excluded findings are ignored, at most 100 marks per scan count.
+    Example: noduleflow evaluate data/synth runs/detect/submission.csv -o runs/eval
+    """
+    from rich.console import Console
+
+    from noduleflow.evaluate import evaluate as score
+
+    report = score(data, submission, out, bootstrap=bootstrap, seed=seed)
+    Console().print(report.table())
+    typer.echo(report.describe())
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the demo's data and results."),
     scans: int = typer.Option(6, "--scans", help="Number of synthetic scans to generate."),

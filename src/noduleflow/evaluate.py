@@ -1,0 +1,268 @@
+"""`noduleflow evaluate`: score a LUNA16 submission against a data folder (FROC, CPM, malignancy AUC).
+
+DATA is a LUNA16-layout folder. annotations.csv is required; annotations_excluded.csv (findings
+that count neither as hit nor as false positive) and annotations_with_malignancy.csv (for the
+malignancy AUC) are read when present. The scans scored, each counting in FPs per scan even
+without marks, are the first of:
+
+1. DATA/seriesuids.csv, one series UID a line (as in the LUNA16 evaluation kit): to score one fold;
+2. the scans under DATA/subset*/;
+3. the series named in annotations.csv and candidates.csv, with a warning: a scan named in
+   neither is not counted, which raises the FPs per scan.
+
+SUBMISSION is the challenge's CSV, world mm::
+
+    seriesuid,coordX,coordY,coordZ,probability[,malignancy]
+
+or a detections JSON, the format `noduleflow detect` writes (world mm, X, Y, Z like the CSVs)::
+
+    {"scans": [{"seriesuid": "1.3.6.1.4...",
+                "findings": [{"coordX": -56.1, "coordY": 67.2, "coordZ": -101.4,
+                              "probability": 0.97, "malignancy": 0.12, "diameter_mm": 6.3}]}]}
+
+`probability` is the nodule score the FROC ranks (higher = surer); `malignancy` (optional, may be
+null) is the probability in [0, 1] that the nodule is malignant; `diameter_mm` (optional) is the
+estimated diameter, not used in scoring. When the CSV has no malignancy column, a detections.json
+beside it supplies the malignancy; its findings are matched to the nodules the same way.
+
+Writes OUT/froc.json and OUT/froc.png (OUT defaults to the submission's folder).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from noduleflow.data.luna16 import Nodule, _nearest, _read_csv, _read_nodules, _require_file, find_scans
+from noduleflow.errors import CsvError
+from noduleflow.metrics.froc import (BAND_FPS, FP_RATES, MAX_MARKS, FrocResult, MalignancyScore, Mark, froc,
+                                     malignancy_auc, match_marks)
+
+_XYZ = ("coordX", "coordY", "coordZ")
+_SUBMISSION_COLUMNS = ("seriesuid", *_XYZ, "probability")
+_JSON_FIX = ('Write {"scans": [{"seriesuid": ..., "findings": [{"coordX": .., "coordY": .., "coordZ": .., '
+             '"probability": ..}]}]} (see `noduleflow evaluate --help`).')
+_RATE_LABELS = ("1/8", "1/4", "1/2", "1", "2", "4", "8")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `evaluate` scored and wrote."""
+
+    froc: FrocResult
+    malignancy: MalignancyScore | None  # None when no mark or no nodule carries malignancy
+    series_from: str  # where the list of scans came from (see the module docstring)
+    json_path: Path
+    png_path: Path
+
+    def to_dict(self) -> dict:
+        mal = None if self.malignancy is None else self.malignancy._asdict()
+        return {"series_from": self.series_from, **self.froc.to_dict(), "malignancy": mal}
+
+    def describe(self) -> str:
+        """Counts, the malignancy AUC and the files written, a line each (printed under `table`)."""
+        r, m = self.froc, self.froc.matching
+        lines = [f"{r.n_scans} scans (from {self.series_from}), {r.n_nodules} nodules: {m.n_hits} hit, "
+                 f"{m.n_false_positives} false positives, {m.n_ignored} marks on excluded findings ignored"]
+        if m.n_dropped:
+            lines.append(f"{m.n_dropped} marks beyond the top {m.max_marks} of their scan were dropped, as the LUNA16 script drops them")
+        if self.malignancy is not None:
+            mal = self.malignancy
+            auc = "undefined (needs both classes)" if math.isnan(mal.auc) else f"{mal.auc:.3f}"
+            lines.append(f"malignancy ROC AUC {auc} over {mal.nodules} hit nodules ({mal.malignant} malignant)")
+        lines.append(f"wrote {self.json_path} and {self.png_path}")
+        return "\n".join(lines)
+
+    def table(self):
+        """A rich table: the sensitivity at each of the seven FP rates and the CPM, with intervals."""
+        from rich.table import Table
+
+        r, m = self.froc, self.froc.matching
+        pct = f"{r.confidence:.0%} CI" if r.bootstrap else "CI (no bootstrap)"
+        table = Table(title="LUNA16 FROC", title_justify="left")
+        table.add_column("FPs/scan", justify="right")
+        table.add_column("sensitivity", justify="right")
+        table.add_column(pct, justify="right")
+        for label, sens, (lo, hi) in zip(_RATE_LABELS, r.sensitivities, r.sensitivity_ci):
+            table.add_row(label, f"{sens:.3f}", _interval(lo, hi))
+        table.add_section()
+        table.add_row("[bold]CPM[/bold]", f"[bold]{r.cpm:.3f}[/bold]", _interval(*r.cpm_ci))
+        return table
+
+
+def evaluate(data: str | Path, submission: str | Path, out: str | Path | None = None, *, bootstrap: int = 1000,
+             seed: int = 0, max_marks: int = MAX_MARKS) -> Evaluation:
+    """Score `submission` on the scans of `data`; write OUT/froc.json and OUT/froc.png."""
+    data, submission = Path(data), Path(submission)
+    marks = read_submission(submission)
+    series, series_from = _series(data)
+    nodules, excluded = _annotations(data, series)
+    _check_series(marks, series, submission)
+    result = froc(marks, nodules, series, excluded=excluded, max_marks=max_marks, bootstrap=bootstrap, seed=seed)
+
+    malignancy = None
+    beside = submission.parent / "detections.json"
+    if any(mk.malignancy is not None for mk in marks):
+        malignancy = malignancy_auc(result.matching, marks)
+    elif beside.is_file() and beside.resolve() != submission.resolve():
+        json_marks = read_detections(beside)
+        malignancy = malignancy_auc(match_marks(json_marks, nodules, series, excluded=excluded, max_marks=max_marks), json_marks)
+    if malignancy is not None and malignancy.nodules == 0:
+        malignancy = None
+
+    out = Path(out) if out is not None else submission.parent
+    out.mkdir(parents=True, exist_ok=True)
+    report = Evaluation(result, malignancy, series_from, out / "froc.json", out / "froc.png")
+    report.json_path.write_text(json.dumps(_json_safe(report.to_dict()), indent=1) + "\n")
+    plot_froc(result, report.png_path)
+    return report
+
+
+def read_submission(path: str | Path) -> list[Mark]:
+    """The marks of a submission CSV (optional `malignancy` column) or of a detections JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise CsvError("does not exist", path=path, fix="Pass the submission CSV (or detections JSON) that `noduleflow detect` wrote.")
+    if path.suffix.lower() == ".json":
+        return read_detections(path)
+    import pandas as pd
+
+    frame = _read_csv(path, _SUBMISSION_COLUMNS)
+    values = frame[list(_SUBMISSION_COLUMNS[1:])].to_numpy(np.float64)  # (K, 4)
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if bad.size:
+        raise CsvError(f"row {bad[0] + 2} holds an infinite coordinate or probability", path=path, fix="Fix or delete that row.")
+    malignancy = [None] * len(frame)
+    if "malignancy" in frame.columns:
+        numbers = pd.to_numeric(frame["malignancy"], errors="coerce")
+        wrong = np.flatnonzero((numbers.isna() & frame["malignancy"].notna()).to_numpy())
+        if wrong.size:
+            raise CsvError(f"row {wrong[0] + 2} has a non-numeric malignancy {frame['malignancy'].iloc[wrong[0]]!r}", path=path,
+                           fix="Write a probability in [0, 1], or leave the cell empty.")
+        malignancy = [None if math.isnan(v) else float(v) for v in numbers]
+    return [Mark(uid, (x, y, z), p, mal) for uid, (x, y, z, p), mal in zip(frame["seriesuid"], values.tolist(), malignancy)]
+
+
+def read_detections(path: str | Path) -> list[Mark]:
+    """The marks of a detections JSON (format in the module docstring)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CsvError(f"is not valid JSON ({err})", path=path, fix=_JSON_FIX) from err
+    scans = doc.get("scans") if isinstance(doc, dict) else None
+    if not isinstance(scans, list):
+        raise CsvError('has no "scans" list at the top', path=path, fix=_JSON_FIX)
+    marks = []
+    for i, scan in enumerate(scans):
+        findings = scan.get("findings") if isinstance(scan, dict) else None
+        if not isinstance(findings, list) or not isinstance(scan.get("seriesuid"), str):
+            raise CsvError(f'scans[{i}] lacks a "seriesuid" string or a "findings" list', path=path, fix=_JSON_FIX)
+        for j, finding in enumerate(findings):
+            try:
+                x, y, z, p = (float(finding[key]) for key in (*_XYZ, "probability"))
+                mal = finding.get("malignancy")
+                mal = None if mal is None else float(mal)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise CsvError(f"scans[{i}].findings[{j}] lacks a numeric coordX, coordY, coordZ or probability "
+                               "(or has a non-numeric malignancy)", path=path, fix=_JSON_FIX) from None
+            if not all(math.isfinite(v) for v in (x, y, z, p)):
+                raise CsvError(f"scans[{i}].findings[{j}] holds a non-finite number", path=path, fix=_JSON_FIX)
+            marks.append(Mark(scan["seriesuid"], (x, y, z), p, mal))
+    return marks
+
+
+def plot_froc(result: FrocResult, path: str | Path) -> Path:
+    """FROC curve on log-2 FPs per scan (1/8..8) with the bootstrap band, the seven points and the CPM."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    fig = Figure(figsize=(6.4, 4.8), dpi=120)
+    ax = fig.subplots()
+    if result.bootstrap:
+        ax.fill_between(BAND_FPS, result.band_lower, result.band_upper, color="tab:blue", alpha=0.2, lw=0,
+                        label=f"{result.confidence:.0%} bootstrap band ({result.bootstrap} resamplings)")
+    ax.plot(BAND_FPS, np.interp(BAND_FPS, result.fps, result.sensitivity), color="tab:blue", lw=2, label="FROC")
+    ax.plot(FP_RATES, result.sensitivities, "o", color="tab:red", clip_on=False, label="CPM operating points")
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(FP_RATES[0], FP_RATES[-1])
+    ax.set_xticks(FP_RATES, _RATE_LABELS)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("average false positives per scan")
+    ax.set_ylabel("sensitivity")
+    ci = "" if math.isnan(result.cpm_ci[0]) else f" ({result.confidence:.0%} CI {result.cpm_ci[0]:.3f}-{result.cpm_ci[1]:.3f})"
+    ax.set_title(f"LUNA16 FROC: CPM {result.cpm:.3f}{ci}", fontsize=11)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return Path(path)
+
+
+def _series(data: Path) -> tuple[tuple[str, ...], str]:
+    """The scans to score and where that list came from (see the module docstring)."""
+    listed = data / "seriesuids.csv"
+    if listed.is_file():
+        uids = [line.split(",")[0].strip() for line in listed.read_text().splitlines() if line.strip()]
+        uids = [u for u in uids if u != "seriesuid"]
+        if not uids:
+            raise CsvError("lists no series", path=listed, fix="Write one series UID a line, or delete it to score the scans under subset*/.")
+        return tuple(dict.fromkeys(uids)), listed.name
+    scans, _ = find_scans(data)
+    if scans:
+        return tuple(sorted(scans)), "subset*/"
+    named = set(_read_csv(_require_file(data, "annotations.csv"), ("seriesuid",))["seriesuid"])
+    if (data / "candidates.csv").is_file():
+        named |= set(_read_csv(data / "candidates.csv", ("seriesuid",))["seriesuid"])
+    warnings.warn(f"{data}: no seriesuids.csv and no scans under subset*/; scoring the {len(named)} series named in the CSVs "
+                  "(a scan named in none of them is not counted in FPs per scan)", stacklevel=3)
+    return tuple(sorted(named)), "annotations.csv + candidates.csv"
+
+
+def _annotations(data: Path, series: tuple[str, ...]) -> tuple[list[Nodule], list[Nodule]]:
+    """Nodules (with `malignant` joined from annotations_with_malignancy.csv when present) and excluded findings."""
+    keep, skipped = dict.fromkeys(series), {}
+    nodules = list(_read_nodules(_require_file(data, "annotations.csv"), keep, skipped))
+    excluded_csv = data / "annotations_excluded.csv"
+    excluded = list(_read_nodules(excluded_csv, keep, skipped)) if excluded_csv.is_file() else []
+    malignancy_csv = data / "annotations_with_malignancy.csv"
+    if malignancy_csv.is_file():
+        by_series: dict[str, list[Nodule]] = {}
+        for row in _read_nodules(malignancy_csv, keep, skipped, malignancy=True):
+            by_series.setdefault(row.series_uid, []).append(row)
+        # the rows need not be those of annotations.csv: join each nodule to the row whose sphere holds its centre
+        nodules = [n._replace(malignant=getattr(_nearest(list(n.center_xyz), by_series.get(n.series_uid, ())), "malignant", None))
+                   for n in nodules]
+    return nodules, excluded
+
+
+def _check_series(marks: list[Mark], series: tuple[str, ...], submission: Path) -> None:
+    """Marks of series that are not scored: a warning with counts, or an error when no mark is on a scored scan."""
+    known = set(series)
+    unknown = [mk.series_uid for mk in marks if mk.series_uid not in known]
+    if not unknown:
+        return
+    if len(unknown) == len(marks):
+        raise CsvError(f"none of its {len(set(unknown))} series is among the {len(series)} scans scored "
+                       f"(first: {unknown[0]})", path=submission, fix="Pass the data folder the submission was made for.")
+    warnings.warn(f"{submission}: {len(unknown)} mark(s) of {len(set(unknown))} series not among the scans scored "
+                  "were left out", stacklevel=3)
+
+
+def _interval(lo: float, hi: float) -> str:
+    return "-" if math.isnan(lo) else f"{lo:.3f}-{hi:.3f}"
+
+
+def _json_safe(value):
+    """NaN and infinity -> null, so that froc.json is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
