@@ -122,7 +122,7 @@ def synthesize(out: str | os.PathLike, *, scans: int = 10, seed: int = 0, size: 
     )
 
 
-def make_scan(job: _Job) -> dict:
+def _make_scan(job: _Job) -> dict:
     """Plan, render and write one scan unless an identical one is already there; returns its rows and what was done."""
     uid = series_uid(job.seed, job.index, job.size)
     mhd = layout.scan_path(job.out, job.subset, uid)
@@ -143,7 +143,7 @@ def make_scan(job: _Job) -> dict:
 
 
 def _run(jobs: list[_Job], workers: int | None, show: bool) -> list[dict]:
-    """Run `make_scan` over jobs with a progress bar, in a process pool when more than one worker is useful.
+    """Run `_make_scan` over jobs with a progress bar, in a process pool when more than one worker is useful.
 
     On Linux the workers are forked before the progress bar starts its thread, so they inherit
     the imported modules (no second second of imports each) and no lock held by another thread.
@@ -159,12 +159,12 @@ def _run(jobs: list[_Job], workers: int | None, show: bool) -> list[dict]:
         results = []
         with progress:
             for job in jobs:
-                results.append(make_scan(job))
+                results.append(_make_scan(job))
                 progress.advance(task)
         return results
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-        futures = [pool.submit(make_scan, job) for job in jobs]  # the first submit starts every worker
+        futures = [pool.submit(_make_scan, job) for job in jobs]  # the first submit starts every worker
         results = []
         with progress:
             for future in as_completed(futures):

@@ -18,8 +18,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from noduleflow.ct import CtVolume, write_volume
+from noduleflow.errors import NoduleflowError
 from noduleflow.synth.plan import ScanPlan
 
 ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
@@ -75,10 +77,13 @@ def write_atomic(path: Path, data: bytes) -> Path:
 
 
 def write_scan(out: Path, volume: CtVolume, mhd: Path, key: str, rows: dict) -> dict:
-    """Write `volume` as `mhd` (+ .raw) atomically, then its record; returns the record."""
+    """Write `volume` as `mhd` (+ .raw) atomically, then its record; returns the record.
+
+    Raises `NoduleflowError` when the disk refuses (full, read-only), naming the scan.
+    """
     tmp_dir = Path(out) / RECORDS / f"tmp-{volume.series_uid}-{os.getpid()}"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
     try:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
         write_volume(volume, tmp_dir / mhd.name)
         mhd.parent.mkdir(parents=True, exist_ok=True)
         files = {}
@@ -86,10 +91,13 @@ def write_scan(out: Path, volume: CtVolume, mhd: Path, key: str, rows: dict) -> 
             final = mhd.with_suffix(suffix)
             files[final.relative_to(out).as_posix()] = _sha256(tmp_dir / final.name)
             os.replace(tmp_dir / final.name, final)
+        record = {"key": key, "files": files, "rows": rows}
+        write_atomic(_record_path(out, volume.series_uid), json.dumps(record).encode())
+    except OSError as err:
+        raise NoduleflowError(f"cannot be written ({err.strerror or err})", path=mhd,
+                              fix="Free some disk space or choose another output folder.") from err
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    record = {"key": key, "files": files, "rows": rows}
-    write_atomic(_record_path(out, volume.series_uid), json.dumps(record).encode())
     return record
 
 
@@ -136,8 +144,8 @@ def remove_stale(out: Path, keep: dict[str, Path]) -> int:
 
 
 def code_digest() -> str:
-    """SHA-256 of the source that decides a scan's bytes (this package and the CT writers): part of every key."""
-    h = hashlib.sha256(np.__version__.encode())
+    """SHA-256 of what decides a scan's bytes (this package, the CT writers, numpy and SimpleITK): part of every key."""
+    h = hashlib.sha256(f"{np.__version__} {sitk.Version_VersionString()}".encode())
     roots = [Path(__file__).parent, Path(__file__).parent.parent / "ct"]
     for path in sorted(p for root in roots for p in root.rglob("*.py")):
         h.update(path.name.encode())

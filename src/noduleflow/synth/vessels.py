@@ -4,8 +4,8 @@ Each lung gets an arterial and a venous tree grown from its hilum towards a few 
 spread through the lung. A tree is built top-down: the branch carrying a set of targets runs from
 its parent part of the way to their centroid, then the set is split in two across its longest
 side, unevenly, and each half grows on. Radii follow Murray's law loosely (r ~ n**0.4 for a branch
-feeding n targets), so vessels are 4-5 mm wide at the hilum and taper to under a millimetre at the
-periphery, and every branching point is a real bifurcation with a known position.
+feeding n targets, at most 5 mm), so vessels are about 1 cm wide at the hilum and taper to 1-2 mm
+at the periphery, and every branching point is a real bifurcation with a known position.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ class VesselTree:
         return t.point_distance(xyz)
 
 
-def grow_vessels(body: Body, rng: np.random.Generator, targets_per_lung: int = 420) -> VesselTree:
+def grow_vessels(body: Body, rng: np.random.Generator, targets_per_lung: int = 1200) -> VesselTree:
     """Two trees (artery, vein) per lung, rooted at the hilum, ending at targets at least 4 mm inside the lung."""
     H, ay, f = body.lung_height, body.lung_ay, body.size
     hx = body.hilum_x
     points = body.sample_lung(rng, 3 * targets_per_lung, margin=4.0)
-    r_end = rng.uniform(0.55, 0.75)
+    r_end = rng.uniform(0.6, 0.8)
     parts: list[Tubes] = []
     forks: list[np.ndarray] = []
     for side in (-1, 1):
@@ -62,7 +62,7 @@ def _grow(root: np.ndarray, targets: np.ndarray, r_end: float, rng: np.random.Ge
     while stack:
         start, pts = stack.pop()
         n = len(pts)
-        radius = r_end * n**0.4
+        radius = min(r_end * n**0.4, 5.0)  # lobar arteries are about 1 cm wide; wider ones stay in the hilum
         if n == 1:
             a.append(start), b.append(pts[0]), r0.append(radius * 1.1), r1.append(radius * 0.9)
             continue

@@ -100,15 +100,24 @@ def test_nodules_sit_in_the_lung_where_their_site_says(chest):
             assert tree.distance(n.centre[None], min_radius=1.0)[0] < r  # it touches a vessel 2 mm wide or more
 
 
-def test_vessels_taper_from_the_hilum_to_the_periphery(chest):
+def test_vessels_branch_into_ever_thinner_vessels_away_from_the_hilum(chest):
     body, tree = chest
     t = tree.tubes
+    parent = {tuple(end): k for k, end in enumerate(t.b.tolist())}
+    roots = 0
+    for j, start in enumerate(t.a.tolist()):
+        k = parent.get(tuple(start))
+        if k is None:
+            roots += 1
+        else:
+            assert t.r0[j] <= t.r0[k] + 1e-9  # a branch is never wider than the vessel it leaves
+    assert roots == 4  # an artery and a vein per lung
     radius = 0.5 * (t.r0 + t.r1)
     hilum = np.array([[-body.hilum_x, 0, 0.54 * body.lung_height], [body.hilum_x, 0, 0.54 * body.lung_height]])
-    far = np.linalg.norm(t.a[:, None, :] - hilum[None], axis=2).min(axis=1)
-    assert radius.max() > 3.0 and np.median(radius) < 1.2
-    assert np.corrcoef(far, radius)[0, 1] < -0.3
-    assert len(tree.bifurcations) > 300 and body.lung_inside(tree.bifurcations).mean() > 0.8
+    far = np.linalg.norm((0.5 * (t.a + t.b))[:, None, :] - hilum[None], axis=2).min(axis=1)
+    wide, thin = radius >= np.percentile(radius, 95), radius <= np.median(radius)
+    assert 4.0 < radius.max() <= 5.0 and np.median(radius) < 1.2 and far[wide].mean() < 0.85 * far[thin].mean()
+    assert len(tree.bifurcations) > 1000 and body.lung_inside(tree.bifurcations).mean() > 0.8
 
 
 def test_candidates_mix_hard_negatives_and_points_on_every_nodule():
