@@ -53,7 +53,7 @@ def render_anatomy(body: Body, grid: Grid, rng: np.random.Generator) -> tuple[np
     region, frac = tube_fraction(grid, airway_lumen(body))
     blend(hu, region, frac, AIR)
     _spine(hu, lung, body, grid)
-    _sternum_and_ribs(hu, body, grid, rng)
+    _sternum_and_ribs(hu, body, grid)
     return hu, lung
 
 
@@ -100,7 +100,7 @@ def _parenchyma(body: Body, z, y, x, rng: np.random.Generator) -> np.ndarray:
 
 
 def _table(hu, body: Body, x, y) -> None:
-    """The scanner couch: two thin carbon plates under the patient's back, foam between them."""
+    """The scanner couch: two thin carbon plates under the patient's back, 4 cm apart."""
     top = body.outline[3] + 2.0
     curve = 0.0006 * x**2  # the couch curves up a little at its sides
     plates = ((y > top - curve) & (y < top + 3 - curve)) | ((y > top + 38 - curve) & (y < top + 43 - curve))
@@ -134,7 +134,7 @@ def _spine(hu, lung, body: Body, grid: Grid) -> None:
     view[:, _ellipse(x, y - cy, 8 * f, 8 * f)[0]] = CSF
 
 
-def _sternum_and_ribs(hu, body: Body, grid: Grid, rng: np.random.Generator) -> None:
+def _sternum_and_ribs(hu, body: Body, grid: Grid) -> None:
     """Sternum in front, 24 ribs with cortex and marrow, costal cartilage, and the clavicles."""
     f, H, ay = body.size, body.lung_height, body.lung_ay
     front = -(1.06 * ay + 10 * f)
@@ -145,7 +145,7 @@ def _sternum_and_ribs(hu, body: Body, grid: Grid, rng: np.random.Generator) -> N
         view[:, _ellipse(x, y - front, 14 * f, 6 * f)[0]] = CORTEX
         view[:, _ellipse(x, y - front, 11.5 * f, 3.5 * f)[0]] = MARROW
     bones, cartilage = [], []
-    for pts, bone in rib_paths(body, rng):
+    for pts, bone in rib_paths(body):
         seg_bone = bone[1:]  # a segment is cartilage if it ends in cartilage
         radius = np.full(len(pts), 5.0 * f)
         tubes = Tubes.polyline(pts, radius)

@@ -35,6 +35,7 @@ class Body:
     size: float  # overall scale of the patient (1 = average)
     lung_hu: float  # parenchyma density, HU
     rib_drop: float  # how far each rib descends from the spine to the front
+    rib_jitter: tuple[float, ...]  # mm up or down of each rib (right 1-12, left 1-12)
 
     @property
     def lung_cx(self) -> float:
@@ -192,7 +193,7 @@ def airway_lumen(b: Body) -> Tubes:
     return Tubes(t.a, t.b, t.r0 - 2.0 * b.size, t.r1 - 2.0 * b.size)
 
 
-def rib_paths(b: Body, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+def rib_paths(b: Body) -> list[tuple[np.ndarray, np.ndarray]]:
     """12 ribs per side as polylines (P, 3) mm with a flag per point: bone (True) or costal cartilage.
 
     Each rib leaves the spine at the back, hugs the lung surface around the side and descends
@@ -203,7 +204,7 @@ def rib_paths(b: Body, rng: np.random.Generator) -> list[tuple[np.ndarray, np.nd
     ribs = []
     for side in (-1, 1):
         for k in range(12):
-            z0 = H - 6 * f - k * step + rng.normal(0, 1.5)
+            z0 = H - 6 * f - k * step + b.rib_jitter[(side > 0) * 12 + k]
             end = (-112.0 if k < 7 else -80.0 + 12 * (k - 7)) if k < 10 else 10.0
             phi = np.radians(np.linspace(100.0, end, 16))
             progress = (100.0 - np.degrees(phi)) / 212.0
@@ -246,4 +247,5 @@ def sample_body(rng: np.random.Generator) -> Body:
         size=f,
         lung_hu=rng.uniform(-880, -835),
         rib_drop=rng.uniform(80, 105) * f,
+        rib_jitter=tuple(rng.normal(0, 1.5, 24).tolist()),
     )

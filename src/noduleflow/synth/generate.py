@@ -146,7 +146,7 @@ def _run(jobs: list[_Job], workers: int | None, show: bool) -> list[dict]:
     """Run `_make_scan` over jobs with a progress bar, in a process pool when more than one worker is useful.
 
     On Linux the workers are forked before the progress bar starts its thread, so they inherit
-    the imported modules (no second second of imports each) and no lock held by another thread.
+    the modules already imported (no second of imports per worker) and no lock held by another thread.
     """
     if workers is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -182,11 +182,12 @@ def render_nodule(hu: np.ndarray, grid: Grid, nodule: Nodule) -> None:
     if box is None:
         return
     z, y, x = grid.axes(box)
-    z, y, x = z - nodule.centre[2], y - nodule.centre[1], x - nodule.centre[0]
+    cx, cy, cz = nodule.centre.tolist()
+    z, y, x = z - cz, y - cy, x - cx
     soft_tissue = hu[box] < 150.0
     frac = _occupancy(nodule, z, y, x, grid.soft) * soft_tissue
     rng = np.random.default_rng(nodule.texture_seed)
-    texture = gaussian_filter(rng.standard_normal(frac.shape).astype(np.float32), 1.0) * 2.5
+    texture = gaussian_filter(rng.standard_normal(frac.shape).astype(np.float32), 1.0) * 6.7  # about unit std
     glass = nodule.kind in ("ground-glass", "part-solid")
     view = hu[box]
     view += (nodule.hu + texture * (35.0 if glass else 10.0) - view) * frac
@@ -195,7 +196,7 @@ def render_nodule(hu: np.ndarray, grid: Grid, nodule: Nodule) -> None:
         view += (nodule.core_hu + texture * 10.0 - view) * core
     if len(nodule.calc_radii):
         lv = np.full(frac.shape, np.inf, np.float32)
-        for c, r in zip(nodule.calc_centres, nodule.calc_radii):
+        for c, r in zip(nodule.calc_centres.tolist(), nodule.calc_radii.tolist()):
             lv = np.minimum(lv, np.sqrt((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) - r)
         calc = np.clip(0.5 - lv / grid.soft, 0.0, 1.0) * frac
         view += (nodule.calc_hu - view) * calc
