@@ -60,16 +60,16 @@ def test_a_scan_left_out_of_the_submission_counts_its_nodules_as_misses(monkeypa
     first = truth["seriesuid"].iloc[0]
     kept = truth[truth["seriesuid"] == first]
     sub = _submission(kept, tmp_path / "submission.csv")
-    (tmp_path / "detections.json").write_text(json.dumps({"scans": [{"seriesuid": first, "findings": [
+    # detections.json beside the CSV (here: every nodule, malignancy inverted) supplies the malignancy
+    (tmp_path / "detections.json").write_text(json.dumps({"scans": [{"seriesuid": uid, "findings": [
         {"coordX": r.coordX, "coordY": r.coordY, "coordZ": r.coordZ, "probability": 0.9, "malignancy": 1.0 - r.mal_bool}
-        for r in kept.itertuples()]}]}))
+        for r in rows.itertuples()]} for uid, rows in truth.groupby("seriesuid")]}))
     code, out, err = _cli(monkeypatch, capsys, "evaluate", str(data), str(sub), "--bootstrap", "0")
     assert code == 0, err
     report = json.loads((tmp_path / "froc.json").read_text())  # OUT defaults to the submission's folder
     assert report["cpm"] == pytest.approx(len(kept) / len(truth))
     assert (report["scans"], report["hits"]) == (2, len(kept))
-    mal = report["malignancy"]  # from detections.json beside the CSV, whose malignancy is inverted
-    assert (mal["nodules"], mal["auc"]) == (len(kept), 0.0)
+    assert (report["malignancy"]["nodules"], report["malignancy"]["auc"]) == (len(truth), 0.0)
     assert (tmp_path / "froc.png").exists()
 
 
