@@ -186,7 +186,10 @@ def plot_froc(result: FrocResult, path: str | Path) -> Path:
     if result.bootstrap:
         ax.fill_between(BAND_FPS, result.band_lower, result.band_upper, color="tab:blue", alpha=0.2, lw=0,
                         label=f"{result.confidence:.0%} bootstrap band ({result.bootstrap} resamplings)")
-    ax.plot(BAND_FPS, np.interp(BAND_FPS, result.fps, result.sensitivity), color="tab:blue", lw=2, label="FROC")
+    inside = (result.fps > FP_RATES[0]) & (result.fps < FP_RATES[-1])  # the curve's own points, steps and all
+    ends = np.interp([FP_RATES[0], FP_RATES[-1]], result.fps, result.sensitivity)
+    ax.plot(np.r_[FP_RATES[0], result.fps[inside], FP_RATES[-1]], np.r_[ends[0], result.sensitivity[inside], ends[1]],
+            color="tab:blue", lw=2, label="FROC")
     ax.plot(FP_RATES, result.sensitivities, "o", color="tab:red", clip_on=False, label="CPM operating points")
     ax.set_xscale("log", base=2)
     ax.set_xlim(FP_RATES[0], FP_RATES[-1])
