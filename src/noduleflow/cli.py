@@ -6,6 +6,7 @@ Heavy imports (torch, SimpleITK) happen inside the commands so that `--help` sta
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -236,8 +237,13 @@ def train_malignancy(
     _run_training("malignancy", flags, set_, config, resume)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main() -> None:
     """Entry point of `noduleflow` and `python -m noduleflow`: user errors print one line and exit 2."""
+    warnings.formatwarning = _one_line_warning  # a user reads "warning: ...", not a source location
     try:
         app()
     except NoduleflowError as err:
