@@ -96,7 +96,8 @@ class LungMask:
 class CachedScan:
     """One cache entry opened for reading.
 
-    hu: (I, R, C) int16 read-only memmap; slicing it reads only the touched pages.
+    hu: (I, R, C) int16, a read-only view of the file mapped with np.load(mmap_mode="r"); slicing it
+        reads only the touched pages (`hu.base` is the np.memmap).
     Geometry fields as in `CtVolume` (origin_xyz, spacing_xyz in X, Y, Z mm; direction (3, 3)).
     """
 
@@ -184,7 +185,7 @@ class ScanCache:
                              fix="Run `noduleflow prepare DATA` (with the same --cache and --spacing) to build it.")
         entry = self.entry_dir(series_uid)
         manifest = json.loads((entry / ENTRY_JSON).read_text())
-        hu = np.load(entry / HU_NPY, mmap_mode="r")
+        hu = np.load(entry / HU_NPY, mmap_mode="r").view(np.ndarray)  # a plain view: np.memmap's slicing runs Python code
         if hu.dtype != np.int16 or list(hu.shape) != manifest["shape"]:
             raise CacheError(f"entry {series_uid} holds a {hu.dtype} array of shape {hu.shape}, expected int16 {manifest['shape']}",
                              path=entry, fix="Delete the folder and run `noduleflow prepare` again.")

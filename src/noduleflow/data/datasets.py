@@ -113,6 +113,15 @@ class PatchDataset(Dataset):
             return crop(scan.hu, self._rounded[index], self.size)
         return crop_mm(scan.hu, self.centers_irc[index], self.size, self.size_mm, scan.spacing_xyz[::-1])
 
+    @property
+    def batchable(self) -> bool:
+        """True when patches are plain int16 crops, which `make_loader` cuts straight into shared batch buffers."""
+        return self.size_mm is None and self.transform is None
+
+    def crop_into(self, index: int, out: np.ndarray) -> None:
+        """Write the int16 HU patch of sample `index` into `out` (D, H, W), e.g. a row of a shared batch buffer."""
+        crop(self.scans(self.records[index].series_uid).hu, self._rounded[index], self.size, out)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         patch = torch.from_numpy(hu_to_unit(self.patch_hu(index)))[None]   # (1, D, H, W)
         if self.transform is not None:

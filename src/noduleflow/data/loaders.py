@@ -5,6 +5,9 @@ it draws the shuffle order and each worker's base seed; `_seed_worker` then seed
 NumPy's global RNGs from it. Datasets draw their random choices from torch's global RNG, so two
 runs with the same seed and worker count give the same batches. (With workers=0 the dataset draws
 from this process's global RNG: call torch.manual_seed yourself.)
+
+Patch datasets with `batchable` True (no transform, no resampling) take a faster path, in which
+workers cut batches straight into shared slots instead of new shared-memory tensors (`noduleflow.data.ring`).
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
+from noduleflow.data.ring import ring_loader
 from noduleflow.errors import ConfigError
 
 
@@ -78,12 +82,14 @@ def make_loader(dataset: Dataset, batch_size: int, *, workers: int = 0, shuffle:
                 sampler: Sampler | None = None, distributed: bool = False, drop_last: bool = False,
                 pin_memory: bool | None = None, persistent_workers: bool = True, prefetch_factor: int | None = None,
                 collate_fn: Callable | None = None) -> DataLoader:
-    """A DataLoader with seeded, persistent workers.
+    """A DataLoader with seeded, persistent workers; batches are (patches, labels, indices) for patch datasets.
 
     shuffle: a new order each epoch, the same for the same seed (ignored when `sampler` is given).
     distributed: shard with DistributedSampler (torchrun / DDP) unless `sampler` already shards
     (BalancedSampler does); call `loader.sampler.set_epoch(epoch)` each epoch in both cases.
     pin_memory: defaults to True when CUDA is available (faster host-to-GPU copies).
+    A `batchable` patch dataset (with persistent workers or none, and no collate_fn) takes the shared-slot
+    path of `noduleflow.data.ring`: its batches are views of shared memory that stay valid while referenced.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} is not positive", fix="Use a batch size of 1 or more, e.g. 32.")
@@ -92,12 +98,19 @@ def make_loader(dataset: Dataset, batch_size: int, *, workers: int = 0, shuffle:
     if sampler is None and distributed:
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
-        num_workers=workers, collate_fn=collate_fn, pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        drop_last=drop_last, worker_init_fn=_seed_worker, generator=generator,
-        persistent_workers=persistent_workers and workers > 0, prefetch_factor=prefetch_factor if workers > 0 else None,
-    )
+    pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+    prefetch_factor = (prefetch_factor or 2) if workers > 0 else None
+    common = dict(num_workers=workers, pin_memory=pin_memory, worker_init_fn=_seed_worker, generator=generator,
+                  persistent_workers=persistent_workers and workers > 0, prefetch_factor=prefetch_factor)
+    persistent = common["persistent_workers"] or workers == 0   # the slot ring needs one iterator at a time
+    if not (getattr(dataset, "batchable", False) and collate_fn is None and persistent):
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
+                          drop_last=drop_last, collate_fn=collate_fn, **common)
+    if sampler is None:
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    # slots: the batches in flight, the one being handed out, the one the caller's loop still holds, one spare
+    slots = (prefetch_factor or 0) * workers + 3
+    return ring_loader(dataset, BatchSampler(sampler, batch_size, drop_last), batch_size, slots, **common)
 
 
 def _seed_worker(worker_id: int) -> None:

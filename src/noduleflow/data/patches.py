@@ -26,19 +26,22 @@ def crop_box(hu: np.ndarray, lo_irc: Sequence[int], size: Sequence[int], out: np
 
     `out` (shape `size`, any dtype that holds HU) is filled in place when given, so a batch can be
     cut straight into one buffer. Returns a (D, H, W) array, hu's dtype unless `out` says otherwise.
+    Plain Python ints on the common inside path: this runs once per patch, thousands of times a second.
     """
-    lo = np.asarray(lo_irc, dtype=np.int64)
-    hi = lo + np.asarray(size, dtype=np.int64)
-    src_lo, src_hi = np.maximum(lo, 0), np.minimum(hi, hu.shape)
+    (i0, r0, c0), (d, h, w) = (int(v) for v in lo_irc), (int(v) for v in size)
     if out is None:
-        out = np.empty(tuple(hi - lo), dtype=hu.dtype)
-    if np.any(src_lo != lo) or np.any(src_hi != hi):
-        out.fill(AIR_HU)
-        if np.any(src_hi <= src_lo):  # wholly outside
-            return out
-    dst_lo, dst_hi = src_lo - lo, src_hi - lo
-    out[dst_lo[0]:dst_hi[0], dst_lo[1]:dst_hi[1], dst_lo[2]:dst_hi[2]] = \
-        hu[src_lo[0]:src_hi[0], src_lo[1]:src_hi[1], src_lo[2]:src_hi[2]]
+        out = np.empty((d, h, w), dtype=hu.dtype)
+    n_i, n_r, n_c = hu.shape
+    if i0 >= 0 and r0 >= 0 and c0 >= 0 and i0 + d <= n_i and r0 + h <= n_r and c0 + w <= n_c:
+        out[...] = hu[i0:i0 + d, r0:r0 + h, c0:c0 + w]
+        return out
+    out.fill(AIR_HU)
+    lo, hi = np.array([i0, r0, c0]), np.array([i0 + d, r0 + h, c0 + w])
+    src_lo, src_hi = np.maximum(lo, 0), np.minimum(hi, hu.shape)
+    if np.all(src_hi > src_lo):
+        dst_lo, dst_hi = src_lo - lo, src_hi - lo
+        out[dst_lo[0]:dst_hi[0], dst_lo[1]:dst_hi[1], dst_lo[2]:dst_hi[2]] = \
+            hu[src_lo[0]:src_hi[0], src_lo[1]:src_hi[1], src_lo[2]:src_hi[2]]
     return out
 
 
@@ -62,13 +65,14 @@ def crop_mm(hu: np.ndarray, center_irc: Sequence[float], size: Sequence[int], si
 
 
 def hu_to_unit(hu: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """HU (any shape) -> float32 clipped to [HU_MIN, HU_MAX] and scaled to [-1, 1] (written into `out` if given)."""
+    """HU (any shape) -> float32 clipped to [HU_MIN, HU_MAX] and scaled to [-1, 1] (written into `out` if given).
+
+    Clips in the input's dtype (int16 for cached patches: half the bytes) and converts while scaling.
+    """
     if out is None:
-        out = hu.astype(np.float32)
-    else:
-        np.copyto(out, hu, casting="unsafe")
-    np.clip(out, HU_MIN, HU_MAX, out=out)
-    out *= 1.0 / HU_MAX
+        out = np.empty(hu.shape, dtype=np.float32)
+    np.multiply(np.clip(hu, HU_MIN, HU_MAX) if hu.dtype.kind == "f" else np.clip(hu, int(HU_MIN), int(HU_MAX)),
+                np.float32(1.0 / HU_MAX), out=out)
     return out
 
 

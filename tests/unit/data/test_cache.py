@@ -38,7 +38,7 @@ def test_round_trip_memmap_geometry_and_mask_equal_the_source(luna_prepared):
     assert cache.dir == root / ".noduleflow-cache" / "v1-native"
     for uid in luna_prepared["uids"]:
         source, entry = read_volume(_scan_path(root, uid)), cache.open(uid)
-        assert isinstance(entry.hu, np.memmap) and entry.hu.dtype == np.int16
+        assert isinstance(entry.hu.base, np.memmap) and entry.hu.dtype == np.int16 and not entry.hu.flags.writeable
         np.testing.assert_array_equal(entry.hu, source.hu)
         np.testing.assert_array_equal(entry.origin_xyz, source.origin_xyz)
         np.testing.assert_array_equal(entry.spacing_xyz, source.spacing_xyz)

@@ -91,3 +91,31 @@ def test_make_loader_options(luna_prepared, tmp_path):
         assert isinstance(loader.sampler, DistributedSampler) and sorted(i for b in loader for i in b[2].tolist()) == list(range(6))
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_patch_batches_from_shared_slots_equal_the_dataset_and_stay_valid_while_held(luna_prepared, workers):
+    v = luna_prepared["volumes"][0]
+    rows = [Candidate(v.series_uid, tuple(v.irc_to_xyz([i, r, 30])), i % 7 == 0) for i in range(2, 38, 3) for r in (20, 40)]
+    ds = CandidatePatches(luna_prepared["cache"], rows, size=(6, 10, 10))
+    expected = torch.stack([ds[i][0] for i in range(len(ds))])           # (N, 1, 6, 10, 10) via __getitem__
+    loader = make_loader(ds, 4, workers=workers, shuffle=True, seed=0)
+    pool = loader.batch_sampler.pool
+    kept = []
+    for epoch in range(2):
+        for k, (patches, labels, index) in enumerate(loader):
+            assert patches.shape[1:] == (1, 6, 10, 10) and torch.equal(patches, expected[index])
+            assert torch.equal(labels, torch.from_numpy(ds.labels)[index])
+            if k % 2 == 0:
+                kept.append((patches[1:], index[1:]))                     # views keep their slot alive
+    del patches
+    assert all(torch.equal(p, expected[i]) for p, i in kept)              # nothing held was overwritten
+    assert any(pool.busy)
+    kept.clear()
+    assert not any(pool.busy)                                             # slots free once nothing refers to them
+    batches = iter(loader)
+    first = next(batches)
+    del batches                                                           # an abandoned pass ...
+    assert sum(len(i) for _, _, i in loader) == len(ds)                  # ... does not disturb the next one
+    assert torch.equal(first[0], expected[first[2]])
+    assert loader.sampler is loader.batch_sampler.sampler and len(loader) == 6
