@@ -116,6 +116,28 @@ def demo(
     run_demo(out, scans=scans, seed=seed)
 
 
+@app.command()
+def detect(
+    source: Path = typer.Argument(..., help="A scan (.mhd, .mha, .nii, .nii.gz), a DICOM series folder, or a LUNA16 folder (its subset*/ scans)."),
+    run: Path = typer.Option(..., "--run", help="Detector run folder holding segment/, classify/ and optionally malignancy/ "
+                             "(each a run of `noduleflow train`), as `noduleflow train detector DATA --run NAME` writes it to runs/NAME."),
+    out: Path = typer.Option(Path("detections"), "--out", "-o", help="Folder for submission.csv, detections.json and png/<seriesuid>.png."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Segmentation probability that makes a voxel part of a candidate."),
+    max_candidates: int = typer.Option(300, "--max-candidates", min=1, help="Candidates classified per scan at most (the segmentation's most confident)."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch; 0 keeps PyTorch's choice."),
+) -> None:
+    """Find nodules: lung field -> U-Net segmentation -> connected components -> nodule classifier -> malignancy.
+
+    Writes OUT/submission.csv (LUNA16: seriesuid,coordX,coordY,coordZ,probability), OUT/detections.json
+    (with malignancy and diameter) and a PNG per scan; score them with `noduleflow evaluate`.
+    Example: noduleflow detect data/synth --run runs/detector -o runs/detector/detections
+    """
+    from noduleflow.detect import detect as run_detect
+
+    summary = run_detect(source, run, out, threshold=threshold, max_candidates=max_candidates, threads=threads)
+    typer.echo(summary.describe())
+
+
 # ---- noduleflow train <task>: one command per task, all calling noduleflow.train.train ----
 
 from typer.core import TyperGroup  # noqa: E402
@@ -235,6 +257,43 @@ def train_malignancy(
     flags = {**_common(epochs, run, batch_size, lr, workers, device, seed, threads, progress), "data.root": str(data),
              "model.init": str(init), "model.finetune_depth": finetune_depth}
     _run_training("malignancy", flags, set_, config, resume)
+
+
+@train_app.command("segment")
+def train_segment(
+    data: Path = _DATA, config: Optional[Path] = _CONFIG, epochs: Optional[int] = _EPOCHS, run: Optional[str] = _RUN,
+    resume: bool = _RESUME, batch_size: Optional[int] = _BATCH, lr: Optional[float] = _LR, workers: Optional[int] = _WORKERS,
+    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, threads: Optional[int] = _THREADS, progress: Optional[bool] = _PROGRESS,
+    set_: Optional[list[str]] = _SET,
+) -> None:
+    """Train the 2D U-Net (7 context slices in) that marks nodule voxels, with a recall-weighted Dice loss.
+
+    Example: noduleflow prepare data/synth && noduleflow train segment data/synth --epochs 5
+    """
+    flags = {**_common(epochs, run, batch_size, lr, workers, device, seed, threads, progress), "data.root": str(data)}
+    _run_training("segment", flags, set_, config, resume)
+
+
+@train_app.command("detector")
+def train_detector(
+    data: Path = _DATA,
+    run: str = typer.Option("detector", "--run", help="Name of the detector run folder under --runs-dir (holds segment/, classify/, malignancy/)."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Folder that holds the run folders."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every part (the same split by series for all)."),
+    scale: float = typer.Option(1.0, "--scale", min=0.001, help="Multiplies the samples per epoch of the recipe: 0.05 for a smoke test, 2 for a longer run."),
+    malignancy: bool = typer.Option(True, "--malignancy/--no-malignancy", help="Also fine-tune the malignancy classifier (when the data has labels)."),
+    threads: int = typer.Option(0, "--threads", min=0, help=field_help("run.threads")),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help=field_help("run.progress")),
+) -> None:
+    """Train the whole detector (segmentation U-Net, nodule classifier, malignancy) into RUNS_DIR/RUN with the default recipe.
+
+    About 20 minutes on a 2-core CPU; prints the time each part took. Then: noduleflow detect SCANS --run runs/detector
+    Example: noduleflow synth data/synth --scans 40 && noduleflow train detector data/synth --run detector
+    """
+    from noduleflow.detect.recipe import train_detector as train_all
+
+    result = train_all(data, run=run, runs_dir=runs_dir, seed=seed, scale=scale, malignancy=malignancy, threads=threads, progress=progress)
+    typer.echo(result.describe())
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

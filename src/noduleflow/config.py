@@ -19,7 +19,7 @@ import yaml
 
 from noduleflow.errors import ConfigError
 
-TASKS = ("digits", "classify", "malignancy")
+TASKS = ("digits", "classify", "malignancy", "segment")
 """Task names understood by `noduleflow train <task>` and by `task:` in a config file."""
 
 METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc")
@@ -171,6 +171,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "optim": {"lr": 1e-3}, "data": {"batch_size": 32}, "run": {"epochs": 10, "monitor": "val_f1"}},
     "malignancy": {"model": {"name": "nodule_classifier", "width": 8, "depth": 4, "finetune_depth": 1},
                    "optim": {"lr": 1e-3}, "data": {"batch_size": 32}, "run": {"epochs": 10, "monitor": "val_auc"}},
+    "segment": {"model": {"name": "unet", "width": 8, "depth": 3},  # 2D, 7 context slices: train/segment_task.py
+                "optim": {"lr": 1e-3}, "data": {"batch_size": 32, "epoch_samples": 2048}, "run": {"epochs": 10}},
 }
 """Per-task defaults layered under a config file: what `noduleflow train <task>` uses without --config."""
 

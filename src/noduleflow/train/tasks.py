@@ -5,6 +5,7 @@ Every task is classification with cross-entropy on (B, C) logits, so the same `T
     digits      scikit-learn's 8x8 handwritten digits, stratified train/val/test by seed
     classify    LUNA16 candidates (nodule vs. not), split by series, balanced 1:`balance`
     malignancy  annotated nodules (malignant vs. benign), fine-tuned from a classify run (`model.init`)
+    segment     nodule voxels with a 2D U-Net and a Dice loss: see train/segment_task.py
 """
 
 from __future__ import annotations
@@ -99,4 +100,10 @@ def _parts(cfg: TrainConfig, dist: DistInfo, model: nn.Module, train: Dataset, v
     return TaskParts(model, nn.CrossEntropyLoss(), train_loader, evaluation(val), None if test is None else evaluation(test))
 
 
-_BUILDERS = {"digits": _digits, "classify": _ct, "malignancy": _ct}
+def _segment(cfg: TrainConfig, dist: DistInfo) -> TaskParts:
+    from noduleflow.train.segment_task import build_segment_task  # imports this module: load on use
+
+    return build_segment_task(cfg, dist)
+
+
+_BUILDERS = {"digits": _digits, "classify": _ct, "malignancy": _ct, "segment": _segment}

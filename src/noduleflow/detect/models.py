@@ -1,0 +1,75 @@
+"""The trained models of a detector run folder, loaded for inference.
+
+Layout of a detector run folder (what `noduleflow train detector DATA --run NAME` writes)::
+
+    runs/NAME/segment/      2D U-Net run   (config.yaml, best.pt, ...)   required
+    runs/NAME/classify/     nodule classifier run                        required
+    runs/NAME/malignancy/   malignancy classifier run                    optional
+
+Each sub-folder is an ordinary run folder of `noduleflow train <task>`, so any part can be
+retrained on its own and dropped in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from noduleflow.config import load_config
+from noduleflow.errors import CheckpointError
+from noduleflow.models import create_model
+from noduleflow.train.checkpoint import load_checkpoint, load_model_state
+from noduleflow.train.segment_task import build_unet
+
+PARTS = ("segment", "classify", "malignancy")
+REQUIRED = ("segment", "classify")
+
+
+@dataclass
+class DetectorModels:
+    """The eval-mode networks of a detector; `malignancy` is None when the run has none.
+
+    segment: (B, 7, H, W) -> (B, 1, H, W) logits; classify and malignancy: (B, 1, 32, 48, 48) -> (B, 2) logits.
+    """
+
+    segment: torch.nn.Module
+    classify: torch.nn.Module
+    malignancy: torch.nn.Module | None
+    run_dir: Path
+
+
+def load_detector(run_dir: str | Path) -> DetectorModels:
+    """Build and load the best.pt of each part of `run_dir`; a missing required part raises `CheckpointError`."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError("is not a detector run folder", path=run_dir, fix=_fix(run_dir, "segment"))
+    models = {}
+    for part in PARTS:
+        sub = run_dir / part
+        if part not in REQUIRED and not (sub / "best.pt").is_file():
+            models[part] = None
+            continue
+        for name in ("config.yaml", "best.pt"):
+            if not (sub / name).is_file():
+                raise CheckpointError(f"has no {part}/{name}", path=run_dir, fix=_fix(run_dir, part))
+        models[part] = _load_part(sub, part)
+    return DetectorModels(models["segment"], models["classify"], models["malignancy"], run_dir)
+
+
+def _load_part(sub: Path, part: str) -> torch.nn.Module:
+    cfg = load_config(sub / "config.yaml")
+    if part == "segment":
+        model = build_unet(cfg.model.width, cfg.model.depth)
+    else:
+        model = create_model(cfg.model.name, in_channels=1, num_classes=2, width=cfg.model.width, depth=cfg.model.depth)
+    load_model_state(model, load_checkpoint(sub / "best.pt")["model"], sub / "best.pt")
+    return model.eval()
+
+
+def _fix(run_dir: Path, part: str) -> str:
+    parent, name = run_dir.parent, run_dir.name
+    return (f"Train the detector with `noduleflow train detector DATA --run {name} --runs-dir {parent}`, or this part alone with "
+            f"`noduleflow train {part} DATA --set run.runs_dir={run_dir} --run {part}`"
+            + (" --init <classify run>" if part == "malignancy" else "") + ".")

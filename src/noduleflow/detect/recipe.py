@@ -1,0 +1,80 @@
+"""`train_detector`: the whole detector (segmentation, nodule classifier, malignancy) into one run folder.
+
+The default recipe is sized for a 2-core laptop CPU: about 20 minutes on synthetic data (see
+bench/detect.py for the measured figure and the CPM it reaches). Each part is an ordinary
+`noduleflow.train.train` run with its own config.yaml, written to RUNS_DIR/RUN/<part>/ (the layout
+`detect.models` reads). All parts use the same seed and so the same split by series.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from noduleflow.config import resolve_config
+from noduleflow.errors import ConfigError
+
+RECIPE: dict[str, dict[str, Any]] = {
+    "segment": {"run.epochs": 8, "data.epoch_samples": 1024, "data.batch_size": 32, "optim.lr": 1e-3},
+    "classify": {"run.epochs": 3, "data.epoch_samples": 1024, "data.batch_size": 32, "optim.lr": 1e-3, "data.balance": 1},
+    "malignancy": {"run.epochs": 6, "data.batch_size": 16, "optim.lr": 1e-3, "model.finetune_depth": 2},
+}
+"""Per-part overrides over the task presets (config.PRESETS); `scale` multiplies epochs and epoch_samples."""
+_COMMON = {"data.val_fraction": 0.1, "data.test_fraction": 0.0}
+
+
+@dataclass(frozen=True)
+class DetectorTraining:
+    """Where the detector went, how long each part took (s), and parts skipped (with why)."""
+
+    run_dir: Path
+    seconds: dict[str, float]
+    skipped: dict[str, str]
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{part} {s / 60:.1f} min" for part, s in self.seconds.items())
+        total = sum(self.seconds.values())
+        lines = [f"detector {self.run_dir}: trained in {total / 60:.1f} min ({parts})"]
+        lines += [f"skipped {part}: {why}" for part, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def train_detector(data: str | Path, *, run: str = "detector", runs_dir: str | Path = "runs", seed: int = 0, scale: float = 1.0,
+                   malignancy: bool = True, progress: bool = True, threads: int = 0,
+                   overrides: dict[str, dict[str, Any]] | None = None) -> DetectorTraining:
+    """Prepare `data`'s cache, then train segment, classify and (if `malignancy` and labels exist) malignancy.
+
+    scale: multiplies epoch_samples (training length) for quick tests (e.g. 0.02) or longer recipes.
+    overrides: per part, extra dotted config keys, e.g. {"segment": {"run.epochs": 2}}.
+    """
+    from noduleflow.data.luna16 import load_index
+    from noduleflow.data.prepare_cache import prepare
+    from noduleflow.train import train
+
+    if scale <= 0:
+        raise ConfigError(f"scale = {scale} is not positive", fix="Use 1.0 for the default recipe, less for a quick test.")
+    run_dir = Path(runs_dir) / run
+    prepare(data, progress=progress)
+    index = load_index(data)
+    seconds: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    parts = ["segment", "classify"]
+    if not malignancy:
+        skipped["malignancy"] = "not asked for"
+    elif not any(n.malignant for n in index.nodules) or all(n.malignant for n in index.nodules if n.malignant is not None):
+        skipped["malignancy"] = "the data has no malignant/benign labels of both kinds (annotations_with_malignancy.csv)"
+    else:
+        parts.append("malignancy")
+    for part in parts:
+        flags = {**_COMMON, **RECIPE[part], **(overrides or {}).get(part, {}), "data.root": str(data), "run.name": part,
+                 "run.runs_dir": str(run_dir), "run.seed": seed, "run.progress": progress, "run.threads": threads}
+        if "data.epoch_samples" in flags:
+            flags["data.epoch_samples"] = max(int(flags["data.epoch_samples"] * scale), flags["data.batch_size"])
+        if part == "malignancy":
+            flags["model.init"] = str(run_dir / "classify")
+        start = time.perf_counter()
+        train(resolve_config(part, overrides=flags))
+        seconds[part] = time.perf_counter() - start
+    return DetectorTraining(run_dir, seconds, skipped)

@@ -1,0 +1,90 @@
+"""Segmentation of a whole scan by the 2D U-Net, batched over slices and restricted to the lungs.
+
+The scan is cut into chunks of `chunk` consecutive slices that hold lung; each chunk is segmented in
+one batch over the in-plane box of its lung voxels plus `margin` (the U-Net's context), rounded up
+to a multiple of the U-Net's downsampling factor. Outside the windows the probability is 0: a
+nodule outside the lung field is not a lung nodule. Chunks never share a slice and each box holds
+its chunk's lung voxels, so every lung voxel is predicted exactly once.
+
+Why boxes per chunk rather than the whole slice: in a chest CT the lungs fill about a third of the
+slice area and part of the slices, and the U-Net's cost is linear in the pixels it sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from noduleflow.data.patches import crop_box, hu_to_unit
+
+
+@dataclass(frozen=True)
+class Window:
+    """Slices [i0, i1) over the in-plane box starting at (r0, c0) of size (h, w) voxels (may reach past the scan: air)."""
+
+    i0: int
+    i1: int
+    r0: int
+    c0: int
+    h: int
+    w: int
+
+    def target(self, shape) -> tuple[slice, slice, slice]:
+        """The part of an (I, R, C) array of `shape` this window predicts."""
+        return (slice(self.i0, self.i1), slice(max(self.r0, 0), min(self.r0 + self.h, shape[1])),
+                slice(max(self.c0, 0), min(self.c0 + self.w, shape[2])))
+
+
+def lung_windows(lung: np.ndarray, *, chunk: int = 16, margin: int = 16, multiple: int = 4) -> list[Window]:
+    """Windows over the slices of the (I, R, C) bool `lung` mask that hold lung (see the module docstring)."""
+    slices = np.flatnonzero(lung.any(axis=(1, 2)))
+    windows = []
+    for start in range(0, len(slices), chunk):
+        group = slices[start:start + chunk]
+        i0, i1 = int(group[0]), int(group[-1]) + 1
+        rows = np.flatnonzero(lung[i0:i1].any(axis=(0, 2)))
+        cols = np.flatnonzero(lung[i0:i1].any(axis=(0, 1)))
+        (r0, h), (c0, w) = (_span(max(a[0] - margin, 0), min(a[-1] + 1 + margin, n), multiple)
+                            for a, n in ((rows, lung.shape[1]), (cols, lung.shape[2])))
+        windows.append(Window(i0, i1, r0, c0, h, w))
+    return windows
+
+
+def full_windows(shape, *, chunk: int = 16, multiple: int = 4) -> list[Window]:
+    """Windows over every voxel of an (I, R, C) scan: whole slices, `chunk` at a time."""
+    (r0, h), (c0, w) = _span(0, shape[1], multiple), _span(0, shape[2], multiple)
+    return [Window(i, min(i + chunk, shape[0]), r0, c0, h, w) for i in range(0, shape[0], chunk)]
+
+
+@torch.inference_mode()
+def segment_windows(model: torch.nn.Module, hu: np.ndarray, windows: list[Window], *, context: int, batch: int = 16,
+                    channels_last: bool = False) -> np.ndarray:
+    """(I, R, C) float32 nodule probabilities of the (I, R, C) int16 `hu` scan: sigmoid of `model` in each window.
+
+    model: (B, 2 * context + 1, h, w) -> (B, 1, h, w) logits, in eval mode. Slices past the scan's
+    ends are read as air, as in training.
+    """
+    probs = np.zeros(hu.shape, dtype=np.float32)
+    depth = 2 * context + 1
+    for win in windows:
+        n = win.i1 - win.i0
+        block = crop_box(hu, (win.i0 - context, win.r0, win.c0), (n + 2 * context, win.h, win.w))
+        stack = torch.from_numpy(hu_to_unit(block))                        # (n + 2k, h, w)
+        out = np.empty((n, win.h, win.w), dtype=np.float32)
+        for b in range(0, n, batch):
+            m = min(batch, n - b)
+            x = stack[b:b + m + depth - 1].unfold(0, depth, 1).permute(0, 3, 1, 2)  # (m, 2k + 1, h, w)
+            x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            out[b:b + m] = torch.sigmoid(model(x)[:, 0].float()).numpy()  # (m, h, w)
+        target = win.target(hu.shape)
+        rows, cols = target[1], target[2]
+        probs[target] = out[:, rows.start - win.r0:rows.stop - win.r0, cols.start - win.c0:cols.stop - win.c0]
+    return probs
+
+
+def _span(lo: int, hi: int, multiple: int) -> tuple[int, int]:
+    """(start, size): [lo, hi) grown evenly on both sides to a size divisible by `multiple`."""
+    size = -(-(hi - lo) // multiple) * multiple
+    return int(lo - (size - (hi - lo)) // 2), int(size)

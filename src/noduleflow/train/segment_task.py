@@ -1,0 +1,109 @@
+"""The `segment` task: a 2D U-Net that marks nodule voxels, trained on `SegmentationCrops`.
+
+Why 2D with context slices (as in "Deep Learning with PyTorch" ch. 13) rather than 3D patches:
+measured on this project's 2-core CPU (bench/detect.py's machine), a width-8 depth-3 U-Net over
+16 slices of 256 x 256 took 6.3 s as 2D (7 slices in as channels) and 17-19 s as 3D (channels_last_3d
+included), so a whole scan segments about 3x faster in 2D; the 7-slice context still lets the net
+tell a round nodule (present over several slices) from a vessel crossing the slice.
+
+Samples are (image (7, 64, 64) HU/1000, mask (1, 64, 64) bool of the centre slice, index); half are
+jittered crops around nodules, half random crops inside the lungs (mostly vessels: the hard
+negatives). The loss is the book's recall-weighted Dice: dice(all) + 8 * dice(foreground only),
+so a missed nodule voxel costs far more than a false one; the classifier downstream removes the
+false positives. Validation uses a fixed set of crops drawn once with `run.seed`, so that best.pt
+is picked on the same samples every epoch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from noduleflow.config import TrainConfig
+from noduleflow.data.loaders import make_loader
+from noduleflow.errors import ConfigError
+from noduleflow.metrics.segmentation import soft_dice
+from noduleflow.models import create_model
+from noduleflow.train.distributed import DistInfo, ShardSampler
+from noduleflow.train.tasks import TaskParts
+
+SPATIAL_DIMS = 2
+CONTEXT = 3  # slices on each side of the segmented one, fed as channels: 2 * CONTEXT + 1 inputs
+CROP = (64, 64)  # training crop (H, W) voxels
+FN_WEIGHT = 8.0  # weight of the foreground-only Dice term (the book's 8)
+VAL_SAMPLES = 256
+_AUGMENT = {"rotate_deg": 15.0, "scale": 0.1, "offset_vox": 2.0, "noise_hu": 25.0}
+
+
+def build_unet(width: int, depth: int) -> torch.nn.Module:
+    """The segmentation U-Net as trained here: (B, 2 * CONTEXT + 1, H, W) -> (B, 1, H, W) logits."""
+    return create_model("unet", in_channels=2 * CONTEXT + 1, num_classes=1, width=width, depth=depth, spatial_dims=SPATIAL_DIMS)
+
+
+def weighted_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Scalar loss of (B, 1, *S) logits against (B, 1, *S) masks: (1 - Dice) + FN_WEIGHT * (1 - foreground Dice).
+
+    The foreground Dice compares the prediction restricted to the mask with the mask: it only
+    falls when nodule voxels are missed, so it weighs recall (the book's `fnLoss_g`).
+    """
+    probs, target = torch.sigmoid(logits.float()), target.float()
+    everything = 1 - soft_dice(probs, target)                 # (B, 1)
+    foreground = 1 - soft_dice(probs * target, target)        # (B, 1)
+    return (everything + FN_WEIGHT * foreground).mean()
+
+
+def segmentation_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Voxel precision, recall and F1 (= Dice over all voxels pooled) of logits > 0 against the masks."""
+    pred, truth = logits > 0, target.bool()
+    tp = float((pred & truth).sum())
+    fp, fn = float((pred & ~truth).sum()), float((~pred & truth).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def build_segment_task(cfg: TrainConfig, dist: DistInfo = DistInfo()) -> TaskParts:
+    """U-Net, weighted Dice loss and crop loaders of the LUNA16 folder `cfg.data.root` (split by series)."""
+    from noduleflow.data import Augment, ScanCache, SegmentationCrops, load_index
+    from noduleflow.data.cache import DEFAULT_CACHE_NAME
+
+    root = Path(cfg.data.root)
+    index = load_index(root)
+    split = index.split(val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.run.seed)
+    cache = ScanCache(cfg.data.cache or root / DEFAULT_CACHE_NAME, spacing_xyz=cfg.data.spacing or None)
+    augment = Augment(spatial_dims=SPATIAL_DIMS, **_AUGMENT) if cfg.data.augment else None
+
+    def crops(uids, transform, samples):
+        return SegmentationCrops(cache, index.nodules_of(uids), uids, spatial_dims=SPATIAL_DIMS, crop=CROP,
+                                 context=CONTEXT, lung_fraction=0.5, samples_per_epoch=samples, transform=transform)
+
+    train = crops(split.train, augment, cfg.data.epoch_samples or None)
+    val = crops(split.val, None, VAL_SAMPLES)
+    test = crops(split.test, None, VAL_SAMPLES) if split.test else None
+    for name, dataset in (("training", train), ("validation", val)):
+        if dataset.n_nodule_samples == 0:
+            raise ConfigError(f"the {name} split of {root} holds no annotated nodules to segment",
+                              fix="Use more scans (e.g. `noduleflow synth --scans 10`) or change data.val_fraction.")
+    model = build_unet(cfg.model.width, cfg.model.depth)
+    batch, workers, seed = cfg.data.batch_size, cfg.data.num_workers, cfg.run.seed
+    train_loader = make_loader(train, batch, workers=workers, shuffle=True, seed=seed, distributed=dist.enabled,
+                               persistent_workers=False)
+
+    def evaluation(dataset: Dataset):
+        frozen = _frozen(dataset, seed)
+        shard = ShardSampler(len(frozen), dist.rank, dist.world_size) if dist.enabled else None
+        return make_loader(frozen, batch, seed=seed, sampler=shard, persistent_workers=False)
+
+    return TaskParts(model, weighted_dice_loss, train_loader, evaluation(val),
+                     None if test is None else evaluation(test), metrics_fn=segmentation_metrics)
+
+
+def _frozen(dataset: Dataset, seed: int) -> TensorDataset:
+    """Every sample of `dataset` drawn once under `seed` (random crops fixed), without touching the global RNG."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        items = [dataset[i] for i in range(len(dataset))]
+    return TensorDataset(*(torch.stack(column) for column in zip(*items)))
