@@ -103,17 +103,21 @@ def evaluate(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the demo's data and results."),
-    scans: int = typer.Option(6, "--scans", help="Number of synthetic scans to generate."),
-    seed: int = typer.Option(0, "--seed", help="Random seed of the synthetic data."),
+    out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the demo's data, runs and results."),
+    scans: int = typer.Option(12, "--scans", min=2, help="Synthetic training scans to generate."),
+    held_out: int = typer.Option(3, "--held-out", min=1, help="Synthetic held-out scans (another seed) to detect on and score."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the synthetic data and the training."),
+    scale: float = typer.Option(0.25, "--scale", min=0.001, help="Fraction of the default detector recipe's training (1.0: about 20 minutes)."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch; 0 keeps PyTorch's choice."),
 ) -> None:
-    """Run the pipeline on built-in synthetic CT: generate scans in the LUNA16 layout and summarise them.
+    """Run the whole pipeline on built-in synthetic CT: synthesize, train, detect, evaluate.
 
+    Writes OUT/data and OUT/held_out (scans, CSVs, previews), OUT/runs/detector (models, training curves), OUT/detections (LUNA16 submission, detections.json, PNGs) and OUT/evaluation (FROC). A second run reuses the trained detector.
     Example: noduleflow demo --out demo
     """
     from noduleflow.demo import run_demo
 
-    run_demo(out, scans=scans, seed=seed)
+    run_demo(out, scans=scans, held_out=held_out, seed=seed, scale=scale, threads=threads)
 
 
 @app.command()
