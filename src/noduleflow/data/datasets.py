@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from noduleflow.data.cache import CachedScan, LungMask, ScanCache
 from noduleflow.data.luna16 import Candidate, Nodule
-from noduleflow.data.patches import crop, crop_mm, hu_to_unit
+from noduleflow.data.patches import crop_box, crop_mm, hu_to_unit
 
 DEFAULT_PATCH = (32, 48, 48)
 """Patch size in voxels (I, R, C), as in "Deep Learning with PyTorch" ch. 11."""
@@ -101,7 +101,9 @@ class PatchDataset(Dataset):
         self.records = tuple(r for r, keep in zip(records, inside) if keep)
         self.labels = np.asarray(labels, dtype=np.int64)[inside]           # (N,)
         self.centers_irc = centers[inside]                                  # (N, 3) fractional voxels
-        self._rounded = np.floor(self.centers_irc + 0.5).astype(np.int64)   # (N, 3)
+        rounded = np.floor(self.centers_irc + 0.5).astype(np.int64)          # (N, 3) centre voxels
+        # each patch's first voxel as plain ints: crops run thousands of times a second, numpy scalars cost
+        self._corners = [tuple(c) for c in (rounded - np.asarray(self.size) // 2).tolist()]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -110,7 +112,7 @@ class PatchDataset(Dataset):
         """The (D, H, W) patch of sample `index` in HU (int16, or float32 when resampled to mm)."""
         scan = self.scans(self.records[index].series_uid)
         if self.size_mm is None:
-            return crop(scan.hu, self._rounded[index], self.size)
+            return crop_box(scan.hu, self._corners[index], self.size)
         return crop_mm(scan.hu, self.centers_irc[index], self.size, self.size_mm, scan.spacing_xyz[::-1])
 
     @property
@@ -120,7 +122,7 @@ class PatchDataset(Dataset):
 
     def crop_into(self, index: int, out: np.ndarray) -> None:
         """Write the int16 HU patch of sample `index` into `out` (D, H, W), e.g. a row of a shared batch buffer."""
-        crop(self.scans(self.records[index].series_uid).hu, self._rounded[index], self.size, out)
+        crop_box(self.scans(self.records[index].series_uid).hu, self._corners[index], self.size, out)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         patch = torch.from_numpy(hu_to_unit(self.patch_hu(index)))[None]   # (1, D, H, W)
