@@ -88,8 +88,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, workers: int = 0, shuffle:
     distributed: shard with DistributedSampler (torchrun / DDP) unless `sampler` already shards
     (BalancedSampler does); call `loader.sampler.set_epoch(epoch)` each epoch in both cases.
     pin_memory: defaults to True when CUDA is available (faster host-to-GPU copies).
-    A `batchable` patch dataset (with persistent workers or none, and no collate_fn) takes the shared-slot
-    path of `noduleflow.data.ring`: its batches are views of shared memory that stay valid while referenced.
+    A `batchable` patch dataset (and no collate_fn) takes the shared-slot path of `noduleflow.data.ring`:
+    its batches are tensors over shared memory that stay valid while referenced.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} is not positive", fix="Use a batch size of 1 or more, e.g. 32.")
@@ -102,8 +102,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, workers: int = 0, shuffle:
     prefetch_factor = (prefetch_factor or 2) if workers > 0 else None
     common = dict(num_workers=workers, pin_memory=pin_memory, worker_init_fn=_seed_worker, generator=generator,
                   persistent_workers=persistent_workers and workers > 0, prefetch_factor=prefetch_factor)
-    persistent = common["persistent_workers"] or workers == 0   # the slot ring needs one iterator at a time
-    if not (getattr(dataset, "batchable", False) and collate_fn is None and persistent):
+    if not (getattr(dataset, "batchable", False) and collate_fn is None):
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
                           drop_last=drop_last, collate_fn=collate_fn, **common)
     if sampler is None:

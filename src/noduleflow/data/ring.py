@@ -12,8 +12,9 @@ The slot turns free again once that tensor and every view of it are garbage (`we
 so a caller may keep batches as long as it likes; when every slot is busy, the batch is built the
 usual way (slot -1). With pin_memory the slot is copied into pinned memory and freed at once.
 
-Only for workers == 0 or persistent workers: then one iterator at a time uses the workers, and a
-batch abandoned by an interrupted pass is drained by the DataLoader before the next pass starts.
+A pass that stops early leaves slots whose batches never arrive. They are freed once no worker can
+write them any more: with persistent workers when the next pass starts (the DataLoader drains the
+old batches first), otherwise when the pass's iterator is garbage (its workers have been joined).
 """
 
 from __future__ import annotations
@@ -41,25 +42,37 @@ class _SlotPool:
 
     def __init__(self, slots: int):
         self.busy = [False] * slots
-        self.dispatched: set[int] = set()  # given to a batch in flight, not yet handed to the caller
+        self.owner: dict[int, set[int]] = {}  # slot in flight -> the `taken` set of the pass that sent it
+        self.latest: set[int] = set()          # the `taken` set of the newest pass
 
-    def take(self) -> int:
-        """A free slot, now busy; -1 when all are in flight or held by the caller."""
+    def new_pass(self) -> set[int]:
+        self.latest = set()
+        return self.latest
+
+    def take(self, taken: set[int]) -> int:
+        """A free slot, now busy and recorded in `taken`; -1 when all are in flight or held by the caller."""
         for slot, busy in enumerate(self.busy):
             if not busy:
                 self.busy[slot] = True
-                self.dispatched.add(slot)
+                taken.add(slot)
+                self.owner[slot] = taken
                 return slot
         return -1
 
     def hand_out(self, slot: int, tensor: torch.Tensor) -> None:
         """The caller now holds `tensor` over `slot`; the slot frees itself when the tensor is garbage."""
-        self.dispatched.discard(slot)
+        self.owner.pop(slot).discard(slot)
         weakref.finalize(tensor, self.free, slot)
 
     def free(self, slot: int) -> None:
-        self.dispatched.discard(slot)
         self.busy[slot] = False
+
+    def release(self, taken: set[int]) -> None:
+        """Free the slots of a pass whose remaining batches can no longer be written."""
+        for slot in list(taken):
+            taken.discard(slot)
+            self.owner.pop(slot, None)
+            self.free(slot)
 
 
 class _SlotBatch(list):
@@ -82,9 +95,12 @@ class _SlottedBatches(Sampler[list]):
         return len(self.batches)
 
     def __iter__(self) -> Iterator[_SlotBatch]:
+        return self._tagged(self.pool.new_pass())  # the pass's set exists as soon as the DataLoader calls iter()
+
+    def _tagged(self, taken: set[int]) -> Iterator[_SlotBatch]:
         for indices in self.batches:
             batch = _SlotBatch(indices)
-            batch.slot = self.pool.take()
+            batch.slot = self.pool.take(taken)
             yield batch
 
 
@@ -110,6 +126,12 @@ class _RingPatches(Dataset):
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def __getattr__(self, name: str):
+        """`loader.dataset.records`, `.labels`, ... reach the wrapped dataset."""
+        if name.startswith("__") or name in ("dataset", "ring", "_hu"):  # unpickling looks these up before they exist
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
     def __getitem__(self, index: int):
         return self.dataset[index]
@@ -137,10 +159,14 @@ class _RingLoader(DataLoader):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         pool, ring = self.batch_sampler.pool, self.dataset.ring
-        abandoned = list(pool.dispatched)      # batches of an interrupted pass: drained by the reset below
+        previous = getattr(self, "_previous_pass", None)
         batches = super().__iter__()
-        for slot in abandoned:
-            pool.free(slot)
+        self._previous_pass = taken = pool.latest
+        if self.persistent_workers:
+            if previous is not None and previous is not taken:
+                pool.release(previous)                    # the reset inside super().__iter__() drained its batches
+        else:
+            weakref.finalize(batches, pool.release, taken)  # runs after the iterator's __del__ has joined its workers
         for batch in batches:
             yield self._patches(batch, pool, ring), torch.from_numpy(batch.labels), torch.from_numpy(batch.index)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -93,13 +95,13 @@ def test_make_loader_options(luna_prepared, tmp_path):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_patch_batches_from_shared_slots_equal_the_dataset_and_stay_valid_while_held(luna_prepared, workers):
+@pytest.mark.parametrize("workers, persistent", [(0, False), (2, True), (2, False)])
+def test_patch_batches_from_shared_slots_equal_the_dataset_and_stay_valid_while_held(luna_prepared, workers, persistent):
     v = luna_prepared["volumes"][0]
     rows = [Candidate(v.series_uid, tuple(v.irc_to_xyz([i, r, 30])), i % 7 == 0) for i in range(2, 38, 3) for r in (20, 40)]
     ds = CandidatePatches(luna_prepared["cache"], rows, size=(6, 10, 10))
     expected = torch.stack([ds[i][0] for i in range(len(ds))])           # (N, 1, 6, 10, 10) via __getitem__
-    loader = make_loader(ds, 4, workers=workers, shuffle=True, seed=0)
+    loader = make_loader(ds, 4, workers=workers, shuffle=True, seed=0, persistent_workers=persistent)
     pool = loader.batch_sampler.pool
     kept = []
     for epoch in range(2):
@@ -118,4 +120,8 @@ def test_patch_batches_from_shared_slots_equal_the_dataset_and_stay_valid_while_
     del batches                                                           # an abandoned pass ...
     assert sum(len(i) for _, _, i in loader) == len(ds)                  # ... does not disturb the next one
     assert torch.equal(first[0], expected[first[2]])
+    del first
+    gc.collect()
+    assert not any(pool.busy) and pool.owner == {}                        # and its slots came back
     assert loader.sampler is loader.batch_sampler.sampler and len(loader) == 6
+    assert len(loader.dataset) == len(ds) and loader.dataset.records is ds.records   # the wrapper forwards
