@@ -146,7 +146,7 @@ def detect(
 
 from typer.core import TyperGroup  # noqa: E402
 
-from noduleflow.config import TASKS, field_help  # noqa: E402  (light: yaml only, no torch)
+from noduleflow.config import field_help  # noqa: E402  (light: yaml only, no torch)
 
 
 class _TaskGroup(TyperGroup):
@@ -156,7 +156,7 @@ class _TaskGroup(TyperGroup):
         if args and not args[0].startswith("-") and args[0] not in self.commands:
             from noduleflow.errors import ConfigError
 
-            raise ConfigError(f"unknown task '{args[0]}'", fix=f"Choose one of: {', '.join(TASKS)}.")
+            raise ConfigError(f"unknown task '{args[0]}'", fix=f"Choose one of: {', '.join(self.list_commands(ctx))}.")
         return super().resolve_command(ctx, args)
 
 
