@@ -58,8 +58,8 @@ def _one_error_line(code, out, err):
 
 
 def test_unknown_task(monkeypatch, capsys):
-    line = _one_error_line(*_cli(monkeypatch, capsys, "train", "segment"))
-    assert "unknown task 'segment'" in line and "digits, classify, malignancy" in line
+    line = _one_error_line(*_cli(monkeypatch, capsys, "train", "dance"))
+    assert "unknown task 'dance'" in line and "digits, classify, malignancy" in line
 
 
 def test_unknown_model(monkeypatch, capsys, runs):

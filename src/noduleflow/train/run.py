@@ -23,6 +23,7 @@ from noduleflow.config import OptimConfig, TrainConfig, save_config
 from noduleflow.errors import CheckpointError, NoduleflowError
 from noduleflow.train.checkpoint import freeze_blocks, init_from_checkpoint, load_checkpoint, load_model_state
 from noduleflow.train.distributed import barrier, init_distributed, resolve_device
+from noduleflow.train.host import configure_host
 from noduleflow.train.tasks import build_task
 from noduleflow.train.trainer import Trainer
 from noduleflow.train.wrap import wrap_model
@@ -55,9 +56,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, until_epoch: int | None = N
     test of resume); the schedule still spans `run.epochs`, and `resume` picks up from there.
     """
     start = time.perf_counter()
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
+    configure_host(device, cfg.run.threads)
     dist = init_distributed(device)
     run_dir = cfg.run_dir
     check_run_dir(run_dir, resume=resume)

@@ -88,8 +88,8 @@ def test_wrong_type_is_refused():
 
 
 def test_unknown_task_and_mismatched_recipe(tmp_path):
-    with pytest.raises(ConfigError, match="unknown task 'segment'"):
-        resolve_config("segment")
+    with pytest.raises(ConfigError, match="unknown task 'dance'"):
+        resolve_config("dance")
     recipe = tmp_path / "c.yaml"
     recipe.write_text("task: classify\n")
     with pytest.raises(ConfigError, match="recipe for task 'classify'"):
@@ -121,3 +121,15 @@ def test_missing_and_broken_files(tmp_path):
     broken.write_text("run: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(broken)
+
+
+def test_init_inherits_the_source_runs_architecture(tmp_path):
+    source = resolve_config("classify", overrides={"data.root": "d", "model.width": 4, "model.depth": 3,
+                                                   "run.runs_dir": str(tmp_path)})
+    source.run_dir.mkdir(parents=True)
+    save_config(source, source.run_dir / "config.yaml")
+    cfg = resolve_config("malignancy", overrides={"data.root": "d", "model.init": str(source.run_dir)})
+    assert (cfg.model.name, cfg.model.width, cfg.model.depth) == ("nodule_classifier", 4, 3)
+    cfg = resolve_config("malignancy", overrides={"data.root": "d", "model.init": str(source.run_dir / "best.pt"),
+                                                  "model.width": 16})
+    assert (cfg.model.width, cfg.model.depth) == (16, 3)  # a flag still wins
