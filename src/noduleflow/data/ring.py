@@ -59,10 +59,13 @@ class _SlotPool:
                 return slot
         return -1
 
-    def hand_out(self, slot: int, tensor: torch.Tensor) -> None:
-        """The caller now holds `tensor` over `slot`; the slot frees itself when the tensor is garbage."""
+    def hand_out(self, slot: int, tensor: torch.Tensor | None) -> None:
+        """The caller now holds `tensor` over `slot`; the slot frees itself when the tensor is garbage (None: now)."""
         self.owner.pop(slot).discard(slot)
-        weakref.finalize(tensor, self.free, slot)
+        if tensor is None:
+            self.free(slot)
+        else:
+            weakref.finalize(tensor, self.free, slot)
 
     def free(self, slot: int) -> None:
         self.busy[slot] = False
@@ -171,11 +174,12 @@ class _RingLoader(DataLoader):
             yield self._patches(batch, pool, ring), torch.from_numpy(batch.labels), torch.from_numpy(batch.index)
 
     def _patches(self, batch: _RingBatch, pool: _SlotPool, ring: torch.Tensor) -> torch.Tensor:
+        pin = self.pin_memory and torch.accelerator.is_available()  # as DataLoader decides: no accelerator, no pinning
         if batch.slot < 0:
-            return batch.patches.pin_memory() if self.pin_memory else batch.patches
-        if self.pin_memory:
+            return batch.patches.pin_memory() if pin else batch.patches
+        if pin:
             patches = ring[batch.slot, : batch.size].pin_memory()
-            pool.free(batch.slot)
+            pool.hand_out(batch.slot, None)
             return patches
         # a tensor of its own (not a view of `ring`), so that the caller's views keep it, and the slot, alive
         patches = torch.empty(0).set_(ring.untyped_storage(), ring.storage_offset() + batch.slot * ring.stride(0),
