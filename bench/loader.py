@@ -35,7 +35,7 @@ import numpy as np
 
 SCANS, SEED, BATCH, WORKERS = 8, 0, 32, 2
 PATCH = (32, 48, 48)
-POOL = 512                    # distinct candidates; passes draw from them in random order, as epochs do
+POOL = 384                    # distinct candidates; passes draw from them in random order, as epochs do
 N_FAST, N_NAIVE = 3072, 96    # patches per timed pass: noduleflow and diskcache; the naive baseline
 
 
