@@ -12,8 +12,8 @@ CONFIGS = sorted((Path(__file__).parents[3] / "configs").glob("*.yaml"))
 
 
 def test_defaults_are_the_digits_recipe():
-    cfg = TrainConfig()
-    assert (cfg.task, cfg.model.name, cfg.run_name) == ("digits", "digits_cnn", "digits")
+    cfg = resolve_config("digits")
+    assert (cfg.task, cfg.model.name, cfg.run_name, cfg.run.threads) == ("digits", "digits_cnn", "digits", 1)
     assert load_config(CONFIGS[0].parent / "digits.yaml") == cfg
 
 
