@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from noduleflow.config import TrainConfig, config_to_dict
-from noduleflow.errors import CheckpointError
+from noduleflow.errors import CheckpointError, ConfigError
 from noduleflow.metrics.classification import classification_metrics
 from noduleflow.train.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from noduleflow.train.distributed import DistInfo, all_gather_objects
@@ -58,6 +58,9 @@ class Trainer:
             for epoch in range(self.epoch + 1, min(self.config.run.epochs, until_epoch or self.config.run.epochs) + 1):
                 record = {"epoch": epoch, **self._train_epoch(epoch)}
                 record.update({f"val_{k}": v for k, v in self.evaluate(self.val_loader).items()})
+                if self.monitor not in record:
+                    raise ConfigError(f"run.monitor = {self.monitor!r} is not a metric of this task",
+                                      fix=f"Use one of: {', '.join(k for k in record if k.startswith('val_'))}.")
                 improved = self._update_best(record[self.monitor], epoch)
                 self.epoch = epoch
                 self.history.append(record)

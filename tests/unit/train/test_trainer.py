@@ -6,6 +6,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from noduleflow.config import config_from_dict
+from noduleflow.errors import ConfigError
 from noduleflow.train.checkpoint import load_checkpoint
 from noduleflow.train.trainer import Trainer
 from noduleflow.train.wrap import wrap_model
@@ -46,3 +47,10 @@ def test_gradient_clipping_bounds_the_update(clip):
         assert step.item() == pytest.approx(clip, rel=1e-4)
     else:
         assert step.item() > 0.05
+
+
+def test_a_monitor_the_task_does_not_report_is_a_config_error():
+    trainer = _trainer(0.1, run={"epochs": 1, "monitor": "val_auc"})
+    trainer.metrics_fn = lambda logits, labels: {"dice": 0.5}
+    with pytest.raises(ConfigError, match="val_loss, val_dice"):
+        trainer.fit()
