@@ -127,7 +127,7 @@ def detect(
                              "(each a run of `noduleflow train`), as `noduleflow train detector DATA --run NAME` writes it to runs/NAME."),
     out: Path = typer.Option(Path("detections"), "--out", "-o", help="Folder for submission.csv, detections.json and png/<seriesuid>.png."),
     threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Segmentation probability that makes a voxel part of a candidate."),
-    max_candidates: int = typer.Option(300, "--max-candidates", min=1, help="Candidates classified per scan at most (the segmentation's most confident)."),
+    max_candidates: int = typer.Option(100, "--max-candidates", min=1, help="Candidates classified per scan at most (the segmentation's most confident; LUNA16 scores 100 marks per scan)."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch; 0 keeps PyTorch's choice."),
 ) -> None:
     """Find nodules: lung field -> U-Net segmentation -> connected components -> nodule classifier -> malignancy.

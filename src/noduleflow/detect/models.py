@@ -45,16 +45,12 @@ def load_detector(run_dir: str | Path) -> DetectorModels:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError("is not a detector run folder", path=run_dir, fix=_fix(run_dir, "segment"))
-    models = {}
-    for part in PARTS:
-        sub = run_dir / part
-        if part not in REQUIRED and not (sub / "best.pt").is_file():
-            models[part] = None
-            continue
+    present = [part for part in PARTS if part in REQUIRED or (run_dir / part / "best.pt").is_file()]
+    for part in present:  # every file checked before any is read: the error names all that is missing first
         for name in ("config.yaml", "best.pt"):
-            if not (sub / name).is_file():
+            if not (run_dir / part / name).is_file():
                 raise CheckpointError(f"has no {part}/{name}", path=run_dir, fix=_fix(run_dir, part))
-        models[part] = _load_part(sub, part)
+    models = {part: _load_part(run_dir / part, part) if part in present else None for part in PARTS}
     return DetectorModels(models["segment"], models["classify"], models["malignancy"], run_dir)
 
 

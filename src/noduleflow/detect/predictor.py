@@ -72,7 +72,7 @@ class Predictor:
     every voxel of every slice).
     """
 
-    def __init__(self, models: DetectorModels, *, threshold: float = 0.5, min_voxels: int = 2, max_candidates: int = 300,
+    def __init__(self, models: DetectorModels, *, threshold: float = 0.5, min_voxels: int = 2, max_candidates: int = 100,
                  batch: int = 16, restrict_to_lung: bool = True, threads: int = 0):
         self.models, self.threshold, self.min_voxels = models, float(threshold), int(min_voxels)
         self.max_candidates, self.batch, self.restrict_to_lung = int(max_candidates), int(batch), restrict_to_lung

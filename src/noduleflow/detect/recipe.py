@@ -8,6 +8,7 @@ bench/detect.py for the measured figure and the CPM it reaches). Each part is an
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,12 @@ from noduleflow.config import resolve_config
 from noduleflow.errors import ConfigError
 
 RECIPE: dict[str, dict[str, Any]] = {
-    "segment": {"run.epochs": 8, "data.epoch_samples": 1024, "data.batch_size": 32, "optim.lr": 1e-3},
-    "classify": {"run.epochs": 3, "data.epoch_samples": 1024, "data.batch_size": 32, "optim.lr": 1e-3, "data.balance": 1},
-    "malignancy": {"run.epochs": 6, "data.batch_size": 16, "optim.lr": 1e-3, "model.finetune_depth": 2},
+    "segment": {"run.epochs": 4, "data.epoch_samples": 768, "data.batch_size": 32, "optim.lr": 1e-3},
+    "classify": {"run.epochs": 2, "data.epoch_samples": 640, "data.batch_size": 32, "optim.lr": 1e-3, "data.balance": 1},
+    "malignancy": {"run.epochs": 4, "data.batch_size": 16, "optim.lr": 1e-3, "model.finetune_depth": 2},
 }
 """Per-part overrides over the task presets (config.PRESETS); `scale` multiplies epochs and epoch_samples."""
+TRAINING_JSON = "training.json"  # seconds per part, written last: a run folder with it is complete
 _COMMON = {"data.val_fraction": 0.1, "data.test_fraction": 0.0}
 
 
@@ -77,4 +79,7 @@ def train_detector(data: str | Path, *, run: str = "detector", runs_dir: str | P
         start = time.perf_counter()
         train(resolve_config(part, overrides=flags))
         seconds[part] = time.perf_counter() - start
-    return DetectorTraining(run_dir, seconds, skipped)
+    result = DetectorTraining(run_dir, seconds, skipped)
+    (run_dir / TRAINING_JSON).write_text(json.dumps({"seconds": seconds, "skipped": skipped, "scale": scale, "seed": seed,
+                                                     "data": str(data)}, indent=1) + "\n")
+    return result

@@ -40,10 +40,9 @@ class Window:
 def lung_windows(lung: np.ndarray, *, chunk: int = 16, margin: int = 16, multiple: int = 4) -> list[Window]:
     """Windows over the slices of the (I, R, C) bool `lung` mask that hold lung (see the module docstring)."""
     slices = np.flatnonzero(lung.any(axis=(1, 2)))
+    runs = np.split(slices, np.flatnonzero(np.diff(slices) > 1) + 1) if len(slices) else []  # consecutive lung slices
     windows = []
-    for start in range(0, len(slices), chunk):
-        group = slices[start:start + chunk]
-        i0, i1 = int(group[0]), int(group[-1]) + 1
+    for i0, i1 in ((int(run[s]), int(run[min(s + chunk, len(run)) - 1]) + 1) for run in runs for s in range(0, len(run), chunk)):
         rows = np.flatnonzero(lung[i0:i1].any(axis=(0, 2)))
         cols = np.flatnonzero(lung[i0:i1].any(axis=(0, 1)))
         (r0, h), (c0, w) = (_span(max(a[0] - margin, 0), min(a[-1] + 1 + margin, n), multiple)

@@ -8,9 +8,12 @@ tell a round nodule (present over several slices) from a vessel crossing the sli
 
 Samples are (image (7, 64, 64) HU/1000, mask (1, 64, 64) bool of the centre slice, index); half are
 jittered crops around nodules, half random crops inside the lungs (mostly vessels: the hard
-negatives). The loss is the book's recall-weighted Dice: dice(all) + 8 * dice(foreground only),
-so a missed nodule voxel costs far more than a false one; the classifier downstream removes the
-false positives. Validation uses a fixed set of crops drawn once with `run.seed`, so that best.pt
+negatives). The loss is a Tversky loss (a Dice weighted towards recall: a missed nodule voxel
+costs BETA, a false one ALPHA), summed over the whole batch. Why not the book's per-sample
+dice(all) + 8 * dice(foreground): measured here, after 3 epochs of 1,024 crops it still marked
+every lung voxel (val precision 0.003, recall 1.0), because a per-sample Dice of an empty crop has
+almost no gradient, so the half of the crops without a nodule barely teach precision; summed over
+the batch, their false voxels count. The classifier downstream removes the remaining false positives. Validation uses a fixed set of crops drawn once with `run.seed`, so that best.pt
 is picked on the same samples every epoch.
 """
 
@@ -24,7 +27,6 @@ from torch.utils.data import Dataset, TensorDataset
 from noduleflow.config import TrainConfig
 from noduleflow.data.loaders import make_loader
 from noduleflow.errors import ConfigError
-from noduleflow.metrics.segmentation import soft_dice
 from noduleflow.models import create_model
 from noduleflow.train.distributed import DistInfo, ShardSampler
 from noduleflow.train.tasks import TaskParts
@@ -32,26 +34,37 @@ from noduleflow.train.tasks import TaskParts
 SPATIAL_DIMS = 2
 CONTEXT = 3  # slices on each side of the segmented one, fed as channels: 2 * CONTEXT + 1 inputs
 CROP = (64, 64)  # training crop (H, W) voxels
-FN_WEIGHT = 8.0  # weight of the foreground-only Dice term (the book's 8)
-VAL_SAMPLES = 256
+ALPHA, BETA = 0.3, 0.7  # Tversky weights of false-positive and false-negative voxels
+VAL_SAMPLES = 256  # fixed validation crops (fewer when an epoch has fewer training samples)
+HEAD_BIAS = -4.0
 _AUGMENT = {"rotate_deg": 15.0, "scale": 0.1, "offset_vox": 2.0, "noise_hu": 25.0}
 
 
 def build_unet(width: int, depth: int) -> torch.nn.Module:
-    """The segmentation U-Net as trained here: (B, 2 * CONTEXT + 1, H, W) -> (B, 1, H, W) logits."""
-    return create_model("unet", in_channels=2 * CONTEXT + 1, num_classes=1, width=width, depth=depth, spatial_dims=SPATIAL_DIMS)
+    """The segmentation U-Net as trained here: (B, 2 * CONTEXT + 1, H, W) -> (B, 1, H, W) logits.
+
+    The head's bias starts at HEAD_BIAS (sigmoid ~0.02), a prior for how rare nodule voxels are
+    (0.2 % of a training batch). Why: from the default init the net calls two thirds of every crop
+    nodule, and the Tversky loss, a ratio over the whole batch, moves it off that only slowly;
+    measured on one batch of crops, 35 AdamW steps reached F1 0.009 from the default bias and 0.76
+    from this prior.
+    """
+    model = create_model("unet", in_channels=2 * CONTEXT + 1, num_classes=1, width=width, depth=depth, spatial_dims=SPATIAL_DIMS)
+    torch.nn.init.constant_(model.head.bias, HEAD_BIAS)
+    return model
 
 
-def weighted_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Scalar loss of (B, 1, *S) logits against (B, 1, *S) masks: (1 - Dice) + FN_WEIGHT * (1 - foreground Dice).
+def tversky_loss(logits: torch.Tensor, target: torch.Tensor, *, alpha: float = ALPHA, beta: float = BETA,
+                 eps: float = 1.0) -> torch.Tensor:
+    """Scalar 1 - TP / (TP + alpha FP + beta FN) of sigmoid((B, 1, *S) logits) against (B, 1, *S) masks, over the batch.
 
-    The foreground Dice compares the prediction restricted to the mask with the mask: it only
-    falls when nodule voxels are missed, so it weighs recall (the book's `fnLoss_g`).
+    Soft counts (probabilities); alpha = beta = 0.5 is the soft Dice. `eps` (one voxel) keeps a
+    batch without nodules defined: its loss then falls as its false-positive mass falls.
     """
     probs, target = torch.sigmoid(logits.float()), target.float()
-    everything = 1 - soft_dice(probs, target)                 # (B, 1)
-    foreground = 1 - soft_dice(probs * target, target)        # (B, 1)
-    return (everything + FN_WEIGHT * foreground).mean()
+    tp = (probs * target).sum()
+    fp, fn = (probs * (1 - target)).sum(), ((1 - probs) * target).sum()
+    return 1 - (tp + eps) / (tp + alpha * fp + beta * fn + eps)
 
 
 def segmentation_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -81,8 +94,9 @@ def build_segment_task(cfg: TrainConfig, dist: DistInfo = DistInfo()) -> TaskPar
                                  context=CONTEXT, lung_fraction=0.5, samples_per_epoch=samples, transform=transform)
 
     train = crops(split.train, augment, cfg.data.epoch_samples or None)
-    val = crops(split.val, None, VAL_SAMPLES)
-    test = crops(split.test, None, VAL_SAMPLES) if split.test else None
+    held_out = min(VAL_SAMPLES, len(train))  # a short (test) run gets a short validation too
+    val = crops(split.val, None, held_out)
+    test = crops(split.test, None, held_out) if split.test else None
     for name, dataset in (("training", train), ("validation", val)):
         if dataset.n_nodule_samples == 0:
             raise ConfigError(f"the {name} split of {root} holds no annotated nodules to segment",
@@ -97,7 +111,7 @@ def build_segment_task(cfg: TrainConfig, dist: DistInfo = DistInfo()) -> TaskPar
         shard = ShardSampler(len(frozen), dist.rank, dist.world_size) if dist.enabled else None
         return make_loader(frozen, batch, seed=seed, sampler=shard, persistent_workers=False)
 
-    return TaskParts(model, weighted_dice_loss, train_loader, evaluation(val),
+    return TaskParts(model, tversky_loss, train_loader, evaluation(val),
                      None if test is None else evaluation(test), metrics_fn=segmentation_metrics)
 
 

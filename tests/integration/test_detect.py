@@ -1,0 +1,75 @@
+"""`noduleflow train detector` (tiny) -> `noduleflow detect` -> `noduleflow evaluate`, on 3 small synthetic scans."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from noduleflow.cli import app
+from noduleflow.ct import read_volume, write_volume
+from noduleflow.detect.recipe import TRAINING_JSON, train_detector
+from noduleflow.errors import CheckpointError
+from noduleflow.synth import synthesize
+
+runner = CliRunner()
+TINY = {part: {"run.epochs": 1} for part in ("segment", "classify", "malignancy")}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """3 half-size scans (seed 2: nodules of both malignancy classes in training and validation) and a detector
+    trained for one short epoch per part."""
+    root = tmp_path_factory.mktemp("detect")
+    data = root / "data"
+    synthesize(data, scans=3, seed=2, size="small", scale=0.5, progress=False)
+    result = train_detector(data, run="tiny", runs_dir=root / "runs", scale=0.02, progress=False, threads=2, overrides=TINY)
+    return data, result.run_dir
+
+
+def test_recipe_writes_every_part_and_its_budget(trained):
+    _, run_dir = trained
+    for part in ("segment", "classify", "malignancy"):
+        assert (run_dir / part / "best.pt").is_file() and (run_dir / part / "config.yaml").is_file()
+    budget = json.loads((run_dir / TRAINING_JSON).read_text())["seconds"]
+    assert set(budget) == {"segment", "classify", "malignancy"} and all(s > 0 for s in budget.values())
+
+
+def test_detect_folder_then_evaluate_both_outputs(trained, tmp_path):
+    data, run_dir = trained
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["detect", str(data), "--run", str(run_dir), "-o", str(out), "--max-candidates", "20"])
+    assert result.exit_code == 0, result.output
+    scans = sorted(p.stem for p in data.glob("subset*/*.mhd"))
+    assert sorted(p.stem for p in (out / "png").glob("*.png")) == scans
+    with open(out / "submission.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert all(r["seriesuid"] in scans and 0 <= float(r["probability"]) <= 1 for r in rows)
+    doc = json.loads((out / "detections.json").read_text())
+    assert sorted(s["seriesuid"] for s in doc["scans"]) == scans
+    findings = [f for s in doc["scans"] for f in s["findings"]]
+    assert len(findings) == len(rows) and all(0 <= f["malignancy"] <= 1 and f["diameter_mm"] > 0 for f in findings)
+    for name in ("submission.csv", "detections.json"):
+        scored = runner.invoke(app, ["evaluate", str(data), str(out / name), "--bootstrap", "0", "-o", str(tmp_path / name)])
+        assert scored.exit_code == 0, scored.output
+        assert 0.0 <= json.loads((tmp_path / name / "froc.json").read_text())["cpm"] <= 1.0
+
+
+def test_detect_one_nifti_scan(trained, tmp_path):
+    data, run_dir = trained
+    volume = read_volume(next(data.glob("subset*/*.mhd")))
+    scan = write_volume(volume, tmp_path / "chest.nii.gz")
+    result = runner.invoke(app, ["detect", str(scan), "--run", str(run_dir), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert [s["seriesuid"] for s in json.loads((tmp_path / "out" / "detections.json").read_text())["scans"]] == ["chest"]
+    assert (tmp_path / "out" / "png" / "chest.png").is_file()
+
+
+def test_detect_with_an_incomplete_run_names_the_missing_model(trained, tmp_path):
+    data, _ = trained
+    (tmp_path / "run" / "segment").mkdir(parents=True)
+    result = runner.invoke(app, ["detect", str(data), "--run", str(tmp_path / "run"), "-o", str(tmp_path / "out")])
+    assert isinstance(result.exception, CheckpointError)
+    assert "segment/config.yaml" in str(result.exception) and "noduleflow train" in str(result.exception)

@@ -1,0 +1,49 @@
+"""Threshold -> components -> world centre and equivalent-sphere diameter, on hand-made masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from noduleflow.ct import CtVolume
+from noduleflow.detect.components import find_components
+
+
+def _ball(shape, center_irc, radius_mm, spacing_xyz):
+    i, r, c = np.indices(shape)
+    d = [(i - center_irc[0]) * spacing_xyz[2], (r - center_irc[1]) * spacing_xyz[1], (c - center_irc[2]) * spacing_xyz[0]]
+    return sum(a ** 2 for a in d) <= radius_mm ** 2
+
+
+def test_sphere_gives_its_centre_in_world_mm_and_its_diameter():
+    spacing = (0.7, 0.8, 1.25)
+    mask = _ball((40, 50, 60), (20.0, 24.0, 31.0), 8.0, spacing)
+    comps = find_components(mask, spacing)
+    assert len(comps) == 1
+    np.testing.assert_allclose(comps.centers_irc[0], (20.0, 24.0, 31.0), atol=1e-9)
+    assert comps.voxels[0] == mask.sum()
+    assert comps.volume_mm3[0] == pytest.approx(4 / 3 * np.pi * 8.0 ** 3, rel=0.03)
+    assert comps.diameter_mm[0] == pytest.approx(16.0, rel=0.01)
+    volume = CtVolume(np.zeros(mask.shape, np.int16), (-10.0, 20.0, -300.0), spacing, np.eye(3))
+    np.testing.assert_allclose(volume.irc_to_xyz(comps.centers_irc[0]), (-10 + 31 * 0.7, 20 + 24 * 0.8, -300 + 20 * 1.25))
+
+
+def test_probabilities_are_thresholded_and_weight_the_centre():
+    probs = np.zeros((5, 5, 9), np.float32)
+    probs[2, 2, 1:3] = (0.6, 0.9)          # one component of two voxels, heavier on the right
+    probs[2, 2, 6] = 0.7                   # a second, single-voxel component
+    probs[0, 0, 0] = 0.4                   # below the threshold: not a component
+    comps = find_components(probs, (1.0, 1.0, 1.0), threshold=0.5)
+    assert len(comps) == 2
+    np.testing.assert_allclose(comps.centers_irc[0], (2, 2, (1 * 0.6 + 2 * 0.9) / 1.5))
+    np.testing.assert_allclose(comps.peak, (0.9, 0.7))
+    assert list(comps.voxels) == [2, 1]
+    assert len(find_components(probs, (1.0, 1.0, 1.0), min_voxels=2)) == 1
+
+
+def test_diagonal_neighbours_are_one_component_and_empty_maps_give_none():
+    mask = np.zeros((3, 3, 3), bool)
+    mask[0, 0, 0] = mask[1, 1, 1] = mask[2, 2, 2] = True
+    assert len(find_components(mask, (1, 1, 1))) == 1
+    empty = find_components(np.zeros((4, 4, 4), np.float32), (1, 1, 1))
+    assert len(empty) == 0 and empty.centers_irc.shape == (0, 3)
