@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from noduleflow.config import load_config
 from noduleflow.errors import CheckpointError
@@ -52,6 +53,20 @@ def load_detector(run_dir: str | Path) -> DetectorModels:
                 raise CheckpointError(f"has no {part}/{name}", path=run_dir, fix=_fix(run_dir, part))
     models = {part: _load_part(run_dir / part, part) if part in present else None for part in PARTS}
     return DetectorModels(models["segment"], models["classify"], models["malignancy"], run_dir)
+
+
+def fuse_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Fold every eval-mode BatchNorm that directly follows a convolution in an nn.Sequential into that conv, in place.
+
+    Same outputs (up to float rounding) with one pass less over each activation map: at inference
+    a batch norm is a per-channel scale and shift, which the conv's weights and bias can absorb.
+    """
+    for seq in [m for m in module.modules() if isinstance(m, torch.nn.Sequential)]:
+        for k in range(len(seq) - 1):
+            conv, bn = seq[k], seq[k + 1]
+            if isinstance(conv, (torch.nn.Conv2d, torch.nn.Conv3d)) and isinstance(bn, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+                seq[k], seq[k + 1] = fuse_conv_bn_eval(conv.eval(), bn.eval()), torch.nn.Identity()
+    return module
 
 
 def _load_part(sub: Path, part: str) -> torch.nn.Module:

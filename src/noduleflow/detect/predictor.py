@@ -25,7 +25,7 @@ from noduleflow.ct import CtVolume, lung_mask
 from noduleflow.data.datasets import DEFAULT_PATCH
 from noduleflow.data.patches import crop, hu_to_unit
 from noduleflow.detect.components import find_components
-from noduleflow.detect.models import DetectorModels, load_detector
+from noduleflow.detect.models import DetectorModels, fuse_batchnorm, load_detector
 from noduleflow.detect.windows import full_windows, lung_windows, segment_windows
 from noduleflow.train.segment_task import CONTEXT
 
@@ -73,11 +73,13 @@ class Predictor:
     """
 
     def __init__(self, models: DetectorModels, *, threshold: float = 0.5, min_voxels: int = 2, max_candidates: int = 100,
-                 batch: int = 16, restrict_to_lung: bool = True, threads: int = 0):
+                 batch: int = 8, restrict_to_lung: bool = True, threads: int = 0):
         self.models, self.threshold, self.min_voxels = models, float(threshold), int(min_voxels)
         self.max_candidates, self.batch, self.restrict_to_lung = int(max_candidates), int(batch), restrict_to_lung
         if threads:
             torch.set_num_threads(threads)
+        # measured on 16 x 7 x 160 x 160 slices here: folding batch norm 1.1x faster, channels_last on top 1.6x more
+        fuse_batchnorm(models.segment).to(memory_format=torch.channels_last)
         for model in (models.classify, models.malignancy):
             if model is not None:
                 model.to(memory_format=torch.channels_last_3d)  # ~1.7x faster 3D convs on CPU
@@ -104,7 +106,7 @@ class Predictor:
     def segment(self, volume: CtVolume, lung: np.ndarray) -> np.ndarray:
         """(I, R, C) float32 nodule probabilities (0 outside the segmented windows)."""
         windows = lung_windows(lung, chunk=self.batch) if self.restrict_to_lung else full_windows(volume.shape, chunk=self.batch)
-        return segment_windows(self.models.segment, volume.hu, windows, context=CONTEXT, batch=self.batch)
+        return segment_windows(self.models.segment, volume.hu, windows, context=CONTEXT, batch=self.batch, channels_last=True)
 
     def _detect(self, volume: CtVolume, lung: np.ndarray) -> tuple[list[Finding], int]:
         probs = self.segment(volume, lung)

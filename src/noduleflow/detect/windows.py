@@ -1,8 +1,8 @@
 """Segmentation of a whole scan by the 2D U-Net, batched over slices and restricted to the lungs.
 
 The scan is cut into chunks of `chunk` consecutive slices that hold lung; each chunk is segmented in
-one batch over the in-plane box of its lung voxels plus `margin` (the U-Net's context), rounded up
-to a multiple of the U-Net's downsampling factor. Outside the windows the probability is 0: a
+one batch over the in-plane box of its lung voxels plus `margin` (context for the U-Net), one box
+per lung when they lie apart, rounded up to a multiple of the U-Net's downsampling factor. Outside the windows the probability is 0: a
 nodule outside the lung field is not a lung nodule. Chunks never share a slice and each box holds
 its chunk's lung voxels, so every lung voxel is predicted exactly once.
 
@@ -37,17 +37,23 @@ class Window:
                 slice(max(self.c0, 0), min(self.c0 + self.w, shape[2])))
 
 
-def lung_windows(lung: np.ndarray, *, chunk: int = 16, margin: int = 16, multiple: int = 4) -> list[Window]:
-    """Windows over the slices of the (I, R, C) bool `lung` mask that hold lung (see the module docstring)."""
+def lung_windows(lung: np.ndarray, *, chunk: int = 8, margin: int = 8, multiple: int = 4) -> list[Window]:
+    """Windows over the slices of the (I, R, C) bool `lung` mask that hold lung (see the module docstring).
+
+    Within a chunk, lungs whose columns lie further apart than their margins get a box each, so
+    the mediastinum between them is not segmented; boxes of one chunk never share a voxel.
+    """
     slices = np.flatnonzero(lung.any(axis=(1, 2)))
     runs = np.split(slices, np.flatnonzero(np.diff(slices) > 1) + 1) if len(slices) else []  # consecutive lung slices
     windows = []
     for i0, i1 in ((int(run[s]), int(run[min(s + chunk, len(run)) - 1]) + 1) for run in runs for s in range(0, len(run), chunk)):
-        rows = np.flatnonzero(lung[i0:i1].any(axis=(0, 2)))
-        cols = np.flatnonzero(lung[i0:i1].any(axis=(0, 1)))
-        (r0, h), (c0, w) = (_span(max(a[0] - margin, 0), min(a[-1] + 1 + margin, n), multiple)
-                            for a, n in ((rows, lung.shape[1]), (cols, lung.shape[2])))
-        windows.append(Window(i0, i1, r0, c0, h, w))
+        block = lung[i0:i1]                                                   # (n, R, C)
+        cols = np.flatnonzero(block.any(axis=(0, 1)))
+        for group in np.split(cols, np.flatnonzero(np.diff(cols) > 2 * (margin + multiple)) + 1):
+            rows = np.flatnonzero(block[:, :, group[0]:group[-1] + 1].any(axis=(0, 2)))
+            (r0, h), (c0, w) = (_span(max(a[0] - margin, 0), min(a[-1] + 1 + margin, n), multiple)
+                                for a, n in ((rows, lung.shape[1]), (group, lung.shape[2])))
+            windows.append(Window(i0, i1, r0, c0, h, w))
     return windows
 
 

@@ -49,3 +49,12 @@ def test_segmentation_places_each_slice_prediction_on_its_voxels():
     covered = _coverage(windows, hu.shape) == 1
     np.testing.assert_allclose(probs[covered], expected[covered], atol=1e-6)
     assert not probs[~covered].any()
+
+
+def test_lungs_far_apart_get_a_box_each():
+    lung = np.zeros((4, 40, 120), bool)
+    lung[:, 10:30, 5:30] = lung[:, 10:30, 80:110] = True
+    windows = lung_windows(lung, chunk=8, margin=4, multiple=4)
+    assert len(windows) == 2
+    assert _coverage(windows, lung.shape)[:, :, 45:65].sum() == 0  # the gap between them is not segmented
+    assert np.all(_coverage(windows, lung.shape)[lung] == 1)
