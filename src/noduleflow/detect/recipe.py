@@ -18,7 +18,7 @@ from noduleflow.config import resolve_config
 from noduleflow.errors import ConfigError
 
 RECIPE: dict[str, dict[str, Any]] = {
-    "segment": {"run.epochs": 4, "data.epoch_samples": 768, "data.batch_size": 32, "optim.lr": 1e-3},
+    "segment": {"run.epochs": 6, "data.epoch_samples": 768, "data.batch_size": 32, "optim.lr": 2e-3, "data.num_workers": 1},
     "classify": {"run.epochs": 2, "data.epoch_samples": 640, "data.batch_size": 32, "optim.lr": 1e-3, "data.balance": 1},
     "malignancy": {"run.epochs": 4, "data.batch_size": 16, "optim.lr": 1e-3, "model.finetune_depth": 2},
 }
