@@ -1,0 +1,177 @@
+"""Training throughput of the nodule classifier: noduleflow's path against the book's loop, same run.
+
+    python bench/train.py [--batch-size 32] [--steps 4] [--threads 0]
+
+Both sides train the same architecture (`create_model("nodule_classifier")`, 1x32x48x48 patches,
+batch 32) on the same patches, cut from one synthetic int16 CT volume:
+  baseline    "Deep Learning with PyTorch" style: a Dataset whose __getitem__ crops one patch from
+              the numpy volume, clips and scales it; a DataLoader collates batches; NCDHW fp32
+              eager model; SGD with momentum 0.99; the process's default allocator.
+  noduleflow  the library's own path: patches cut once into an in-memory tensor (as the scan
+              cache would hold them) and gathered a batch at a time; `wrap_model` (channels_last_3d
+              on CPU), `configure_host` (glibc keeps freed blocks), AdamW, `Trainer`'s step.
+The baseline runs first, before `configure_host` changes the allocator for the rest of the process.
+Achieved FLOP/s = FlopCounterMode's forward+backward FLOPs per sample x samples/s; MFU divides it by
+this machine's fp32 peak, measured as the best of a few 2048x2048 torch.mm.
+The last two lines are `mfu X` and `ratio_vs_baseline Y`.
+
+One thread by default, for both sides: on the shared 2-core machine this was written on, two
+OpenMP threads stall whenever another process holds a core (measured: ~1 sample/s on either side
+instead of 7-16), which turns the ratio into noise. Pass --threads 2 (or 0) on an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
+from torch.utils.flop_counter import FlopCounterMode
+
+from noduleflow.config import resolve_config
+from noduleflow.models import create_model
+from noduleflow.train.host import configure_host
+from noduleflow.train.run import build_optimizer
+from noduleflow.train.trainer import Trainer
+from noduleflow.train.wrap import wrap_model
+
+PATCH = (32, 48, 48)  # (D, H, W) voxels along (I, R, C)
+
+
+def _volume_and_centres(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An int16 HU volume (I, R, C), n patch centres inside it and their 0/1 labels."""
+    rng = np.random.default_rng(seed)
+    volume = rng.integers(-1000, 1500, size=(96, 160, 160), dtype=np.int16)
+    half = np.array(PATCH) // 2
+    centres = rng.integers(half, np.array(volume.shape) - half, size=(n, 3))
+    return volume, centres, rng.integers(0, 2, size=n)
+
+
+def _crop(volume: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """The book's getRawCandidate in short: cut, clip HU to [-1000, 1000], scale to [-1, 1] float32."""
+    lo = centre - np.array(PATCH) // 2
+    chunk = volume[lo[0]:lo[0] + PATCH[0], lo[1]:lo[1] + PATCH[1], lo[2]:lo[2] + PATCH[2]]
+    return np.clip(chunk, -1000, 1000).astype(np.float32) / 1000.0
+
+
+class _BookPatches(Dataset):
+    """One (1, D, H, W) patch per __getitem__, built from the numpy volume (collated by the DataLoader)."""
+
+    def __init__(self, volume: np.ndarray, centres: np.ndarray, labels: np.ndarray):
+        self.volume, self.centres, self.labels = volume, centres, labels
+
+    def __len__(self) -> int:
+        return len(self.centres)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        patch = torch.from_numpy(_crop(self.volume, self.centres[i])).unsqueeze(0)  # (1, D, H, W)
+        return patch, torch.tensor(self.labels[i])
+
+
+class _CachedBatches(Dataset):
+    """Patches cut once into (N, 1, D, H, W); indexing with a list of indices gathers a whole batch."""
+
+    def __init__(self, volume: np.ndarray, centres: np.ndarray, labels: np.ndarray):
+        self.patches = torch.from_numpy(np.stack([_crop(volume, c) for c in centres]))[:, None]  # (N, 1, D, H, W)
+        self.labels = torch.from_numpy(labels).long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices)
+        return self.patches[idx], self.labels[idx]  # (B, 1, D, H, W), (B,)
+
+
+def _matmul_peak(size: int = 2048, repeats: int = 10) -> float:
+    """Best fp32 torch.mm rate in FLOP/s (2 n^3 FLOPs per product)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _flops_per_sample(batch: int) -> float:
+    """Forward + backward FLOPs of one training sample (the counter sees every conv/matmul of the step)."""
+    model = create_model("nodule_classifier")
+    x, y = torch.randn(batch, 1, *PATCH), torch.randint(0, 2, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() / batch
+
+
+def _baseline(volume, centres, labels, batch: int, steps: int) -> float:
+    """Samples/s of the book-style loop over `steps` batches after one warm-up batch."""
+    torch.manual_seed(0)
+    model = create_model("nodule_classifier")
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99)
+    loss_fn = torch.nn.CrossEntropyLoss(reduction="none")
+    loader = DataLoader(_BookPatches(volume, centres, labels), batch_size=batch, shuffle=True, num_workers=0)
+    start = None
+    for i, (x, y) in enumerate(loader):
+        if i == 1:
+            start = time.perf_counter()
+        loss = loss_fn(model(x), y).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if i == steps:
+            break
+    return steps * batch / (time.perf_counter() - start)
+
+
+def _noduleflow(volume, centres, labels, batch: int, steps: int) -> float:
+    """Samples/s that `Trainer` itself reports for its second epoch of `steps` batches (the first warms up)."""
+    torch.manual_seed(0)
+    cfg = resolve_config("classify", overrides={"data.root": "in-memory", "data.batch_size": batch, "run.epochs": 2,
+                                                "run.progress": False, "run.threads": 0})
+    device = torch.device("cpu")
+    configure_host(device, cfg.run.threads)
+    data = _CachedBatches(volume, centres, labels)
+    order = BatchSampler(RandomSampler(range(steps * batch), generator=torch.Generator().manual_seed(0)), batch, drop_last=True)
+    train_loader = DataLoader(data, batch_size=None, sampler=order)
+    val_loader = DataLoader(data, batch_size=None, sampler=[list(range(batch))])
+    wrapped = wrap_model(create_model(cfg.model.name, width=cfg.model.width, depth=cfg.model.depth), device=device,
+                         channels_last=cfg.run.channels_last, compile=cfg.run.compile, amp=cfg.run.amp)
+    trainer = Trainer(wrapped, torch.nn.CrossEntropyLoss(), build_optimizer(cfg.optim, wrapped.module), train_loader,
+                      val_loader, config=cfg)
+    trainer.fit()
+    return trainer.history[-1]["samples_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=4, help="timed batches per side")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads for both sides (default 1, see the module docstring; 0: PyTorch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batch, steps = args.batch_size, args.steps
+    volume, centres, labels = _volume_and_centres((steps + 1) * batch)
+
+    peak = _matmul_peak()
+    flops = _flops_per_sample(2)
+    base = _baseline(volume, centres, labels, batch, steps)
+    ours = _noduleflow(volume, centres, labels, batch, steps)
+
+    print(f"threads {torch.get_num_threads()}, batch {batch}, {steps} timed steps per side, torch {torch.__version__}")
+    print(f"fp32 matmul peak            {peak / 1e9:8.1f} GFLOP/s")
+    print(f"model forward+backward      {flops / 1e9:8.2f} GFLOP/sample")
+    print(f"baseline (book loop)        {base:8.2f} samples/s  {base * flops / 1e9:6.1f} GFLOP/s")
+    print(f"noduleflow (Trainer path)   {ours:8.2f} samples/s  {ours * flops / 1e9:6.1f} GFLOP/s")
+    print(f"mfu {ours * flops / peak:.3f}")
+    print(f"ratio_vs_baseline {ours / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()
