@@ -12,14 +12,16 @@ from noduleflow.train import checkpoint
 from noduleflow.train.checkpoint import (init_from_checkpoint, load_checkpoint, load_model_state, rng_state,
                                          save_checkpoint, set_rng_state)
 
+SMALL = {"width": 4, "input_size": (16, 16, 16)}  # the book's classifier, narrower and on 16^3 patches
+
 
 @pytest.fixture
 def saved(tmp_path):
     """A classifier checkpoint with every kind of entry the trainer stores (RNG, optimizer, config)."""
     torch.manual_seed(0)
-    model = create_model("nodule_classifier", width=4)
+    model = create_model("nodule_classifier", **SMALL)
     opt = torch.optim.AdamW(model.parameters())
-    model(torch.randn(2, 1, 32, 48, 48)).sum().backward()
+    model(torch.randn(2, 1, 16, 16, 16)).sum().backward()
     opt.step()
     path = save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": [rng_state()],
                             "config": {"task": "classify", "data": {"spacing": []}}, "epoch": 3}, tmp_path / "best.pt")
@@ -77,7 +79,7 @@ def test_rng_state_round_trip():
 def test_init_loads_the_body_and_freezes_all_but_the_head(saved):
     path, source = saved
     torch.manual_seed(1)
-    model = create_model("nodule_classifier", width=4)
+    model = create_model("nodule_classifier", **SMALL)
     head_before = model.head.weight.clone()
     assert init_from_checkpoint(model, path.parent, finetune_depth=1) == path  # a run folder means its best.pt
     assert torch.equal(model.block4[0][0].weight, source.block4[0][0].weight)
@@ -88,7 +90,7 @@ def test_init_loads_the_body_and_freezes_all_but_the_head(saved):
     assert {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad} == {"block4", "head"}
 
 
-@pytest.mark.parametrize("other", [{"name": "nodule_classifier", "width": 8}, {"name": "digits_cnn"}])
+@pytest.mark.parametrize("other", [{"name": "nodule_classifier", "width": 8, "input_size": (16, 16, 16)}, {"name": "digits_cnn"}])
 def test_init_from_another_architecture_names_the_file(saved, other):
     path, _ = saved
     model = create_model(other.pop("name"), **other)
@@ -100,4 +102,4 @@ def test_init_from_another_architecture_names_the_file(saved, other):
 def test_load_model_state_reports_the_first_mismatch(saved):
     path, _ = saved
     with pytest.raises(CheckpointError, match=r"shape block1\.0\.0\.weight"):
-        load_model_state(create_model("nodule_classifier", width=8), load_checkpoint(path)["model"], path)
+        load_model_state(create_model("nodule_classifier", width=8, input_size=(16, 16, 16)), load_checkpoint(path)["model"], path)
