@@ -43,11 +43,11 @@ class DigitsDataset(Dataset):
 
 @dataclass(frozen=True)
 class DigitSplits:
-    """Stratified train/val/test datasets and the digit that each label index stands for."""
+    """Stratified train/val/test datasets (test None without a test fraction) and the digit of each label index."""
 
     train: DigitsDataset
     val: DigitsDataset
-    test: DigitsDataset
+    test: DigitsDataset | None
     classes: tuple[int, ...]
 
 
@@ -56,6 +56,7 @@ def load_digit_splits(classes: tuple[int, ...] = (), *, val_fraction: float = 0.
     """Split the digits (all ten, or only `classes`, e.g. (0, 1)) by class-stratified sampling.
 
     Only the training set augments. With `classes=(3, 5)`, digit 3 becomes label 0 and 5 label 1.
+    test_fraction 0 holds nothing out for testing (test is None).
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -67,8 +68,10 @@ def load_digit_splits(classes: tuple[int, ...] = (), *, val_fraction: float = 0.
     lookup = np.full(10, -1, dtype=np.int64)
     lookup[list(keep)] = np.arange(len(keep))
     labels = lookup[digits]  # digit -> its index in `keep`
-    rest_x, test_x, rest_y, test_y = train_test_split(images, labels, test_size=test_fraction, stratify=labels, random_state=seed)
+    test = None
+    if test_fraction > 0:
+        images, test_x, labels, test_y = train_test_split(images, labels, test_size=test_fraction, stratify=labels, random_state=seed)
+        test = DigitsDataset(test_x, test_y)
     val_share = val_fraction / (1 - test_fraction)
-    train_x, val_x, train_y, val_y = train_test_split(rest_x, rest_y, test_size=val_share, stratify=rest_y, random_state=seed)
-    return DigitSplits(DigitsDataset(train_x, train_y, augment=augment), DigitsDataset(val_x, val_y),
-                       DigitsDataset(test_x, test_y), keep)
+    train_x, val_x, train_y, val_y = train_test_split(images, labels, test_size=val_share, stratify=labels, random_state=seed)
+    return DigitSplits(DigitsDataset(train_x, train_y, augment=augment), DigitsDataset(val_x, val_y), test, keep)
