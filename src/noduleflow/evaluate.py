@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from noduleflow.data.luna16 import Nodule, _nearest, _read_csv, _read_nodules, _require_file, find_scans
+from noduleflow.data.luna16 import Nodule, nearest, read_csv, read_nodules, require_file, find_scans
 from noduleflow.errors import CsvError
 from noduleflow.metrics.froc import (BAND_FPS, FP_RATES, MAX_MARKS, FrocResult, MalignancyScore, Mark, froc,
                                      malignancy_auc, match_marks)
@@ -132,7 +132,7 @@ def read_submission(path: str | Path) -> list[Mark]:
         return read_detections(path)
     import pandas as pd
 
-    frame = _read_csv(path, _SUBMISSION_COLUMNS)
+    frame = read_csv(path, _SUBMISSION_COLUMNS)
     values = frame[list(_SUBMISSION_COLUMNS[1:])].to_numpy(np.float64)  # (K, 4)
     bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
     if bad.size:
@@ -218,9 +218,9 @@ def _series(data: Path) -> tuple[tuple[str, ...], str]:
     scans, _ = find_scans(data)
     if scans:
         return tuple(sorted(scans)), "subset*/"
-    named = set(_read_csv(_require_file(data, "annotations.csv"), ("seriesuid",))["seriesuid"])
+    named = set(read_csv(require_file(data, "annotations.csv"), ("seriesuid",))["seriesuid"])
     if (data / "candidates.csv").is_file():
-        named |= set(_read_csv(data / "candidates.csv", ("seriesuid",))["seriesuid"])
+        named |= set(read_csv(data / "candidates.csv", ("seriesuid",))["seriesuid"])
     warnings.warn(f"{data}: no seriesuids.csv and no scans under subset*/; scoring the {len(named)} series named in the CSVs "
                   "(a scan named in none of them is not counted in FPs per scan)", stacklevel=3)
     return tuple(sorted(named)), "annotations.csv + candidates.csv"
@@ -229,16 +229,16 @@ def _series(data: Path) -> tuple[tuple[str, ...], str]:
 def _annotations(data: Path, series: tuple[str, ...]) -> tuple[list[Nodule], list[Nodule]]:
     """Nodules (with `malignant` joined from annotations_with_malignancy.csv when present) and excluded findings."""
     keep, skipped = dict.fromkeys(series), {}
-    nodules = list(_read_nodules(_require_file(data, "annotations.csv"), keep, skipped))
+    nodules = list(read_nodules(require_file(data, "annotations.csv"), keep, skipped))
     excluded_csv = data / "annotations_excluded.csv"
-    excluded = list(_read_nodules(excluded_csv, keep, skipped)) if excluded_csv.is_file() else []
+    excluded = list(read_nodules(excluded_csv, keep, skipped)) if excluded_csv.is_file() else []
     malignancy_csv = data / "annotations_with_malignancy.csv"
     if malignancy_csv.is_file():
         by_series: dict[str, list[Nodule]] = {}
-        for row in _read_nodules(malignancy_csv, keep, skipped, malignancy=True):
+        for row in read_nodules(malignancy_csv, keep, skipped, malignancy=True):
             by_series.setdefault(row.series_uid, []).append(row)
         # the rows need not be those of annotations.csv: join each nodule to the row whose sphere holds its centre
-        nodules = [n._replace(malignant=getattr(_nearest(list(n.center_xyz), by_series.get(n.series_uid, ())), "malignant", None))
+        nodules = [n._replace(malignant=getattr(nearest(list(n.center_xyz), by_series.get(n.series_uid, ())), "malignant", None))
                    for n in nodules]
     return nodules, excluded
 

@@ -3,22 +3,11 @@ submission score CPM 1, a partial one scores what it found, and every bad input 
 `error:` line with exit status 2."""
 
 import json
-import sys
 
 import pandas as pd
 import pytest
 
-from noduleflow.cli import main
 from noduleflow.synth import synthesize
-
-
-def _cli(monkeypatch, capsys, *args):
-    """Run `noduleflow ARGS` in this process; returns (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["noduleflow", *args])
-    with pytest.raises(SystemExit) as stop:
-        main()
-    captured = capsys.readouterr()
-    return stop.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +32,9 @@ def _submission(frame, path, malignancy=None):
     return path
 
 
-def test_the_annotations_as_submission_score_one(monkeypatch, capsys, data, truth, tmp_path):
+def test_the_annotations_as_submission_score_one(run_cli, data, truth, tmp_path):
     sub = _submission(truth, tmp_path / "submission.csv", malignancy=truth["mal_bool"].astype(float))
-    code, out, err = _cli(monkeypatch, capsys, "evaluate", str(data), str(sub), "-o", str(tmp_path / "eval"), "--bootstrap", "200")
+    code, out, err = run_cli("evaluate", str(data), str(sub), "-o", str(tmp_path / "eval"), "--bootstrap", "200")
     assert code == 0, err
     assert "CPM" in out and "1.000-1.000" in out
     report = json.loads((tmp_path / "eval" / "froc.json").read_text())
@@ -56,7 +45,7 @@ def test_the_annotations_as_submission_score_one(monkeypatch, capsys, data, trut
     assert (tmp_path / "eval" / "froc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_scan_left_out_of_the_submission_counts_its_nodules_as_misses(monkeypatch, capsys, data, truth, tmp_path):
+def test_a_scan_left_out_of_the_submission_counts_its_nodules_as_misses(run_cli, data, truth, tmp_path):
     first = truth["seriesuid"].iloc[0]
     kept = truth[truth["seriesuid"] == first]
     sub = _submission(kept, tmp_path / "submission.csv")
@@ -64,7 +53,7 @@ def test_a_scan_left_out_of_the_submission_counts_its_nodules_as_misses(monkeypa
     (tmp_path / "detections.json").write_text(json.dumps({"scans": [{"seriesuid": uid, "findings": [
         {"coordX": r.coordX, "coordY": r.coordY, "coordZ": r.coordZ, "probability": 0.9, "malignancy": 1.0 - r.mal_bool}
         for r in rows.itertuples()]} for uid, rows in truth.groupby("seriesuid")]}))
-    code, out, err = _cli(monkeypatch, capsys, "evaluate", str(data), str(sub), "--bootstrap", "0")
+    code, out, err = run_cli("evaluate", str(data), str(sub), "--bootstrap", "0")
     assert code == 0, err
     report = json.loads((tmp_path / "froc.json").read_text())  # OUT defaults to the submission's folder
     assert report["cpm"] == pytest.approx(len(kept) / len(truth))
@@ -73,11 +62,11 @@ def test_a_scan_left_out_of_the_submission_counts_its_nodules_as_misses(monkeypa
     assert (tmp_path / "froc.png").exists()
 
 
-def test_marks_of_unknown_series_are_warned_and_counted(monkeypatch, capsys, data, truth, tmp_path):
+def test_marks_of_unknown_series_are_warned_and_counted(run_cli, data, truth, tmp_path):
     stray = truth.iloc[:2].assign(seriesuid="1.2.3.unknown")
     sub = _submission(pd.concat([truth, stray]), tmp_path / "submission.csv")
     with pytest.warns(UserWarning, match="2 mark"):
-        code, _, err = _cli(monkeypatch, capsys, "evaluate", str(data), str(sub), "--bootstrap", "0")
+        code, _, err = run_cli("evaluate", str(data), str(sub), "--bootstrap", "0")
     assert code == 0, err
     report = json.loads((tmp_path / "froc.json").read_text())
     assert (report["unlisted_marks"], report["cpm"]) == (2, 1.0)
@@ -89,23 +78,23 @@ def test_marks_of_unknown_series_are_warned_and_counted(monkeypatch, capsys, dat
     ("seriesuid,coordX,coordY,coordZ,probability\n1.2.3.unknown,1,2,3,0.5\n", ["submission.csv", "none of its 1 series"]),
     ("", ["submission.csv", "cannot be parsed"]),
 ])
-def test_a_malformed_submission_is_one_error_line(monkeypatch, capsys, data, truth, tmp_path, text, words):
+def test_a_malformed_submission_is_one_error_line(run_cli, data, truth, tmp_path, text, words):
     sub = tmp_path / "submission.csv"
     sub.write_text(text.format(uid=truth["seriesuid"].iloc[0]))
-    code, out, err = _cli(monkeypatch, capsys, "evaluate", str(data), str(sub))
+    code, out, err = run_cli("evaluate", str(data), str(sub))
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert all(w in err for w in words), err
     assert not (tmp_path / "froc.json").exists()
 
 
-def test_missing_annotations_and_missing_submission_are_one_error_line(monkeypatch, capsys, truth, tmp_path):
+def test_missing_annotations_and_missing_submission_are_one_error_line(run_cli, truth, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     (data / "seriesuids.csv").write_text("\n".join(truth["seriesuid"].unique()) + "\n")
     sub = _submission(truth, tmp_path / "submission.csv")
-    code, _, err = _cli(monkeypatch, capsys, "evaluate", str(data), str(sub))
+    code, _, err = run_cli("evaluate", str(data), str(sub))
     assert code == 2 and err.count("\n") == 1
     assert "annotations.csv: is missing" in err
-    code, _, err = _cli(monkeypatch, capsys, "evaluate", str(data), str(tmp_path / "nothing.csv"))
+    code, _, err = run_cli("evaluate", str(data), str(tmp_path / "nothing.csv"))
     assert code == 2 and err.count("\n") == 1 and "nothing.csv" in err

@@ -2,20 +2,9 @@
 and every user mistake ends in one `error:` line with exit status 2."""
 
 import json
-import sys
 
 import pytest
 
-from noduleflow.cli import main
-
-
-def _cli(monkeypatch, capsys, *args):
-    """Run `noduleflow ARGS` in this process; returns (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["noduleflow", *args])
-    with pytest.raises(SystemExit) as stop:
-        main()
-    captured = capsys.readouterr()
-    return stop.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +12,12 @@ def runs(tmp_path_factory):
     return tmp_path_factory.mktemp("runs")
 
 
-def _train(monkeypatch, capsys, runs, *args):
-    return _cli(monkeypatch, capsys, "train", "digits", "--no-progress", "--threads", "1", "--set", f"run.runs_dir={runs}", *args)
+def _train(run_cli, runs, *args):
+    return run_cli("train", "digits", "--no-progress", "--threads", "1", "--set", f"run.runs_dir={runs}", *args)
 
 
-def test_all_ten_digits_learn(monkeypatch, capsys, runs):
-    code, out, err = _train(monkeypatch, capsys, runs, "--epochs", "5", "--run", "ten")
+def test_all_ten_digits_learn(run_cli, runs):
+    code, out, err = _train(run_cli, runs, "--epochs", "5", "--run", "ten")
     assert code == 0, err
     run = runs / "ten"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -43,8 +32,8 @@ def test_all_ten_digits_learn(monkeypatch, capsys, runs):
     assert "test loss" in out and "best best_epoch" in out
 
 
-def test_ones_versus_zeros(monkeypatch, capsys, runs):
-    code, _, err = _train(monkeypatch, capsys, runs, "--classes", "0,1", "--epochs", "3", "--run", "zero-one")
+def test_ones_versus_zeros(run_cli, runs):
+    code, _, err = _train(run_cli, runs, "--classes", "0,1", "--epochs", "3", "--run", "zero-one")
     assert code == 0, err
     assert json.loads((runs / "zero-one" / "test_metrics.json").read_text())["accuracy"] >= 0.95
     assert "classes:\n  - 0\n  - 1\n" in (runs / "zero-one" / "config.yaml").read_text()
@@ -57,41 +46,41 @@ def _one_error_line(code, out, err):
     return lines[0]
 
 
-def test_unknown_task(monkeypatch, capsys):
-    line = _one_error_line(*_cli(monkeypatch, capsys, "train", "dance"))
+def test_unknown_task(run_cli):
+    line = _one_error_line(*run_cli("train", "dance"))
     assert "unknown task 'dance'" in line and "digits, classify, malignancy" in line
 
 
-def test_unknown_model(monkeypatch, capsys, runs):
-    line = _one_error_line(*_train(monkeypatch, capsys, runs, "--set", "model.name=resnet", "--run", "m"))
+def test_unknown_model(run_cli, runs):
+    line = _one_error_line(*_train(run_cli, runs, "--set", "model.name=resnet", "--run", "m"))
     assert "resnet" in line and "digits_cnn" in line and "nodule_classifier" in line
 
 
-def test_bad_classes_flag(monkeypatch, capsys, runs):
-    line = _one_error_line(*_train(monkeypatch, capsys, runs, "--classes", "zero,one"))
+def test_bad_classes_flag(run_cli, runs):
+    line = _one_error_line(*_train(run_cli, runs, "--classes", "zero,one"))
     assert "--classes" in line
 
 
-def test_existing_run_without_resume(monkeypatch, capsys, runs):
+def test_existing_run_without_resume(run_cli, runs):
     (runs / "taken").mkdir()
     (runs / "taken" / "config.yaml").write_text("task: digits\n")
-    line = _one_error_line(*_train(monkeypatch, capsys, runs, "--run", "taken", "--epochs", "1"))
+    line = _one_error_line(*_train(run_cli, runs, "--run", "taken", "--epochs", "1"))
     assert "already exists" in line and "--resume" in line and "--run" in line
 
 
-def test_incompatible_init_checkpoint(monkeypatch, capsys, runs):
+def test_incompatible_init_checkpoint(run_cli, runs):
     other = runs / "ten" / "best.pt"  # digits_cnn of width 32 (from test_all_ten_digits_learn)
     if not other.exists():
         pytest.skip("needs the run of test_all_ten_digits_learn")
-    line = _one_error_line(*_train(monkeypatch, capsys, runs, "--run", "init", "--set", f"model.init={other}",
+    line = _one_error_line(*_train(run_cli, runs, "--run", "init", "--set", f"model.init={other}",
                                    "--set", "model.width=16", "--epochs", "1"))
     assert str(other) in line and "do not fit" in line
 
 
-def test_corrupt_checkpoint_on_resume(monkeypatch, capsys, runs):
-    code, _, err = _train(monkeypatch, capsys, runs, "--classes", "3,8", "--epochs", "2", "--run", "cut")
+def test_corrupt_checkpoint_on_resume(run_cli, runs):
+    code, _, err = _train(run_cli, runs, "--classes", "3,8", "--epochs", "2", "--run", "cut")
     assert code == 0, err
     last = runs / "cut" / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])
-    line = _one_error_line(*_train(monkeypatch, capsys, runs, "--run", "cut", "--resume", "--epochs", "3"))
+    line = _one_error_line(*_train(run_cli, runs, "--run", "cut", "--resume", "--epochs", "3"))
     assert str(last) in line and "cannot read checkpoint" in line

@@ -146,11 +146,11 @@ def load_index(root: str | Path) -> Luna16Index:
                         fix="Download LUNA16 into it (subset0/ ... subset9/) or run `noduleflow synth` into it.")
     skipped: dict[str, int] = {}
 
-    annotations = _read_nodules(_require_file(root, "annotations.csv"), scans, skipped)
+    annotations = read_nodules(require_file(root, "annotations.csv"), scans, skipped)
     malignancy_csv = root / "annotations_with_malignancy.csv"
-    nodules = _read_nodules(malignancy_csv, scans, skipped, malignancy=True) if malignancy_csv.exists() else annotations
+    nodules = read_nodules(malignancy_csv, scans, skipped, malignancy=True) if malignancy_csv.exists() else annotations
     excluded_csv = root / "annotations_excluded.csv"
-    excluded = _read_nodules(excluded_csv, scans, skipped) if excluded_csv.exists() else ()
+    excluded = read_nodules(excluded_csv, scans, skipped) if excluded_csv.exists() else ()
     candidates = _read_candidates(_candidates_csv(root), scans, nodules, skipped)
     return Luna16Index(root, scans, folds, candidates, nodules, excluded, skipped)
 
@@ -184,7 +184,7 @@ def _series_uid(path: Path) -> str | None:
     return None
 
 
-def _require_file(root: Path, name: str) -> Path:
+def require_file(root: Path, name: str) -> Path:
     path = root / name
     if not path.is_file():
         raise CsvError("is missing", path=path, fix="Put the LUNA16 CSVs next to the subset*/ folders (or rerun `noduleflow synth`).")
@@ -195,10 +195,10 @@ def _candidates_csv(root: Path) -> Path:
     for name in ("candidates.csv", "candidates_V2.csv", "candidates_V2/candidates_V2.csv"):
         if (root / name).is_file():
             return root / name
-    return _require_file(root, "candidates.csv")
+    return require_file(root, "candidates.csv")
 
 
-def _read_csv(path: Path, columns: tuple[str, ...]):
+def read_csv(path: Path, columns: tuple[str, ...]):
     """The CSV as a pandas frame with `columns` checked; UIDs stay strings (never parsed as numbers)."""
     import pandas as pd
 
@@ -233,9 +233,9 @@ def _on_disk(frame, path: Path, scans: dict[str, Path], skipped: dict[str, int])
     return frame[known]
 
 
-def _read_nodules(path: Path, scans: dict[str, Path], skipped: dict[str, int], *, malignancy: bool = False) -> tuple[Nodule, ...]:
+def read_nodules(path: Path, scans: dict[str, Path], skipped: dict[str, int], *, malignancy: bool = False) -> tuple[Nodule, ...]:
     columns = ("seriesuid", *_XYZ, "diameter_mm") + (("mal_bool",) if malignancy else ())
-    frame = _on_disk(_read_csv(path, columns), path, scans, skipped)
+    frame = _on_disk(read_csv(path, columns), path, scans, skipped)
     mal = [_parse_bool(v, path) for v in frame["mal_bool"]] if malignancy else [None] * len(frame)
     xyz = frame[list(_XYZ)].to_numpy(np.float64).tolist()
     return tuple(Nodule(uid, tuple(c), float(d), m)
@@ -248,7 +248,7 @@ def _read_candidates(path: Path, scans: dict[str, Path], nodules: tuple[Nodule, 
     As in "Deep Learning with PyTorch" ch. 10, only a class-1 candidate close to an annotation gets
     its diameter; "close" here means within the annotation's radius of its centre.
     """
-    frame = _on_disk(_read_csv(path, ("seriesuid", *_XYZ, "class")), path, scans, skipped)
+    frame = _on_disk(read_csv(path, ("seriesuid", *_XYZ, "class")), path, scans, skipped)
     by_series: dict[str, list[Nodule]] = {}
     for nodule in nodules:
         by_series.setdefault(nodule.series_uid, []).append(nodule)
@@ -260,12 +260,12 @@ def _read_candidates(path: Path, scans: dict[str, Path], nodules: tuple[Nodule, 
         if cls == 0:
             out.append(Candidate(uid, tuple(center), False))
             continue
-        match = _nearest(center, by_series.get(uid, ()))
+        match = nearest(center, by_series.get(uid, ()))
         out.append(Candidate(uid, tuple(center), True, *(match[2:] if match else (0.0, None))))
     return tuple(out)
 
 
-def _nearest(center: list[float], nodules: Iterable[Nodule]) -> Nodule | None:
+def nearest(center: list[float], nodules: Iterable[Nodule]) -> Nodule | None:
     best, best_mm = None, np.inf
     for nodule in nodules:
         mm = float(np.linalg.norm(np.subtract(center, nodule.center_xyz)))
