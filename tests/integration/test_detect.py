@@ -15,7 +15,7 @@ from noduleflow.errors import CheckpointError
 from noduleflow.synth import synthesize
 
 runner = CliRunner()
-TINY = {part: {"run.epochs": 1} for part in ("segment", "classify", "malignancy")}
+TINY = {part: {"run.epochs": 1, "data.num_workers": 0} for part in ("segment", "classify", "malignancy")}  # no worker start-up
 
 
 @pytest.fixture(scope="module")
