@@ -48,7 +48,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
-        raise CheckpointError(f"cannot read checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]})", path=path,
+        detail = (str(err).splitlines() or ["empty file"])[0][:120]  # some errors (an empty file's) carry no message
+        raise CheckpointError(f"cannot read checkpoint ({type(err).__name__}: {detail})", path=path,
                               fix="The file is truncated or not a checkpoint; use last.pt/best.pt of a finished run or retrain.") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
         raise CheckpointError("not a noduleflow checkpoint", path=path, fix="Use best.pt or last.pt from a runs/<name>/ folder.")

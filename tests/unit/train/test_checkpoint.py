@@ -60,6 +60,14 @@ def test_truncated_file_is_a_checkpoint_error_naming_it(saved):
     assert str(path) in err.value.message and "cannot read checkpoint" in err.value.message
 
 
+def test_empty_file_is_a_checkpoint_error_naming_it(tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(empty)
+    assert str(empty) in err.value.message and "cannot read checkpoint" in err.value.message
+
+
 def test_foreign_and_missing_files(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a noduleflow checkpoint"):
