@@ -40,6 +40,7 @@ import numpy as np
 
 from noduleflow.data.luna16 import Nodule, nearest, read_csv, read_nodules, require_file, find_scans
 from noduleflow.errors import CsvError
+from noduleflow.figures import save_png
 from noduleflow.metrics.froc import (BAND_FPS, FP_RATES, MAX_MARKS, FrocResult, MalignancyScore, Mark, froc,
                                      malignancy_auc, match_marks)
 
@@ -202,8 +203,7 @@ def plot_froc(result: FrocResult, path: str | Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    return Path(path)
+    return save_png(fig, path)
 
 
 def _series(data: Path) -> tuple[tuple[str, ...], str]:

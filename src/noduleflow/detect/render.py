@@ -6,7 +6,6 @@ picture needs no geometry beyond the finding's (I, R, C) centre and the in-plane
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from matplotlib.patches import Ellipse
 
 from noduleflow.ct import CtVolume
 from noduleflow.detect.predictor import ScanResult
+from noduleflow.figures import save_png
 
 _WINDOW = (-1350.0, 150.0)  # lung window, HU
 
@@ -43,8 +43,4 @@ def write_scan_png(volume: CtVolume, result: ScanResult, path: str | Path, *, to
             ax.imshow(volume.hu[i], cmap="gray", vmin=_WINDOW[0], vmax=_WINDOW[1], interpolation="nearest")
     fig.suptitle(result.series_uid[-24:] or "scan", color="white", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", facecolor="black")
-    os.replace(tmp, path)
-    return path
+    return save_png(fig, path, facecolor="black")

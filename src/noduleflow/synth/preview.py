@@ -8,7 +8,6 @@ diameter, so that a wrong centre, size or geometry is visible at a glance. Lung 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
 from noduleflow.ct import CtVolume
+from noduleflow.figures import save_png
 from noduleflow.synth.plan import ScanPlan
 
 _WINDOW = (-1350.0, 150.0)
@@ -42,11 +42,7 @@ def write_preview(volume: CtVolume, plan: ScanPlan, path: Path) -> Path:
                 label = "malignant" if nodule.malignant else "benign"
                 ax.set_title(f"{nodule.kind}, {nodule.site}, {nodule.diameter_mm:.1f} mm, {label}", color="white", fontsize=9, loc="left")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", facecolor="black")
-    os.replace(tmp, path)
-    return path
+    return save_png(fig, path, facecolor="black")
 
 
 def _in_plane(plane: str, xyz: np.ndarray) -> tuple[float, float]:

@@ -79,9 +79,12 @@ def plot_curves(metrics_path: str | Path, out: str | Path) -> Path | None:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return Path(out)
+    from noduleflow.figures import save_png
+
+    try:
+        return save_png(fig, out, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 class EpochProgress:
