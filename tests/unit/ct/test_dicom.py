@@ -10,7 +10,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittle
 from noduleflow.ct import read_volume
 from noduleflow.errors import ScanError
 
-from conftest import rotation
+from ct_geometry_helpers import rotation
 
 ROW_MM, COL_MM, SLICE_MM = 0.75, 0.625, 2.5
 

@@ -11,7 +11,7 @@ from noduleflow.ct import read_volume
 from noduleflow.ct.nifti import read_nifti
 from noduleflow.errors import ScanError
 
-from conftest import rotation
+from ct_geometry_helpers import rotation
 
 
 def _ras_affine(direction_ras, spacing, origin_ras) -> np.ndarray:
