@@ -47,6 +47,19 @@ HELDOUT_SEED, HELDOUT_SCANS = 9001, 10
 TIMED_SCANS = 3  # held-out scans timed with both pipelines (the baseline takes about a minute each)
 
 
+def _loads(run_dir: Path) -> bool:
+    """Whether the cached detector still loads (a changed architecture makes it stale)."""
+    from noduleflow.detect import load_detector
+    from noduleflow.errors import CheckpointError
+
+    try:
+        load_detector(run_dir)
+    except CheckpointError as err:
+        print(f"the cached detector is stale ({err.message}); training it again")
+        return False
+    return True
+
+
 def main() -> None:
     folder = Path(os.environ.get("NODULEFLOW_BENCH_DIR", Path(tempfile.gettempdir()) / "noduleflow-bench")) / "detect"
     train_data, heldout = folder / "train", folder / "heldout"
@@ -54,7 +67,7 @@ def main() -> None:
     print(synthesize(heldout, scans=HELDOUT_SCANS, seed=HELDOUT_SEED, size="small", progress=False).describe())
 
     run_dir = folder / "runs" / "detector"
-    if (run_dir / TRAINING_JSON).is_file() and "--retrain" not in sys.argv:
+    if (run_dir / TRAINING_JSON).is_file() and "--retrain" not in sys.argv and _loads(run_dir):
         print(f"reusing the detector cached in {run_dir} (pass --retrain to train it again)")
     else:
         if run_dir.exists():
