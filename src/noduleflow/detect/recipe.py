@@ -1,6 +1,6 @@
 """`train_detector`: the whole detector (segmentation, nodule classifier, malignancy) into one run folder.
 
-The default recipe is sized for a 2-core laptop CPU: about 15 minutes on 40 synthetic scans (13.8 measured; see
+The default recipe is sized for a 2-core laptop CPU: about 4 minutes on 40 synthetic scans (3.9 measured idle, 13.8 on a busy machine; see
 bench/detect.py for the measured figure and the CPM it reaches). Each part is an ordinary
 `noduleflow.train.train` run with its own config.yaml, written to RUNS_DIR/RUN/<part>/ (the layout
 `detect.models` reads). All parts use the same seed and so the same split by series.
