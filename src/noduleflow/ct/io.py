@@ -6,16 +6,22 @@ One reader per format (`metaimage`, `nifti`, `dicom`), each validating its input
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
 
-from noduleflow.ct.dicom import read_dicom_series
-from noduleflow.ct.metaimage import read_metaimage, write_metaimage
-from noduleflow.ct.nifti import read_nifti, write_nifti
 from noduleflow.ct.volume import CtVolume
 from noduleflow.errors import ScanError
 
-_READERS = {".mhd": read_metaimage, ".mha": read_metaimage, ".nii": read_nifti, ".nii.gz": read_nifti}
-_WRITERS = {".mhd": write_metaimage, ".mha": write_metaimage, ".nii": write_nifti, ".nii.gz": write_nifti}
+# suffix -> (module, function): a format's library (pydicom, nibabel) is imported only when a scan of
+# that format is read, so a process that only touches .mhd files never pays for the others
+_READERS = {".mhd": ("metaimage", "read_metaimage"), ".mha": ("metaimage", "read_metaimage"),
+            ".nii": ("nifti", "read_nifti"), ".nii.gz": ("nifti", "read_nifti")}
+_WRITERS = {".mhd": ("metaimage", "write_metaimage"), ".mha": ("metaimage", "write_metaimage"),
+            ".nii": ("nifti", "write_nifti"), ".nii.gz": ("nifti", "write_nifti")}
+
+
+def _load(module: str, function: str):
+    return getattr(import_module(f"noduleflow.ct.{module}"), function)
 
 
 def read_volume(path: str | Path) -> CtVolume:
@@ -24,8 +30,8 @@ def read_volume(path: str | Path) -> CtVolume:
     if not path.exists():
         raise ScanError("does not exist", path=path, fix="Check the path: a scan is a .mhd, .mha, .nii or .nii.gz file, or a DICOM series folder")
     if path.is_dir():
-        return read_dicom_series(path)
-    return _READERS[_suffix(path, "read")](path)
+        return _load("dicom", "read_dicom_series")(path)
+    return _load(*_READERS[_suffix(path, "read")])(path)
 
 
 def write_volume(volume: CtVolume, path: str | Path) -> Path:
@@ -34,7 +40,7 @@ def write_volume(volume: CtVolume, path: str | Path) -> Path:
     Returns the path written (the header's, for .mhd).
     """
     path = Path(path)
-    return _WRITERS[_suffix(path, "write")](volume, path)
+    return _load(*_WRITERS[_suffix(path, "write")])(volume, path)
 
 
 def _suffix(path: Path, action: str) -> str:
