@@ -48,10 +48,16 @@ def find_components(probs: np.ndarray, spacing_xyz, *, threshold: float = 0.5, m
     labels, n = ndimage.label(mask, structure=_CONNECTIVITY)
     if n == 0:
         return _components(np.zeros((0, 3)), np.zeros(0, np.int64), spacing_xyz, np.zeros(0, np.float32))
-    index = np.arange(1, n + 1)
-    voxels = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    centers = np.asarray(ndimage.center_of_mass(weights, labels, index), dtype=np.float64).reshape(n, 3)
-    peak = np.asarray(ndimage.maximum(weights, labels, index), dtype=np.float32).reshape(n)
+    # per component inside its bounding box: ndimage.center_of_mass / maximum with `labels` walk the whole
+    # volume once per statistic (1.5 s on a 107 x 224 x 224 scan), the boxes hold a few thousand voxels
+    centers, voxels, peak = np.zeros((n, 3)), np.zeros(n, np.int64), np.zeros(n, np.float32)
+    for k, box in enumerate(ndimage.find_objects(labels)):
+        inside = np.nonzero(labels[box] == k + 1)                                  # 3 x (m,) offsets in the box
+        w = weights[box][inside].astype(np.float64)                                 # (m,)
+        offsets = np.stack(inside, axis=1) + [b.start for b in box]                 # (m, 3) voxel indices
+        total = w.sum()
+        centers[k] = (offsets * w[:, None]).sum(axis=0) / total if total > 0 else offsets.mean(axis=0)
+        voxels[k], peak[k] = len(w), w.max()
     found = _components(centers, voxels, spacing_xyz, peak)
     return found.take(voxels >= min_voxels)
 

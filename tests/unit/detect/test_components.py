@@ -47,3 +47,19 @@ def test_diagonal_neighbours_are_one_component_and_empty_maps_give_none():
     assert len(find_components(mask, (1, 1, 1))) == 1
     empty = find_components(np.zeros((4, 4, 4), np.float32), (1, 1, 1))
     assert len(empty) == 0 and empty.centers_irc.shape == (0, 3)
+
+
+def test_statistics_equal_scipys_whole_volume_ones_on_a_noisy_map():
+    """The per-box computation gives what ndimage.center_of_mass / maximum / label counts give."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    probs = ndimage.gaussian_filter(rng.random((40, 50, 60)), 1.5).astype(np.float32)
+    probs = (probs - probs.min()) / (probs.max() - probs.min())           # blobs of many sizes in [0, 1]
+    found = find_components(probs, (0.7, 0.7, 2.0), threshold=0.6)
+    labels, n = ndimage.label(probs > 0.6, structure=ndimage.generate_binary_structure(3, 3))
+    assert n > 5 and len(found) == n
+    index = np.arange(1, n + 1)
+    np.testing.assert_allclose(found.centers_irc, ndimage.center_of_mass(probs, labels, index), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(found.peak, ndimage.maximum(probs, labels, index))
+    np.testing.assert_array_equal(found.voxels, np.bincount(labels.ravel())[1:])
