@@ -22,8 +22,8 @@ from noduleflow.errors import ConfigError
 TASKS = ("digits", "classify", "malignancy", "segment")
 """Task names understood by `noduleflow train <task>` and by `task:` in a config file."""
 
-METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc")
-"""Per-epoch validation metrics; `run.monitor` names one of them as `val_<metric>`."""
+METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc", "ap", "f1_best")
+"""Per-epoch validation metrics; `run.monitor` names one of them as `val_<metric>` (ap and f1_best: two classes only)."""
 
 
 def _f(default: Any, help: str) -> Any:  # noqa: A002 - `help` reads best at the call sites
@@ -122,7 +122,7 @@ class RunConfig:
     amp: str = _f("auto", "Mixed precision: 'auto' (bf16 on CUDA and on CPUs with AMX/AVX512-BF16, else off), 'off', 'bf16', 'fp16' (CUDA only).")
     compile: bool = _f(False, "Compile the model with torch.compile (slow first epoch, faster steps after).")
     channels_last: str = _f("auto", "Channels-last memory format for conv nets: 'auto' (3D nets on CPU), 'on' or 'off'.")
-    monitor: str = _f("val_loss", "Metric that picks best.pt and drives early stopping: val_loss, val_accuracy, val_precision, val_recall, val_f1 or val_auc.")
+    monitor: str = _f("val_loss", "Metric that picks best.pt and drives early stopping: val_loss, val_accuracy, val_precision, val_recall, val_f1, val_auc, val_ap or val_f1_best.")
     patience: int = _f(0, "Stop after this many epochs without a better `monitor`; 0 never stops early.")
     progress: bool = _f(True, "Show a progress bar with samples/s while training.")
     threads: int = _f(0, "CPU threads per process for torch ops; 0 keeps PyTorch's choice (one per core). 1 is faster for small models on a busy machine.")
@@ -169,9 +169,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the dataclass defaults are the digits recipe; one thread because the 8x8 net is too small to
     # split: on 2 idle cores 1 thread is within 20% of 2, on busy ones 5-10x faster (measured)
     "digits": {"run": {"threads": 1}},
-    "classify": {"model": {"name": "nodule_classifier", "width": 8, "depth": 4},
-                 "optim": {"lr": 1e-3}, "data": {"batch_size": 32}, "run": {"epochs": 10, "monitor": "val_f1"}},
-    "malignancy": {"model": {"name": "nodule_classifier", "width": 8, "depth": 4, "finetune_depth": 1},
+    # nodule_net, not the book's nodule_classifier: ~3.6x the samples/s and far better F1 per minute (models/nodule_net.py)
+    "classify": {"model": {"name": "nodule_net", "width": 16, "depth": 3},
+                 "optim": {"lr": 1e-3}, "data": {"batch_size": 32}, "run": {"epochs": 10, "monitor": "val_f1_best"}},
+    "malignancy": {"model": {"name": "nodule_net", "width": 16, "depth": 3, "finetune_depth": 1},
                    "optim": {"lr": 1e-3}, "data": {"batch_size": 32}, "run": {"epochs": 10, "monitor": "val_auc"}},
     "segment": {"model": {"name": "unet", "width": 8, "depth": 3},  # 2D, 7 context slices: train/segment_task.py
                 "optim": {"lr": 1e-3}, "data": {"batch_size": 32, "epoch_samples": 2048}, "run": {"epochs": 10}},

@@ -36,7 +36,7 @@ def test_classify_then_fine_tune_malignancy(monkeypatch, capsys, data, tmp_path)
     record = json.loads((tmp_path / "classify" / "metrics.jsonl").read_text())
     assert record["epoch"] == 1 and record["step"] == 2 and 0 <= record["val_accuracy"] <= 1
     classifier = torch.load(tmp_path / "classify" / "best.pt", weights_only=True)["model"]
-    assert classifier["block1.0.0.weight"].shape == (2, 1, 3, 3, 3) and classifier["head.weight"].shape[0] == 2
+    assert classifier["stem.0.weight"].shape == (2, 1, 3, 3, 3) and classifier["head.weight"].shape[0] == 2  # nodule_net
 
     code = _train(monkeypatch, "malignancy", str(data), "--init", str(tmp_path / "classify"), *FAST,
                   "--set", "data.balance=0", "--set", runs)
@@ -44,6 +44,16 @@ def test_classify_then_fine_tune_malignancy(monkeypatch, capsys, data, tmp_path)
     tuned = torch.load(tmp_path / "malignancy" / "last.pt", weights_only=True)
     assert tuned["config"]["model"]["width"] == 2  # inherited from the classifier run
     for key, value in classifier.items():
-        if key.startswith("block") and key.endswith("weight"):
+        if key.startswith(("tail", "stem", "stage")) and key.endswith("weight"):
             assert torch.equal(tuned["model"][key], value), f"{key} should stay frozen"
     assert not torch.equal(tuned["model"]["head.weight"], classifier["head.weight"])
+
+
+def test_the_test_split_is_scored_at_the_threshold_chosen_on_validation(monkeypatch, capsys, data, tmp_path):
+    args = [*FAST[:-2], "--set", "data.test_fraction=0.33", "--set", "model.width=2", "--set", f"run.runs_dir={tmp_path}"]
+    assert _train(monkeypatch, "classify", str(data), *args) == 0, capsys.readouterr().err
+    best = torch.load(tmp_path / "classify" / "best.pt", weights_only=True)["best"]
+    record = json.loads((tmp_path / "classify" / "metrics.jsonl").read_text())
+    assert best["threshold"] == record["val_threshold"] and 0 <= best["threshold"] <= 1
+    test = json.loads((tmp_path / "classify" / "test_metrics.json").read_text())
+    assert {"f1_at_val_threshold", "precision_at_val_threshold", "recall_at_val_threshold", "f1_best", "ap"} <= set(test)

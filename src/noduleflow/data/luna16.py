@@ -20,7 +20,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -106,15 +106,40 @@ class Luna16Index:
             (val if fold == val_fold else test if fold == test_fold else train).append(uid)
         return Split(tuple(train), tuple(val), tuple(test))
 
-    def candidates_of(self, series_uids: Iterable[str]) -> tuple[Candidate, ...]:
-        """The candidates whose series is in `series_uids`, in index order."""
+    def candidates_of(self, series_uids: Iterable[str], *, keep_excluded: bool = True) -> tuple[Candidate, ...]:
+        """The candidates whose series is in `series_uids`, in index order.
+
+        keep_excluded=False leaves out non-nodule candidates that lie on an excluded finding
+        (closer to its centre than its radius, the rule the LUNA16 evaluation ignores marks by).
+        """
         keep = set(series_uids)
-        return tuple(c for c in self.candidates if c.series_uid in keep)
+        chosen = tuple(c for c in self.candidates if c.series_uid in keep)
+        if keep_excluded or not self.excluded:
+            return chosen
+        on_excluded = on_findings([c.series_uid for c in chosen], np.array([c.center_xyz for c in chosen]).reshape(-1, 3),
+                                  self.excluded)
+        return tuple(c for c, on in zip(chosen, on_excluded) if c.is_nodule or not on)
 
     def nodules_of(self, series_uids: Iterable[str]) -> tuple[Nodule, ...]:
         """The annotated nodules whose series is in `series_uids`, in index order."""
         keep = set(series_uids)
         return tuple(n for n in self.nodules if n.series_uid in keep)
+
+
+def on_findings(series_uids: Sequence[str], points_xyz: np.ndarray, findings: Sequence[Nodule]) -> np.ndarray:
+    """(N,) bool: which points lie closer to a finding of their own series than its radius (d / 2; d < 0 reads as 10 mm)."""
+    hit = np.zeros(len(series_uids), dtype=bool)
+    by_series: dict[str, list[int]] = {}
+    for i, uid in enumerate(series_uids):
+        by_series.setdefault(uid, []).append(i)
+    for uid, rows in by_series.items():
+        mine = [f for f in findings if f.series_uid == uid]
+        if mine:
+            centres = np.array([f.center_xyz for f in mine])                                  # (F, 3)
+            radius = np.array([f.diameter_mm if f.diameter_mm >= 0 else 10.0 for f in mine]) / 2  # (F,)
+            d2 = ((points_xyz[rows, None, :] - centres[None]) ** 2).sum(-1)                     # (n, F)
+            hit[rows] = (d2 < radius**2).any(axis=1)
+    return hit
 
 
 def find_scans(root: str | Path) -> tuple[dict[str, Path], dict[str, int]]:

@@ -4,7 +4,7 @@ Models are plain single-device `nn.Module`s returning logits; mixed precision, c
 memory format and data parallelism are applied from outside by `noduleflow.train.wrap`.
 """
 
-from noduleflow.models import digits_cnn, nodule_classifier, unet  # noqa: F401  (register the architectures)
-from noduleflow.models.registry import ModelEntry, create_model, list_models, model_entry, register_model
+from noduleflow.models import digits_cnn, nodule_classifier, nodule_net, unet  # noqa: F401  (register the architectures)
+from noduleflow.models.registry import ModelEntry, create_model, input_size_of, list_models, model_entry, register_model
 
-__all__ = ["ModelEntry", "create_model", "list_models", "model_entry", "register_model"]
+__all__ = ["ModelEntry", "create_model", "input_size_of", "list_models", "model_entry", "register_model"]

@@ -35,6 +35,7 @@ class NoduleClassifier(nn.Module):
         input_size = tuple(input_size or (32, 48, 48)[-spatial_dims:])
         if len(input_size) != spatial_dims or any(s % 2**depth for s in input_size):
             raise ValueError(f"input_size {input_size} must have {spatial_dims} sizes divisible by 2**depth = {2**depth}")
+        self.input_size = input_size  # what the data pipeline and `detect` cut for this model
         self.tail = batchnorm_nd(spatial_dims)(in_channels)
         channels = [in_channels] + [width * 2**i for i in range(depth)]
         for i in range(depth):

@@ -65,3 +65,11 @@ def create_model(name: str, **kwargs) -> nn.Module:
     except TypeError as err:
         raise ConfigError(f"model '{name}' does not take these arguments ({err})",
                           fix=f"Check the keyword arguments of {entry.build.__qualname__}.") from None
+
+
+def input_size_of(model: nn.Module) -> tuple[int, ...]:
+    """The spatial size of the patch a patch classifier takes (its `input_size` attribute), e.g. (16, 32, 32)."""
+    size = getattr(model, "input_size", None)
+    if size is None:
+        raise ConfigError(f"model {type(model).__name__} has no input_size", fix="Use a patch classifier such as nodule_net.")
+    return tuple(int(s) for s in size)

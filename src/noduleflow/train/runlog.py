@@ -59,7 +59,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_curves(metrics_path: str | Path, out: str | Path) -> Path | None:
-    """Two panels: train/val loss per epoch; val accuracy, F1 and AUC per epoch."""
+    """Two panels: train/val loss per epoch; val accuracy, F1, best-threshold F1, AP and AUC per epoch (those logged)."""
     records = read_metrics(metrics_path)
     if not records:
         return None
@@ -70,7 +70,10 @@ def plot_curves(metrics_path: str | Path, out: str | Path) -> Path | None:
 
     epochs = [r["epoch"] for r in records]
     fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, ax in [("train_loss", loss_ax), ("val_loss", loss_ax), ("val_accuracy", score_ax), ("val_f1", score_ax), ("val_auc", score_ax)]:
+    for key, ax in [("train_loss", loss_ax), ("val_loss", loss_ax), ("val_accuracy", score_ax), ("val_f1", score_ax), ("val_f1_best", score_ax),
+                    ("val_ap", score_ax), ("val_auc", score_ax)]:
+        if not any(key in r for r in records):
+            continue
         values = [math.nan if r.get(key) is None else r[key] for r in records]
         ax.plot(epochs, values, marker="o", label=key)
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss")

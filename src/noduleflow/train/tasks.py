@@ -22,7 +22,7 @@ from noduleflow.config import TASKS, TrainConfig
 from noduleflow.data.loaders import make_loader
 from noduleflow.errors import ConfigError
 from noduleflow.metrics.classification import classification_metrics
-from noduleflow.models import create_model
+from noduleflow.models import create_model, input_size_of
 from noduleflow.train.distributed import DistInfo, ShardSampler
 
 # Book ch. 12-14 style augmentation of (1, 32, 48, 48) patches: flips, small rotation/zoom/shift, noise.
@@ -66,11 +66,15 @@ def _ct(cfg: TrainConfig, dist: DistInfo) -> TaskParts:
     split = index.split(val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.run.seed)
     cache = ScanCache(cfg.data.cache or root / DEFAULT_CACHE_NAME, spacing_xyz=cfg.data.spacing or None)
     augment = Augment(spatial_dims=3, **_CT_AUGMENT) if cfg.data.augment else None
+    model = create_model(cfg.model.name, in_channels=1, num_classes=2, width=cfg.model.width, depth=cfg.model.depth)
+    size = input_size_of(model)
     if cfg.task == "classify":
-        sets = [CandidatePatches(cache, index.candidates_of(uids), transform=t) for uids, t in
+        # candidates on annotations_excluded.csv findings (nodules < 3 mm, non-nodules) are left out of
+        # training and validation, as the LUNA16 evaluation ignores marks on them: their label is not a fact
+        sets = [CandidatePatches(cache, index.candidates_of(uids, keep_excluded=False), size=size, transform=t) for uids, t in
                 [(split.train, augment), (split.val, None), (split.test, None)]]
     else:
-        sets = [MalignancySamples(cache, index.nodules_of(uids), transform=t) for uids, t in
+        sets = [MalignancySamples(cache, index.nodules_of(uids), size=size, transform=t) for uids, t in
                 [(split.train, augment), (split.val, None), (split.test, None)]]
     train, val, test = sets
     for name, dataset in (("training", train), ("validation", val)):
@@ -78,7 +82,6 @@ def _ct(cfg: TrainConfig, dist: DistInfo) -> TaskParts:
             raise ConfigError(f"the {name} split of {root} holds no {cfg.task} samples",
                               fix="Use more scans (e.g. `noduleflow synth --scans 10`) or change data.val_fraction.")
     sampler = train.balanced_sampler(cfg.data.balance, num_samples=cfg.data.epoch_samples or None, seed=cfg.run.seed)
-    model = create_model(cfg.model.name, in_channels=1, num_classes=2, width=cfg.model.width, depth=cfg.model.depth)
     return _parts(cfg, dist, model, train, val, test if len(test) else None, sampler=sampler)
 
 

@@ -47,6 +47,7 @@ class Trainer:
         self.monitor, self.lower_is_better = config.run.monitor, config.run.monitor.endswith("loss")
         self.epoch, self.step, self.bad_epochs = 0, 0, 0
         self.best_value, self.best_epoch = (math.inf if self.lower_is_better else -math.inf), 0
+        self.best_threshold: float | None = None  # val_threshold of the best epoch (binary tasks): the operating point
         self.history: list[dict[str, Any]] = []
         self.progress = EpochProgress(config.run.progress and dist.is_main)
 
@@ -62,6 +63,8 @@ class Trainer:
                     raise ConfigError(f"run.monitor = {self.monitor!r} is not a metric of this task",
                                       fix=f"Use one of: {', '.join(k for k in record if k.startswith('val_'))}.")
                 improved = self._update_best(record[self.monitor], epoch)
+                if improved:
+                    self.best_threshold = record.get("val_threshold")
                 self.epoch = epoch
                 self.history.append(record)
                 payload = self._checkpoint_payload()  # collective under DDP: every rank must take part
@@ -81,8 +84,8 @@ class Trainer:
                 "steps": self.step, "stopped_early": stopped_early}
 
     @torch.inference_mode()
-    def evaluate(self, loader: DataLoader) -> dict[str, float]:
-        """Mean loss and `metrics_fn` over `loader`, gathered from every rank's shard."""
+    def evaluate(self, loader: DataLoader, metrics_fn: Callable[..., dict[str, float]] | None = None) -> dict[str, float]:
+        """Mean loss and `metrics_fn` (default: the trainer's) over `loader`, gathered from every rank's shard."""
         model, policy = self.model.eval_model, self.model.policy
         model.eval()
         outputs, targets, loss_sum, count = [], [], 0.0, 0
@@ -99,7 +102,7 @@ class Trainer:
         all_out = torch.cat([t for shard in shards for t in shard[0]])
         all_y = torch.cat([t for shard in shards for t in shard[1]])
         total = sum(shard[3] for shard in shards)
-        return {"loss": sum(shard[2] for shard in shards) / max(total, 1), **self.metrics_fn(all_out, all_y)}
+        return {"loss": sum(shard[2] for shard in shards) / max(total, 1), **(metrics_fn or self.metrics_fn)(all_out, all_y)}
 
     def resume(self, path: str | Path) -> None:
         """Continue from a checkpoint written by `fit`: weights, optimizer, scheduler, counters and RNG."""
@@ -116,6 +119,7 @@ class Trainer:
                                   fix="Resume with the run's own config (optimizer and model unchanged).") from None
         self.epoch, self.step, self.bad_epochs = payload["epoch"], payload["step"], payload["bad_epochs"]
         self.best_value, self.best_epoch = payload["best"]["value"], payload["best"]["epoch"]
+        self.best_threshold = payload["best"].get("threshold")
         states = payload["rng"]
         mine = states[self.dist.rank] if len(states) == self.dist.world_size else states[0]
         set_rng_state(mine["process"])
@@ -196,6 +200,7 @@ class Trainer:
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "scaler": None if self.model.scaler is None else self.model.scaler.state_dict(),
             "epoch": self.epoch, "step": self.step, "bad_epochs": self.bad_epochs,
-            "best": {"metric": self.monitor, "value": float(self.best_value), "epoch": self.best_epoch},
+            "best": {"metric": self.monitor, "value": float(self.best_value), "epoch": self.best_epoch,
+                     "threshold": self.best_threshold},
             "rng": states, "world_size": self.dist.world_size, "config": config_to_dict(self.config),
         }

@@ -100,3 +100,22 @@ def test_subset_folders_are_cross_validation_folds(luna):
     assert split.val == (luna["uids"][2],) and set(split.train) == set(luna["uids"][:2]) and split.test == ()
     with pytest.raises(CsvError, match="no subset7 folder"):
         index.fold_split(val_fold=7)
+
+
+def test_candidates_on_excluded_findings_can_be_left_out_but_nodules_never(luna):
+    with pytest.warns(UserWarning):
+        index = load_index(luna["root"])
+    uid = luna["uids"][0]
+    negatives = [c for c in index.candidates if c.series_uid == uid and not c.is_nodule]
+    [positive] = [c for c in index.candidates if c.series_uid == uid and c.is_nodule]
+    (x0, y0, z0), (x1, y1, z1) = negatives[0].center_xyz, negatives[1].center_xyz
+    rows = [f"{uid},{x0 + 1.9},{y0},{z0},4.0",          # 1.9 mm away, radius 2 mm: on it
+            f"{uid},{x1 + 4.9},{y1},{z1},-1",           # size unknown reads as 10 mm, as the evaluation does
+            f"{uid},{negatives[2].center_xyz[0] + 2.1},{negatives[2].center_xyz[1]},{negatives[2].center_xyz[2]},4.0",  # 2.1 mm: off
+            "{},{},{},{},6.0".format(uid, *positive.center_xyz)]  # on the nodule's candidate: it stays
+    (luna["root"] / "annotations_excluded.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n" + "\n".join(rows) + "\n")
+    with pytest.warns(UserWarning):
+        index = load_index(luna["root"])
+    kept = index.candidates_of([uid], keep_excluded=False)
+    assert set(index.candidates_of([uid])) - set(kept) == {negatives[0], negatives[1]}
+    assert positive in kept and negatives[2] in kept

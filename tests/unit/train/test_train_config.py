@@ -26,7 +26,7 @@ def test_every_recipe_loads(path):
 def test_presets_cover_every_task():
     assert set(PRESETS) == set(TASKS)
     cfg = resolve_config("classify", overrides={"data.root": "d"})
-    assert (cfg.model.name, cfg.model.width, cfg.run.monitor) == ("nodule_classifier", 8, "val_f1")
+    assert (cfg.model.name, cfg.model.width, cfg.run.monitor) == ("nodule_net", 16, "val_f1_best")
 
 
 def test_overrides_beat_file_and_preset(tmp_path):
@@ -129,7 +129,7 @@ def test_init_inherits_the_source_runs_architecture(tmp_path):
     source.run_dir.mkdir(parents=True)
     save_config(source, source.run_dir / "config.yaml")
     cfg = resolve_config("malignancy", overrides={"data.root": "d", "model.init": str(source.run_dir)})
-    assert (cfg.model.name, cfg.model.width, cfg.model.depth) == ("nodule_classifier", 4, 3)
+    assert (cfg.model.name, cfg.model.width, cfg.model.depth) == ("nodule_net", 4, 3)
     cfg = resolve_config("malignancy", overrides={"data.root": "d", "model.init": str(source.run_dir / "best.pt"),
                                                   "model.width": 16})
     assert (cfg.model.width, cfg.model.depth) == (16, 3)  # a flag still wins
