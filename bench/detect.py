@@ -14,8 +14,9 @@ pass --retrain to train the detector again even though a complete one is cached 
      classifier, candidates batched and ranked);
    - baseline, as "Deep Learning with PyTorch" ch. 14 does it: every slice at full resolution, 4 a
      batch, eager fp32 under no_grad, no channels_last, no lung restriction, every connected
-     component of the thresholded segmentation classified one patch at a time (and the malignancy
-     model run one patch at a time on those called nodules).
+     component of the thresholded segmentation (eroded once, labelled and centred over the whole volume,
+     as the book's groupSegmentationOutput) classified one patch at a time (and the malignancy model
+     run one patch at a time on those called nodules).
 Ends with `cpm X`, `seconds_per_scan Y` (noduleflow) and `ratio_vs_baseline Z` (baseline s / noduleflow s).
 """
 
@@ -30,15 +31,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from noduleflow.ct import read_volume
-from noduleflow.data.datasets import DEFAULT_PATCH
 from noduleflow.data.patches import crop, crop_box, hu_to_unit
 from noduleflow.detect import Predictor, detect, load_detector
-from noduleflow.detect.components import find_components
 from noduleflow.detect.pipeline import SUBMISSION_CSV, scan_sources
 from noduleflow.detect.recipe import TRAINING_JSON, train_detector
 from noduleflow.evaluate import evaluate
+from noduleflow.models import input_size_of
 from noduleflow.synth import synthesize
 from noduleflow.train.segment_task import CONTEXT
 
@@ -121,12 +122,16 @@ def _baseline(models, volume) -> int:
         batch = [hu_to_unit(crop_box(hu, (j - CONTEXT, 0, 0), (2 * CONTEXT + 1, n_r, n_c))) for j in range(i, min(i + 4, n_i))]
         x = torch.from_numpy(np.stack(batch))                                  # (4, 7, R, C)
         probs[i:i + len(batch)] = torch.sigmoid(models.segment(x)[:, 0]).numpy()
-    comps = find_components(probs > 0.5, volume.spacing_xyz)
-    for center in np.floor(comps.centers_irc + 0.5).astype(np.int64):
-        x = torch.from_numpy(hu_to_unit(crop(hu, center, DEFAULT_PATCH)))[None, None]  # (1, 1, 32, 48, 48)
+    # the book's groupSegmentationOutput: erode the mask once, label it, HU-weighted centres over the whole volume
+    clean = ndimage.binary_erosion(probs > 0.5, iterations=1)
+    labels, count = ndimage.label(clean)
+    centers = np.asarray(ndimage.center_of_mass(hu.clip(-1000, 1000) + 1001, labels=labels, index=np.arange(1, count + 1)))
+    size = input_size_of(models.classify)
+    for center in np.floor(centers.reshape(-1, 3) + 0.5).astype(np.int64):
+        x = torch.from_numpy(hu_to_unit(crop(hu, center, size)))[None, None]  # (1, 1, *size)
         if torch.softmax(models.classify(x), 1)[0, 1] > 0.5 and models.malignancy is not None:
             models.malignancy(x)
-    return len(comps)
+    return count
 
 
 if __name__ == "__main__":

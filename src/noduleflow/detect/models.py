@@ -32,7 +32,7 @@ REQUIRED = ("segment", "classify")
 class DetectorModels:
     """The eval-mode networks of a detector; `malignancy` is None when the run has none.
 
-    segment: (B, 7, H, W) -> (B, 1, H, W) logits; classify and malignancy: (B, 1, 32, 48, 48) -> (B, 2) logits.
+    segment: (B, 7, H, W) -> (B, 1, H, W) logits; classify and malignancy: (B, 1, *model.input_size) -> (B, 2) logits.
     """
 
     segment: torch.nn.Module

