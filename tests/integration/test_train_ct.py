@@ -44,8 +44,8 @@ def test_classify_then_fine_tune_malignancy(monkeypatch, capsys, data, tmp_path)
     tuned = torch.load(tmp_path / "malignancy" / "last.pt", weights_only=True)
     assert tuned["config"]["model"]["width"] == 2  # inherited from the classifier run
     for key, value in classifier.items():
-        if key.startswith(("tail", "stem", "stage")) and key.endswith("weight"):
-            assert torch.equal(tuned["model"][key], value), f"{key} should stay frozen"
+        if key.startswith(("tail", "stem", "stage")) and key.endswith(("weight", "bias", "running_mean", "running_var")):
+            assert torch.equal(tuned["model"][key], value), f"{key} should stay frozen"  # batch-norm statistics too
     assert not torch.equal(tuned["model"]["head.weight"], classifier["head.weight"])
 
 

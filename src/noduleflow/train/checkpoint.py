@@ -134,3 +134,15 @@ def freeze_blocks(module: nn.Module, depth: int) -> None:
         trainable = set(parameter_blocks(module)[-depth:])
         for name, child in module.named_children():
             child.requires_grad_(name in trainable)
+
+
+def freeze_batchnorm_statistics(module: nn.Module) -> None:
+    """Put every batch norm whose weights are frozen into eval mode; call after `module.train()`.
+
+    Frozen weights are not enough: in train mode a batch norm normalises with the batch's statistics
+    and overwrites its running mean and variance, so a "frozen" block would still drift away from the
+    features the head was fine-tuned on (and from what the source run learned).
+    """
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and not any(p.requires_grad for p in m.parameters()):
+            m.eval()

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from noduleflow.config import TrainConfig, config_to_dict
 from noduleflow.errors import CheckpointError, ConfigError
 from noduleflow.metrics.classification import classification_metrics
-from noduleflow.train.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from noduleflow.train.checkpoint import freeze_batchnorm_statistics, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from noduleflow.train.distributed import DistInfo, all_gather_objects
 from noduleflow.train.runlog import EpochProgress, RunLog
 from noduleflow.train.wrap import WrappedModel
@@ -133,6 +133,7 @@ class Trainer:
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # DistributedSampler reshuffles per epoch from seed + epoch
         model.train()
+        freeze_batchnorm_statistics(model)  # fine-tuning: frozen blocks keep the statistics they were trained with
         batches = len(self.train_loader)
         loss_sum, samples = torch.zeros((), device=policy.device), 0
         self.progress.start(epoch, self.config.run.epochs, batches)
