@@ -89,12 +89,14 @@ class DataConfig:
     classes: tuple[int, ...] = _f((), "Digits only: which digits to keep, e.g. [0, 1]; empty keeps all ten.")
     val_fraction: float = _f(0.15, "Fraction held out for validation (digits: of images, stratified by class; CT: of series).")
     test_fraction: float = _f(0.15, "Fraction held out for the final test of best.pt (as val_fraction); 0: no test.")
+    extra_candidates: tuple[str, ...] = _f((), "CT tasks: more CSVs in candidates.csv's format to add to it (`train detector` adds the segmentation's own candidates).")
     balance: int = _f(1, "CT tasks: negatives per positive in each epoch's sample order (book ch. 12); 0: plain shuffle.")
     epoch_samples: int = _f(0, "CT tasks: training samples per epoch; 0: the training set's size.")
     augment: bool = _f(True, "Random augmentation of training samples (after any cache).")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
+        object.__setattr__(self, "extra_candidates", tuple(str(c) for c in self.extra_candidates))
         _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "Use a positive batch size such as 32.")
         _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "Use 0 or a positive worker count.")
         _require(all(0 <= c <= 9 for c in self.classes) and len(set(self.classes)) == len(self.classes),
@@ -334,8 +336,9 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         return value
     if typing.get_origin(hint) is tuple and isinstance(value, (list, tuple)):
         item = typing.get_args(hint)[0]
-        if all(isinstance(v, (int, float) if item is float else int) and not isinstance(v, bool) for v in value):
+        allowed = {float: (int, float), int: int, str: str}[item]
+        if all(isinstance(v, allowed) and not isinstance(v, bool) for v in value):
             return tuple(item(v) for v in value)
-    expected = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}.get(
-        hint, f"a list of {'numbers' if typing.get_args(hint)[:1] == (float,) else 'integers'}")
+    items = {float: "numbers", int: "integers", str: "strings"}.get(typing.get_args(hint)[0] if typing.get_args(hint) else None, "")
+    expected = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}.get(hint, f"a list of {items}")
     raise ConfigError(f"{source}: '{key}' must be {expected}, got {value!r}", fix=f"Set {key} to {expected}.")

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from noduleflow.cli import app
 from noduleflow.ct import read_volume, write_volume
-from noduleflow.detect.recipe import TRAINING_JSON, train_detector
+from noduleflow.detect.recipe import MINED_CSV, TRAINING_JSON, train_detector
 from noduleflow.errors import CheckpointError
 from noduleflow.synth import synthesize
 
@@ -34,7 +34,9 @@ def test_recipe_writes_every_part_and_its_budget(trained):
     for part in ("segment", "classify", "malignancy"):
         assert (run_dir / part / "best.pt").is_file() and (run_dir / part / "config.yaml").is_file()
     budget = json.loads((run_dir / TRAINING_JSON).read_text())["seconds"]
-    assert set(budget) == {"segment", "classify", "malignancy"} and all(s > 0 for s in budget.values())
+    assert set(budget) == {"segment", "mine", "classify", "malignancy"} and all(s > 0 for s in budget.values())
+    classify = (run_dir / "classify" / "config.yaml").read_text()
+    assert str(run_dir / MINED_CSV) in classify and (run_dir / MINED_CSV).read_text().startswith("seriesuid,coordX,coordY,coordZ,class\n")
 
 
 def test_detect_folder_then_evaluate_both_outputs(trained, tmp_path):

@@ -162,8 +162,12 @@ def find_scans(root: str | Path) -> tuple[dict[str, Path], dict[str, int]]:
     return scans, folds
 
 
-def load_index(root: str | Path) -> Luna16Index:
-    """Read the CSVs of a LUNA16-layout folder and join them, keeping only the series on disk."""
+def load_index(root: str | Path, *, extra_candidates: Iterable[str | Path] = ()) -> Luna16Index:
+    """Read the CSVs of a LUNA16-layout folder and join them, keeping only the series on disk.
+
+    extra_candidates: more CSVs in candidates.csv's format (e.g. mined by `detect.mining`), whose
+    rows are appended to candidates.csv's and joined to the annotations the same way.
+    """
     root = Path(root)
     scans, folds = find_scans(root)
     if not scans:
@@ -177,6 +181,11 @@ def load_index(root: str | Path) -> Luna16Index:
     excluded_csv = root / "annotations_excluded.csv"
     excluded = read_nodules(excluded_csv, scans, skipped) if excluded_csv.exists() else ()
     candidates = _read_candidates(_candidates_csv(root), scans, nodules, skipped)
+    for path in map(Path, extra_candidates):
+        if not path.is_file():
+            raise CsvError("is missing", path=path, fix="Each data.extra_candidates entry must be a CSV with the columns "
+                           "seriesuid,coordX,coordY,coordZ,class (as candidates.csv).")
+        candidates += _read_candidates(path, scans, nodules, skipped)
     return Luna16Index(root, scans, folds, candidates, nodules, excluded, skipped)
 
 

@@ -51,7 +51,7 @@ def load_detector(run_dir: str | Path) -> DetectorModels:
         for name in ("config.yaml", "best.pt"):
             if not (run_dir / part / name).is_file():
                 raise CheckpointError(f"has no {part}/{name}", path=run_dir, fix=_fix(run_dir, part))
-    models = {part: _load_part(run_dir / part, part) if part in present else None for part in PARTS}
+    models = {part: load_part(run_dir / part, part) if part in present else None for part in PARTS}
     return DetectorModels(models["segment"], models["classify"], models["malignancy"], run_dir)
 
 
@@ -69,7 +69,8 @@ def fuse_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def _load_part(sub: Path, part: str) -> torch.nn.Module:
+def load_part(sub: Path, part: str) -> torch.nn.Module:
+    """The eval-mode model of one part's run folder `sub` ("segment", "classify" or "malignancy"), from its best.pt."""
     cfg = load_config(sub / "config.yaml")
     if part == "segment":
         model = build_unet(cfg.model.width, cfg.model.depth)

@@ -27,7 +27,7 @@ import torch
 
 from noduleflow.ct import CtVolume, lung_mask
 from noduleflow.data.patches import crop, hu_to_unit
-from noduleflow.detect.components import find_components
+from noduleflow.detect.components import Components, find_components
 from noduleflow.detect.models import DetectorModels, fuse_batchnorm, load_detector
 from noduleflow.detect.windows import full_windows, lung_windows, segment_windows
 from noduleflow.models import input_size_of
@@ -116,14 +116,18 @@ class Predictor:
         windows = lung_windows(lung, chunk=self.batch) if self.restrict_to_lung else full_windows(volume.shape, chunk=self.batch)
         return segment_windows(self.models.segment, volume.hu, windows, context=CONTEXT, batch=self.batch, channels_last=True)
 
-    def _detect(self, volume: CtVolume, lung: np.ndarray) -> tuple[list[Finding], int]:
+    def candidates(self, volume: CtVolume, lung: np.ndarray) -> Components:
+        """Steps 2-3 (module docstring): the segmentation's components near lung, highest peak first, at most `max_candidates`."""
         probs = self.segment(volume, lung)
         comps = find_components(probs, volume.spacing_xyz, threshold=self.threshold, min_voxels=self.min_voxels)
         rounded = np.clip(np.floor(comps.centers_irc + 0.5).astype(np.int64), 0, np.array(volume.shape) - 1)
         m = self.lung_margin
         comps = comps.take(np.array([lung[max(i - m, 0):i + m + 1, max(r - m, 0):r + m + 1, max(c - m, 0):c + m + 1].any()
                                      for i, r, c in rounded.tolist()], dtype=bool))
-        comps = comps.take(np.argsort(-comps.peak, kind="stable")[:self.max_candidates])
+        return comps.take(np.argsort(-comps.peak, kind="stable")[:self.max_candidates])
+
+    def _detect(self, volume: CtVolume, lung: np.ndarray) -> tuple[list[Finding], int]:
+        comps = self.candidates(volume, lung)
         if len(comps) == 0:
             return [], 0
         nodule, malignant = self._classify(volume.hu, comps.centers_irc)

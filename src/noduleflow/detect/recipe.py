@@ -1,8 +1,9 @@
 """`train_detector`: the whole detector (segmentation, nodule classifier, malignancy) into one run folder.
 
-The default recipe is sized for a 2-core laptop CPU: about 4 minutes on 40 synthetic scans (3.9 measured idle, 13.8 on a busy machine; see
-bench/detect.py for the measured figure and the CPM it reaches). Each part is an ordinary
-`noduleflow.train.train` run with its own config.yaml, written to RUNS_DIR/RUN/<part>/ (the layout
+The default recipe is sized for a 2-core laptop CPU: about 15 minutes on 40 synthetic scans (14.6
+measured: segment 5.1, classify 9.4, malignancy < 0.1; half of the 30 minutes the detection issue
+allows). bench/detect.py prints the measured figure and the CPM it reaches (0.76 on 10 held-out
+scans). Each part is an ordinary `noduleflow.train.train` run with its own config.yaml, written to RUNS_DIR/RUN/<part>/ (the layout
 `detect.models` reads). All parts use the same seed and so the same split by series.
 """
 
@@ -26,6 +27,7 @@ RECIPE: dict[str, dict[str, Any]] = {
 }
 """Per-part overrides over the task presets (config.PRESETS); `scale` multiplies epochs and epoch_samples."""
 TRAINING_JSON = "training.json"  # seconds per part, written last: a run folder with it is complete
+MINED_CSV = "mined_candidates.csv"  # the segmentation's candidates on the training data, added to the classifier's
 _COMMON = {"data.val_fraction": 0.1, "data.test_fraction": 0.0}
 
 
@@ -46,15 +48,18 @@ class DetectorTraining:
 
 
 def train_detector(data: str | Path, *, run: str = "detector", runs_dir: str | Path = "runs", seed: int = 0, scale: float = 1.0,
-                   malignancy: bool = True, progress: bool = True, threads: int = 0,
+                   malignancy: bool = True, mine: bool = True, progress: bool = True, threads: int = 0,
                    overrides: dict[str, dict[str, Any]] | None = None) -> DetectorTraining:
     """Prepare `data`'s cache, then train segment, classify and (if `malignancy` and labels exist) malignancy.
 
     scale: multiplies epoch_samples (training length) for quick tests (e.g. 0.02) or longer recipes.
+    mine: between segment and classify, add the trained segmentation's own candidates on `data` to the
+        classifier's (`detect.mining`): it then learns the false positives it will be shown in `detect`.
     overrides: per part, extra dotted config keys, e.g. {"segment": {"run.epochs": 2}}.
     """
     from noduleflow.data.luna16 import load_index
     from noduleflow.data.prepare_cache import prepare
+    from noduleflow.detect.mining import mine_candidates
     from noduleflow.train import train
 
     if scale <= 0:
@@ -74,6 +79,14 @@ def train_detector(data: str | Path, *, run: str = "detector", runs_dir: str | P
     for part in parts:
         flags = {**_COMMON, **RECIPE[part], **(overrides or {}).get(part, {}), "data.root": str(data), "run.name": part,
                  "run.runs_dir": str(run_dir), "run.seed": seed, "run.progress": progress, "run.threads": threads}
+        if part == "classify" and mine:
+            start = time.perf_counter()
+            mined = mine_candidates(data, run_dir / "segment", run_dir / MINED_CSV, progress=progress)
+            seconds["mine"] = time.perf_counter() - start
+            flags["data.extra_candidates"] = [str(run_dir / MINED_CSV)]
+            if progress:
+                print(f"mined {mined['candidates']} segmentation candidates on {mined['scans']} scans "
+                      f"({mined['positives']} on nodules) -> {run_dir / MINED_CSV}")
         if "data.epoch_samples" in flags:
             flags["data.epoch_samples"] = max(int(flags["data.epoch_samples"] * scale), flags["data.batch_size"])
         if part == "malignancy":

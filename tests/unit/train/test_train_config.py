@@ -133,3 +133,10 @@ def test_init_inherits_the_source_runs_architecture(tmp_path):
     cfg = resolve_config("malignancy", overrides={"data.root": "d", "model.init": str(source.run_dir / "best.pt"),
                                                   "model.width": 16})
     assert (cfg.model.width, cfg.model.depth) == (16, 3)  # a flag still wins
+
+
+def test_extra_candidates_are_a_list_of_paths():
+    cfg = config_from_dict({"data": {"extra_candidates": ["runs/detector/mined_candidates.csv"]}})
+    assert cfg.data.extra_candidates == ("runs/detector/mined_candidates.csv",)
+    with pytest.raises(ConfigError, match="a list of strings"):
+        config_from_dict({"data": {"extra_candidates": [3]}})
