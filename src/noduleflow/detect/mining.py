@@ -35,7 +35,7 @@ def mine_candidates(data: str | Path, segment_run: str | Path, out_csv: str | Pa
     data = Path(data)
     index = load_index(data)
     cache = ScanCache(data / DEFAULT_CACHE_NAME)
-    predictor = Predictor(DetectorModels(load_part(Path(segment_run), "segment"), None, None, Path(segment_run)),  # type: ignore[arg-type]
+    predictor = Predictor(DetectorModels(load_part(Path(segment_run), "segment"), None, None, Path(segment_run)),
                           threshold=threshold, max_candidates=max_per_scan)
     rows: list[tuple[str, float, float, float, int]] = []
     for uid in track(index.series_uids, description="mine candidates", disable=not progress):

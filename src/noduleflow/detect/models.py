@@ -33,10 +33,11 @@ class DetectorModels:
     """The eval-mode networks of a detector; `malignancy` is None when the run has none.
 
     segment: (B, 7, H, W) -> (B, 1, H, W) logits; classify and malignancy: (B, 1, *model.input_size) -> (B, 2) logits.
+    classify is None only for a segmentation-only `Predictor` (`Predictor.candidates`, as `detect.mining` uses it).
     """
 
     segment: torch.nn.Module
-    classify: torch.nn.Module
+    classify: torch.nn.Module | None
     malignancy: torch.nn.Module | None
     run_dir: Path
 

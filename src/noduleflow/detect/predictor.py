@@ -142,6 +142,8 @@ class Predictor:
     @torch.inference_mode()
     def _classify(self, hu: np.ndarray, centers_irc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(N,) P(nodule) and (N,) P(malignant) or None for patches around (N, 3) voxel centres."""
+        if self.models.classify is None:
+            raise ValueError("this Predictor has no nodule classifier: only `candidates` works without one")
         centers = np.floor(centers_irc + 0.5).astype(np.int64)
         nodule = self._probabilities(self.models.classify, hu, centers)
         malignant = None if self.models.malignancy is None else self._probabilities(self.models.malignancy, hu, centers)

@@ -51,3 +51,15 @@ def test_a_missing_extra_candidates_file_is_named(phantom_luna, tmp_path):
     with pytest.raises(CsvError, match="extra_candidates") as err:
         load_index(root, extra_candidates=[tmp_path / "nope.csv"])
     assert "nope.csv" in str(err.value)
+
+
+def test_a_segmentation_only_predictor_gives_candidates_but_refuses_to_classify():
+    from noduleflow.ct import lung_mask
+    from noduleflow.detect import DetectorModels, Predictor
+
+    volume = chest()
+    predictor = Predictor(DetectorModels(DenseTissue(), None, None, None))
+    comps = predictor.candidates(volume, lung_mask(volume))
+    assert len(comps) == 1 and np.allclose(comps.centers_irc[0], NODULE_IRC, atol=0.5)
+    with pytest.raises(ValueError, match="no nodule classifier"):
+        predictor.predict(volume)
