@@ -7,7 +7,6 @@ rank runs this same function; only rank 0 writes into the run folder.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -89,10 +88,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, until_epoch: int | None = N
     test = None
     if parts.test_loader is not None and (run_dir / "best.pt").is_file():
         load_model_state(wrapped.module, load_checkpoint(run_dir / "best.pt")["model"], run_dir / "best.pt")
+        # the operating threshold is chosen on validation and only applied to the test split: an honest F1.
+        # best_threshold is set only by metrics that report val_threshold, i.e. that take a threshold.
         threshold = trainer.best_threshold
-        uses_threshold = threshold is not None and "threshold" in inspect.signature(parts.metrics_fn).parameters
-        # the operating threshold is chosen on validation and only applied to the test split: an honest F1
-        test = trainer.evaluate(parts.test_loader, partial(parts.metrics_fn, threshold=threshold) if uses_threshold else None)
+        test = trainer.evaluate(parts.test_loader, partial(parts.metrics_fn, threshold=threshold) if threshold is not None else None)
         if dist.is_main:
             (run_dir / "test_metrics.json").write_text(json.dumps({"best_epoch": best["best_epoch"], **test}, indent=2) + "\n")
     return RunResult(run_dir, best, test, time.perf_counter() - start)
