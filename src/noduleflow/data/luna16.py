@@ -29,6 +29,8 @@ from noduleflow.errors import CsvError, ScanError
 SCAN_SUFFIXES = (".mhd", ".mha", ".nii.gz", ".nii")
 _SUBSET = re.compile(r"^subset(\d+)$")
 _XYZ = ("coordX", "coordY", "coordZ")
+UNKNOWN_DIAMETER_MM = 10.0
+"""Diameter read for a finding stored with a negative one (-1: size unknown, in annotations_excluded.csv), as the LUNA16 evaluation does."""
 
 
 class Nodule(NamedTuple):
@@ -127,7 +129,7 @@ class Luna16Index:
 
 
 def on_findings(series_uids: Sequence[str], points_xyz: np.ndarray, findings: Sequence[Nodule]) -> np.ndarray:
-    """(N,) bool: which points lie closer to a finding of their own series than its radius (d / 2; d < 0 reads as 10 mm)."""
+    """(N,) bool: which points lie closer to a finding of their own series than its radius (d / 2; d < 0: UNKNOWN_DIAMETER_MM)."""
     hit = np.zeros(len(series_uids), dtype=bool)
     by_series: dict[str, list[int]] = {}
     for i, uid in enumerate(series_uids):
@@ -136,7 +138,7 @@ def on_findings(series_uids: Sequence[str], points_xyz: np.ndarray, findings: Se
         mine = [f for f in findings if f.series_uid == uid]
         if mine:
             centres = np.array([f.center_xyz for f in mine])                                  # (F, 3)
-            radius = np.array([f.diameter_mm if f.diameter_mm >= 0 else 10.0 for f in mine]) / 2  # (F,)
+            radius = np.array([f.diameter_mm if f.diameter_mm >= 0 else UNKNOWN_DIAMETER_MM for f in mine]) / 2  # (F,)
             d2 = ((points_xyz[rows, None, :] - centres[None]) ** 2).sum(-1)                     # (n, F)
             hit[rows] = (d2 < radius**2).any(axis=1)
     return hit

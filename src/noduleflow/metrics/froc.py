@@ -37,12 +37,11 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from noduleflow.data.luna16 import Nodule
+from noduleflow.data.luna16 import UNKNOWN_DIAMETER_MM, Nodule
 from noduleflow.metrics.classification import roc_auc
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # FPs per scan where the CPM is read
 MAX_MARKS = 100  # marks per scan, the LUNA16 limit
-UNKNOWN_DIAMETER_MM = 10.0  # for findings stored with a negative diameter
 BAND_FPS = np.geomspace(0.125, 8.0, 97)  # (97,) log grid of the bootstrap band, steps of 2^(1/16)
 _BLOCK = 2048  # curve entries summed at once: a bootstrap chunk holds 250 x 2048 float32 (2 MB)
 
