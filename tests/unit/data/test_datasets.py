@@ -13,7 +13,7 @@ from noduleflow.data.luna16 import Candidate, Nodule
 from noduleflow.data.patches import crop, crop_mm, sphere_mask
 from noduleflow.data.segmentation import SegmentationCrops, SegmentationSlices
 
-from luna_phantoms import NODULE_DIAMETER_MM, NODULE_HU, NODULE_IRC, SHAPE, nodule_xyz
+from luna_phantoms import NODULE_DIAMETER_MM, NODULE_HU, NODULE_IRC, SHAPE, nodule_xyz, phantom
 
 DISK_VOXELS = np.pi * (NODULE_DIAMETER_MM / 2 / 0.8) ** 2                        # ~44 in the centre slice
 BALL_VOXELS = 4 / 3 * np.pi * (NODULE_DIAMETER_MM / 2) ** 3 / (0.8 * 0.8 * 2.0)  # ~88
@@ -90,6 +90,27 @@ def test_segmentation_2d_crop_holds_the_nodule_disk_where_hu_is_high(luna_prepar
     assert 0.8 * DISK_VOXELS <= mask.sum() <= 1.2 * DISK_VOXELS
     assert torch.allclose(torch.nonzero(mask[0]).double().mean(0), torch.tensor([32.0, 32.0], dtype=torch.float64), atol=0.3)
     assert (image[2][mask[0]] > -0.4).all()                          # the centre slice is channel k
+
+
+def test_a_ground_glass_nodule_is_in_the_segmentation_mask(tmp_path):
+    from noduleflow.ct import CtVolume, write_volume
+    from noduleflow.data import ScanCache, prepare
+
+    solid = phantom(0)
+    hu = solid.hu.copy()
+    hu[hu > NODULE_HU / 2] = -500                       # the ball turned ground glass, 350 HU above the lung
+    volume = CtVolume(hu, solid.origin_xyz, solid.spacing_xyz, solid.direction, solid.series_uid)
+    root = tmp_path / "luna"
+    (root / "subset0").mkdir(parents=True)
+    write_volume(volume, root / "subset0" / f"{volume.series_uid}.mhd")
+    x, y, z = nodule_xyz(volume)
+    (root / "annotations.csv").write_text(f"seriesuid,coordX,coordY,coordZ,diameter_mm\n{volume.series_uid},{x},{y},{z},{NODULE_DIAMETER_MM}\n")
+    (root / "candidates.csv").write_text(f"seriesuid,coordX,coordY,coordZ,class\n{volume.series_uid},{x},{y},{z},1\n")
+    cache = ScanCache(prepare(root, workers=1, progress=False).cache.root)
+    ds = SegmentationCrops(cache, [Nodule(volume.series_uid, (x, y, z), NODULE_DIAMETER_MM, None)], spatial_dims=2,
+                           crop=(64, 64), context=2, jitter=0)
+    _, mask, _ = ds[0]
+    assert 0.8 * DISK_VOXELS <= mask.sum() <= 1.2 * DISK_VOXELS   # all of it, not only voxels above -400 HU
 
 
 def test_segmentation_3d_crop_mask_is_the_ball(luna_prepared):
