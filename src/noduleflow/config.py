@@ -90,6 +90,7 @@ class DataConfig:
     val_fraction: float = _f(0.15, "Fraction held out for validation (digits: of images, stratified by class; CT: of series).")
     test_fraction: float = _f(0.15, "Fraction held out for the final test of best.pt (as val_fraction); 0: no test.")
     extra_candidates: tuple[str, ...] = _f((), "CT tasks: more CSVs in candidates.csv's format to add to it (`train detector` adds the segmentation's own candidates).")
+    extra_weight: int = _f(1, "CT tasks: how many times as often a balanced epoch draws an extra_candidates row as a candidates.csv row.")
     balance: int = _f(1, "CT tasks: negatives per positive in each epoch's sample order (book ch. 12); 0: plain shuffle.")
     epoch_samples: int = _f(0, "CT tasks: training samples per epoch; 0: the training set's size.")
     augment: bool = _f(True, "Random augmentation of training samples (after any cache).")
@@ -98,6 +99,7 @@ class DataConfig:
         object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
         object.__setattr__(self, "extra_candidates", tuple(str(c) for c in self.extra_candidates))
         _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "Use a positive batch size such as 32.")
+        _require(self.extra_weight >= 1, "data.extra_weight", self.extra_weight, "Use 1 (no extra weight) or more.")
         _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "Use 0 or a positive worker count.")
         _require(all(0 <= c <= 9 for c in self.classes) and len(set(self.classes)) == len(self.classes),
                  "data.classes", list(self.classes), "List distinct digits 0-9, e.g. [0, 1], or leave it empty for all ten.")

@@ -152,6 +152,13 @@ class CandidatePatches(PatchDataset):
     def __init__(self, cache: ScanCache, candidates: Sequence[Candidate], **kwargs):
         super().__init__(cache, candidates, [int(c.is_nodule) for c in candidates], what="candidates", **kwargs)
 
+    def balanced_sampler(self, balance: int = 1, *, num_samples: int | None = None, seed: int = 0):
+        """A `BalancedSampler` as `PatchDataset`'s, drawing each candidate `Candidate.weight` times as often."""
+        from noduleflow.data.loaders import BalancedSampler
+
+        return BalancedSampler(self.labels, balance, num_samples=num_samples, seed=seed,
+                               weights=[c.weight for c in self.records])
+
 
 class MalignancySamples(PatchDataset):
     """Patches centred on annotated nodules, label 1 for malignant (`mal_bool`), 0 for benign.

@@ -32,15 +32,20 @@ class BalancedSampler(Sampler[int]):
     a long run visits every negative while each batch holds 1 / (balance + 1) positives; positives
     repeat as often as needed. balance=0 is a plain shuffle of all indices.
 
-    labels: (N,) 0/1. num_samples: indices per epoch over all replicas (default N).
+    labels: (N,) 0/1. num_samples: indices per epoch over all replicas (default N). weights: (N,)
+    positive ints, how many times each index stands in its label's pool (a weight-3 negative is
+    drawn three times as often as a weight-1 one); default all 1.
     num_replicas / rank: for DDP, as in DistributedSampler (read from torch.distributed when it is
     initialised); each rank gets a contiguous block of the epoch's sequence, which keeps the ratio.
     """
 
     def __init__(self, labels: Sequence[int], balance: int = 1, *, num_samples: int | None = None, seed: int = 0,
-                 num_replicas: int | None = None, rank: int | None = None):
+                 num_replicas: int | None = None, rank: int | None = None, weights: Sequence[int] | None = None):
         labels = np.asarray(labels)
-        self.positives, self.negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+        repeats = np.ones(len(labels), np.int64) if weights is None else np.asarray(weights, np.int64)
+        if repeats.shape != labels.shape or (repeats < 1).any():
+            raise ValueError(f"weights must be {len(labels)} positive integers, one per label")
+        self.positives, self.negatives = (np.repeat(np.flatnonzero(labels == c), repeats[labels == c]) for c in (1, 0))
         if balance < 0:
             raise ConfigError(f"balance={balance} is negative", fix="Use 0 (no balancing) or a positive negatives-per-positive ratio.")
         if balance and (len(self.positives) == 0 or len(self.negatives) == 0):

@@ -47,7 +47,8 @@ class Candidate(NamedTuple):
 
     `diameter_mm` is the matched annotation's diameter for class-1 candidates (0.0 for negatives
     and for positives with no annotation within its radius); `malignant` comes from the same
-    annotation when `annotations_with_malignancy.csv` exists, else None.
+    annotation when `annotations_with_malignancy.csv` exists, else None. `weight`: how many times
+    as often as a candidates.csv row a balanced training epoch draws it (`load_index`'s extra_weight).
     """
 
     series_uid: str
@@ -55,6 +56,7 @@ class Candidate(NamedTuple):
     is_nodule: bool
     diameter_mm: float = 0.0
     malignant: bool | None = None
+    weight: int = 1
 
 
 class Split(NamedTuple):
@@ -164,11 +166,12 @@ def find_scans(root: str | Path) -> tuple[dict[str, Path], dict[str, int]]:
     return scans, folds
 
 
-def load_index(root: str | Path, *, extra_candidates: Iterable[str | Path] = ()) -> Luna16Index:
+def load_index(root: str | Path, *, extra_candidates: Iterable[str | Path] = (), extra_weight: int = 1) -> Luna16Index:
     """Read the CSVs of a LUNA16-layout folder and join them, keeping only the series on disk.
 
     extra_candidates: more CSVs in candidates.csv's format (e.g. mined by `detect.mining`), whose
-    rows are appended to candidates.csv's and joined to the annotations the same way.
+    rows are appended to candidates.csv's and joined to the annotations the same way, each with
+    `weight` = extra_weight.
     """
     root = Path(root)
     scans, folds = find_scans(root)
@@ -187,7 +190,7 @@ def load_index(root: str | Path, *, extra_candidates: Iterable[str | Path] = ())
         if not path.is_file():
             raise CsvError("is missing", path=path, fix="Each data.extra_candidates entry must be a CSV with the columns "
                            "seriesuid,coordX,coordY,coordZ,class (as candidates.csv).")
-        candidates += _read_candidates(path, scans, nodules, skipped)
+        candidates += tuple(c._replace(weight=int(extra_weight)) for c in _read_candidates(path, scans, nodules, skipped))
     return Luna16Index(root, scans, folds, candidates, nodules, excluded, skipped)
 
 

@@ -62,7 +62,7 @@ def _ct(cfg: TrainConfig, dist: DistInfo) -> TaskParts:
     from noduleflow.data.cache import DEFAULT_CACHE_NAME
 
     root = Path(cfg.data.root)
-    index = load_index(root, extra_candidates=cfg.data.extra_candidates)
+    index = load_index(root, extra_candidates=cfg.data.extra_candidates, extra_weight=cfg.data.extra_weight)
     split = index.split(val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.run.seed)
     cache = ScanCache(cfg.data.cache or root / DEFAULT_CACHE_NAME, spacing_xyz=cfg.data.spacing or None)
     augment = Augment(spatial_dims=3, **_CT_AUGMENT) if cfg.data.augment else None

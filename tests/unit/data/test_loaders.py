@@ -47,6 +47,27 @@ def test_balanced_sampler_shards_by_rank_and_keeps_the_ratio():
     assert all(LABELS[r].sum() == 10 for r in ranks)
 
 
+def test_balanced_sampler_draws_each_index_as_often_as_its_weight():
+    weights = np.ones(len(LABELS), np.int64)
+    weights[0], weights[30] = 10, 3                   # a negative standing for ten, a positive for three
+    order = np.array(list(BalancedSampler(LABELS, 1, num_samples=90, seed=0, weights=weights)))
+    negatives, positives = order[LABELS[order] == 0], order[LABELS[order] == 1]
+    assert len(negatives) == 45 == 35 + 10            # one pass over the weighted pool of negatives
+    assert np.sum(negatives == 0) == 10 and set(negatives) == set(np.flatnonzero(LABELS == 0))
+    assert 3 * 7 <= np.sum(positives == 30) <= 3 * 8  # 45 positive slots cycle 7.5 times over a pool of 3 + 1 + 1 + 1
+    with pytest.raises(ValueError, match="positive integers"):
+        BalancedSampler(LABELS, 1, weights=np.zeros(len(LABELS)))
+
+
+def test_candidate_patches_sample_by_candidate_weight(luna_prepared):
+    v = luna_prepared["volumes"][0]
+    rows = [Candidate(v.series_uid, nodule_xyz(v), True)] + [
+        Candidate(v.series_uid, tuple(v.irc_to_xyz([i, 30, 30])), False, weight=1 + 3 * (i == 5)) for i in range(5, 30, 5)]
+    ds = CandidatePatches(luna_prepared["cache"], rows, size=(8, 16, 16))
+    order = np.array(list(ds.balanced_sampler(1, num_samples=16)))
+    assert np.sum(order == 1) == 4 and all(np.sum(order == k) == 1 for k in range(2, 6))  # 8 negative slots, pool 4 + 1 + 1 + 1 + 1
+
+
 def test_balancing_needs_both_labels():
     with pytest.raises(ConfigError, match="0 positives"):
         BalancedSampler(np.zeros(5), 1)

@@ -39,8 +39,8 @@ def test_mined_candidates_are_labelled_by_the_hit_rule_and_join_the_index(phanto
     assert row["seriesuid"] == volume.series_uid and row["class"] == "1"
     mined_xyz = [float(row[k]) for k in ("coordX", "coordY", "coordZ")]
     assert np.linalg.norm(np.subtract(mined_xyz, nodule_xyz)) < 1.0      # the phantom nodule's centre
-    index = load_index(root, extra_candidates=[out])
-    assert len(index.candidates) == 2
+    index = load_index(root, extra_candidates=[out], extra_weight=4)
+    assert len(index.candidates) == 2 and [c.weight for c in index.candidates] == [1, 4]  # candidates.csv's, then mined
     mined = [c for c in index.candidates if c.is_nodule]
     assert len(mined) == 1 and mined[0].diameter_mm == 2 * NODULE_RADIUS_MM  # joined to its annotation
     assert not list(out.parent.glob(".*.tmp"))                                 # written atomically
@@ -58,7 +58,7 @@ def test_a_segmentation_only_predictor_gives_candidates_but_refuses_to_classify(
     from noduleflow.detect import DetectorModels, Predictor
 
     volume = chest()
-    predictor = Predictor(DetectorModels(DenseTissue(), None, None, None))
+    predictor = Predictor(DetectorModels(DenseTissue(), None, None, None), runtime="torch")
     comps = predictor.candidates(volume, lung_mask(volume))
     assert len(comps) == 1 and np.allclose(comps.centers_irc[0], NODULE_IRC, atol=0.5)
     with pytest.raises(ValueError, match="no nodule classifier"):
