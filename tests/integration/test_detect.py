@@ -34,7 +34,8 @@ def test_recipe_writes_every_part_and_its_budget(trained):
     for part in ("segment", "classify", "malignancy"):
         assert (run_dir / part / "best.pt").is_file() and (run_dir / part / "config.yaml").is_file()
     budget = json.loads((run_dir / TRAINING_JSON).read_text())["seconds"]
-    assert set(budget) == {"segment", "mine", "classify", "malignancy"} and all(s > 0 for s in budget.values())
+    assert set(budget) == {"segment", "mine", "classify", "malignancy", "export"} and all(s > 0 for s in budget.values())
+    assert (run_dir / "segment" / "best.onnx").is_file()          # the U-Net for ONNX Runtime, exported once
     classify = (run_dir / "classify" / "config.yaml").read_text()
     assert str(run_dir / MINED_CSV) in classify and (run_dir / MINED_CSV).read_text().startswith("seriesuid,coordX,coordY,coordZ,class\n")
 

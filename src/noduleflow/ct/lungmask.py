@@ -35,7 +35,7 @@ _SECOND_LUNG_FRACTION = 0.2
 
 
 def lung_mask(volume: CtVolume, *, threshold_hu: int = -400, closing_mm: float = 10.0, min_lung_ml: float = 10.0,
-              max_hole_mm: float = 50.0) -> np.ndarray:
+              max_hole_mm: float = 50.0, step: int = 1) -> np.ndarray:
     """(I, R, C) bool mask of the lungs of `volume`; all False if no lung is found (the caller decides).
 
     threshold_hu: voxels below it are air or lung.
@@ -44,7 +44,16 @@ def lung_mask(volume: CtVolume, *, threshold_hu: int = -400, closing_mm: float =
     min_lung_ml: air components smaller than this (in millilitres) are not lungs.
     max_hole_mm: in-slice holes up to the area of a disk of this diameter are filled (nodules
         and masses up to this size surrounded by lung).
+    step: work on every `step`-th row and column, then repeat each result voxel over a step x step
+        square: about step**2 times faster, with the mask's edge off by less than `step` voxels
+        (what `detect` uses: it only needs to know where lung is, to a few voxels).
     """
+    if step > 1:
+        coarse = CtVolume(np.ascontiguousarray(volume.hu[:, ::step, ::step]), volume.origin_xyz,
+                          volume.spacing_xyz * [step, step, 1], volume.direction, volume.series_uid)
+        small = lung_mask(coarse, threshold_hu=threshold_hu, closing_mm=closing_mm, min_lung_ml=min_lung_ml, max_hole_mm=max_hole_mm)
+        _, n_r, n_c = volume.shape
+        return np.repeat(np.repeat(small, step, axis=1), step, axis=2)[:, :n_r, :n_c]
     air = volume.hu < threshold_hu
     labels, lungs = _lung_components(_enclosed_in_plane(air), min_voxels=min_lung_ml * 1000.0 / float(np.prod(volume.spacing_xyz)))
     radius_rc = np.maximum(1, np.round(closing_mm / volume.spacing_irc[1:])).astype(int)

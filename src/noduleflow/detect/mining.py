@@ -35,7 +35,9 @@ def mine_candidates(data: str | Path, segment_run: str | Path, out_csv: str | Pa
     data = Path(data)
     index = load_index(data)
     cache = ScanCache(data / DEFAULT_CACHE_NAME)
-    predictor = Predictor(DetectorModels(load_part(Path(segment_run), "segment"), None, None, Path(segment_run)),
+    segment_run = Path(segment_run)
+    predictor = Predictor(DetectorModels(load_part(segment_run, "segment"), None, None, None, segment_run / "best.pt"),
+                          runtime="torch",  # a one-off pass: not worth the ONNX export's ~10 s
                           threshold=threshold, max_candidates=max_per_scan)
     rows: list[tuple[str, float, float, float, int]] = []
     for uid in track(index.series_uids, description="mine candidates", disable=not progress):

@@ -34,12 +34,14 @@ class DetectorModels:
 
     segment: (B, 7, H, W) -> (B, 1, H, W) logits; classify and malignancy: (B, 1, *model.input_size) -> (B, 2) logits.
     classify is None only for a segmentation-only `Predictor` (`Predictor.candidates`, as `detect.mining` uses it).
+    segment_checkpoint: the segment run's best.pt, beside which `detect.runtime` keeps the U-Net's ONNX export.
     """
 
     segment: torch.nn.Module
     classify: torch.nn.Module | None
     malignancy: torch.nn.Module | None
-    run_dir: Path
+    run_dir: Path | None
+    segment_checkpoint: Path | None = None
 
 
 def load_detector(run_dir: str | Path) -> DetectorModels:
@@ -53,7 +55,7 @@ def load_detector(run_dir: str | Path) -> DetectorModels:
             if not (run_dir / part / name).is_file():
                 raise CheckpointError(f"has no {part}/{name}", path=run_dir, fix=_fix(run_dir, part))
     models = {part: load_part(run_dir / part, part) if part in present else None for part in PARTS}
-    return DetectorModels(models["segment"], models["classify"], models["malignancy"], run_dir)
+    return DetectorModels(models["segment"], models["classify"], models["malignancy"], run_dir, run_dir / "segment" / "best.pt")
 
 
 def fuse_batchnorm(module: torch.nn.Module) -> torch.nn.Module:

@@ -1,8 +1,10 @@
 """`Predictor`: one scan in, nodule findings out; what `noduleflow detect` and the server both call.
 
 Steps (shapes for one scan of I x R x C voxels):
-1. lung field: `ct.lung_mask` -> (I, R, C) bool; no lung (or a scan of only air) -> no findings and a warning;
-2. segmentation: the 2D U-Net over lung-holding slices and boxes (`detect.windows`) -> (I, R, C) probabilities;
+1. lung field: `ct.lung_mask` on every second row and column (3.5x faster, its edge off by a voxel)
+   -> (I, R, C) bool; no lung (or a scan of only air) -> no findings and a warning;
+2. segmentation: the 2D U-Net (under ONNX Runtime: `detect.runtime`) over lung-holding slices and
+   boxes (`detect.windows`) -> (I, R, C) probabilities;
 3. grouping: threshold + 3D connected components (`detect.components`); components with no lung
    voxel within `lung_margin` voxels of their centre are dropped (a nodule on the pleura or a dense
    one the lung mask left out stays), the rest ranked by peak probability (at most `max_candidates`);
@@ -29,10 +31,12 @@ from noduleflow.ct import CtVolume, lung_mask
 from noduleflow.data.patches import crop, hu_to_unit
 from noduleflow.detect.components import Components, find_components
 from noduleflow.detect.models import DetectorModels, fuse_batchnorm, load_detector
+from noduleflow.detect.runtime import onnx_unet
 from noduleflow.detect.windows import full_windows, lung_windows, segment_windows
 from noduleflow.models import input_size_of
 from noduleflow.train.segment_task import CONTEXT
 
+RUNTIMES = ("onnx", "torch")
 _AIR_ONLY_HU = -900  # a scan whose every voxel lies below this holds no tissue at all
 
 
@@ -76,21 +80,31 @@ class Predictor:
     components are dropped. lung_margin: a component is kept when lung lies within this many voxels
     (per axis) of its centre. max_candidates: classified per scan at most. batch: slices per U-Net
     batch and patches per classifier batch. restrict_to_lung: segment only the lung windows (False:
-    every voxel of every slice).
+    every voxel of every slice). window_margin: voxels of context around the lung in each window. runtime: "onnx" runs the U-Net under ONNX Runtime (`detect.runtime`,
+    exported beside its checkpoint on first use), "torch" in eager PyTorch; the same probabilities.
     """
 
     def __init__(self, models: DetectorModels, *, threshold: float = 0.5, min_voxels: int = 2, max_candidates: int = 100,
-                 batch: int = 8, restrict_to_lung: bool = True, lung_margin: int = 3, threads: int = 0):
+                 batch: int = 8, restrict_to_lung: bool = True, lung_margin: int = 3, window_margin: int = 4, threads: int = 0,
+                 runtime: str = "onnx"):
         self.models, self.threshold, self.min_voxels = models, float(threshold), int(min_voxels)
-        self.lung_margin = int(lung_margin)
+        self.lung_margin, self.window_margin = int(lung_margin), int(window_margin)
         self.max_candidates, self.batch, self.restrict_to_lung = int(max_candidates), int(batch), restrict_to_lung
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         if threads:
             torch.set_num_threads(threads)
+        self.runtime = runtime
         # measured on 16 x 7 x 160 x 160 slices here: folding batch norm 1.1x faster, channels_last on top 1.6x more
         fuse_batchnorm(models.segment).to(memory_format=torch.channels_last)
+        self.segmenter = models.segment
+        if runtime == "onnx":  # about 1.3x faster again (detect.runtime)
+            multiple = 2 ** (getattr(models.segment, "depth", 1) - 1)
+            self.segmenter = onnx_unet(models.segment, models.segment_checkpoint, in_channels=2 * CONTEXT + 1,
+                                       multiple=multiple, threads=threads)
         for model in (models.classify, models.malignancy):
-            if model is not None:
-                model.to(memory_format=torch.channels_last_3d)  # ~1.7x faster 3D convs on CPU
+            if model is not None:  # 12 patches: 60 ms as trained, 39 ms folded and channels_last_3d
+                fuse_batchnorm(model).to(memory_format=torch.channels_last_3d)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, **kwargs) -> "Predictor":
@@ -101,7 +115,7 @@ class Predictor:
         """All findings of `volume` (see the module docstring); never raises for an empty or lung-less scan."""
         start = time.perf_counter()
         result = ScanResult(volume.series_uid, [], volume.shape)
-        lung = lung_mask(volume) if volume.hu.size else np.zeros(volume.shape, bool)
+        lung = lung_mask(volume, step=2) if volume.hu.size else np.zeros(volume.shape, bool)
         if volume.hu.size == 0 or int(volume.hu.max()) < _AIR_ONLY_HU:
             self._warn(result, "holds only air (every voxel below -900 HU); nothing to detect")
         elif not lung.any():
@@ -113,8 +127,9 @@ class Predictor:
 
     def segment(self, volume: CtVolume, lung: np.ndarray) -> np.ndarray:
         """(I, R, C) float32 nodule probabilities (0 outside the segmented windows)."""
-        windows = lung_windows(lung, chunk=self.batch) if self.restrict_to_lung else full_windows(volume.shape, chunk=self.batch)
-        return segment_windows(self.models.segment, volume.hu, windows, context=CONTEXT, batch=self.batch, channels_last=True)
+        windows = lung_windows(lung, chunk=self.batch, margin=self.window_margin) if self.restrict_to_lung else full_windows(volume.shape, chunk=self.batch)
+        return segment_windows(self.segmenter, volume.hu, windows, context=CONTEXT, batch=self.batch,
+                               channels_last=self.runtime == "torch")
 
     def candidates(self, volume: CtVolume, lung: np.ndarray) -> Components:
         """Steps 2-3 (module docstring): the segmentation's components near lung, highest peak first, at most `max_candidates`."""

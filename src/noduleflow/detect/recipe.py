@@ -19,11 +19,14 @@ from noduleflow.config import resolve_config
 from noduleflow.errors import ConfigError
 
 RECIPE: dict[str, dict[str, Any]] = {
-    "segment": {"run.epochs": 12, "data.epoch_samples": 2048, "data.batch_size": 32, "optim.lr": 2e-3, "data.num_workers": 1},
+    # width 16 rather than the preset's 8: on 30 held-out scans (another seed) it found 30 of 50 nodules
+    # with 6.6 components per scan, width 8 27 with 14.4, for 7.2 instead of 4.3 minutes
+    "segment": {"model.width": 16, "run.epochs": 12, "data.epoch_samples": 2048, "data.batch_size": 32, "optim.lr": 2e-3, "data.num_workers": 1},
     # ranked by the FROC, so the classifier's best epoch is the one with the best average precision;
     # 10 epochs: on 40 scans its validation AP still rose from 0.81 (epoch 5) to 0.93 (epoch 10) of a 12-epoch run
+    # the mined candidates (the U-Net's own false positives, ~4% of the candidates) weigh 10: about a third of the negatives drawn
     "classify": {"run.epochs": 10, "data.epoch_samples": 6144, "data.batch_size": 32, "optim.lr": 1e-3, "data.balance": 1,
-                 "run.monitor": "val_ap"},
+                 "run.monitor": "val_ap", "data.extra_weight": 10},
     "malignancy": {"run.epochs": 4, "data.batch_size": 16, "optim.lr": 1e-3, "model.finetune_depth": 2},
 }
 """Per-part overrides over the task presets (config.PRESETS); `scale` multiplies epochs and epoch_samples."""
@@ -61,6 +64,7 @@ def train_detector(data: str | Path, *, run: str = "detector", runs_dir: str | P
     from noduleflow.data.luna16 import load_index
     from noduleflow.data.prepare_cache import prepare
     from noduleflow.detect.mining import mine_candidates
+    from noduleflow.detect.predictor import Predictor
     from noduleflow.train import train
 
     if scale <= 0:
@@ -95,6 +99,9 @@ def train_detector(data: str | Path, *, run: str = "detector", runs_dir: str | P
         start = time.perf_counter()
         train(resolve_config(part, overrides=flags))
         seconds[part] = time.perf_counter() - start
+    start = time.perf_counter()
+    Predictor.from_run(run_dir)  # exports the U-Net for ONNX Runtime beside segment/best.pt (detect.runtime): detect only loads it
+    seconds["export"] = time.perf_counter() - start
     result = DetectorTraining(run_dir, seconds, skipped)
     (run_dir / TRAINING_JSON).write_text(json.dumps({"seconds": seconds, "skipped": skipped, "scale": scale, "seed": seed,
                                                      "data": str(data)}, indent=1) + "\n")

@@ -59,6 +59,16 @@ def test_lungs_and_their_contents_are_inside(phantom_and_mask):
     assert mask[parts["mass"]].all()
 
 
+def test_a_mask_on_every_second_row_and_column_is_the_full_one_to_a_voxel(phantom_and_mask):
+    volume, parts, mask = phantom_and_mask
+    coarse = lung_mask(volume, step=2)
+    assert coarse.shape == mask.shape and coarse.dtype == bool
+    edge = ndimage.binary_dilation(mask, structure=np.ones((1, 3, 3), bool)) & ~ndimage.binary_erosion(mask, structure=np.ones((1, 3, 3), bool))
+    assert (coarse == mask)[~edge].all()                    # they differ only on the mask's edge
+    assert abs(int(coarse.sum()) - int(mask.sum())) < 0.02 * mask.sum()
+    assert coarse[parts["nodule"]].mean() > 0.95 and not coarse[parts["gas"]].any()
+
+
 def test_outside_air_body_and_gas_are_outside(phantom_and_mask):
     _, parts, mask = phantom_and_mask
     lungs = parts["lung_right"] | parts["lung_left"]

@@ -12,9 +12,10 @@ from noduleflow.errors import CheckpointError
 from detect_phantom import NODULE_IRC, NODULE_RADIUS_MM, chest
 
 
-def test_phantom_nodule_is_found_at_its_centre_with_its_size(models):
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_phantom_nodule_is_found_at_its_centre_with_its_size(models, runtime):
     volume = chest()
-    result = Predictor(models).predict(volume)
+    result = Predictor(models, runtime=runtime).predict(volume)
     assert result.warnings == []
     assert len(result.findings) == 1  # the body wall is dense too, but lies outside the lung field
     finding = result.findings[0]
@@ -28,7 +29,7 @@ def test_scan_smaller_than_the_classifier_patch_is_padded(models):
     """32 x 48 x 48 patches and U-Net windows reach past a 20 x 48 x 64 scan: they read air, nothing fails."""
     volume = chest()
     small = CtVolume(volume.hu[2:18, 2:46, 2:62].copy(), volume.origin_xyz, volume.spacing_xyz, volume.direction, "small")
-    result = Predictor(models).predict(small)
+    result = Predictor(models, runtime="torch").predict(small)
     assert len(result.findings) == 1
     np.testing.assert_allclose(result.findings[0].center_irc, np.subtract(NODULE_IRC, 2), atol=0.3)
 
@@ -36,7 +37,7 @@ def test_scan_smaller_than_the_classifier_patch_is_padded(models):
 def test_empty_volume_gives_no_findings_and_a_warning(models):
     air = CtVolume(np.full((8, 32, 32), -1000, np.int16), (0, 0, 0), (1, 1, 1), np.eye(3), series_uid="air")
     with pytest.warns(UserWarning, match="only air"):
-        result = Predictor(models).predict(air)
+        result = Predictor(models, runtime="torch").predict(air)
     assert result.findings == [] and "only air" in result.warnings[0]
 
 
@@ -45,8 +46,13 @@ def test_scan_without_lungs_gives_no_findings_and_a_warning(models):
     tissue = CtVolume(np.where(volume.hu > -900, 40, -1000).astype(np.int16), volume.origin_xyz, volume.spacing_xyz,
                       volume.direction, series_uid="nolung")
     with pytest.warns(UserWarning, match="no lung field"):
-        result = Predictor(models).predict(tissue)
+        result = Predictor(models, runtime="torch").predict(tissue)
     assert result.findings == [] and result.candidates == 0
+
+
+def test_an_unknown_runtime_is_refused(models):
+    with pytest.raises(ValueError, match="onnx, torch"):
+        Predictor(models, runtime="tensorrt")
 
 
 def test_run_folder_without_models_names_the_file_and_the_command(tmp_path):

@@ -1,0 +1,88 @@
+"""The segmentation U-Net under ONNX Runtime: the eager model's logits, sooner on a CPU.
+
+Measured on this project's 2-core CPU with a width-8 U-Net, batch norm folded: 8 slices of
+7 x 160 x 112 took 48 ms in eager PyTorch (channels_last) and 33 ms in ONNX Runtime 1.32, whose
+graph optimiser fuses each convolution with its ReLU; 8 x 7 x 96 x 64 took 14.4 and 11.6 ms.
+Logits agree to about 1e-5.
+
+The model is exported once with the torch.onnx (dynamo) exporter, with the batch, height and width
+dynamic (height and width multiples of the U-Net's 2**(depth - 1), as `detect.windows` cuts them),
+and kept beside its checkpoint (`ONNX_NAME` in the segment run folder), so later runs only load
+it (about 0.1 s instead of about 10 s). A file older than best.pt is exported again; where the
+folder cannot be written, the export lives in a temporary folder for this process only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ONNX_NAME = "best.onnx"  # beside best.pt in the segment run folder
+
+
+class OnnxModel:
+    """An exported model run by onnxruntime; called like the module it came from: (B, C, H, W) tensor -> logits tensor."""
+
+    def __init__(self, path: str | Path, *, threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: no warnings about unused initialisers on the user's terminal
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+
+
+def export_unet(model: torch.nn.Module, path: str | Path, *, in_channels: int, multiple: int) -> Path:
+    """Write `model` ((B, in_channels, H, W) -> logits, H and W multiples of `multiple`) to `path` as ONNX, atomically."""
+    path = Path(path)
+    example = torch.zeros(2, in_channels, 8 * multiple, 8 * multiple)
+    batch, rows, cols = torch.export.Dim("batch"), torch.export.Dim("rows", max=8192), torch.export.Dim("cols", max=8192)
+    name = next(iter(inspect.signature(model.forward).parameters))  # dynamic_shapes is keyed by forward's argument
+    shapes = {name: {0: batch, 2: multiple * rows, 3: multiple * cols}}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with torch.inference_mode(False), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's progress lines and notes are not for the user of `detect`
+            program = torch.onnx.export(model.eval(), (example,), dynamo=True, dynamic_shapes=shapes, external_data=False,
+                                        verbose=False)
+        program.save(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        quiet.setLevel(level)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def onnx_unet(model: torch.nn.Module, checkpoint: str | Path | None, *, in_channels: int, multiple: int,
+              threads: int = 0) -> OnnxModel:
+    """`model` under onnxruntime, from the export beside `checkpoint` (best.pt), made first when missing or older."""
+    target = None if checkpoint is None else Path(checkpoint).with_name(ONNX_NAME)
+    if target is not None and target.is_file() and (not Path(checkpoint).is_file()
+                                                     or target.stat().st_mtime >= Path(checkpoint).stat().st_mtime):
+        return OnnxModel(target, threads=threads)
+    if target is not None:
+        try:
+            return OnnxModel(export_unet(model, target, in_channels=in_channels, multiple=multiple), threads=threads)
+        except OSError:
+            pass  # a read-only run folder: export for this process only
+    with tempfile.TemporaryDirectory() as folder:  # the session holds the model in memory once created
+        return OnnxModel(export_unet(model, Path(folder) / ONNX_NAME, in_channels=in_channels, multiple=multiple), threads=threads)
