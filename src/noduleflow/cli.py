@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -120,6 +121,13 @@ def demo(
     run_demo(out, scans=scans, held_out=held_out, seed=seed, scale=scale, threads=threads)
 
 
+class Runtime(str, Enum):
+    """Where `detect` runs the U-Net (see noduleflow.detect.runtime)."""
+
+    onnx = "onnx"
+    torch = "torch"
+
+
 @app.command()
 def detect(
     source: Path = typer.Argument(..., help="A scan (.mhd, .mha, .nii, .nii.gz), a DICOM series folder, or a LUNA16 folder (its subset*/ scans)."),
@@ -129,6 +137,8 @@ def detect(
     threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Segmentation probability that makes a voxel part of a candidate."),
     max_candidates: int = typer.Option(100, "--max-candidates", min=1, help="Candidates classified per scan at most (the segmentation's most confident; LUNA16 scores 100 marks per scan)."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch; 0 keeps PyTorch's choice."),
+    runtime: Runtime = typer.Option(Runtime.onnx, "--runtime", help="onnx: the U-Net under ONNX Runtime (exported once beside "
+                                    "segment/best.pt, about 1.3x faster on a CPU); torch: eager PyTorch. Same findings."),
 ) -> None:
     """Find nodules: lung field -> U-Net segmentation -> connected components -> nodule classifier -> malignancy.
 
@@ -138,7 +148,8 @@ def detect(
     """
     from noduleflow.detect import detect as run_detect
 
-    summary = run_detect(source, run, out, threshold=threshold, max_candidates=max_candidates, threads=threads)
+    summary = run_detect(source, run, out, threshold=threshold, max_candidates=max_candidates, threads=threads,
+                         runtime=runtime.value)
     typer.echo(summary.describe())
 
 

@@ -64,3 +64,10 @@ def test_bad_flag_exits_2_without_traceback() -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "--scans" in proc.stderr
+
+
+def test_an_unknown_detect_runtime_exits_2_naming_the_choices(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "noduleflow", "detect", str(tmp_path), "--run", str(tmp_path), "--runtime", "tensorrt"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--runtime" in proc.stderr and "onnx" in proc.stderr and "torch" in proc.stderr
