@@ -1,8 +1,9 @@
 """`train_detector`: the whole detector (segmentation, nodule classifier, malignancy) into one run folder.
 
-The default recipe is sized for a 2-core laptop CPU: about 22 minutes on 40 synthetic scans (22.4
-measured: segment 4.2, mining 0.4, classify 17.7, malignancy 0.1; the detection issue allows 30).
-bench/detect.py prints the measured figure and the CPM it reaches (0.81 on 10 held-out scans).
+The default recipe is sized for a 2-core laptop CPU: about 26 minutes on 40 synthetic scans (26.4
+measured: segment 6.7, mining 0.8, classify 18.6, malignancy 0.1, ONNX export 0.2; the detection
+issue allows 30). bench/detect.py prints the measured figure and the CPM it reaches (0.64 on 30
+held-out scans, 37 of 52 nodules found).
 Each part is an ordinary `noduleflow.train.train` run with its own config.yaml, written to
 RUNS_DIR/RUN/<part>/ (the layout `detect.models` reads). All parts use the same seed and so the same split by series.
 """
