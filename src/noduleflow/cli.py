@@ -108,7 +108,7 @@ def demo(
     scans: int = typer.Option(12, "--scans", min=2, help="Synthetic training scans to generate."),
     held_out: int = typer.Option(3, "--held-out", min=1, help="Synthetic held-out scans (another seed) to detect on and score."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the synthetic data and the training."),
-    scale: float = typer.Option(0.25, "--scale", min=0.001, help="Fraction of the default detector recipe's training (1.0: about 22 minutes on 2 cores)."),
+    scale: float = typer.Option(0.25, "--scale", min=0.001, help="Fraction of the default detector recipe's training (1.0: about 26 minutes on 2 cores)."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch; 0 keeps PyTorch's choice."),
 ) -> None:
     """Run the whole pipeline on built-in synthetic CT: synthesize, train, detect, evaluate.
@@ -302,7 +302,7 @@ def train_detector(
 ) -> None:
     """Train the whole detector (segmentation U-Net, nodule classifier, malignancy) into RUNS_DIR/RUN with the default recipe.
 
-    About 22 minutes on 40 synthetic scans on a 2-core CPU (22.4 measured: segment 4.2, mining 0.4, classify 17.7); prints the time each part took. Then: noduleflow detect SCANS --run runs/detector
+    About 26 minutes on 40 synthetic scans on a 2-core CPU (26.4 measured: segment 6.7, mining 0.8, classify 18.6); prints the time each part took. Then: noduleflow detect SCANS --run runs/detector
     Example: noduleflow synth data/synth --scans 40 && noduleflow train detector data/synth --run detector
     """
     from noduleflow.detect.recipe import train_detector as train_all

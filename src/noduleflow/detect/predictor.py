@@ -80,8 +80,9 @@ class Predictor:
     components are dropped. lung_margin: a component is kept when lung lies within this many voxels
     (per axis) of its centre. max_candidates: classified per scan at most. batch: slices per U-Net
     batch and patches per classifier batch. restrict_to_lung: segment only the lung windows (False:
-    every voxel of every slice). window_margin: voxels of context around the lung in each window. runtime: "onnx" runs the U-Net under ONNX Runtime (`detect.runtime`,
-    exported beside its checkpoint on first use), "torch" in eager PyTorch; the same probabilities.
+    every voxel of every slice). window_margin: voxels of context around the lung in each window.
+    runtime: "onnx" runs the U-Net under ONNX Runtime (`detect.runtime`, exported beside its
+    checkpoint on first use), "torch" in eager PyTorch; the same probabilities.
     """
 
     def __init__(self, models: DetectorModels, *, threshold: float = 0.5, min_voxels: int = 2, max_candidates: int = 100,
