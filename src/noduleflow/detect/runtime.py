@@ -75,14 +75,17 @@ def export_unet(model: torch.nn.Module, path: str | Path, *, in_channels: int, m
 def onnx_unet(model: torch.nn.Module, checkpoint: str | Path | None, *, in_channels: int, multiple: int,
               threads: int = 0) -> OnnxModel:
     """`model` under onnxruntime, from the export beside `checkpoint` (best.pt), made first when missing or older."""
-    target = None if checkpoint is None else Path(checkpoint).with_name(ONNX_NAME)
-    if target is not None and target.is_file() and (not Path(checkpoint).is_file()
-                                                     or target.stat().st_mtime >= Path(checkpoint).stat().st_mtime):
-        return OnnxModel(target, threads=threads)
-    if target is not None:
+    def exported(path: Path) -> OnnxModel:
+        return OnnxModel(export_unet(model, path, in_channels=in_channels, multiple=multiple), threads=threads)
+
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        target = checkpoint.with_name(ONNX_NAME)
+        if target.is_file() and (not checkpoint.is_file() or target.stat().st_mtime >= checkpoint.stat().st_mtime):
+            return OnnxModel(target, threads=threads)
         try:
-            return OnnxModel(export_unet(model, target, in_channels=in_channels, multiple=multiple), threads=threads)
+            return exported(target)
         except OSError:
             pass  # a read-only run folder: export for this process only
     with tempfile.TemporaryDirectory() as folder:  # the session holds the model in memory once created
-        return OnnxModel(export_unet(model, Path(folder) / ONNX_NAME, in_channels=in_channels, multiple=multiple), threads=threads)
+        return exported(Path(folder) / ONNX_NAME)
