@@ -12,8 +12,8 @@ pass --retrain to train the detector again even though a complete one is cached 
    run when its training.json shows it finished; the training time it took is printed either way.
 3. `noduleflow detect` on the held-out scans, scored by `noduleflow evaluate`'s FROC code -> CPM.
 4. Time per scan, the same trained weights, the same scans, interleaved in one run:
-   - noduleflow: `Predictor` (lung windows, 16 slices a batch, inference_mode, channels_last_3d
-     classifier, candidates batched and ranked);
+   - noduleflow: `Predictor` as `detect` runs it (lung windows, 8 slices a batch, the U-Net's int8
+     version under ONNX Runtime, batch-norm-folded channels_last_3d classifier, candidates batched and ranked);
    - baseline, as "Deep Learning with PyTorch" ch. 14 does it: every slice at full resolution, 4 a
      batch, eager fp32 under no_grad, no channels_last, no lung restriction, every connected
      component of the thresholded segmentation (eroded once, labelled and centred over the whole volume,
@@ -39,7 +39,8 @@ from noduleflow.ct import read_volume
 from noduleflow.data.patches import crop, crop_box, hu_to_unit
 from noduleflow.detect import Predictor, detect, load_detector
 from noduleflow.detect.pipeline import SUBMISSION_CSV, scan_sources
-from noduleflow.detect.recipe import TRAINING_JSON, train_detector
+from noduleflow.detect.recipe import TRAINING_JSON, export_detector, train_detector
+from noduleflow.detect.runtime import fresh_export
 from noduleflow.evaluate import evaluate
 from noduleflow.models import input_size_of
 from noduleflow.synth import synthesize
@@ -78,6 +79,8 @@ def main() -> None:
 
             shutil.rmtree(run_dir)
         print(train_detector(train_data, run=run_dir.name, runs_dir=run_dir.parent, seed=0, progress=False).describe())
+    if fresh_export(run_dir / "segment" / "best.pt") is None:  # a detector cached before the int8 U-Net existed
+        print(f"writing the int8 U-Net of the cached detector: {export_detector(run_dir, train_data)}")
     budget = json.loads((run_dir / TRAINING_JSON).read_text())["seconds"]
     print(f"training budget: {sum(budget.values()) / 60:.1f} min (" + ", ".join(f"{k} {v / 60:.1f}" for k, v in budget.items())
           + ") on this machine, limit 30 min")

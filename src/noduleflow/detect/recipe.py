@@ -32,6 +32,7 @@ RECIPE: dict[str, dict[str, Any]] = {
 }
 """Per-part overrides over the task presets (config.PRESETS); `scale` multiplies epochs and epoch_samples."""
 TRAINING_JSON = "training.json"  # seconds per part, written last: a run folder with it is complete
+CALIBRATION_SCANS = 4  # training scans whose lung windows calibrate the int8 U-Net (export_detector)
 MINED_CSV = "mined_candidates.csv"  # the segmentation's candidates on the training data, added to the classifier's
 _COMMON = {"data.val_fraction": 0.1, "data.test_fraction": 0.0}
 
@@ -65,7 +66,6 @@ def train_detector(data: str | Path, *, run: str = "detector", runs_dir: str | P
     from noduleflow.data.luna16 import load_index
     from noduleflow.data.prepare_cache import prepare
     from noduleflow.detect.mining import mine_candidates
-    from noduleflow.detect.predictor import Predictor
     from noduleflow.train import train
 
     if scale <= 0:
@@ -101,9 +101,23 @@ def train_detector(data: str | Path, *, run: str = "detector", runs_dir: str | P
         train(resolve_config(part, overrides=flags))
         seconds[part] = time.perf_counter() - start
     start = time.perf_counter()
-    Predictor.from_run(run_dir)  # exports the U-Net for ONNX Runtime beside segment/best.pt (detect.runtime): detect only loads it
+    export_detector(run_dir, data)
     seconds["export"] = time.perf_counter() - start
     result = DetectorTraining(run_dir, seconds, skipped)
     (run_dir / TRAINING_JSON).write_text(json.dumps({"seconds": seconds, "skipped": skipped, "scale": scale, "seed": seed,
                                                      "data": str(data)}, indent=1) + "\n")
     return result
+
+
+def export_detector(run_dir: str | Path, data: str | Path, *, scans: int = CALIBRATION_SCANS) -> Path:
+    """Write the U-Net's ONNX export and its int8 version beside segment/best.pt, so that `detect` only loads them.
+
+    The int8 version is calibrated on the first `scans` scans of `data` (the training data); returns its path.
+    """
+    from noduleflow.ct import read_volume
+    from noduleflow.detect.pipeline import scan_sources
+    from noduleflow.detect.predictor import Predictor
+
+    predictor = Predictor.from_run(run_dir, runtime="onnx")  # exports the float32 model (detect.runtime)
+    return predictor.quantize([read_volume(path) for path in scan_sources(data)[:scans]])
+

@@ -72,21 +72,26 @@ def segment_windows(model: torch.nn.Module, hu: np.ndarray, windows: list[Window
     ends are read as air, as in training.
     """
     probs = np.zeros(hu.shape, dtype=np.float32)
-    depth = 2 * context + 1
     for win in windows:
         n = win.i1 - win.i0
-        block = crop_box(hu, (win.i0 - context, win.r0, win.c0), (n + 2 * context, win.h, win.w))
-        stack = torch.from_numpy(hu_to_unit(block))                        # (n + 2k, h, w)
         out = np.empty((n, win.h, win.w), dtype=np.float32)
-        for b in range(0, n, batch):
-            m = min(batch, n - b)
-            x = stack[b:b + m + depth - 1].unfold(0, depth, 1).permute(0, 3, 1, 2)  # (m, 2k + 1, h, w)
+        for b, x in window_inputs(hu, win, context=context, batch=batch):
             x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-            out[b:b + m] = torch.sigmoid(model(x)[:, 0].float()).numpy()  # (m, h, w)
+            out[b:b + len(x)] = torch.sigmoid(model(x)[:, 0].float()).numpy()  # (m, h, w)
         target = win.target(hu.shape)
         rows, cols = target[1], target[2]
         probs[target] = out[:, rows.start - win.r0:rows.stop - win.r0, cols.start - win.c0:cols.stop - win.c0]
     return probs
+
+
+def window_inputs(hu: np.ndarray, win: Window, *, context: int, batch: int = 16):
+    """Yield (first slice offset b, (m, 2 * context + 1, h, w) float32 tensor): the U-Net's input for `win`'s slices, `batch` at a time."""
+    n, depth = win.i1 - win.i0, 2 * context + 1
+    block = crop_box(hu, (win.i0 - context, win.r0, win.c0), (n + 2 * context, win.h, win.w))
+    stack = torch.from_numpy(hu_to_unit(block))                                     # (n + 2k, h, w)
+    for b in range(0, n, batch):
+        m = min(batch, n - b)
+        yield b, stack[b:b + m + depth - 1].unfold(0, depth, 1).permute(0, 3, 1, 2)  # (m, 2k + 1, h, w)
 
 
 def _span(lo: int, hi: int, multiple: int) -> tuple[int, int]:

@@ -51,8 +51,25 @@ def test_scan_without_lungs_gives_no_findings_and_a_warning(models):
 
 
 def test_an_unknown_runtime_is_refused(models):
-    with pytest.raises(ValueError, match="onnx, torch"):
+    with pytest.raises(ValueError, match="auto, int8, onnx, torch"):
         Predictor(models, runtime="tensorrt")
+
+
+def test_int8_unet_is_written_beside_the_checkpoint_and_then_used_by_default(models, tmp_path):
+    models.segment_checkpoint = tmp_path / "segment" / "best.pt"
+    models.segment_checkpoint.parent.mkdir()
+    models.segment_checkpoint.write_bytes(b"weights")
+    with pytest.raises(CheckpointError, match=r"best.int8.onnx: has no up-to-date int8 U-Net.*--runtime onnx"):
+        Predictor(models, runtime="int8")
+    assert Predictor(models).runtime == "onnx"  # auto, without an int8 version
+    volume = chest()
+    path = Predictor(models, runtime="onnx").quantize([volume])
+    assert path == tmp_path / "segment" / "best.int8.onnx"
+    predictor = Predictor(models)
+    assert predictor.runtime == "int8"
+    result = predictor.predict(volume)
+    assert len(result.findings) == 1
+    np.testing.assert_allclose(result.findings[0].center_xyz, volume.irc_to_xyz(NODULE_IRC), atol=0.5)
 
 
 def test_run_folder_without_models_names_the_file_and_the_command(tmp_path):

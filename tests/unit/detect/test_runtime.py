@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from noduleflow.detect.runtime import ONNX_NAME, onnx_unet
+from noduleflow.detect.runtime import INT8_NAME, ONNX_NAME, OnnxModel, fresh_export, onnx_unet, quantize_unet
 from noduleflow.train.segment_task import CONTEXT, build_unet
 
 
@@ -43,4 +43,23 @@ def test_onnx_logits_equal_eager_ones_at_other_sizes_and_the_export_is_reused(un
     os.utime(checkpoint, ns=(stamp, stamp))
     onnx_unet(unet, checkpoint, in_channels=7, multiple=4)
     assert exported.stat().st_mtime_ns > stamp - 10**10
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_int8_unet_gives_nearly_the_float_probabilities(unet, tmp_path):
+    """Calibrated on inputs like the ones it then sees, int8 probabilities stay within a few hundredths."""
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"weights")
+    source = onnx_unet(unet, checkpoint, in_channels=7, multiple=4).path
+    assert fresh_export(checkpoint) is None
+    torch.manual_seed(1)
+    inputs = [torch.rand(4, 7, 48, 64).numpy() * 2 - 1 for _ in range(8)]
+    target = quantize_unet(source, tmp_path / INT8_NAME, inputs)
+    assert fresh_export(checkpoint) == target and target.stat().st_size < source.stat().st_size
+    x = torch.rand(3, 7, 64, 40) * 2 - 1  # another size than the calibration's
+    with torch.inference_mode():
+        expected = torch.sigmoid(unet(x)).numpy()
+    got = torch.sigmoid(OnnxModel(target)(x)).numpy()
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).mean() < 0.02 and np.corrcoef(got.ravel(), expected.ravel())[0, 1] > 0.95
     assert not list(tmp_path.glob(".*.tmp"))
