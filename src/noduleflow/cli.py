@@ -306,8 +306,8 @@ def train_detector(
 ) -> None:
     """Train the whole detector (segmentation U-Net, nodule classifier, malignancy) into RUNS_DIR/RUN with the default recipe.
 
-    About 26 minutes on 40 synthetic scans on a 2-core CPU (26.4 measured: segment 6.7, mining 0.8, classify 18.6); prints the time each part took. Then: noduleflow detect SCANS --run runs/detector
-    Example: noduleflow synth data/synth --scans 40 && noduleflow train detector data/synth --run detector
+    About 28 minutes on 80 synthetic scans on a 2-core CPU (27.5 measured: segment 6.9, mining 1.5, classify 18.8); prints the time each part took. Then: noduleflow detect SCANS --run runs/detector
+    Example: noduleflow synth data/synth --scans 80 && noduleflow train detector data/synth --run detector
     """
     from noduleflow.detect.recipe import train_detector as train_all
 
