@@ -1,9 +1,9 @@
 """`train_detector`: the whole detector (segmentation, nodule classifier, malignancy) into one run folder.
 
-The default recipe is sized for a 2-core laptop CPU: about 28 minutes on 80 synthetic scans (27.5
-measured: segment 6.9, mining 1.5, classify 18.8, malignancy 0.1, ONNX and int8 export 0.2; the
+The default recipe is sized for a 2-core laptop CPU: about 28 minutes on 80 synthetic scans (28.0
+measured: segment 6.8, mining 1.6, classify 19.3, malignancy 0.1, ONNX and int8 export 0.2; the
 detection issue allows 30; on 40 scans 26.4, mining being the part that grows with the scans).
-bench/detect.py prints the measured figure and the CPM it reaches (0.73 on 30 held-out scans, 39 of
+bench/detect.py prints the measured figure and the CPM it reaches (0.75 on 30 held-out scans, 41 of
 52 nodules found; 0.64 when trained on 40 scans).
 Each part is an ordinary `noduleflow.train.train` run with its own config.yaml, written to
 RUNS_DIR/RUN/<part>/ (the layout `detect.models` reads). All parts use the same seed and so the same split by series.

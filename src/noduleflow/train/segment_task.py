@@ -13,9 +13,10 @@ costs BETA, a false one ALPHA), summed over the whole batch. Why not the book's 
 dice(all) + 8 * dice(foreground): measured here, after 3 epochs of 1,024 crops it still marked
 every lung voxel (val precision 0.003, recall 1.0), because a per-sample Dice of an empty crop has
 almost no gradient, so the half of the crops without a nodule barely teach precision; summed over
-the batch, their false voxels count. The classifier downstream removes the remaining false
-positives. Validation uses a fixed set of crops drawn once with `run.seed`, so that best.pt
-is picked on the same samples every epoch.
+the batch, their false voxels count. To it `segment_loss` adds a voxel-wise cross-entropy (nodule
+voxels weigh POS_WEIGHT), so that small nodules, a few voxels each, count as much per voxel as large
+ones. The classifier downstream removes the remaining false positives. Validation uses a fixed
+set of crops drawn once with `run.seed`, so that best.pt is picked on the same samples every epoch.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ SPATIAL_DIMS = 2
 CONTEXT = 3  # slices on each side of the segmented one, fed as channels: 2 * CONTEXT + 1 inputs
 CROP = (64, 64)  # training crop (H, W) voxels
 ALPHA, BETA = 0.3, 0.7  # Tversky weights of false-positive and false-negative voxels
+POS_WEIGHT = 10.0  # weight of a nodule voxel in segment_loss's cross-entropy term
 VAL_SAMPLES = 256  # fixed validation crops (fewer when an epoch has fewer training samples)
 HEAD_BIAS = -4.0
 _AUGMENT = {"rotate_deg": 15.0, "scale": 0.1, "offset_vox": 2.0, "noise_hu": 25.0}
@@ -66,6 +68,21 @@ def tversky_loss(logits: torch.Tensor, target: torch.Tensor, *, alpha: float = A
     tp = (probs * target).sum()
     fp, fn = (probs * (1 - target)).sum(), ((1 - probs) * target).sum()
     return 1 - (tp + eps) / (tp + alpha * fp + beta * fn + eps)
+
+
+def segment_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The U-Net's training loss: `tversky_loss` plus a voxel-wise binary cross-entropy with nodule voxels weighing POS_WEIGHT.
+
+    Why the cross-entropy term (as nnU-Net adds one to its Dice): the Tversky ratio is pooled over the batch,
+    so a 3-4 mm nodule's 2-5 voxels barely move it next to a large nodule's hundreds, and the U-Net left
+    a third of its own small training nodules unmarked; per voxel, the cross-entropy weighs every nodule voxel
+    alike. Measured on the bench's 80 training scans: 115 instead of 112 of their 133 nodules marked,
+    35 instead of 32 of 50 on 30 scans of another seed, with 12.7 instead of 11.1 components per scan;
+    the whole detector's held-out CPM 0.75 instead of 0.73 (bench/detect.py), 0.63 instead of 0.61 on that seed.
+    """
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target.float(),
+                                                               pos_weight=torch.tensor(POS_WEIGHT, device=logits.device))
+    return tversky_loss(logits, target) + bce
 
 
 def segmentation_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -112,7 +129,7 @@ def build_segment_task(cfg: TrainConfig, dist: DistInfo = DistInfo()) -> TaskPar
         shard = ShardSampler(len(frozen), dist.rank, dist.world_size) if dist.enabled else None
         return make_loader(frozen, batch, seed=seed, sampler=shard, persistent_workers=False)
 
-    return TaskParts(model, tversky_loss, train_loader, evaluation(val),
+    return TaskParts(model, segment_loss, train_loader, evaluation(val),
                      None if test is None else evaluation(test), metrics_fn=segmentation_metrics)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from noduleflow.train.segment_task import build_unet, segmentation_metrics, tversky_loss
+from noduleflow.train.segment_task import POS_WEIGHT, build_unet, segment_loss, segmentation_metrics, tversky_loss
 
 
 def _logits(mask: torch.Tensor) -> torch.Tensor:
@@ -23,6 +23,19 @@ def test_tversky_loss_is_zero_when_right_and_weighs_misses_over_false_alarms():
     assert tversky_loss(_logits(missed), target).item() == pytest.approx(1 - (6 + 1) / (6 + 0.7 * 3 + 1), abs=1e-4)
     assert tversky_loss(_logits(extra), target).item() == pytest.approx(1 - 10 / (9 + 0.3 * 3 + 1), abs=1e-4)
     assert tversky_loss(_logits(missed), target) > tversky_loss(_logits(extra), target)
+
+
+def test_segment_loss_charges_a_missed_small_nodule_per_voxel_beside_a_large_one():
+    target = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
+    target[0, 0, 3:13, 3:13] = True                                 # a large nodule: 100 voxels
+    target[1, 0, 7, 7:9] = True                                     # a small one: 2 voxels
+    missed = target.clone()
+    missed[1] = False
+    assert segment_loss(_logits(target), target).item() == pytest.approx(0.0, abs=1e-6)
+    tversky = tversky_loss(_logits(missed), target).item()
+    assert tversky == pytest.approx(1 - 101 / (100 + 0.7 * 2 + 1), abs=1e-4)  # the pooled ratio hardly notices (0.014)
+    # the cross-entropy adds POS_WEIGHT * 20 (the logit's miss) per missed voxel, averaged over the 512 voxels
+    assert segment_loss(_logits(missed), target).item() == pytest.approx(tversky + 2 * POS_WEIGHT * 20 / 512, abs=1e-4)
 
 
 def test_metrics_count_voxels():
