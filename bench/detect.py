@@ -5,12 +5,14 @@ Set NODULEFLOW_BENCH_DIR to keep the data and the trained detector elsewhere (de
 pass --retrain to train the detector again even though a complete one is cached there.
 
 1. Synthetic training scans (seed 11, 80 small scans) and held-out scans (seed 9001, never used in
-   training, 30 small scans of about 256 x 256 x 100-140 voxels). Why 80: with one recipe (before the U-Net's
-   cross-entropy term, and so about the same training time), 40 scans gave CPM 0.64 and 80 gave 0.73; on 30 scans of another seed
-   0.56 and 0.61. The classifier, given the exact centres of that seed's nodules, called 62% and 66% of
-   them nodules, against 85% of its own training nodules: it was short of examples, not of epochs. Why 30: the first 10 held only 22
-   nodules, one of them ground glass, and gave a CPM well above what 30 scans of another seed (50
-   nodules, 11 ground glass) gave the same detector; the printed 95% interval shows what is left of that noise.
+   training, 30 small scans of about 256 x 256 x 100-140 voxels).
+   Why 80: with one recipe (before the U-Net's cross-entropy term, so about the same training time),
+   40 scans gave CPM 0.64 and 80 gave 0.73; on 30 scans of another seed 0.56 and 0.61. The classifier,
+   given the exact centres of that seed's nodules, called 62% and 66% of them nodules, against 85% of
+   its own training nodules: it was short of examples, not of epochs.
+   Why 30: the first 10 held only 22 nodules, one of them ground glass, and gave a CPM well above what
+   30 scans of another seed (50 nodules, 11 ground glass) gave the same detector; the printed 95%
+   interval shows what is left of that noise.
 2. The default recipe (`noduleflow train detector`) into <bench>/detect/runs/detector, or the cached
    run when its training.json shows it finished; the training time it took is printed either way.
 3. `noduleflow detect` on the held-out scans, scored by `noduleflow evaluate`'s FROC code -> CPM.
