@@ -121,4 +121,3 @@ def export_detector(run_dir: str | Path, data: str | Path, *, scans: int = CALIB
 
     predictor = Predictor.from_run(run_dir, runtime="onnx")  # exports the float32 model (detect.runtime)
     return predictor.quantize([read_volume(path) for path in scan_sources(data)[:scans]])
-
