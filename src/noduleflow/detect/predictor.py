@@ -32,7 +32,7 @@ from noduleflow.data.patches import crop, hu_to_unit
 from noduleflow.detect.components import Components, find_components
 from noduleflow.detect.models import DetectorModels, fuse_batchnorm, load_detector
 from noduleflow.detect.runtime import INT8_NAME, OnnxModel, fresh_export, onnx_unet, quantize_unet
-from noduleflow.detect.windows import full_windows, lung_windows, segment_windows, window_inputs
+from noduleflow.detect.windows import Window, full_windows, lung_windows, segment_windows, window_inputs
 from noduleflow.errors import CheckpointError
 from noduleflow.models import input_size_of
 from noduleflow.train.segment_task import CONTEXT
@@ -136,7 +136,7 @@ class Predictor:
         inputs = []
         for volume in volumes:
             lung = lung_mask(volume, step=2)
-            for window in lung_windows(lung, chunk=self.batch, margin=self.window_margin)[::every]:
+            for window in self.windows(volume, lung)[::every]:
                 inputs.append(next(window_inputs(volume.hu, window, context=CONTEXT, batch=slices))[1].contiguous().numpy())
         if not inputs:
             raise ValueError("no lung found in the calibration scans: the int8 U-Net needs scans with lungs")
@@ -162,10 +162,15 @@ class Predictor:
         result.seconds = time.perf_counter() - start
         return result
 
+    def windows(self, volume: CtVolume, lung: np.ndarray) -> list[Window]:
+        """The windows the U-Net sees in `volume` (the lung's, or whole slices when not `restrict_to_lung`)."""
+        if self.restrict_to_lung:
+            return lung_windows(lung, chunk=self.batch, margin=self.window_margin)
+        return full_windows(volume.shape, chunk=self.batch)
+
     def segment(self, volume: CtVolume, lung: np.ndarray) -> np.ndarray:
         """(I, R, C) float32 nodule probabilities (0 outside the segmented windows)."""
-        windows = lung_windows(lung, chunk=self.batch, margin=self.window_margin) if self.restrict_to_lung else full_windows(volume.shape, chunk=self.batch)
-        return segment_windows(self.segmenter, volume.hu, windows, context=CONTEXT, batch=self.batch,
+        return segment_windows(self.segmenter, volume.hu, self.windows(volume, lung), context=CONTEXT, batch=self.batch,
                                channels_last=self.runtime == "torch")
 
     def candidates(self, volume: CtVolume, lung: np.ndarray) -> Components:
