@@ -36,7 +36,9 @@ def test_recipe_writes_every_part_and_its_budget(trained):
     budget = json.loads((run_dir / TRAINING_JSON).read_text())["seconds"]
     assert set(budget) == {"segment", "mine", "classify", "malignancy", "export"} and all(s > 0 for s in budget.values())
     assert (run_dir / "segment" / "best.onnx").is_file()          # the U-Net for ONNX Runtime, exported once
-    assert (run_dir / "segment" / "best.int8.onnx").is_file()     # and its int8 version, which detect uses by default
+    int8 = run_dir / "segment" / "best.int8.onnx"
+    assert int8.is_file()                                         # and its int8 version, which detect uses by default,
+    assert int8.stat().st_mtime <= (run_dir / MINED_CSV).stat().st_mtime  # made before mining, which runs it too
     classify = (run_dir / "classify" / "config.yaml").read_text()
     assert str(run_dir / MINED_CSV) in classify and (run_dir / MINED_CSV).read_text().startswith("seriesuid,coordX,coordY,coordZ,class\n")
 

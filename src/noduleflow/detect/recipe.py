@@ -101,9 +101,10 @@ def train_detector(data: str | Path, *, run: str = "detector", runs_dir: str | P
         start = time.perf_counter()
         train(resolve_config(part, overrides=flags))
         seconds[part] = time.perf_counter() - start
-    start = time.perf_counter()
-    export_detector(run_dir, data)
-    seconds["export"] = time.perf_counter() - start
+        if part == "segment":  # exported first, so that mining already runs the int8 U-Net
+            start = time.perf_counter()
+            export_detector(run_dir, data)
+            seconds["export"] = time.perf_counter() - start
     result = DetectorTraining(run_dir, seconds, skipped)
     (run_dir / TRAINING_JSON).write_text(json.dumps({"seconds": seconds, "skipped": skipped, "scale": scale, "seed": seed,
                                                      "data": str(data)}, indent=1) + "\n")
@@ -114,10 +115,14 @@ def export_detector(run_dir: str | Path, data: str | Path, *, scans: int = CALIB
     """Write the U-Net's ONNX export and its int8 version beside segment/best.pt, so that `detect` only loads them.
 
     The int8 version is calibrated on the first `scans` scans of `data` (the training data); returns its path.
+    Needs only the segment part: `train_detector` runs it before mining and the classifier.
     """
     from noduleflow.ct import read_volume
+    from noduleflow.detect.models import DetectorModels, load_part
     from noduleflow.detect.pipeline import scan_sources
     from noduleflow.detect.predictor import Predictor
 
-    predictor = Predictor.from_run(run_dir, runtime="onnx")  # exports the float32 model (detect.runtime)
+    segment = Path(run_dir) / "segment"
+    models = DetectorModels(load_part(segment, "segment"), None, None, Path(run_dir), segment / "best.pt")
+    predictor = Predictor(models, runtime="onnx")  # exports the float32 model (detect.runtime)
     return predictor.quantize([read_volume(path) for path in scan_sources(data)[:scans]])
