@@ -56,5 +56,5 @@ def run_demo(out: Path, *, scans: int = 12, held_out: int = 3, seed: int = 0, sc
     console.rule(f"done in {(time.perf_counter() - start) / 60:.1f} min")
     console.print(f"Look at: {data / 'preview'}/ (the synthetic nodules), {run_dir}/*/curves.png (training curves),\n"
                   f"{detections / 'png'}/ (detections on CT slices), {report.png_path} (FROC curve).\n"
-                  f"Train the full recipe on more scans: noduleflow synth data/synth --scans 80 && "
+                  f"Train the full recipe on more scans: noduleflow synth data/synth --scans 160 && "
                   f"noduleflow train detector data/synth --run detector", highlight=False)

@@ -1,10 +1,10 @@
 """`train_detector`: the whole detector (segmentation, nodule classifier, malignancy) into one run folder.
 
-The default recipe is sized for a 2-core laptop CPU: about 28 minutes on 80 synthetic scans (28.0
-measured: segment 6.8, mining 1.6, classify 19.3, malignancy 0.1, ONNX and int8 export 0.2; the
-detection issue allows 30; on 40 scans 26.4, mining being the part that grows with the scans).
-bench/detect.py prints the measured figure and the CPM it reaches (0.75 on 30 held-out scans, 41 of
-52 nodules found; 0.64 when trained on 40 scans).
+The default recipe is sized for a 2-core laptop CPU: about 28 minutes on 160 synthetic scans (27.9
+measured: segment 7.0, ONNX and int8 export 0.2, mining 2.5, classify 18.0, malignancy 0.2; the
+detection issue allows 30). Mining is the only part that grows with the scans (about 0.9 s a scan,
+on the int8 U-Net); the others are sized in samples. bench/detect.py prints the measured figure and
+the CPM it reaches (0.75 on 30 held-out scans, 40 of 52 nodules found; 0.64 when trained on 40 scans).
 Each part is an ordinary `noduleflow.train.train` run with its own config.yaml, written to
 RUNS_DIR/RUN/<part>/ (the layout `detect.models` reads). All parts use the same seed and so the same split by series.
 """
@@ -25,9 +25,10 @@ RECIPE: dict[str, dict[str, Any]] = {
     # with 6.6 components per scan, width 8 27 with 14.4, for 7.2 instead of 4.3 minutes
     "segment": {"model.width": 16, "run.epochs": 12, "data.epoch_samples": 2048, "data.batch_size": 32, "optim.lr": 2e-3, "data.num_workers": 1},
     # ranked by the FROC, so the classifier's best epoch is the one with the best average precision;
-    # 10 epochs: on 40 scans its validation AP still rose from 0.81 (epoch 5) to 0.93 (epoch 10) of a 12-epoch run
+    # 9 epochs: on 40 scans its validation AP still rose from 0.81 (epoch 5) to 0.93 (epoch 10) of a 12-epoch run,
+    # on 80 it reached 0.93 at epoch 7 of 10; 9 rather than 10 keeps 160 scans (twice the validation) within 30 min
     # the mined candidates (the U-Net's own false positives, ~4% of the candidates) weigh 10: about a third of the negatives drawn
-    "classify": {"run.epochs": 10, "data.epoch_samples": 6144, "data.batch_size": 32, "optim.lr": 1e-3, "data.balance": 1,
+    "classify": {"run.epochs": 9, "data.epoch_samples": 6144, "data.batch_size": 32, "optim.lr": 1e-3, "data.balance": 1,
                  "run.monitor": "val_ap", "data.extra_weight": 10},
     "malignancy": {"run.epochs": 4, "data.batch_size": 16, "optim.lr": 1e-3, "model.finetune_depth": 2},
 }
