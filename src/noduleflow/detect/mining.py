@@ -29,20 +29,18 @@ def mine_candidates(data: str | Path, segment_run: str | Path, out_csv: str | Pa
     """
     from noduleflow.data.cache import DEFAULT_CACHE_NAME, ScanCache
     from noduleflow.data.luna16 import load_index
-    from noduleflow.detect.models import DetectorModels, load_part
+    from noduleflow.detect.models import load_segmentation
     from noduleflow.detect.predictor import Predictor
     from noduleflow.detect.runtime import INT8_NAME, fresh_export
 
     data = Path(data)
     index = load_index(data)
     cache = ScanCache(data / DEFAULT_CACHE_NAME)
-    segment_run = Path(segment_run)
-    checkpoint = segment_run / "best.pt"
+    models = load_segmentation(segment_run)
     # the int8 U-Net when `train detector` has exported it (recipe.export_detector), else eager PyTorch:
     # for a one-off pass, not worth the ONNX export's ~10 s
-    runtime = "int8" if fresh_export(checkpoint, INT8_NAME) else "torch"
-    predictor = Predictor(DetectorModels(load_part(segment_run, "segment"), None, None, None, checkpoint),
-                          runtime=runtime, threshold=threshold, max_candidates=max_per_scan)
+    runtime = "int8" if fresh_export(models.segment_checkpoint, INT8_NAME) else "torch"
+    predictor = Predictor(models, runtime=runtime, threshold=threshold, max_candidates=max_per_scan)
     rows: list[tuple[str, float, float, float, int]] = []
     for uid in track(index.series_uids, description="mine candidates", disable=not progress):
         scan = cache.open(uid)

@@ -58,6 +58,12 @@ def load_detector(run_dir: str | Path) -> DetectorModels:
     return DetectorModels(models["segment"], models["classify"], models["malignancy"], run_dir, run_dir / "segment" / "best.pt")
 
 
+def load_segmentation(segment_run: str | Path) -> DetectorModels:
+    """The U-Net of one segment run folder alone (best.pt), for a segmentation-only `Predictor` (mining, export)."""
+    segment_run = Path(segment_run)
+    return DetectorModels(load_part(segment_run, "segment"), None, None, segment_run.parent, segment_run / "best.pt")
+
+
 def fuse_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     """Fold every eval-mode BatchNorm that directly follows a convolution in an nn.Sequential into that conv, in place.
 

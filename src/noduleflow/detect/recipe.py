@@ -119,11 +119,9 @@ def export_detector(run_dir: str | Path, data: str | Path, *, scans: int = CALIB
     Needs only the segment part: `train_detector` runs it before mining and the classifier.
     """
     from noduleflow.ct import read_volume
-    from noduleflow.detect.models import DetectorModels, load_part
+    from noduleflow.detect.models import load_segmentation
     from noduleflow.detect.pipeline import scan_sources
     from noduleflow.detect.predictor import Predictor
 
-    segment = Path(run_dir) / "segment"
-    models = DetectorModels(load_part(segment, "segment"), None, None, Path(run_dir), segment / "best.pt")
-    predictor = Predictor(models, runtime="onnx")  # exports the float32 model (detect.runtime)
+    predictor = Predictor(load_segmentation(Path(run_dir) / "segment"), runtime="onnx")  # exports the float32 model (detect.runtime)
     return predictor.quantize([read_volume(path) for path in scan_sources(data)[:scans]])
