@@ -118,11 +118,15 @@ class Predictor:
             if model is not None:  # 12 patches: 60 ms as trained, 39 ms folded and channels_last_3d
                 fuse_batchnorm(model).to(memory_format=torch.channels_last_3d)
 
+    @property
+    def multiple(self) -> int:
+        """What the U-Net's window sizes must divide by: 2**(depth - 1), its downsampling factor (4 for a net without `depth`)."""
+        return 2 ** (getattr(self.models.segment, "depth", 3) - 1)
+
     def _onnx(self) -> OnnxModel:
         """The float32 U-Net under ONNX Runtime (exported beside its checkpoint when missing or stale)."""
-        multiple = 2 ** (getattr(self.models.segment, "depth", 1) - 1)
         return onnx_unet(self.models.segment, self.models.segment_checkpoint, in_channels=2 * CONTEXT + 1,
-                         multiple=multiple, threads=self.threads)
+                         multiple=self.multiple, threads=self.threads)
 
     def quantize(self, volumes: list[CtVolume], *, every: int = 3, slices: int = 4) -> Path:
         """Write the U-Net's int8 version beside its checkpoint (`detect.runtime.quantize_unet`); returns its path.
@@ -165,8 +169,8 @@ class Predictor:
     def windows(self, volume: CtVolume, lung: np.ndarray) -> list[Window]:
         """The windows the U-Net sees in `volume` (the lung's, or whole slices when not `restrict_to_lung`)."""
         if self.restrict_to_lung:
-            return lung_windows(lung, chunk=self.batch, margin=self.window_margin)
-        return full_windows(volume.shape, chunk=self.batch)
+            return lung_windows(lung, chunk=self.batch, margin=self.window_margin, multiple=self.multiple)
+        return full_windows(volume.shape, chunk=self.batch, multiple=self.multiple)
 
     def segment(self, volume: CtVolume, lung: np.ndarray) -> np.ndarray:
         """(I, R, C) float32 nodule probabilities (0 outside the segmented windows)."""

@@ -9,7 +9,7 @@ from noduleflow.ct import CtVolume
 from noduleflow.detect import Predictor, load_detector
 from noduleflow.errors import CheckpointError
 
-from detect_phantom import NODULE_IRC, NODULE_RADIUS_MM, chest
+from detect_phantom import NODULE_IRC, NODULE_RADIUS_MM, DenseTissue, chest
 
 
 @pytest.mark.parametrize("runtime", ["torch", "onnx"])
@@ -23,6 +23,26 @@ def test_phantom_nodule_is_found_at_its_centre_with_its_size(models, runtime):
     assert finding.diameter_mm == pytest.approx(2 * NODULE_RADIUS_MM, rel=0.1)
     assert 0.0 <= finding.probability <= 1.0 and finding.malignancy is None
     assert finding.probability == pytest.approx(finding.classifier * finding.segmentation)  # both models must agree
+
+
+class DeepDenseTissue(DenseTissue):
+    """DenseTissue that, like a depth-4 UNet, refuses windows whose sizes do not divide by 8."""
+
+    depth = 4
+
+    def forward(self, x):
+        assert x.shape[2] % 8 == 0 and x.shape[3] % 8 == 0, f"window {tuple(x.shape[2:])} does not divide by 8"
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("restrict_to_lung", [True, False])
+def test_windows_fit_a_deeper_unet(models, restrict_to_lung):
+    """A U-Net of depth 4 pools three times: every window the Predictor cuts must divide by 8, not the default 4."""
+    models.segment = DeepDenseTissue()
+    predictor = Predictor(models, runtime="torch", restrict_to_lung=restrict_to_lung)
+    assert predictor.multiple == 8
+    result = predictor.predict(chest())
+    np.testing.assert_allclose(result.findings[0].center_irc, NODULE_IRC, atol=0.3)
 
 
 def test_scan_smaller_than_the_classifier_patch_is_padded(models):
