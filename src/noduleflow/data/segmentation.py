@@ -59,29 +59,26 @@ class SegmentationCrops(Dataset):
     voxels (in-plane) away from the crop centre, so the network cannot learn "the nodule is in the
     middle"; along I it moves by up to a third of the nodule's radius, so the centre slice keeps it.
     lung_fraction: share of samples that are random crops inside the lungs (mostly negatives).
-    paste: share of those lung crops into which one of `nodules`, drawn at random, is pasted at a random
-    lung voxel (`_paste`): the same nodules seen against other vessels, walls and fissures.
     samples_per_epoch: default len(nodules) / (1 - lung_fraction). Random choices use torch's global
     RNG (seeded per worker by `make_loader`). Returns (image, mask, index).
     """
 
     def __init__(self, cache: ScanCache, nodules: Sequence[Nodule], series_uids: Sequence[str] | None = None, *,
                  spatial_dims: int = 2, crop: Sequence[int] | None = None, context: int = 3, jitter: int = 16,
-                 lung_fraction: float = 0.5, paste: float = 0.0, samples_per_epoch: int | None = None,
-                 hu_threshold: float = NODULE_MIN_HU, transform: Callable | None = None):
+                 lung_fraction: float = 0.5, samples_per_epoch: int | None = None, hu_threshold: float = NODULE_MIN_HU,
+                 transform: Callable | None = None):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         crop = tuple(crop or ((64, 64) if spatial_dims == 2 else (32, 64, 64)))
         if len(crop) != spatial_dims or min(crop) < 1:
             raise ValueError(f"crop must be {spatial_dims} positive voxel counts, got {crop}")
-        if not 0 <= lung_fraction < 1 or not 0 <= paste <= 1 or context < 0 or jitter < 0:
-            raise ValueError("lung_fraction must be in [0, 1), paste in [0, 1], context and jitter >= 0")
+        if not 0 <= lung_fraction < 1 or context < 0 or jitter < 0:
+            raise ValueError("lung_fraction must be in [0, 1), context and jitter >= 0")
         self.scans = OpenScans(cache)
         series = sorted(set(series_uids if series_uids is not None else (n.series_uid for n in nodules)))
         self.masks = NoduleMasks(self.scans, [n for n in nodules if n.series_uid in set(series)], hu_threshold)
         self.series_uids = tuple(series)
         self.spatial_dims, self.context, self.jitter, self.transform = spatial_dims, context, jitter, transform
-        self.paste = float(paste)
         self.block_size = np.array((2 * context + 1, *crop) if spatial_dims == 2 else crop, dtype=np.int64)
         n_nodules = len(self.masks.nodules)
         if samples_per_epoch is None:
@@ -101,8 +98,6 @@ class SegmentationCrops(Dataset):
             uid = self.series_uids[int(torch.randint(len(self.series_uids), ()))]
             center = self._lung_voxel(uid)
         hu, mask = self.masks.block(uid, center - self.block_size // 2, self.block_size)
-        if index >= self.n_nodule_samples and self.paste and float(torch.rand(())) < self.paste:
-            self._paste(hu, mask, uid, center - self.block_size // 2)
         image = torch.from_numpy(hu_to_unit(hu))
         if self.spatial_dims == 2:
             image, mask = image, mask[self.context][None]                    # (2k + 1, H, W), (1, H, W)
@@ -112,41 +107,6 @@ class SegmentationCrops(Dataset):
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         return image, mask, torch.tensor(index)
-
-    def _paste(self, hu: np.ndarray, mask: np.ndarray, uid: str, lo: np.ndarray, tries: int = 32) -> bool:
-        """Paste a random nodule into the block (`hu`, `mask`) of scan `uid` starting at voxel `lo`, in place.
-
-        What is pasted: the nodule's voxels above the mask's HU threshold within its ball grown by one voxel
-        (so its blurred rim and any vessel touching it come along), each the maximum of it and the voxel it
-        lands on, in voxel units (a nodule from a scan with other spacing arrives that much larger or smaller);
-        its mask is added to `mask`. It lands with its centre on a lung voxel of the block, anywhere the whole
-        nodule fits (in 2D on the centre slice, which carries the mask). False when nothing was pasted: the
-        nodule does not fit in the block, or `tries` draws hit no lung.
-        """
-        j = int(torch.randint(len(self.masks.nodules), ()))
-        nodule, center = self.masks.nodules[j], self.masks.centers_irc[j]
-        scan = self.scans(nodule.series_uid)
-        radius_mm = nodule.diameter_mm / 2
-        half = np.ceil(radius_mm / np.asarray(scan.spacing_xyz, np.float64)[::-1]).astype(np.int64) + (1, 2, 2)  # I, R, C
-        if self.spatial_dims == 2:
-            half[0] = self.context
-        size = 2 * half + 1
-        if np.any(size > self.block_size):
-            return False
-        src_lo = np.floor(center + 0.5).astype(np.int64) - half
-        src_hu, src_mask = self.masks.block(nodule.series_uid, src_lo, size)
-        ball = sphere_mask(size, src_lo, center[None], [radius_mm + max(scan.spacing_xyz)], scan.spacing_xyz, scan.direction)
-        region = ball & (src_hu > self.masks.hu_threshold)
-        corners = (torch.rand(tries, 3, dtype=torch.float64).numpy() * (self.block_size - size + 1)).astype(np.int64)
-        if self.spatial_dims == 2:
-            corners[:, 0] = 0
-        hits = np.flatnonzero(self.scans.lung_mask(uid).contains(lo + corners + half))
-        if not hits.size:
-            return False
-        box = tuple(slice(a, a + n) for a, n in zip(corners[hits[0]].tolist(), size.tolist()))
-        hu[box] = np.where(region, np.maximum(hu[box], src_hu), hu[box])
-        mask[box] |= src_mask
-        return True
 
     def _jittered(self, center_irc: np.ndarray, radius_mm: float, uid: str) -> np.ndarray:
         spacing_i = self.scans(uid).spacing_xyz[2]

@@ -8,13 +8,7 @@ tell a round nodule (present over several slices) from a vessel crossing the sli
 
 Samples are (image (7, 64, 64) HU/1000, mask (1, 64, 64) bool of the centre slice, index); half are
 jittered crops around nodules, half random crops inside the lungs (mostly vessels: the hard
-negatives). Into half of those lung crops a training nodule is pasted at a random lung voxel
-(`SegmentationCrops(paste=PASTE)`): the U-Net's misses are small, ground-glass, juxta-pleural and
-juxta-vascular nodules, a few voxels next to vessels and walls that look alike, and a hundred-odd
-training nodules each sit in only one place. Measured on 30 scans of a seed never trained on (50
-nodules): 37 marked with paste 0.5 and 36 with 1.0, where eight variants without it (loss weights,
-more epochs or scans, depth 4) marked 32-36 (35 as shipped before); with the same classifier the
-detector's CPM there rose from 0.646 to 0.686 (0.677). The loss is a Tversky loss (a Dice weighted towards recall: a missed nodule voxel
+negatives). The loss is a Tversky loss (a Dice weighted towards recall: a missed nodule voxel
 costs BETA, a false one ALPHA), summed over the whole batch. Why not the book's per-sample
 dice(all) + 8 * dice(foreground): measured here, after 3 epochs of 1,024 crops it still marked
 every lung voxel (val precision 0.003, recall 1.0), because a per-sample Dice of an empty crop has
@@ -44,7 +38,6 @@ CONTEXT = 3  # slices on each side of the segmented one, fed as channels: 2 * CO
 CROP = (64, 64)  # training crop (H, W) voxels
 ALPHA, BETA = 0.3, 0.7  # Tversky weights of false-positive and false-negative voxels
 POS_WEIGHT = 10.0  # weight of a nodule voxel in segment_loss's cross-entropy term
-PASTE = 0.5  # share of the random lung crops into which a training nodule is pasted (module docstring)
 VAL_SAMPLES = 256  # fixed validation crops (fewer when an epoch has fewer training samples)
 HEAD_BIAS = -4.0
 _AUGMENT = {"rotate_deg": 15.0, "scale": 0.1, "offset_vox": 2.0, "noise_hu": 25.0}
@@ -114,13 +107,13 @@ def build_segment_task(cfg: TrainConfig, dist: DistInfo = DistInfo()) -> TaskPar
     cache = ScanCache(cfg.data.cache or root / DEFAULT_CACHE_NAME, spacing_xyz=cfg.data.spacing or None)
     augment = Augment(spatial_dims=SPATIAL_DIMS, **_AUGMENT) if cfg.data.augment else None
 
-    def crops(uids, transform, samples, paste=0.0):
-        return SegmentationCrops(cache, index.nodules_of(uids), uids, spatial_dims=SPATIAL_DIMS, crop=CROP, context=CONTEXT,
-                                 lung_fraction=0.5, paste=paste, samples_per_epoch=samples, transform=transform)
+    def crops(uids, transform, samples):
+        return SegmentationCrops(cache, index.nodules_of(uids), uids, spatial_dims=SPATIAL_DIMS, crop=CROP,
+                                 context=CONTEXT, lung_fraction=0.5, samples_per_epoch=samples, transform=transform)
 
-    train = crops(split.train, augment, cfg.data.epoch_samples or None, PASTE if cfg.data.augment else 0.0)
+    train = crops(split.train, augment, cfg.data.epoch_samples or None)
     held_out = min(VAL_SAMPLES, len(train))  # a short (test) run gets a short validation too
-    val = crops(split.val, None, held_out)  # real crops only: best.pt is picked on nodules where they lie
+    val = crops(split.val, None, held_out)
     test = crops(split.test, None, held_out) if split.test else None
     for name, dataset in (("training", train), ("validation", val)):
         if dataset.n_nodule_samples == 0:

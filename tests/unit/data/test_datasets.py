@@ -134,26 +134,6 @@ def test_random_lung_crops_are_centred_inside_the_lungs(luna_prepared):
     assert image.shape == (7, 64, 64) and mask.shape == (1, 64, 64)
 
 
-@pytest.mark.parametrize("spatial_dims, crop", [(2, (64, 64)), (3, (16, 32, 32))])
-def test_a_pasted_nodule_lands_on_lung_with_its_mask(luna_prepared, spatial_dims, crop):
-    """paste=1: every lung crop also holds a training nodule, its voxels and its mask, centred on a lung voxel."""
-    nodules = _nodules(luna_prepared)
-    plain, pasted = (SegmentationCrops(luna_prepared["cache"], nodules, spatial_dims=spatial_dims, crop=crop, lung_fraction=0.75,
-                                       paste=paste) for paste in (0.0, 1.0))
-    expected = DISK_VOXELS if spatial_dims == 2 else BALL_VOXELS
-    for index in range(3, 12):                                   # the lung crops
-        torch.manual_seed(index)
-        image0, mask0, _ = plain[index]
-        torch.manual_seed(index)                                 # the same scan and crop, then the paste
-        image1, mask1, _ = pasted[index]
-        added = mask1 & ~mask0
-        assert (mask1 >= mask0).all() and 0.5 * expected <= added.sum() <= 1.2 * expected
-        values = image1[pasted.context][added[0]] if spatial_dims == 2 else image1[added]
-        assert (image1 >= image0).all() and (values > -0.7).all()  # each voxel the brighter one, the mask's above -700 HU
-    with pytest.raises(ValueError, match="paste"):
-        SegmentationCrops(luna_prepared["cache"], nodules, paste=1.5)
-
-
 def test_full_slices_and_volume_for_validation(luna_prepared):
     uid = luna_prepared["uids"][0]
     ds = SegmentationSlices(luna_prepared["cache"], _nodules(luna_prepared), [uid], context=1)
