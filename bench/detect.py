@@ -1,27 +1,27 @@
 """Detection quality (LUNA16 CPM on held-out synthetic scans) and speed against a book-style baseline.
 
-Run: .venv/bin/python bench/detect.py   (about 40 minutes from scratch on 2 cores; a few minutes with a cached run)
+Run: .venv/bin/python bench/detect.py   (about 50 minutes and 25 GB of disk from scratch on 2 cores; 10 minutes with a cached run)
 Set NODULEFLOW_BENCH_DIR to keep the data and the trained detector elsewhere (default: $TMPDIR/noduleflow-bench);
 pass --retrain to train the detector again even though a complete one is cached there.
 
-1. Synthetic training scans (seed 11, 160 small scans) and held-out scans (seed 9001, never used in
-   training, 30 small scans of about 256 x 256 x 100-140 voxels).
-   Why 160: the recipe is sized in samples, so more scans cost only mining time (about 0.9 s a scan)
-   and give the classifier more nodules to learn from. With one recipe (before the U-Net's cross-entropy
-   term), 40 scans gave CPM 0.64 and 80 gave 0.73; on 30 scans of another seed 0.56 and 0.61. The
-   classifier, given the exact centres of that seed's nodules, called 62% and 66% of them nodules,
-   against 85% of its own training nodules: short of examples, not of epochs. From 80 to 160 scans,
-   the classifier alone (same U-Net) took the held-out CPM from 0.75 to 0.76 and the other seed's from
-   0.63 to 0.67; the U-Net alone gained nothing (33 instead of 35 of that seed's 50 nodules marked).
-   The whole recipe retrained on 160: held-out 0.75 (40 found, 0.73 at 1/8 FP per scan instead of 0.65),
-   the other seed 0.65 (0.63 on 80).
-   Why 30: the first 10 held only 22 nodules, one of them ground glass, and gave a CPM well above what
-   30 scans of another seed (50 nodules, 11 ground glass) gave the same detector; the printed 95%
-   interval shows what is left of that noise.
-2. The default recipe (`noduleflow train detector`) into <bench>/detect/runs/detector, or the cached
+1. Synthetic training scans (seed 11, 80 full-resolution scans of 512 x 512 x 120-480 voxels) and
+   held-out scans (seed 9001, never used in training): 30 at full resolution for the CPM, and the
+   first 3 of the same patients as `small` scans (about 256 x 256 x 100-140) for the timing.
+   Why full resolution for the CPM: LUNA16 scans (and the challenge's CPM) are at 0.6-0.9 mm pixels,
+   0.6-2.5 mm slices, and so are `synth --size full` scans. At half that resolution (the small
+   scans: 1.2-2.4 mm pixels, ~2.5 mm slices) a 3-5 mm nodule is 2-3 voxels across, the size of a
+   vessel end: trained on 160 small scans the recipe reached CPM 0.75 (40 of 52 held-out nodules
+   found), and eleven U-Net variants (depth, width, 3D stem, losses, copy-paste, more scans) all
+   marked 32-37 of another seed's 50 nodules. Its U-Net trained on 80 full-resolution scans marked
+   43 of those 50 patients' nodules imaged at full resolution (ground glass 6 of 11 instead of 3).
+   Why 80: mining is capped by voxels (`detect.mining`), the rest of the recipe is sized in samples,
+   so more scans cost synthesis and disk (80 scans and their cache: about 20 GB), not training time.
+   Why 30 held-out: 52 nodules; the printed 95% interval shows the noise that is left.
+2. The default recipe (`noduleflow train detector`) into <bench>/detect/runs/detector-full, or the cached
    run when its training.json shows it finished; the training time it took is printed either way.
 3. `noduleflow detect` on the held-out scans, scored by `noduleflow evaluate`'s FROC code -> CPM.
-4. Time per scan, the same trained weights, the same scans, interleaved in one run:
+4. Time per small held-out scan (the issue's 256 x 256 x ~128), the same trained weights in both
+   pipelines (speed depends on the architecture, not on which scans trained it), interleaved in one run:
    - noduleflow: `Predictor` as `detect` runs it (lung windows, 8 slices a batch, the U-Net's int8
      version under ONNX Runtime, batch-norm-folded channels_last_3d classifier, candidates batched and ranked);
    - baseline, as "Deep Learning with PyTorch" ch. 14 does it: every slice at full resolution, 4 a
@@ -56,9 +56,10 @@ from noduleflow.models import input_size_of
 from noduleflow.synth import synthesize
 from noduleflow.train.segment_task import CONTEXT
 
-TRAIN_SEED, TRAIN_SCANS = 11, 160
+TRAIN_SEED, TRAIN_SCANS = 11, 80
 HELDOUT_SEED, HELDOUT_SCANS = 9001, 30
-TIMED_SCANS = 3  # held-out scans timed with both pipelines (the baseline takes about a minute each)
+SIZE = "full"  # of the training and CPM scans (module docstring); the timed ones are "small"
+TIMED_SCANS = 3  # small held-out scans timed with both pipelines (the baseline takes about a minute each)
 
 
 def _loads(run_dir: Path) -> bool:
@@ -76,11 +77,12 @@ def _loads(run_dir: Path) -> bool:
 
 def main() -> None:
     folder = Path(os.environ.get("NODULEFLOW_BENCH_DIR", Path(tempfile.gettempdir()) / "noduleflow-bench")) / "detect"
-    train_data, heldout = folder / "train", folder / "heldout"
-    print(synthesize(train_data, scans=TRAIN_SCANS, seed=TRAIN_SEED, size="small", progress=False).describe())
-    print(synthesize(heldout, scans=HELDOUT_SCANS, seed=HELDOUT_SEED, size="small", progress=False).describe())
+    train_data, heldout, timed = folder / f"train-{SIZE}", folder / f"heldout-{SIZE}", folder / "timed-small"
+    print(synthesize(train_data, scans=TRAIN_SCANS, seed=TRAIN_SEED, size=SIZE, progress=False).describe())
+    print(synthesize(heldout, scans=HELDOUT_SCANS, seed=HELDOUT_SEED, size=SIZE, progress=False).describe())
+    print(synthesize(timed, scans=TIMED_SCANS, seed=HELDOUT_SEED, size="small", progress=False).describe())
 
-    run_dir = folder / "runs" / "detector"
+    run_dir = folder / "runs" / f"detector-{SIZE}"
     if (run_dir / TRAINING_JSON).is_file() and "--retrain" not in sys.argv and _loads(run_dir):
         print(f"reusing the detector cached in {run_dir} (pass --retrain to train it again)")
     else:
@@ -103,8 +105,8 @@ def main() -> None:
     sens = ", ".join(f"{s:.2f}" for s in report.froc.sensitivities)
     print(f"sensitivity at 1/8..8 FPs per scan: {sens}; CPM 95% interval {report.froc.cpm_ci[0]:.3f}-{report.froc.cpm_ci[1]:.3f}")
 
-    ours, base = _time_both(run_dir, scan_sources(heldout)[:TIMED_SCANS])
-    print(f"timed on {TIMED_SCANS} held-out scans: noduleflow {np.mean(ours):.2f} s/scan, baseline {np.mean(base):.2f} s/scan")
+    ours, base = _time_both(run_dir, scan_sources(timed))
+    print(f"timed on {TIMED_SCANS} small held-out scans: noduleflow {np.mean(ours):.2f} s/scan, baseline {np.mean(base):.2f} s/scan")
     print(f"cpm {report.froc.cpm:.4f}")
     print(f"seconds_per_scan {np.mean(ours):.3f}")
     print(f"ratio_vs_baseline {np.mean(base) / np.mean(ours):.2f}")

@@ -1,9 +1,16 @@
 """Candidates from the trained segmentation, for the classifier to learn from (hard-negative mining).
 
 The classifier of a detector ranks what the U-Net proposes, but candidates.csv holds other
-points (LUNA16's, or synth's hard negatives). `mine_candidates` runs the U-Net over every scan of
-a prepared data folder and writes its components in candidates.csv's format: class 1 when the
-centre lies within an annotated nodule's radius (the LUNA16 hit rule), else 0. `train detector`
+points (LUNA16's, or synth's hard negatives). `mine_candidates` runs the U-Net over the scans of a
+prepared data folder and writes its components in candidates.csv's format: class 1 when the
+centre lies within an annotated nodule's radius (the LUNA16 hit rule), else 0.
+
+Mining costs U-Net time per voxel (about 7 million voxels a second with the int8 U-Net on 2 cores),
+so it covers at most `max_voxels` of scans, taken in a fixed shuffled order: all 160 of the bench's
+256 x 256 scans (1 billion voxels, 2.5 min), but about 20 of 80 full-resolution 512 x 512 ones
+(which would take 12 min all, 2.4 hours for LUNA16's 888 scans). A few thousand false positives
+from 20 scans teach the classifier what the U-Net gets wrong as well as thousands more would; the
+classifier's budget is in samples, not scans. `train detector`
 adds the file to the classifier's candidates (`data.extra_candidates`), so the classifier sees the
 segmentation's own false positives (vessel ends, hilum, wall) before it meets them in `detect`.
 """
@@ -20,12 +27,17 @@ from rich.progress import track
 from noduleflow.data.luna16 import on_findings
 
 
+MINE_VOXELS = 1.25e9  # scan voxels mined at most: about 3 minutes (module docstring)
+
+
 def mine_candidates(data: str | Path, segment_run: str | Path, out_csv: str | Path, *, threshold: float = 0.3,
-                    max_per_scan: int = 100, progress: bool = True) -> dict[str, int]:
-    """Write the segmentation's candidates on every scan of `data` (prepared cache) to `out_csv`.
+                    max_per_scan: int = 100, max_voxels: float = MINE_VOXELS, progress: bool = True) -> dict[str, int]:
+    """Write the segmentation's candidates on the scans of `data` (prepared cache) to `out_csv`.
 
     threshold: segmentation probability for a component (lower than detection's 0.5: more, harder
-    negatives). Returns {"scans", "candidates", "positives"}. The CSV is written atomically.
+    negatives). max_voxels: scans are mined in a fixed shuffled order until their voxels would pass
+    this (at least one scan). Returns {"scans" (mined), "of" (in `data`), "candidates", "positives"}.
+    The CSV is written atomically.
     """
     from noduleflow.data.cache import DEFAULT_CACHE_NAME, ScanCache
     from noduleflow.data.luna16 import load_index
@@ -41,8 +53,9 @@ def mine_candidates(data: str | Path, segment_run: str | Path, out_csv: str | Pa
     # for a one-off pass, not worth the ONNX export's ~10 s
     runtime = "int8" if fresh_export(models.segment_checkpoint, INT8_NAME) else "torch"
     predictor = Predictor(models, runtime=runtime, threshold=threshold, max_candidates=max_per_scan)
+    uids = _within(index.series_uids, [cache.open(uid).hu.size for uid in index.series_uids], max_voxels)
     rows: list[tuple[str, float, float, float, int]] = []
-    for uid in track(index.series_uids, description="mine candidates", disable=not progress):
+    for uid in track(uids, description="mine candidates", disable=not progress):
         scan = cache.open(uid)
         lung = scan.lung_mask().to_array()
         if not lung.any():
@@ -59,4 +72,11 @@ def mine_candidates(data: str | Path, segment_run: str | Path, out_csv: str | Pa
         writer.writerow(("seriesuid", "coordX", "coordY", "coordZ", "class"))
         writer.writerows((uid, f"{x:.3f}", f"{y:.3f}", f"{z:.3f}", cls) for uid, x, y, z, cls in rows)
     os.replace(tmp, out_csv)
-    return {"scans": len(index.series_uids), "candidates": len(rows), "positives": int(np.sum([r[4] for r in rows]))}
+    return {"scans": len(uids), "of": len(index.series_uids), "candidates": len(rows), "positives": int(np.sum([r[4] for r in rows]))}
+
+
+def _within(uids: tuple[str, ...], voxels: list[int], max_voxels: float) -> list[str]:
+    """The series of a fixed shuffle of `uids` (seed 0) up to `max_voxels` in all, at least the first."""
+    order = np.random.default_rng(0).permutation(len(uids))
+    total = np.cumsum(np.asarray(voxels, np.float64)[order])
+    return [uids[i] for i in order[:max(1, int(np.searchsorted(total, max_voxels, side="right")))]]

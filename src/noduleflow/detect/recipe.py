@@ -93,7 +93,7 @@ def train_detector(data: str | Path, *, run: str = "detector", runs_dir: str | P
             seconds["mine"] = time.perf_counter() - start
             flags["data.extra_candidates"] = [str(run_dir / MINED_CSV)]
             if progress:
-                print(f"mined {mined['candidates']} segmentation candidates on {mined['scans']} scans "
+                print(f"mined {mined['candidates']} segmentation candidates on {mined['scans']} of {mined['of']} scans "
                       f"({mined['positives']} on nodules) -> {run_dir / MINED_CSV}")
         if "data.epoch_samples" in flags:
             flags["data.epoch_samples"] = max(int(flags["data.epoch_samples"] * scale), flags["data.batch_size"])

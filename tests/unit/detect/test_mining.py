@@ -34,7 +34,7 @@ def test_mined_candidates_are_labelled_by_the_hit_rule_and_join_the_index(phanto
     monkeypatch.setattr("noduleflow.detect.models.load_part", lambda sub, part: DenseTissue())
     out = tmp_path / "run" / "mined.csv"
     counts = mining.mine_candidates(root, tmp_path / "run" / "segment", out, progress=False)
-    assert counts == {"scans": 1, "candidates": 1, "positives": 1}
+    assert counts == {"scans": 1, "of": 1, "candidates": 1, "positives": 1}
     [row] = list(csv.DictReader(out.open()))
     assert row["seriesuid"] == volume.series_uid and row["class"] == "1"
     mined_xyz = [float(row[k]) for k in ("coordX", "coordY", "coordZ")]
@@ -44,6 +44,17 @@ def test_mined_candidates_are_labelled_by_the_hit_rule_and_join_the_index(phanto
     mined = [c for c in index.candidates if c.is_nodule]
     assert len(mined) == 1 and mined[0].diameter_mm == 2 * NODULE_RADIUS_MM  # joined to its annotation
     assert not list(out.parent.glob(".*.tmp"))                                 # written atomically
+
+
+def test_mining_stops_at_its_voxel_budget_in_a_fixed_order():
+    uids, voxels = tuple(f"s{i}" for i in range(10)), [100] * 5 + [300] * 5
+    every = mining._within(uids, voxels, 1e9)
+    assert sorted(every) == sorted(uids) and every != list(uids)             # all of them, shuffled
+    some = mining._within(uids, voxels, 700)
+    assert some == every[:len(some)] and some == mining._within(uids, voxels, 700)  # a prefix, the same every time
+    spent = sum(voxels[uids.index(u)] for u in some)
+    assert spent <= 700 < spent + voxels[uids.index(every[len(some)])]     # stops before the next would pass the budget
+    assert mining._within(uids, voxels, 1) == every[:1]                     # at least one scan
 
 
 def test_a_missing_extra_candidates_file_is_named(phantom_luna, tmp_path):
