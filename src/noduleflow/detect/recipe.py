@@ -1,10 +1,11 @@
 """`train_detector`: the whole detector (segmentation, nodule classifier, malignancy) into one run folder.
 
-The default recipe is sized for a 2-core laptop CPU: about 28 minutes on 160 synthetic scans (27.9
-measured: segment 7.0, ONNX and int8 export 0.2, mining 2.5, classify 18.0, malignancy 0.2; the
-detection issue allows 30). Mining is the only part that grows with the scans (about 0.9 s a scan,
-on the int8 U-Net); the others are sized in samples. bench/detect.py prints the measured figure and
-the CPM it reaches (0.75 on 30 held-out scans, 40 of 52 nodules found; 0.64 when trained on 40 scans).
+The default recipe is sized for a 2-core laptop CPU and the detection issue's 30 minutes: 27.2 min
+on bench/detect.py's 80 full-resolution (512 x 512) synthetic scans (segment 7.6, ONNX and int8
+export 0.5, mining 2.1, classify 16.9, malignancy 0.1), 27.9 on 160 small (256 x 256) ones. Mining
+grows with the scans up to its voxel cap (`detect.mining`: all 160 small scans, about 20 full ones);
+the other parts are sized in samples. On 30 held-out scans of another seed it reaches CPM 0.82
+(46 of 52 nodules found) at full resolution, 0.75 (40 of 52) trained and scored on small scans.
 Each part is an ordinary `noduleflow.train.train` run with its own config.yaml, written to
 RUNS_DIR/RUN/<part>/ (the layout `detect.models` reads). All parts use the same seed and so the same split by series.
 """
