@@ -10,9 +10,11 @@ so it covers at most `max_voxels` of scans, taken in a fixed shuffled order: all
 256 x 256 scans (1 billion voxels, 2.5 min), but about 20 of 80 full-resolution 512 x 512 ones
 (which would take 12 min all, 2.4 hours for LUNA16's 888 scans). A few thousand false positives
 from 20 scans teach the classifier what the U-Net gets wrong as well as thousands more would; the
-classifier's budget is in samples, not scans. `train detector`
-adds the file to the classifier's candidates (`data.extra_candidates`), so the classifier sees the
-segmentation's own false positives (vessel ends, hilum, wall) before it meets them in `detect`.
+classifier's budget is in samples, not scans.
+
+`train detector` adds the file to the classifier's candidates (`data.extra_candidates`), so the
+classifier sees the segmentation's own false positives (vessel ends, hilum, wall) before it meets
+them in `detect`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def mine_candidates(data: str | Path, segment_run: str | Path, out_csv: str | Pa
     The CSV is written atomically.
     """
     from noduleflow.data.cache import DEFAULT_CACHE_NAME, ScanCache
+    from noduleflow.data.datasets import OpenScans
     from noduleflow.data.luna16 import load_index
     from noduleflow.detect.models import load_segmentation
     from noduleflow.detect.predictor import Predictor
@@ -47,16 +50,16 @@ def mine_candidates(data: str | Path, segment_run: str | Path, out_csv: str | Pa
 
     data = Path(data)
     index = load_index(data)
-    cache = ScanCache(data / DEFAULT_CACHE_NAME)
+    scans = OpenScans(ScanCache(data / DEFAULT_CACHE_NAME))  # each entry opened once: sized, then mined
     models = load_segmentation(segment_run)
     # the int8 U-Net when `train detector` has exported it (recipe.export_detector), else eager PyTorch:
     # for a one-off pass, not worth the ONNX export's ~10 s
     runtime = "int8" if fresh_export(models.segment_checkpoint, INT8_NAME) else "torch"
     predictor = Predictor(models, runtime=runtime, threshold=threshold, max_candidates=max_per_scan)
-    uids = _within(index.series_uids, [cache.open(uid).hu.size for uid in index.series_uids], max_voxels)
+    uids = _within(index.series_uids, [scans(uid).hu.size for uid in index.series_uids], max_voxels)
     rows: list[tuple[str, float, float, float, int]] = []
     for uid in track(uids, description="mine candidates", disable=not progress):
-        scan = cache.open(uid)
+        scan = scans(uid)
         lung = scan.lung_mask().to_array()
         if not lung.any():
             continue
