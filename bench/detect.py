@@ -49,7 +49,7 @@ import torch
 from scipy import ndimage
 
 from noduleflow.ct import read_volume
-from noduleflow.data.patches import crop, crop_box, hu_to_unit
+from noduleflow.data.patches import crop, crop_box, crop_mm, hu_to_unit
 from noduleflow.detect import Predictor, detect, load_detector
 from noduleflow.detect.pipeline import SUBMISSION_CSV, scan_sources
 from noduleflow.detect.recipe import TRAINING_JSON, export_detector, train_detector
@@ -150,9 +150,11 @@ def _baseline(models, volume) -> int:
     clean = ndimage.binary_erosion(probs > 0.5, iterations=1)
     labels, count = ndimage.label(clean)
     centers = np.asarray(ndimage.center_of_mass(hu.clip(-1000, 1000) + 1001, labels=labels, index=np.arange(1, count + 1)))
-    size = input_size_of(models.classify)
-    for center in np.floor(centers.reshape(-1, 3) + 0.5).astype(np.int64):
-        x = torch.from_numpy(hu_to_unit(crop(hu, center, size)))[None, None]  # (1, 1, *size)
+    size, size_mm = input_size_of(models.classify), models.patch_mm.get("classify")  # patches as the classifier was trained on
+    for center in centers.reshape(-1, 3):
+        patch = crop(hu, np.floor(center + 0.5).astype(np.int64), size) if size_mm is None else \
+            crop_mm(hu, center, size, size_mm, volume.spacing_irc)
+        x = torch.from_numpy(hu_to_unit(patch))[None, None]  # (1, 1, *size)
         if torch.softmax(models.classify(x), 1)[0, 1] > 0.5 and models.malignancy is not None:
             models.malignancy(x)
     return count

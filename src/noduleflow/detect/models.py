@@ -12,7 +12,7 @@ retrained on its own and dropped in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,6 +35,8 @@ class DetectorModels:
     segment: (B, 7, H, W) -> (B, 1, H, W) logits; classify and malignancy: (B, 1, *model.input_size) -> (B, 2) logits.
     classify is None only for a segmentation-only `Predictor` (`Predictor.candidates`, as `detect.mining` uses it).
     segment_checkpoint: the segment run's best.pt, beside which `detect.runtime` keeps the U-Net's ONNX export.
+    patch_mm: per classifier part, the millimetres (D, H, W) its patches span when it was trained on
+        resampled patches (`data.patch_mm`); a part not named here sees the scan's own voxels.
     """
 
     segment: torch.nn.Module
@@ -42,6 +44,7 @@ class DetectorModels:
     malignancy: torch.nn.Module | None
     run_dir: Path | None
     segment_checkpoint: Path | None = None
+    patch_mm: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 def load_detector(run_dir: str | Path) -> DetectorModels:
@@ -55,7 +58,9 @@ def load_detector(run_dir: str | Path) -> DetectorModels:
             if not (run_dir / part / name).is_file():
                 raise CheckpointError(f"has no {part}/{name}", path=run_dir, fix=_fix(run_dir, part))
     models = {part: load_part(run_dir / part, part) if part in present else None for part in PARTS}
-    return DetectorModels(models["segment"], models["classify"], models["malignancy"], run_dir, run_dir / "segment" / "best.pt")
+    patch_mm = {part: mm for part in present if part != "segment" and (mm := load_config(run_dir / part / "config.yaml").data.patch_mm)}
+    return DetectorModels(models["segment"], models["classify"], models["malignancy"], run_dir, run_dir / "segment" / "best.pt",
+                          patch_mm)
 
 
 def load_segmentation(segment_run: str | Path) -> DetectorModels:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from noduleflow.ct import CtVolume, lung_mask
-from noduleflow.data.patches import crop, hu_to_unit
+from noduleflow.data.patches import crop, crop_mm, hu_to_unit
 from noduleflow.detect.components import Components, find_components
 from noduleflow.detect.models import DetectorModels, fuse_batchnorm, load_detector
 from noduleflow.detect.runtime import INT8_NAME, OnnxModel, fresh_export, onnx_unet, quantize_unet
@@ -191,7 +191,7 @@ class Predictor:
         comps = self.candidates(volume, lung)
         if len(comps) == 0:
             return [], 0
-        nodule, malignant = self._classify(volume.hu, comps.centers_irc)
+        nodule, malignant = self._classify(volume, comps.centers_irc)
         score = nodule * comps.peak
         xyz = volume.irc_to_xyz(comps.centers_irc).reshape(-1, 3)
         findings = [Finding(tuple(map(float, xyz[i])), tuple(map(float, comps.centers_irc[i])), float(score[i]),
@@ -201,21 +201,28 @@ class Predictor:
         return sorted(findings, key=lambda f: -f.probability), len(comps)
 
     @torch.inference_mode()
-    def _classify(self, hu: np.ndarray, centers_irc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(N,) P(nodule) and (N,) P(malignant) or None for patches around (N, 3) voxel centres."""
+    def _classify(self, volume: CtVolume, centers_irc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N,) P(nodule) and (N,) P(malignant) or None for patches of `volume` around (N, 3) fractional voxel centres."""
         if self.models.classify is None:
             raise ValueError("this Predictor has no nodule classifier: only `candidates` works without one")
-        centers = np.floor(centers_irc + 0.5).astype(np.int64)
-        nodule = self._probabilities(self.models.classify, hu, centers)
-        malignant = None if self.models.malignancy is None else self._probabilities(self.models.malignancy, hu, centers)
+        nodule = self._probabilities("classify", volume, centers_irc)
+        malignant = None if self.models.malignancy is None else self._probabilities("malignancy", volume, centers_irc)
         return nodule, malignant
 
-    def _probabilities(self, model: torch.nn.Module, hu: np.ndarray, centers: np.ndarray) -> np.ndarray:
-        """(N,) P(class 1) of `model` on patches of its input size around (N, 3) integer voxel centres."""
-        size = input_size_of(model)
+    def _probabilities(self, part: str, volume: CtVolume, centers_irc: np.ndarray) -> np.ndarray:
+        """(N,) P(class 1) of the `part` model on patches around (N, 3) voxel centres, cut as it was trained on them.
+
+        Patches of its input size in voxels (centred on the nearest voxel), or resampled from its
+        `patch_mm` when it was trained on patches sized in mm.
+        """
+        model, size_mm = getattr(self.models, part), self.models.patch_mm.get(part)
+        size, spacing_irc = input_size_of(model), volume.spacing_irc
+        rounded = np.floor(centers_irc + 0.5).astype(np.int64)
         out = []
-        for b in range(0, len(centers), 4 * self.batch):
-            patches = np.stack([crop(hu, c, size) for c in centers[b:b + 4 * self.batch]])  # (B, D, H, W)
+        for b in range(0, len(centers_irc), 4 * self.batch):
+            patches = np.stack([crop(volume.hu, rounded[i], size) if size_mm is None else
+                                crop_mm(volume.hu, centers_irc[i], size, size_mm, spacing_irc)
+                                for i in range(b, min(b + 4 * self.batch, len(centers_irc)))])  # (B, D, H, W)
             x = torch.from_numpy(hu_to_unit(patches))[:, None].contiguous(memory_format=torch.channels_last_3d)  # (B, 1, D, H, W)
             out.append(torch.softmax(model(x).float(), 1)[:, 1].numpy())
         return np.concatenate(out)

@@ -67,14 +67,15 @@ def _ct(cfg: TrainConfig, dist: DistInfo) -> TaskParts:
     cache = ScanCache(cfg.data.cache or root / DEFAULT_CACHE_NAME, spacing_xyz=cfg.data.spacing or None)
     augment = Augment(spatial_dims=3, **_CT_AUGMENT) if cfg.data.augment else None
     model = create_model(cfg.model.name, in_channels=1, num_classes=2, width=cfg.model.width, depth=cfg.model.depth)
-    size = input_size_of(model)
+    size, size_mm = input_size_of(model), cfg.data.patch_mm or None
     if cfg.task == "classify":
         # candidates on annotations_excluded.csv findings (nodules < 3 mm, non-nodules) are left out of
         # training and validation, as the LUNA16 evaluation ignores marks on them: their label is not a fact
-        sets = [CandidatePatches(cache, index.candidates_of(uids, keep_excluded=False), size=size, transform=t) for uids, t in
+        sets = [CandidatePatches(cache, index.candidates_of(uids, keep_excluded=False), size=size, size_mm=size_mm,
+                                 transform=t) for uids, t in
                 [(split.train, augment), (split.val, None), (split.test, None)]]
     else:
-        sets = [MalignancySamples(cache, index.nodules_of(uids), size=size, transform=t) for uids, t in
+        sets = [MalignancySamples(cache, index.nodules_of(uids), size=size, size_mm=size_mm, transform=t) for uids, t in
                 [(split.train, augment), (split.val, None), (split.test, None)]]
     train, val, test = sets
     for name, dataset in (("training", train), ("validation", val)):

@@ -1,4 +1,4 @@
-"""Loading helpers of detector runs: batch norm folded into convolutions keeps the outputs."""
+"""Loading helpers of detector runs: batch norm folded into convolutions keeps the outputs; patch sizes in mm are read back."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import copy
 
 import torch
 
-from noduleflow.detect.models import fuse_batchnorm
+from noduleflow.config import resolve_config, save_config
+from noduleflow.detect.models import fuse_batchnorm, load_detector
 from noduleflow.train.segment_task import build_unet
 
 
@@ -22,3 +23,13 @@ def test_folding_batchnorm_keeps_the_unet_outputs_and_removes_every_batchnorm():
     x = torch.randn(2, 7, 32, 48)
     with torch.inference_mode():
         torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_classifier_trained_on_mm_patches_is_loaded_with_them(tmp_path, monkeypatch):
+    """`detect` must cut the patches the classifier was trained on: load_detector reads data.patch_mm from each part's config."""
+    monkeypatch.setattr("noduleflow.detect.models.load_part", lambda sub, part: torch.nn.Identity())
+    for part, mm in (("segment", []), ("classify", [32, 40, 40]), ("malignancy", [])):
+        (tmp_path / part).mkdir()
+        save_config(resolve_config(part, overrides={"data.root": "d", "data.patch_mm": mm}), tmp_path / part / "config.yaml")
+        (tmp_path / part / "best.pt").write_bytes(b"")
+    assert load_detector(tmp_path).patch_mm == {"classify": (32.0, 40.0, 40.0)}

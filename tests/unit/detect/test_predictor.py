@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from noduleflow.ct import CtVolume
+from noduleflow.data.patches import crop, crop_mm, hu_to_unit
 from noduleflow.detect import Predictor, load_detector
+from noduleflow.detect.models import DetectorModels
 from noduleflow.errors import CheckpointError
 
 from detect_phantom import NODULE_IRC, NODULE_RADIUS_MM, DenseTissue, chest
@@ -102,3 +105,30 @@ def test_run_folder_without_models_names_the_file_and_the_command(tmp_path):
         load_detector(tmp_path)
     with pytest.raises(CheckpointError, match="not a detector run folder"):
         load_detector(tmp_path / "missing")
+
+
+class Recorder(torch.nn.Module):
+    """A patch classifier that keeps the patches it is shown and calls everything a nodule."""
+
+    input_size = (8, 12, 12)
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x[:, 0].clone())
+        return torch.tensor([[0.0, 1.0]]).repeat(len(x), 1)
+
+
+@pytest.mark.parametrize("patch_mm", [None, (30.0, 36.0, 36.0)])
+def test_classifier_sees_the_patch_it_was_trained_on(models, patch_mm):
+    """Voxel patches at the nearest voxel, or (a run trained with data.patch_mm) patches resampled to those mm,
+    cut exactly as the training datasets cut them (`crop` / `crop_mm`)."""
+    volume, recorder = chest(), Recorder()
+    models = DetectorModels(models.segment, recorder, None, None, patch_mm={} if patch_mm is None else {"classify": patch_mm})
+    finding = Predictor(models, runtime="torch").predict(volume).findings[0]
+    center = np.array(finding.center_irc)
+    expected = (crop(volume.hu, np.floor(center + 0.5).astype(np.int64), Recorder.input_size) if patch_mm is None else
+                crop_mm(volume.hu, center, Recorder.input_size, patch_mm, volume.spacing_irc))
+    np.testing.assert_allclose(recorder.seen[0][0].numpy(), hu_to_unit(expected), atol=1e-6)

@@ -140,3 +140,11 @@ def test_extra_candidates_are_a_list_of_paths():
     assert cfg.data.extra_candidates == ("runs/detector/mined_candidates.csv",)
     with pytest.raises(ConfigError, match="a list of strings"):
         config_from_dict({"data": {"extra_candidates": [3]}})
+
+
+def test_patch_mm_takes_three_positive_millimetres():
+    cfg = resolve_config("classify", overrides={"data.root": "d", "data.patch_mm": [32, 40, 40]})
+    assert cfg.data.patch_mm == (32.0, 40.0, 40.0) and config_from_dict(config_to_dict(cfg)) == cfg
+    for bad in ([32, 40], [32, 0, 40]):
+        with pytest.raises(ConfigError, match="data.patch_mm"):
+            resolve_config("classify", overrides={"data.root": "d", "data.patch_mm": bad})
