@@ -306,7 +306,7 @@ def train_detector(
 ) -> None:
     """Train the whole detector (segmentation U-Net, nodule classifier, malignancy) into RUNS_DIR/RUN with the default recipe.
 
-    About 28 minutes on a 2-core CPU, for 160 small or 80 full-resolution synthetic scans alike (27.2 measured at 512x512: segment 7.6, mining 2.1, classify 16.9); prints the time each part took. Then: noduleflow detect SCANS --run runs/detector
+    About 28 minutes on a 2-core CPU, for 160 small or 80 full-resolution synthetic scans alike (27.6 measured at 512x512: segment 7.6, mining 2.1, classify 17.3); prints the time each part took. Then: noduleflow detect SCANS --run runs/detector
     Example: noduleflow synth data/synth --scans 160 && noduleflow train detector data/synth --run detector
     """
     from noduleflow.detect.recipe import train_detector as train_all

@@ -1,11 +1,13 @@
 """`train_detector`: the whole detector (segmentation, nodule classifier, malignancy) into one run folder.
 
-The default recipe is sized for a 2-core laptop CPU and the detection issue's 30 minutes: 27.2 min
+The default recipe is sized for a 2-core laptop CPU and the detection issue's 30 minutes: 27.6 min
 on bench/detect.py's 80 full-resolution (512 x 512) synthetic scans (segment 7.6, ONNX and int8
-export 0.5, mining 2.1, classify 16.9, malignancy 0.1), 27.9 on 160 small (256 x 256) ones. Mining
-grows with the scans up to its voxel cap (`detect.mining`: all 160 small scans, about 20 full ones);
-the other parts are sized in samples. On 30 held-out scans of another seed it reaches CPM 0.82
-(46 of 52 nodules found) at full resolution, 0.75 (40 of 52) trained and scored on small scans.
+export 0.5, mining 2.1, classify 17.3, malignancy 0.2). Mining grows with the scans up to its voxel
+cap (`detect.mining`: all 160 small scans, about 20 full ones); the other parts are sized in samples.
+On 30 held-out scans of another seed it reaches CPM 0.83 (46 of 52 nodules found) at full resolution.
+The classifier's patches span fixed millimetres (`data.patch_mm`, see RECIPE); with voxel patches the
+recipe reached 0.82 there, and 0.75 (40 of 52) trained and scored on small (256 x 256) scans, where
+the mm patches have not been measured yet.
 Each part is an ordinary `noduleflow.train.train` run with its own config.yaml, written to
 RUNS_DIR/RUN/<part>/ (the layout `detect.models` reads). All parts use the same seed and so the same split by series.
 """
@@ -26,12 +28,16 @@ RECIPE: dict[str, dict[str, Any]] = {
     # with 6.6 components per scan, width 8 27 with 14.4, for 7.2 instead of 4.3 minutes
     "segment": {"model.width": 16, "run.epochs": 12, "data.epoch_samples": 2048, "data.batch_size": 32, "optim.lr": 2e-3, "data.num_workers": 1},
     # ranked by the FROC, so the classifier's best epoch is the one with the best average precision;
-    # 9 epochs: on 40 scans its validation AP still rose from 0.81 (epoch 5) to 0.93 (epoch 10) of a 12-epoch run,
-    # on 80 it reached 0.93 at epoch 7 of 10; 9 rather than 10 keeps 160 scans (twice the validation) within 30 min
-    # the mined candidates (the U-Net's own false positives, ~4% of the candidates) weigh 10: about a third of the negatives drawn
-    "classify": {"run.epochs": 9, "data.epoch_samples": 6144, "data.batch_size": 32, "optim.lr": 1e-3, "data.balance": 1,
-                 "run.monitor": "val_ap", "data.extra_weight": 10},
-    "malignancy": {"run.epochs": 4, "data.batch_size": 16, "optim.lr": 1e-3, "model.finetune_depth": 2},
+    # the mined candidates (the U-Net's own false positives, ~4% of the candidates) weigh 10: about a third of the negatives drawn.
+    # Patches span 24 x 24 x 24 mm (1.5 mm slices, 0.75 mm pixels): slice spacing varies 4x between scans (0.6-2.5 mm)
+    # and voxel patches showed a nodule 4x taller on thin slices. Same U-Net and candidates, 80 full-resolution scans:
+    # CPM 0.827 / 0.774 on the held-out / development scans, against 0.819 / 0.737 for 16 x 32 x 32 voxel patches
+    # (9 epochs), and 0.714 (development) for 32 x 40 x 40 mm, whose 2 mm slices blur 3-5 mm nodules.
+    # 8 epochs (17.3 min; resampling costs about 1 ms a patch); the best AP came at epoch 7-8 of 8.
+    "classify": {"run.epochs": 8, "data.epoch_samples": 6144, "data.batch_size": 32, "optim.lr": 1e-3, "data.balance": 1,
+                 "run.monitor": "val_ap", "data.extra_weight": 10, "data.patch_mm": [24, 24, 24]},
+    # fine-tuned from the classifier: the same patches
+    "malignancy": {"run.epochs": 4, "data.batch_size": 16, "optim.lr": 1e-3, "model.finetune_depth": 2, "data.patch_mm": [24, 24, 24]},
 }
 """Per-part overrides over the task presets (config.PRESETS); `scale` multiplies epochs and epoch_samples."""
 TRAINING_JSON = "training.json"  # seconds per part, written last: a run folder with it is complete
