@@ -108,7 +108,7 @@ def demo(
     scans: int = typer.Option(12, "--scans", min=2, help="Synthetic training scans to generate."),
     held_out: int = typer.Option(3, "--held-out", min=1, help="Synthetic held-out scans (another seed) to detect on and score."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the synthetic data and the training."),
-    scale: float = typer.Option(0.25, "--scale", min=0.001, help="Fraction of the default detector recipe's training (1.0: about 26 minutes on 2 cores)."),
+    scale: float = typer.Option(0.25, "--scale", min=0.001, help="Fraction of the default detector recipe's training (1.0: about 28 minutes on 2 cores)."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch; 0 keeps PyTorch's choice."),
 ) -> None:
     """Run the whole pipeline on built-in synthetic CT: synthesize, train, detect, evaluate.

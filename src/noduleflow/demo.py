@@ -19,7 +19,7 @@ def run_demo(out: Path, *, scans: int = 12, held_out: int = 3, seed: int = 0, sc
     """Run the pipeline end to end under `out`; print what each step made and where to look.
 
     scans: synthetic training scans; held_out: synthetic scans for detection and scoring;
-    scale: the fraction of the default detector recipe's training (1.0 takes about 26 minutes on 2 cores).
+    scale: the fraction of the default detector recipe's training (1.0 takes about 28 minutes on 2 cores).
     """
     from noduleflow.detect import detect
     from noduleflow.detect.recipe import TRAINING_JSON, train_detector
