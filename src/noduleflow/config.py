@@ -194,8 +194,9 @@ def resolve_config(task: str, *, path: str | Path | None = None, overrides: Mapp
 
     With `resume`, the run folder's saved config.yaml replaces preset and file (flags still apply,
     e.g. more epochs), so a resumed run trains exactly what it started with. With `model.init`
-    naming a run folder (or a file in one), that run's model name, width and depth replace the
-    preset's, so `--init runs/classify` fits whatever architecture the classifier was trained with.
+    naming a run folder (or a file in one), that run's model name, width and depth (and data.patch_mm,
+    when set) replace the preset's, so `--init runs/classify` fits whatever architecture the classifier
+    was trained with and is shown the same patches.
     """
     if task not in TASKS:
         raise ConfigError(f"unknown task '{task}'", fix=f"Choose one of: {', '.join(TASKS)}.")
@@ -205,9 +206,9 @@ def resolve_config(task: str, *, path: str | Path | None = None, overrides: Mapp
         raise ConfigError(f"{path} is a recipe for task '{data['task']}', not '{task}'",
                           fix=f"Run `noduleflow train {data['task']} ...` or pick a config for '{task}'.")
     cfg = config_from_dict(data, overrides=overrides, source=str(path or "defaults"), preset=PRESETS[task])
-    inherited = _init_architecture(cfg.model.init)
-    if inherited and not resume:  # fine-tuning: the source run's architecture, unless file or flags say otherwise
-        preset = {**PRESETS[task], "model": {**PRESETS[task].get("model", {}), **inherited}}
+    inherited = _init_inherited(cfg.model.init)
+    if inherited and not resume:  # fine-tuning: the source run's architecture and patches, unless file or flags say otherwise
+        preset = {**PRESETS[task], **{section: {**PRESETS[task].get(section, {}), **values} for section, values in inherited.items()}}
         cfg = config_from_dict(data, overrides=overrides, source=str(path or "defaults"), preset=preset)
     if resume:
         saved = cfg.run_dir / "config.yaml"
@@ -268,16 +269,21 @@ def field_help(dotted: str) -> str:
     return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
 
-def _init_architecture(init: str) -> dict[str, Any]:
-    """model.name/width/depth from the config.yaml of the run that `init` points into ({} if none)."""
+def _init_inherited(init: str) -> dict[str, dict[str, Any]]:
+    """What a fine-tuned run takes from the run that `init` points into ({} if none): model.name/width/depth,
+    and data.patch_mm when that run cut its patches in mm (the weights learned those patches)."""
     if not init:
         return {}
     source = Path(init)
     saved = (source if source.is_dir() else source.parent) / "config.yaml"
     if not saved.is_file():
         return {}
-    model = _read_yaml(saved).get("model", {})
-    return {k: model[k] for k in ("name", "width", "depth") if k in model}
+    found = _read_yaml(saved)
+    model, data = found.get("model", {}), found.get("data", {})
+    inherited = {"model": {k: model[k] for k in ("name", "width", "depth") if k in model}}
+    if data.get("patch_mm"):
+        inherited["data"] = {"patch_mm": data["patch_mm"]}
+    return {section: values for section, values in inherited.items() if values}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

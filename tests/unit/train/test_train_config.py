@@ -135,6 +135,17 @@ def test_init_inherits_the_source_runs_architecture(tmp_path):
     assert (cfg.model.width, cfg.model.depth) == (16, 3)  # a flag still wins
 
 
+def test_init_inherits_the_source_runs_patch_mm(tmp_path):
+    """Weights that learned 24 mm patches keep being shown 24 mm patches when fine-tuned, unless a flag says otherwise."""
+    source = resolve_config("classify", overrides={"data.root": "d", "data.patch_mm": [24, 24, 24], "run.runs_dir": str(tmp_path)})
+    source.run_dir.mkdir(parents=True)
+    save_config(source, source.run_dir / "config.yaml")
+    cfg = resolve_config("malignancy", overrides={"data.root": "d", "model.init": str(source.run_dir)})
+    assert cfg.data.patch_mm == (24.0, 24.0, 24.0) and cfg.model.name == "nodule_net"
+    cfg = resolve_config("malignancy", overrides={"data.root": "d", "model.init": str(source.run_dir), "data.patch_mm": [32, 32, 32]})
+    assert cfg.data.patch_mm == (32.0, 32.0, 32.0)
+
+
 def test_extra_candidates_are_a_list_of_paths():
     cfg = config_from_dict({"data": {"extra_candidates": ["runs/detector/mined_candidates.csv"]}})
     assert cfg.data.extra_candidates == ("runs/detector/mined_candidates.csv",)
