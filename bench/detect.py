@@ -50,7 +50,7 @@ import torch
 from scipy import ndimage
 
 from noduleflow.ct import read_volume
-from noduleflow.data.patches import crop, crop_box, crop_mm, hu_to_unit
+from noduleflow.data.patches import crop_box, crop_patch, hu_to_unit
 from noduleflow.detect import Predictor, detect, load_detector
 from noduleflow.detect.pipeline import SUBMISSION_CSV, scan_sources
 from noduleflow.detect.recipe import TRAINING_JSON, export_detector, train_detector
@@ -153,9 +153,7 @@ def _baseline(models, volume) -> int:
     centers = np.asarray(ndimage.center_of_mass(hu.clip(-1000, 1000) + 1001, labels=labels, index=np.arange(1, count + 1)))
     size, size_mm = input_size_of(models.classify), models.patch_mm.get("classify")  # patches as the classifier was trained on
     for center in centers.reshape(-1, 3):
-        patch = crop(hu, np.floor(center + 0.5).astype(np.int64), size) if size_mm is None else \
-            crop_mm(hu, center, size, size_mm, volume.spacing_irc)
-        x = torch.from_numpy(hu_to_unit(patch))[None, None]  # (1, 1, *size)
+        x = torch.from_numpy(hu_to_unit(crop_patch(hu, center, size, size_mm, volume.spacing_irc)))[None, None]  # (1, 1, *size)
         if torch.softmax(models.classify(x), 1)[0, 1] > 0.5 and models.malignancy is not None:
             models.malignancy(x)
     return count

@@ -52,8 +52,8 @@ def crop_mm(hu: np.ndarray, center_irc: Sequence[float], size: Sequence[int], si
 
     Resamples with trilinear interpolation, so patches from scans of any spacing cover the same
     anatomy. Returns a (D, H, W) float32 array in HU, air beyond the volume. The grid is axis-aligned,
-    so the interpolation runs one axis at a time (two gathers and a blend each): about 15x faster
-    than scipy's map_coordinates on a 16 x 32 x 32 patch, which matters when training draws thousands.
+    so the interpolation runs one axis at a time (two gathers and a blend each): 2-3x faster than
+    scipy's map_coordinates on a 16 x 32 x 32 patch, which matters when training draws thousands.
     """
     size = np.asarray(size, np.int64)
     step = np.asarray(size_mm, np.float64) / size / np.asarray(spacing_irc, np.float64)  # source voxels per output voxel
@@ -68,6 +68,15 @@ def crop_mm(hu: np.ndarray, center_irc: Sequence[float], size: Sequence[int], si
         base = np.take(out, below, axis=axis).astype(np.float32, copy=False)
         out = base + (np.take(out, below + 1, axis=axis) - base) * frac
     return out
+
+
+def crop_patch(hu: np.ndarray, center_irc: Sequence[float], size: Sequence[int], size_mm: Sequence[float] | None = None,
+               spacing_irc: Sequence[float] | None = None) -> np.ndarray:
+    """A classifier's patch around a fractional voxel centre, as its training datasets cut it (`PatchDataset`):
+    `size` voxels centred on the nearest voxel, or, with `size_mm`, resampled to span those mm (`crop_mm`)."""
+    if size_mm is None:
+        return crop(hu, [int(np.floor(c + 0.5)) for c in center_irc], size)
+    return crop_mm(hu, center_irc, size, size_mm, spacing_irc)
 
 
 def hu_to_unit(hu: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from noduleflow.config import load_config
+from noduleflow.config import TrainConfig, load_config
 from noduleflow.errors import CheckpointError
 from noduleflow.models import create_model
 from noduleflow.train.checkpoint import load_checkpoint, load_model_state
@@ -57,8 +57,9 @@ def load_detector(run_dir: str | Path) -> DetectorModels:
         for name in ("config.yaml", "best.pt"):
             if not (run_dir / part / name).is_file():
                 raise CheckpointError(f"has no {part}/{name}", path=run_dir, fix=_fix(run_dir, part))
-    models = {part: load_part(run_dir / part, part) if part in present else None for part in PARTS}
-    patch_mm = {part: mm for part in present if part != "segment" and (mm := load_config(run_dir / part / "config.yaml").data.patch_mm)}
+    configs = {part: load_config(run_dir / part / "config.yaml") for part in present}
+    models = {part: load_part(run_dir / part, part, configs[part]) if part in present else None for part in PARTS}
+    patch_mm = {part: cfg.data.patch_mm for part, cfg in configs.items() if part != "segment" and cfg.data.patch_mm}
     return DetectorModels(models["segment"], models["classify"], models["malignancy"], run_dir, run_dir / "segment" / "best.pt",
                           patch_mm)
 
@@ -83,9 +84,11 @@ def fuse_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def load_part(sub: Path, part: str) -> torch.nn.Module:
-    """The eval-mode model of one part's run folder `sub` ("segment", "classify" or "malignancy"), from its best.pt."""
-    cfg = load_config(sub / "config.yaml")
+def load_part(sub: Path, part: str, cfg: TrainConfig | None = None) -> torch.nn.Module:
+    """The eval-mode model of one part's run folder `sub` ("segment", "classify" or "malignancy"), from its best.pt.
+
+    cfg: the folder's config.yaml when the caller has already read it."""
+    cfg = cfg or load_config(sub / "config.yaml")
     if part == "segment":
         model = build_unet(cfg.model.width, cfg.model.depth)
     else:

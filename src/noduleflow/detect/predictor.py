@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from noduleflow.ct import CtVolume, lung_mask
-from noduleflow.data.patches import crop, crop_mm, hu_to_unit
+from noduleflow.data.patches import crop_patch, hu_to_unit
 from noduleflow.detect.components import Components, find_components
 from noduleflow.detect.models import DetectorModels, fuse_batchnorm, load_detector
 from noduleflow.detect.runtime import INT8_NAME, OnnxModel, fresh_export, onnx_unet, quantize_unet
@@ -217,12 +217,10 @@ class Predictor:
         """
         model, size_mm = getattr(self.models, part), self.models.patch_mm.get(part)
         size, spacing_irc = input_size_of(model), volume.spacing_irc
-        rounded = np.floor(centers_irc + 0.5).astype(np.int64)
         out = []
         for b in range(0, len(centers_irc), 4 * self.batch):
-            patches = np.stack([crop(volume.hu, rounded[i], size) if size_mm is None else
-                                crop_mm(volume.hu, centers_irc[i], size, size_mm, spacing_irc)
-                                for i in range(b, min(b + 4 * self.batch, len(centers_irc)))])  # (B, D, H, W)
+            patches = np.stack([crop_patch(volume.hu, c, size, size_mm, spacing_irc)
+                                for c in centers_irc[b:b + 4 * self.batch]])  # (B, D, H, W)
             x = torch.from_numpy(hu_to_unit(patches))[:, None].contiguous(memory_format=torch.channels_last_3d)  # (B, 1, D, H, W)
             out.append(torch.softmax(model(x).float(), 1)[:, 1].numpy())
         return np.concatenate(out)

@@ -36,8 +36,8 @@ RECIPE: dict[str, dict[str, Any]] = {
     # 8 epochs (17.3 min; resampling costs about 1 ms a patch); the best AP came at epoch 7-8 of 8.
     "classify": {"run.epochs": 8, "data.epoch_samples": 6144, "data.batch_size": 32, "optim.lr": 1e-3, "data.balance": 1,
                  "run.monitor": "val_ap", "data.extra_weight": 10, "data.patch_mm": [24, 24, 24]},
-    # fine-tuned from the classifier: the same patches
-    "malignancy": {"run.epochs": 4, "data.batch_size": 16, "optim.lr": 1e-3, "model.finetune_depth": 2, "data.patch_mm": [24, 24, 24]},
+    # fine-tuned from the classifier (model.init), whose architecture and data.patch_mm it takes
+    "malignancy": {"run.epochs": 4, "data.batch_size": 16, "optim.lr": 1e-3, "model.finetune_depth": 2},
 }
 """Per-part overrides over the task presets (config.PRESETS); `scale` multiplies epochs and epoch_samples."""
 TRAINING_JSON = "training.json"  # seconds per part, written last: a run folder with it is complete
