@@ -1,6 +1,6 @@
 """Training throughput of the nodule classifier: noduleflow's path against the book's loop, same run.
 
-    python bench/train.py [--batch-size 32] [--steps 4] [--threads 0]
+    python bench/train.py [--batch-size 32] [--steps 4] [--threads 0] [--device cuda] [--amp off]
 
 Both sides train the same architecture (the book's `nodule_classifier`, 1x32x48x48 patches,
 batch 32) on the same patches, cut from one synthetic int16 CT volume:
@@ -16,6 +16,11 @@ this machine's fp32 peak, measured as the best of a few 2048x2048 torch.mm.
 A third figure, for information, is the Trainer path with the classify preset's model (nodule_net on
 the centre 16x32x32 of the same patches): a different model, so it is not the ratio line.
 The last two lines are `mfu X` and `ratio_vs_baseline Y`.
+
+--device cuda runs both sides on the GPU (the baseline moves each collated batch there, as the book
+does); noduleflow's side then uses `run.amp` (--amp, default auto: bf16 autocast on a GPU that has it),
+and the peak is the best torch.mm in the dtype that side computes in. On a GPU, use more steps and a
+larger batch (e.g. --steps 30 --batch-size 256): a few small batches time the launch overhead.
 
 One thread by default, for both sides: on the shared 2-core machine this was written on, two
 OpenMP threads stall whenever another process holds a core (measured: ~1 sample/s on either side
@@ -37,7 +42,7 @@ from noduleflow.models import create_model, input_size_of
 from noduleflow.train.host import configure_host
 from noduleflow.train.run import build_optimizer
 from noduleflow.train.trainer import Trainer
-from noduleflow.train.wrap import wrap_model
+from noduleflow.train.wrap import resolve_amp, wrap_model
 
 PATCH = (32, 48, 48)  # (D, H, W) voxels along (I, R, C)
 
@@ -87,17 +92,26 @@ class _CachedBatches(Dataset):
         return self.patches[idx], self.labels[idx]  # (B, 1, D, H, W), (B,)
 
 
-def _matmul_peak(size: int = 2048, repeats: int = 10) -> float:
-    """Best fp32 torch.mm rate in FLOP/s (2 n^3 FLOPs per product)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def _matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 10) -> float:
+    """Best torch.mm rate in FLOP/s (2 n^3 FLOPs per product) on `device` in `dtype`."""
+    if device.type == "cuda":
+        size = 8192
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
     torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    best = min(_timed(lambda: torch.mm(a, b), device) for _ in range(repeats))
     return 2 * size**3 / best
 
 
-def _timed(fn) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device) -> float:
+    _sync(device)
     start = time.perf_counter()
     fn()
+    _sync(device)
     return time.perf_counter() - start
 
 
@@ -110,30 +124,34 @@ def _flops_per_sample(batch: int) -> float:
     return counter.get_total_flops() / batch
 
 
-def _baseline(volume, centres, labels, batch: int, steps: int) -> float:
+def _baseline(volume, centres, labels, batch: int, steps: int, device: torch.device) -> float:
     """Samples/s of the book-style loop over `steps` batches after one warm-up batch."""
     torch.manual_seed(0)
-    model = create_model("nodule_classifier")
+    model = create_model("nodule_classifier").to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99)
     loss_fn = torch.nn.CrossEntropyLoss(reduction="none")
     loader = DataLoader(_BookPatches(volume, centres, labels), batch_size=batch, shuffle=True, num_workers=0)
     start = None
     for i, (x, y) in enumerate(loader):
         if i == 1:
+            _sync(device)
             start = time.perf_counter()
+        x, y = x.to(device), y.to(device)
         loss = loss_fn(model(x), y).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         if i == steps:
             break
+    _sync(device)
     return steps * batch / (time.perf_counter() - start)
 
 
 BOOK_MODEL = {"model.name": "nodule_classifier", "model.width": 8, "model.depth": 4}
 
 
-def _noduleflow(volume, centres, labels, batch: int, steps: int, model: dict | None = None) -> float:
+def _noduleflow(volume, centres, labels, batch: int, steps: int, model: dict | None = None, *,
+               device: torch.device = torch.device("cpu"), amp: str = "auto") -> float:
     """Samples/s that `Trainer` itself reports for its second epoch of `steps` batches (the first warms up).
 
     model: config overrides of the architecture (default: the book's, as the baseline); None takes the
@@ -141,8 +159,7 @@ def _noduleflow(volume, centres, labels, batch: int, steps: int, model: dict | N
     """
     torch.manual_seed(0)
     cfg = resolve_config("classify", overrides={"data.root": "in-memory", "data.batch_size": batch, "run.epochs": 2,
-                                                "run.progress": False, "run.threads": 0, **(model or {})})
-    device = torch.device("cpu")
+                                                "run.progress": False, "run.threads": 0, "run.amp": amp, **(model or {})})
     configure_host(device, cfg.run.threads)
     data = _CachedBatches(volume, centres, labels)
     size = input_size_of(create_model(cfg.model.name, width=cfg.model.width, depth=cfg.model.depth))
@@ -165,20 +182,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed batches per side")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads for both sides (default 1, see the module docstring; 0: PyTorch's default)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: where both sides train")
+    parser.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
+                        help="noduleflow side's run.amp (the baseline is always fp32)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    batch, steps = args.batch_size, args.steps
+    batch, steps, device = args.batch_size, args.steps, torch.device(args.device)
     volume, centres, labels = _volume_and_centres((steps + 1) * batch)
 
-    peak = _matmul_peak()
+    dtype = resolve_amp(args.amp, device) or torch.float32
+    peak = _matmul_peak(device, dtype)
     flops = _flops_per_sample(2)
-    base = _baseline(volume, centres, labels, batch, steps)
-    ours = _noduleflow(volume, centres, labels, batch, steps, BOOK_MODEL)
-    default = _noduleflow(volume, centres, labels, batch, steps, None)
+    base = _baseline(volume, centres, labels, batch, steps, device)
+    ours = _noduleflow(volume, centres, labels, batch, steps, BOOK_MODEL, device=device, amp=args.amp)
+    default = _noduleflow(volume, centres, labels, batch, steps, None, device=device, amp=args.amp)
 
-    print(f"threads {torch.get_num_threads()}, batch {batch}, {steps} timed steps per side, torch {torch.__version__}")
-    print(f"fp32 matmul peak            {peak / 1e9:8.1f} GFLOP/s")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"{name}, threads {torch.get_num_threads()}, batch {batch}, {steps} timed steps per side, torch {torch.__version__}, "
+          f"noduleflow side in {str(dtype).removeprefix('torch.')}")
+    print(f"matmul peak ({str(dtype).removeprefix('torch.'):8s})  {peak / 1e9:8.1f} GFLOP/s")
     print(f"model forward+backward      {flops / 1e9:8.2f} GFLOP/sample")
     print(f"baseline (book loop)        {base:8.2f} samples/s  {base * flops / 1e9:6.1f} GFLOP/s")
     print(f"noduleflow (Trainer path)   {ours:8.2f} samples/s  {ours * flops / 1e9:6.1f} GFLOP/s")

@@ -153,9 +153,10 @@ class Trainer:
             loss_sum += loss.detach() * len(y)
             samples += len(y)
             self.progress.advance(len(y), loss.item() if self.progress.enabled and i % 10 == 0 else None)
+        total = float(loss_sum)  # waits for the device's queued work, so that the rate counts it (CUDA runs asynchronously)
         rate = self.progress.rate
         self.progress.stop()
-        shards = all_gather_objects((float(loss_sum), samples, rate))
+        shards = all_gather_objects((total, samples, rate))
         return {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
                 "train_loss": sum(s[0] for s in shards) / max(sum(s[1] for s in shards), 1),
                 "samples_per_s": sum(s[2] for s in shards)}

@@ -133,7 +133,8 @@ def test_patch_batches_from_shared_slots_equal_the_dataset_and_stay_valid_while_
                 kept.append((patches[1:], index[1:]))                     # views keep their slot alive
     del patches
     assert all(torch.equal(p, expected[i]) for p, i in kept)              # nothing held was overwritten
-    assert any(pool.busy)
+    if not loader.pin_memory:  # with CUDA the loader pins a copy of each batch, which hands its slot back at once
+        assert any(pool.busy)
     kept.clear()
     assert not any(pool.busy)                                             # slots free once nothing refers to them
     batches = iter(loader)

@@ -22,6 +22,7 @@ from noduleflow.train.trainer import Trainer
 from noduleflow.train.wrap import wrap_model
 
 SAMPLES, GLOBAL_BATCH, EPOCHS = 64, 16, 2
+START_METHOD = "spawn" if torch.cuda.is_available() else "fork"
 
 
 def _fit(dist: DistInfo, batch: int, accumulate: int, run_dir: Path | None):
@@ -62,8 +63,9 @@ def runs(tmp_path_factory):
     """The one-process reference run (which also imports everything the ranks need), then the 2-rank run."""
     out = tmp_path_factory.mktemp("ddp")
     single = _fit(DistInfo(), GLOBAL_BATCH, 1, out / "single")
-    # fork: the ranks inherit the imported modules instead of importing torch again (seconds on 2 cores)
-    mp.start_processes(_rank, args=(2, _free_port(), str(out)), nprocs=2, join=True, start_method="fork")
+    # fork: the ranks inherit the imported modules instead of importing torch again (seconds on 2 cores). Not
+    # where CUDA is: there autograd runs backward on its own threads, which a forked child cannot use
+    mp.start_processes(_rank, args=(2, _free_port(), str(out)), nprocs=2, join=True, start_method=START_METHOD)
     return out, single
 
 
