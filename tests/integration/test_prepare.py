@@ -53,6 +53,16 @@ def test_a_bad_flag_exits_2_with_one_line(synth_data, tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+def test_a_script_without_a_main_guard_is_told_so(synth_data, tmp_path):
+    """Workers are spawned and re-import the calling script: without the guard they die, and the error says why."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("from noduleflow.data.prepare_cache import prepare\n"
+                      f"prepare({str(synth_data)!r}, cache={str(tmp_path / 'cache')!r}, workers=2, progress=False)\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert 'if __name__ == "__main__":' in result.stderr.strip().splitlines()[-1]
+
+
 def test_balanced_batches_of_synthetic_candidates_match_the_scans(synth_data, prepared):
     with warnings.catch_warnings():
         warnings.simplefilter("error")                               # synth CSVs name only scans on disk

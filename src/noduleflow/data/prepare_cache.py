@@ -115,8 +115,10 @@ def _run(jobs: list[tuple], workers: int):
                 for future in done:
                     yield future.result()
         except BrokenProcessPool as err:
-            raise CacheError("a worker process died while building the cache (out of memory?)", path=jobs[0][1],
-                             fix="Rerun `noduleflow prepare` with fewer --workers; finished entries are kept.") from err
+            raise CacheError("a worker process died while building the cache: out of memory, or a script of yours "
+                             "that calls noduleflow lacks `if __name__ == \"__main__\":` (workers are spawned and re-import it)",
+                             path=jobs[0][1], fix="Rerun `noduleflow prepare` with fewer --workers (finished entries are kept), "
+                             "or put your script's code under `if __name__ == \"__main__\":`.") from err
         finally:
             for future in pending:
                 future.cancel()
