@@ -92,10 +92,9 @@ class _CachedBatches(Dataset):
         return self.patches[idx], self.labels[idx]  # (B, 1, D, H, W), (B,)
 
 
-def _matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 10) -> float:
-    """Best torch.mm rate in FLOP/s (2 n^3 FLOPs per product) on `device` in `dtype`."""
-    if device.type == "cuda":
-        size = 8192
+def _matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, repeats: int = 10) -> float:
+    """Best torch.mm rate in FLOP/s (2 n^3 FLOPs per product) on `device` in `dtype`; n = 8192 on a GPU, 2048 on a CPU."""
+    size = 8192 if device.type == "cuda" else 2048
     a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
     torch.mm(a, b)
     best = min(_timed(lambda: torch.mm(a, b), device) for _ in range(repeats))
@@ -198,10 +197,10 @@ def main() -> None:
     ours = _noduleflow(volume, centres, labels, batch, steps, BOOK_MODEL, device=device, amp=args.amp)
     default = _noduleflow(volume, centres, labels, batch, steps, None, device=device, amp=args.amp)
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    name, precision = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", str(dtype).removeprefix("torch.")
     print(f"{name}, threads {torch.get_num_threads()}, batch {batch}, {steps} timed steps per side, torch {torch.__version__}, "
-          f"noduleflow side in {str(dtype).removeprefix('torch.')}")
-    print(f"matmul peak ({str(dtype).removeprefix('torch.'):8s})  {peak / 1e9:8.1f} GFLOP/s")
+          f"noduleflow side in {precision}")
+    print(f"matmul peak ({precision:8s})  {peak / 1e9:8.1f} GFLOP/s")
     print(f"model forward+backward      {flops / 1e9:8.2f} GFLOP/sample")
     print(f"baseline (book loop)        {base:8.2f} samples/s  {base * flops / 1e9:6.1f} GFLOP/s")
     print(f"noduleflow (Trainer path)   {ours:8.2f} samples/s  {ours * flops / 1e9:6.1f} GFLOP/s")
