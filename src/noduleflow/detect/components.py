@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
 
-_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-neighbours: a thin oblique nodule stays one piece
+# 26-neighbours (a thin oblique nodule stays one piece): the 13 offsets after (0, 0, 0) in raster order; each pair once
+_FORWARD = np.array([(i, r, c) for i in (-1, 0, 1) for r in (-1, 0, 1) for c in (-1, 0, 1)][14:])
 
 
 @dataclass(frozen=True)
@@ -43,23 +45,48 @@ def find_components(probs: np.ndarray, spacing_xyz, *, threshold: float = 0.5, m
     spacing_xyz: voxel size in mm along X, Y, Z (C, R, I), used for the volume and diameter.
     """
     probs = np.asarray(probs)
-    weights = probs.astype(np.float32, copy=False) if probs.dtype != bool else probs.astype(np.float32)
     mask = probs if probs.dtype == bool else probs > threshold
-    labels, n = ndimage.label(mask, structure=_CONNECTIVITY)
-    if n == 0:
-        return _components(np.zeros((0, 3)), np.zeros(0, np.int64), spacing_xyz, np.zeros(0, np.float32))
-    # per component inside its bounding box: ndimage.center_of_mass / maximum with `labels` walk the whole
-    # volume once per statistic (1.5 s on a 107 x 224 x 224 scan), the boxes hold a few thousand voxels
-    centers, voxels, peak = np.zeros((n, 3)), np.zeros(n, np.int64), np.zeros(n, np.float32)
-    for k, box in enumerate(ndimage.find_objects(labels)):
-        inside = np.nonzero(labels[box] == k + 1)                                  # 3 x (m,) offsets in the box
-        w = weights[box][inside].astype(np.float64)                                 # (m,)
-        offsets = np.stack(inside, axis=1) + [b.start for b in box]                 # (m, 3) voxel indices
-        total = w.sum()
-        centers[k] = (offsets * w[:, None]).sum(axis=0) / total if total > 0 else offsets.mean(axis=0)
-        voxels[k], peak[k] = len(w), w.max()
-    found = _components(centers, voxels, spacing_xyz, peak)
+    marked = np.nonzero(mask)                                                     # 3 x (m,), in raster order
+    n, label = _label_marked(marked, mask.shape)                                  # label: (m,) in 0..n-1
+    weights = probs[marked].astype(np.float64)                                    # (m,)
+    voxels = np.bincount(label, minlength=n)
+    total = np.bincount(label, weights, minlength=n)
+    xyz = np.stack(marked, axis=1).astype(np.float64)                             # (m, 3)
+    weighted = np.stack([np.bincount(label, weights * xyz[:, a], minlength=n) for a in range(3)], axis=1)
+    plain = np.stack([np.bincount(label, xyz[:, a], minlength=n) for a in range(3)], axis=1) / np.maximum(voxels, 1)[:, None]
+    positive = total > 0
+    centers = np.where(positive[:, None], weighted / np.where(positive, total, 1)[:, None], plain)
+    peak = np.full(n, -np.inf)
+    np.maximum.at(peak, label, weights)
+    found = _components(centers, voxels, spacing_xyz, peak.astype(np.float32))
     return found.take(voxels >= min_voxels)
+
+
+def _label_marked(marked: tuple[np.ndarray, ...], shape: tuple[int, ...]) -> tuple[int, np.ndarray]:
+    """26-connected components of the marked voxels (3 x (m,) indices in raster order): their count and (m,) labels,
+    numbered in the order of each component's first voxel, as ndimage.label numbers them.
+
+    A graph over the marked voxels only: ndimage.label walks every voxel of the volume (2.2 s of a
+    361 x 512 x 512 scan on this CPU, 0.5 s this way), and a probability map marks a few thousand.
+    """
+    m = len(marked[0])
+    if m == 0:
+        return 0, np.zeros(0, np.int64)
+    padded = np.array(shape) + 2                             # a neighbour's index never wraps into another row
+    index = np.ravel_multi_index(tuple(i + 1 for i in marked), padded)          # (m,) increasing
+    rows, cols = [], []
+    for step in _FORWARD @ np.array([padded[1] * padded[2], padded[2], 1]):
+        j = np.minimum(np.searchsorted(index, index + step), m - 1)
+        linked = index[j] == index + step
+        rows.append(np.flatnonzero(linked))
+        cols.append(j[linked])
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    n, label = connected_components(sparse.coo_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(m, m)), directed=False)
+    first = np.full(n, m)
+    np.minimum.at(first, label, np.arange(m))
+    rank = np.empty(n, np.int64)
+    rank[np.argsort(first)] = np.arange(n)
+    return n, rank[label]
 
 
 def _components(centers_irc: np.ndarray, voxels: np.ndarray, spacing_xyz, peak: np.ndarray) -> Components:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from noduleflow.ct import CtVolume
 from noduleflow.detect.components import find_components
@@ -63,3 +66,24 @@ def test_statistics_equal_scipys_whole_volume_ones_on_a_noisy_map():
     np.testing.assert_allclose(found.centers_irc, ndimage.center_of_mass(probs, labels, index), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(found.peak, ndimage.maximum(probs, labels, index))
     np.testing.assert_array_equal(found.voxels, np.bincount(labels.ravel())[1:])
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(bool, st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6)), elements=st.booleans()))
+def test_components_are_scipys_26_connected_labels_in_its_order(mask):
+    """Any mask, edges included (a voxel at the end of a row is no neighbour of the next row's first)."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 3))
+    found = find_components(mask, (1.0, 1.0, 1.0))
+    assert len(found) == n
+    np.testing.assert_array_equal(found.voxels, np.bincount(labels.ravel(), minlength=n + 1)[1:])
+    if n:
+        np.testing.assert_allclose(found.centers_irc, ndimage.center_of_mass(mask, labels, np.arange(1, n + 1)), atol=1e-9)
+
+
+def test_voxels_that_touch_only_across_a_row_end_stay_apart():
+    mask = np.zeros((2, 3, 4), bool)
+    mask[0, 0, 3] = mask[0, 1, 0] = True        # neighbours in memory, far apart in the volume
+    mask[1, 2, 3] = True                        # the last voxel of the volume
+    assert len(find_components(mask, (1, 1, 1))) == 3
