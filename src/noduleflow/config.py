@@ -45,14 +45,18 @@ class ModelConfig:
     depth: int = _f(2, "Number of conv blocks (each halves the spatial size).")
     init: str = _f("", "Run folder or .pt file whose best weights initialise the model (fine-tuning); empty: random init.")
     finetune_depth: int = _f(1, "With `init`: how many top-level blocks, counted back from the head, keep training (0: all).")
+    input_size: tuple[int, ...] = _f((), "Patch classifiers: the patch's size in voxels, (D, H, W), each divisible by 2**depth; empty: the architecture's own (nodule_net 16 x 32 x 32).")
 
     def __post_init__(self) -> None:
         from noduleflow.models import list_models
+
+        object.__setattr__(self, "input_size", tuple(int(s) for s in self.input_size))
 
         _require(self.name in list_models(), "model.name", self.name, f"Choose one of: {', '.join(list_models())}.")
         _require(self.width >= 1, "model.width", self.width, "Set model.width to a positive channel count such as 8.")
         _require(self.depth >= 1, "model.depth", self.depth, "Set model.depth to a positive number of blocks such as 4.")
         _require(self.finetune_depth >= 0, "model.finetune_depth", self.finetune_depth, "Use 0 (train all) or a positive block count.")
+        _require(all(s > 0 for s in self.input_size), "model.input_size", list(self.input_size), "Use positive sizes, e.g. [16, 24, 24].")
 
 
 @dataclass(frozen=True)
@@ -270,7 +274,7 @@ def field_help(dotted: str) -> str:
 
 
 def _init_inherited(init: str) -> dict[str, dict[str, Any]]:
-    """What a fine-tuned run takes from the run that `init` points into ({} if none): model.name/width/depth,
+    """What a fine-tuned run takes from the run that `init` points into ({} if none): model.name/width/depth/input_size,
     and data.patch_mm when that run cut its patches in mm (the weights learned those patches)."""
     if not init:
         return {}
@@ -280,7 +284,7 @@ def _init_inherited(init: str) -> dict[str, dict[str, Any]]:
         return {}
     found = _read_yaml(saved)
     model, data = found.get("model", {}), found.get("data", {})
-    inherited = {"model": {k: model[k] for k in ("name", "width", "depth") if k in model}}
+    inherited = {"model": {k: model[k] for k in ("name", "width", "depth", "input_size") if model.get(k)}}
     if data.get("patch_mm"):
         inherited["data"] = {"patch_mm": data["patch_mm"]}
     return {section: values for section, values in inherited.items() if values}

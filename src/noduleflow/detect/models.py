@@ -20,7 +20,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from noduleflow.config import TrainConfig, load_config
 from noduleflow.errors import CheckpointError
-from noduleflow.models import create_model
+from noduleflow.models import build_model
 from noduleflow.train.checkpoint import load_checkpoint, load_model_state
 from noduleflow.train.segment_task import build_unet
 
@@ -92,7 +92,7 @@ def load_part(sub: Path, part: str, cfg: TrainConfig | None = None) -> torch.nn.
     if part == "segment":
         model = build_unet(cfg.model.width, cfg.model.depth)
     else:
-        model = create_model(cfg.model.name, in_channels=1, num_classes=2, width=cfg.model.width, depth=cfg.model.depth)
+        model = build_model(cfg.model, in_channels=1, num_classes=2)
     load_model_state(model, load_checkpoint(sub / "best.pt")["model"], sub / "best.pt")
     return model.eval()
 

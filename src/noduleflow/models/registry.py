@@ -65,6 +65,15 @@ def create_model(name: str, **kwargs) -> nn.Module:
     except TypeError as err:
         raise ConfigError(f"model '{name}' does not take these arguments ({err})",
                           fix=f"Check the keyword arguments of {entry.build.__qualname__}.") from None
+    except ValueError as err:  # an argument the architecture cannot build, e.g. an input_size its strides do not divide
+        raise ConfigError(f"model '{name}' cannot be built: {err}", fix="Change the model settings named in the message.") from None
+
+
+def build_model(model_cfg, *, in_channels: int, num_classes: int) -> nn.Module:
+    """The model a run's `model` config section describes (name, width, depth and, when set, input_size)."""
+    extra = {"input_size": tuple(model_cfg.input_size)} if model_cfg.input_size else {}
+    return create_model(model_cfg.name, in_channels=in_channels, num_classes=num_classes, width=model_cfg.width,
+                        depth=model_cfg.depth, **extra)
 
 
 def input_size_of(model: nn.Module) -> tuple[int, ...]:

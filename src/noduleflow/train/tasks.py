@@ -22,7 +22,7 @@ from noduleflow.config import TASKS, TrainConfig
 from noduleflow.data.loaders import make_loader
 from noduleflow.errors import ConfigError
 from noduleflow.metrics.classification import classification_metrics
-from noduleflow.models import create_model, input_size_of
+from noduleflow.models import build_model, input_size_of
 from noduleflow.train.distributed import DistInfo, ShardSampler
 
 # Book ch. 12-14 style augmentation of (1, 32, 48, 48) patches: flips, small rotation/zoom/shift, noise.
@@ -53,7 +53,7 @@ def _digits(cfg: TrainConfig, dist: DistInfo) -> TaskParts:
 
     splits = load_digit_splits(cfg.data.classes, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
                                seed=cfg.run.seed, augment=cfg.data.augment)
-    model = create_model(cfg.model.name, in_channels=1, num_classes=len(splits.classes), width=cfg.model.width, depth=cfg.model.depth)
+    model = build_model(cfg.model, in_channels=1, num_classes=len(splits.classes))
     return _parts(cfg, dist, model, splits.train, splits.val, splits.test, sampler=None)
 
 
@@ -66,7 +66,7 @@ def _ct(cfg: TrainConfig, dist: DistInfo) -> TaskParts:
     split = index.split(val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.run.seed)
     cache = ScanCache(cfg.data.cache or root / DEFAULT_CACHE_NAME, spacing_xyz=cfg.data.spacing or None)
     augment = Augment(spatial_dims=3, **_CT_AUGMENT) if cfg.data.augment else None
-    model = create_model(cfg.model.name, in_channels=1, num_classes=2, width=cfg.model.width, depth=cfg.model.depth)
+    model = build_model(cfg.model, in_channels=1, num_classes=2)
     size, size_mm = input_size_of(model), cfg.data.patch_mm or None
     if cfg.task == "classify":
         # candidates on annotations_excluded.csv findings (nodules < 3 mm, non-nodules) are left out of

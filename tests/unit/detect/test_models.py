@@ -33,3 +33,21 @@ def test_a_classifier_trained_on_mm_patches_is_loaded_with_them(tmp_path, monkey
         save_config(resolve_config(part, overrides={"data.root": "d", "data.patch_mm": mm}), tmp_path / part / "config.yaml")
         (tmp_path / part / "best.pt").write_bytes(b"")
     assert load_detector(tmp_path).patch_mm == {"classify": (32.0, 40.0, 40.0)}
+
+
+def test_a_classifier_of_another_input_size_is_rebuilt_with_it(tmp_path):
+    """model.input_size in the part's config rebuilds the net `detect` loads (its head's size depends on it)."""
+    from noduleflow.detect.models import load_part
+    from noduleflow.models import build_model, input_size_of
+    from noduleflow.train.checkpoint import save_checkpoint
+
+    cfg = resolve_config("classify", overrides={"data.root": "d", "model.input_size": [16, 24, 24]})
+    (tmp_path / "classify").mkdir()
+    save_config(cfg, tmp_path / "classify" / "config.yaml")
+    trained = build_model(cfg.model, in_channels=1, num_classes=2)
+    save_checkpoint({"model": trained.state_dict()}, tmp_path / "classify" / "best.pt")
+    loaded = load_part(tmp_path / "classify", "classify")
+    assert input_size_of(loaded) == (16, 24, 24)
+    x = torch.randn(3, 1, 16, 24, 24)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), trained.eval()(x))

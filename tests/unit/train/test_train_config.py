@@ -125,11 +125,11 @@ def test_missing_and_broken_files(tmp_path):
 
 def test_init_inherits_the_source_runs_architecture(tmp_path):
     source = resolve_config("classify", overrides={"data.root": "d", "model.width": 4, "model.depth": 3,
-                                                   "run.runs_dir": str(tmp_path)})
+                                                   "model.input_size": [16, 24, 24], "run.runs_dir": str(tmp_path)})
     source.run_dir.mkdir(parents=True)
     save_config(source, source.run_dir / "config.yaml")
     cfg = resolve_config("malignancy", overrides={"data.root": "d", "model.init": str(source.run_dir)})
-    assert (cfg.model.name, cfg.model.width, cfg.model.depth) == ("nodule_net", 4, 3)
+    assert (cfg.model.name, cfg.model.width, cfg.model.depth, cfg.model.input_size) == ("nodule_net", 4, 3, (16, 24, 24))
     cfg = resolve_config("malignancy", overrides={"data.root": "d", "model.init": str(source.run_dir / "best.pt"),
                                                   "model.width": 16})
     assert (cfg.model.width, cfg.model.depth) == (16, 3)  # a flag still wins
@@ -159,3 +159,18 @@ def test_patch_mm_takes_three_positive_millimetres():
     for bad in ([32, 40], [32, 0, 40]):
         with pytest.raises(ConfigError, match="data.patch_mm"):
             resolve_config("classify", overrides={"data.root": "d", "data.patch_mm": bad})
+
+
+def test_input_size_builds_the_patch_classifier_it_names():
+    from noduleflow.models import build_model, input_size_of
+
+    cfg = resolve_config("classify", overrides={"data.root": "d", "model.input_size": [16, 24, 24]})
+    assert cfg.model.input_size == (16, 24, 24) and config_from_dict(config_to_dict(cfg)) == cfg
+    assert input_size_of(build_model(cfg.model, in_channels=1, num_classes=2)) == (16, 24, 24)
+    default = resolve_config("classify", overrides={"data.root": "d"})
+    assert input_size_of(build_model(default.model, in_channels=1, num_classes=2)) == (16, 32, 32)
+    with pytest.raises(ConfigError, match="model.input_size"):
+        resolve_config("classify", overrides={"data.root": "d", "model.input_size": [16, 0, 24]})
+    odd = resolve_config("classify", overrides={"data.root": "d", "model.input_size": [16, 20, 20]})
+    with pytest.raises(ConfigError, match="divisible by 2"):
+        build_model(odd.model, in_channels=1, num_classes=2)
