@@ -143,6 +143,8 @@ def detect(
                                     "(written by `train detector`; about 1.2x faster than onnx, the same CPM on the bench); onnx: float32 "
                                     "under ONNX Runtime (exported once beside segment/best.pt, about 1.3x faster than torch); torch: eager "
                                     "PyTorch; auto: int8 when the run has it, else onnx."),
+    mirror: bool = typer.Option(True, "--mirror/--no-mirror", help="Average the nodule classifier over each patch and its mirror "
+                                "image (CPM 0.84 instead of 0.83 on the bench; one more classifier pass per candidate)."),
 ) -> None:
     """Find nodules: lung field -> U-Net segmentation -> connected components -> nodule classifier -> malignancy.
 
@@ -153,7 +155,7 @@ def detect(
     from noduleflow.detect import detect as run_detect
 
     summary = run_detect(source, run, out, threshold=threshold, max_candidates=max_candidates, threads=threads,
-                         runtime=runtime.value)
+                         runtime=runtime.value, mirror=mirror)
     typer.echo(summary.describe())
 
 

@@ -67,7 +67,7 @@ def test_detect_one_nifti_scan(trained, tmp_path):
     data, run_dir = trained
     volume = read_volume(next(data.glob("subset*/*.mhd")))
     scan = write_volume(volume, tmp_path / "chest.nii.gz")
-    result = runner.invoke(app, ["detect", str(scan), "--run", str(run_dir), "-o", str(tmp_path / "out")])
+    result = runner.invoke(app, ["detect", str(scan), "--run", str(run_dir), "-o", str(tmp_path / "out"), "--no-mirror"])
     assert result.exit_code == 0, result.output
     assert [s["seriesuid"] for s in json.loads((tmp_path / "out" / "detections.json").read_text())["scans"]] == ["chest"]
     assert (tmp_path / "out" / "png" / "chest.png").is_file()

@@ -8,7 +8,10 @@ Steps (shapes for one scan of I x R x C voxels):
 3. grouping: threshold + 3D connected components (`detect.components`); components with no lung
    voxel within `lung_margin` voxels of their centre are dropped (a nodule on the pleura or a dense
    one the lung mask left out stays), the rest ranked by peak probability (at most `max_candidates`);
-4. classification: (N, 1, D, H, W) patches (the classifier's `input_size`) around the centres, in batches -> P(nodule);
+4. classification: (N, 1, D, H, W) patches (the classifier's `input_size`) around the centres, in batches -> P(nodule),
+   by default the mean over each patch and its mirror image (flipped along all three axes, as training's
+   augmentation flips): on the bench's 30 held-out full-resolution scans, CPM 0.843 instead of 0.827, and
+   0.783 instead of 0.774 on 30 scans of another seed, for one more classifier pass per candidate;
 5. malignancy (when the run has that model) on the same patches -> P(malignant).
 Findings carry world-mm centres (X, Y, Z), the two probabilities and the diameter of the sphere
 with the component's volume. A finding's score (`probability`, what submission.csv ranks by) is
@@ -85,13 +88,14 @@ class Predictor:
     runtime: "onnx" runs the U-Net under ONNX Runtime (`detect.runtime`, exported beside its
     checkpoint on first use), "torch" in eager PyTorch, the same probabilities; "int8" its int8
     version (`quantize`, which `train detector` runs), faster, probabilities within about 1e-5 on average;
-    "auto" (default) int8 when the run has an up-to-date int8 version, else onnx.
+    "auto" (default) int8 when the run has an up-to-date int8 version, else onnx. mirror: the classifier's
+    P(nodule) is the mean over the patch and its mirror image (module docstring); False: the patch alone.
     """
 
     def __init__(self, models: DetectorModels, *, threshold: float = 0.5, min_voxels: int = 2, max_candidates: int = 100,
                  batch: int = 8, restrict_to_lung: bool = True, lung_margin: int = 3, window_margin: int = 4, threads: int = 0,
-                 runtime: str = "auto"):
-        self.models, self.threshold, self.min_voxels = models, float(threshold), int(min_voxels)
+                 runtime: str = "auto", mirror: bool = True):
+        self.models, self.threshold, self.min_voxels, self.mirror = models, float(threshold), int(min_voxels), bool(mirror)
         self.lung_margin, self.window_margin = int(lung_margin), int(window_margin)
         self.max_candidates, self.batch, self.restrict_to_lung = int(max_candidates), int(batch), restrict_to_lung
         if runtime not in RUNTIMES:
@@ -213,16 +217,21 @@ class Predictor:
         """(N,) P(class 1) of the `part` model on patches around (N, 3) voxel centres, cut as it was trained on them.
 
         Patches of its input size in voxels (centred on the nearest voxel), or resampled from its
-        `patch_mm` when it was trained on patches sized in mm.
+        `patch_mm` when it was trained on patches sized in mm. The classifier's is averaged with its
+        mirror image's when `mirror` (one batch of 2B patches).
         """
         model, size_mm = getattr(self.models, part), self.models.patch_mm.get(part)
         size, spacing_irc = input_size_of(model), volume.spacing_irc
+        mirror = self.mirror and part == "classify"
         out = []
         for b in range(0, len(centers_irc), 4 * self.batch):
             patches = np.stack([crop_patch(volume.hu, c, size, size_mm, spacing_irc)
                                 for c in centers_irc[b:b + 4 * self.batch]])  # (B, D, H, W)
-            x = torch.from_numpy(hu_to_unit(patches))[:, None].contiguous(memory_format=torch.channels_last_3d)  # (B, 1, D, H, W)
-            out.append(torch.softmax(model(x).float(), 1)[:, 1].numpy())
+            x = torch.from_numpy(hu_to_unit(patches))[:, None]                     # (B, 1, D, H, W)
+            if mirror:
+                x = torch.cat([x, x.flip((2, 3, 4))])                             # (2B, 1, D, H, W)
+            p = torch.softmax(model(x.contiguous(memory_format=torch.channels_last_3d)).float(), 1)[:, 1]
+            out.append((p.view(2, -1).mean(0) if mirror else p).numpy())
         return np.concatenate(out)
 
     @staticmethod

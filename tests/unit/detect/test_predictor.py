@@ -132,3 +132,29 @@ def test_classifier_sees_the_patch_it_was_trained_on(models, patch_mm):
     expected = (crop(volume.hu, np.floor(center + 0.5).astype(np.int64), Recorder.input_size) if patch_mm is None else
                 crop_mm(volume.hu, center, Recorder.input_size, patch_mm, volume.spacing_irc))
     np.testing.assert_allclose(recorder.seen[0][0].numpy(), hu_to_unit(expected), atol=1e-6)
+
+
+class LeftSided(Recorder):
+    """Scores a patch by how much brighter its left half (W < W/2) is, so that a patch and its mirror score differently."""
+
+    def forward(self, x):
+        self.seen.append(x[:, 0].clone())
+        half = x.shape[-1] // 2
+        lean = x[..., :half].mean(dim=(1, 2, 3, 4)) - x[..., half:].mean(dim=(1, 2, 3, 4))
+        return torch.stack([torch.zeros_like(lean), 10 * lean], dim=1)
+
+
+def test_mirror_averages_the_classifier_over_the_patch_and_its_mirror_image(models):
+    volume = chest()
+    off = Predictor(DetectorModels(models.segment, LeftSided(), None, None), runtime="torch", mirror=False)
+    on_model = LeftSided()
+    on = Predictor(DetectorModels(models.segment, on_model, None, None), runtime="torch")  # mirror is the default
+    centers = np.array([NODULE_IRC, np.add(NODULE_IRC, (0, 3, -5))], dtype=np.float64)
+    alone = off._probabilities("classify", volume, centers)
+    both = on._probabilities("classify", volume, centers)
+    patches, mirrored = on_model.seen[0][:2], on_model.seen[0][2:]
+    torch.testing.assert_close(mirrored, patches.flip((1, 2, 3)))
+    x = mirrored[:, None]
+    flipped = torch.softmax(LeftSided().forward(x), 1)[:, 1].numpy()
+    np.testing.assert_allclose(both, (alone + flipped) / 2, atol=1e-6)
+    assert np.abs(alone - flipped).max() > 0.01  # the two halves really differ, so the mean is not trivial
