@@ -68,14 +68,13 @@ def plot_curves(metrics_path: str | Path, out: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [r["epoch"] for r in records]
     fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for key, ax in [("train_loss", loss_ax), ("val_loss", loss_ax), ("val_accuracy", score_ax), ("val_f1", score_ax), ("val_f1_best", score_ax),
                     ("val_ap", score_ax), ("val_auc", score_ax)]:
-        if not any(key in r for r in records):
+        logged = [r for r in records if key in r]  # val_* only on validated epochs (run.val_every)
+        if not logged:
             continue
-        values = [math.nan if r.get(key) is None else r[key] for r in records]
-        ax.plot(epochs, values, marker="o", label=key)
+        ax.plot([r["epoch"] for r in logged], [math.nan if r[key] is None else r[key] for r in logged], marker="o", label=key)
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     score_ax.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1.02))
     for ax in (loss_ax, score_ax):
@@ -137,4 +136,4 @@ class EpochProgress:
 
         vals = "  ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in record.items() if k.startswith("val_"))
         rprint(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, {record['samples_per_s']:.0f} samples/s | "
-               f"val {vals}{'  [green]* best[/green]' if improved else ''}")
+               + (f"val {vals}{'  [green]* best[/green]' if improved else ''}" if vals else "not validated (run.val_every)"))

@@ -56,15 +56,18 @@ class Trainer:
         log = RunLog(self.run_dir, keep_epochs=self.epoch) if self.run_dir is not None else None
         stopped_early = False
         try:
-            for epoch in range(self.epoch + 1, min(self.config.run.epochs, until_epoch or self.config.run.epochs) + 1):
+            last = min(self.config.run.epochs, until_epoch or self.config.run.epochs)
+            for epoch in range(self.epoch + 1, last + 1):
                 record = {"epoch": epoch, **self._train_epoch(epoch)}
-                record.update({f"val_{k}": v for k, v in self.evaluate(self.val_loader).items()})
-                if self.monitor not in record:
-                    raise ConfigError(f"run.monitor = {self.monitor!r} is not a metric of this task",
-                                      fix=f"Use one of: {', '.join(k for k in record if k.startswith('val_'))}.")
-                improved = self._update_best(record[self.monitor], epoch)
-                if improved:
-                    self.best_threshold = record.get("val_threshold")
+                improved = False
+                if epoch % self.config.run.val_every == 0 or epoch in (last, self.config.run.epochs):
+                    record.update({f"val_{k}": v for k, v in self.evaluate(self.val_loader).items()})
+                    if self.monitor not in record:
+                        raise ConfigError(f"run.monitor = {self.monitor!r} is not a metric of this task",
+                                          fix=f"Use one of: {', '.join(k for k in record if k.startswith('val_'))}.")
+                    improved = self._update_best(record[self.monitor], epoch)
+                    if improved:
+                        self.best_threshold = record.get("val_threshold")
                 self.epoch = epoch
                 self.history.append(record)
                 payload = self._checkpoint_payload()  # collective under DDP: every rank must take part

@@ -54,3 +54,18 @@ def test_a_monitor_the_task_does_not_report_is_a_config_error():
     trainer.metrics_fn = lambda logits, labels: {"dice": 0.5}
     with pytest.raises(ConfigError, match="val_loss, val_dice"):
         trainer.fit()
+
+
+def test_val_every_validates_every_nth_epoch_and_the_last_and_picks_best_among_them(tmp_path):
+    trainer = _trainer(0.5, tmp_path, run={"epochs": 5, "val_every": 2, "monitor": "val_accuracy"})
+    calls = []
+    evaluate = trainer.evaluate
+    trainer.evaluate = lambda loader: calls.append(trainer.epoch + 1) or evaluate(loader)
+    summary = trainer.fit()
+    assert calls == [2, 4, 5]
+    assert [("val_loss" in r) for r in trainer.history] == [False, True, False, True, True]
+    validated = [r for r in trainer.history if "val_accuracy" in r]
+    best = max(validated, key=lambda r: r["val_accuracy"])  # the first of equals, as _update_best keeps it
+    assert summary["best_epoch"] == best["epoch"] and load_checkpoint(tmp_path / "best.pt")["epoch"] == best["epoch"]
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 5
+    assert (tmp_path / "curves.png").is_file()
