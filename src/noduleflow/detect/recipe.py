@@ -1,13 +1,14 @@
 """`train_detector`: the whole detector (segmentation, nodule classifier, malignancy) into one run folder.
 
-The default recipe is sized for a 2-core laptop CPU and the detection issue's 30 minutes: 27.6 min
-on bench/detect.py's 80 full-resolution (512 x 512) synthetic scans (segment 7.6, ONNX and int8
-export 0.5, mining 2.1, classify 17.3, malignancy 0.2). Mining grows with the scans up to its voxel
-cap (`detect.mining`: all 160 small scans, about 20 full ones); the other parts are sized in samples.
-On 30 held-out scans of another seed it reaches CPM 0.83 (46 of 52 nodules found) at full resolution.
-The classifier's patches span fixed millimetres (`data.patch_mm`, see RECIPE); with voxel patches the
-recipe reached 0.82 there. Trained and scored on small (256 x 256) scans it reaches 0.77 (40 of 52 found,
-25.1 min), where voxel patches reached 0.75: the mm patches cost nothing there.
+The default recipe is sized for a 2-core laptop CPU and the detection issue's 30 minutes: 27.1 min
+on bench/detect.py's 80 full-resolution (512 x 512) synthetic scans (segment 7.8, ONNX and int8
+export 0.5, mining 4.3, classify 14.5, malignancy 0.1). Mining grows with the scans up to its voxel
+cap (`detect.mining`: all 160 small scans, 36 full ones); the other parts are sized in samples.
+On 30 held-out scans of another seed it reaches CPM 0.87 (46 of 52 nodules found, the six others
+get no candidate) at full resolution. The classifier's patches span fixed millimetres (`data.patch_mm`,
+see RECIPE); with voxel patches an earlier recipe reached 0.82 there, with mm patches 0.83. On small
+(256 x 256) scans the previous recipe (19 mined scans, best-AP epoch) reached 0.77 (40 of 52 found,
+25.1 min; all 160 small scans were mined then too).
 Each part is an ordinary `noduleflow.train.train` run with its own config.yaml, written to
 RUNS_DIR/RUN/<part>/ (the layout `detect.models` reads). All parts use the same seed and so the same split by series.
 """
@@ -33,9 +34,12 @@ RECIPE: dict[str, dict[str, Any]] = {
     # and voxel patches showed a nodule 4x taller on thin slices. Same U-Net and candidates, 80 full-resolution scans:
     # CPM 0.827 / 0.774 on the held-out / development scans, against 0.819 / 0.737 for 16 x 32 x 32 voxel patches
     # (9 epochs), and 0.714 (development) for 32 x 40 x 40 mm, whose 2 mm slices blur 3-5 mm nodules.
-    # 8 epochs (17.3 min; resampling costs about 1 ms a patch); the best AP came at epoch 7-8 of 8.
+    # 8 epochs (about 15 min; resampling costs about 1 ms a patch). Validated once, after the last epoch, which
+    # is the one kept: the cosine schedule ends there, and choosing an earlier epoch by the validation AP
+    # (about 34 nodules) picked an undertrained epoch 3 in one run (CPM 0.80 / 0.71 instead of 0.87 / 0.77 with
+    # its last epoch); each validation also costs ~20 s (3,500 patches).
     "classify": {"run.epochs": 8, "data.epoch_samples": 6144, "data.batch_size": 32, "optim.lr": 1e-3, "data.balance": 1,
-                 "run.monitor": "val_ap", "data.extra_weight": 10, "data.patch_mm": [24, 24, 24]},
+                 "run.monitor": "val_ap", "run.val_every": 8, "data.extra_weight": 10, "data.patch_mm": [24, 24, 24]},
     # fine-tuned from the classifier (model.init), whose architecture and data.patch_mm it takes
     "malignancy": {"run.epochs": 4, "data.batch_size": 16, "optim.lr": 1e-3, "model.finetune_depth": 2},
 }
