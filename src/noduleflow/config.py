@@ -136,7 +136,7 @@ class RunConfig:
     channels_last: str = _f("auto", "Channels-last memory format for conv nets: 'auto' (3D nets on CPU), 'on' or 'off'.")
     monitor: str = _f("val_loss", "Metric that picks best.pt and drives early stopping: val_loss, val_accuracy, val_precision, val_recall, val_f1, val_auc, val_ap or val_f1_best.")
     patience: int = _f(0, "Stop after this many validated epochs without a better `monitor`; 0 never stops early.")
-    val_every: int = _f(1, "Validate after every N-th epoch and after the last; best.pt is the best validated epoch.")
+    val_every: int = _f(1, "Validate after every N-th epoch and after the last (0: only after the last); best.pt is the best validated epoch.")
     progress: bool = _f(True, "Show a progress bar with samples/s while training.")
     threads: int = _f(0, "CPU threads per process for torch ops; 0 keeps PyTorch's choice (one per core). 1 is faster for small models on a busy machine.")
 
@@ -150,7 +150,7 @@ class RunConfig:
                  f"Use one of: {', '.join(f'val_{m}' for m in METRICS)}.")
         _require(self.threads >= 0, "run.threads", self.threads, "Use 0 (PyTorch's default) or a positive thread count.")
         _require(self.patience >= 0, "run.patience", self.patience, "Use 0 (no early stopping) or a positive epoch count.")
-        _require(self.val_every >= 1, "run.val_every", self.val_every, "Use 1 (every epoch) or more.")
+        _require(self.val_every >= 0, "run.val_every", self.val_every, "Use 1 (every epoch), more, or 0 (only the last).")
         _require("/" not in self.name and self.name not in (".", ".."), "run.name", self.name, "Use a plain folder name without '/'.")
 
 

@@ -39,7 +39,7 @@ RECIPE: dict[str, dict[str, Any]] = {
     # (about 34 nodules) picked an undertrained epoch 3 in one run (CPM 0.80 / 0.71 instead of 0.87 / 0.77 with
     # its last epoch); each validation also costs ~20 s (3,500 patches).
     "classify": {"run.epochs": 8, "data.epoch_samples": 6144, "data.batch_size": 32, "optim.lr": 1e-3, "data.balance": 1,
-                 "run.monitor": "val_ap", "run.val_every": 8, "data.extra_weight": 10, "data.patch_mm": [24, 24, 24]},
+                 "run.monitor": "val_ap", "run.val_every": 0, "data.extra_weight": 10, "data.patch_mm": [24, 24, 24]},
     # fine-tuned from the classifier (model.init), whose architecture and data.patch_mm it takes
     "malignancy": {"run.epochs": 4, "data.batch_size": 16, "optim.lr": 1e-3, "model.finetune_depth": 2},
 }

@@ -60,7 +60,8 @@ class Trainer:
             for epoch in range(self.epoch + 1, last + 1):
                 record = {"epoch": epoch, **self._train_epoch(epoch)}
                 improved = False
-                if epoch % self.config.run.val_every == 0 or epoch in (last, self.config.run.epochs):
+                every = self.config.run.val_every
+                if epoch == last or (every and epoch % every == 0):
                     record.update({f"val_{k}": v for k, v in self.evaluate(self.val_loader).items()})
                     if self.monitor not in record:
                         raise ConfigError(f"run.monitor = {self.monitor!r} is not a metric of this task",

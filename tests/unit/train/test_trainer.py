@@ -69,3 +69,9 @@ def test_val_every_validates_every_nth_epoch_and_the_last_and_picks_best_among_t
     assert summary["best_epoch"] == best["epoch"] and load_checkpoint(tmp_path / "best.pt")["epoch"] == best["epoch"]
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 5
     assert (tmp_path / "curves.png").is_file()
+
+
+def test_val_every_0_validates_only_the_last_epoch(tmp_path):
+    trainer = _trainer(0.5, tmp_path, run={"epochs": 3, "val_every": 0})
+    summary = trainer.fit()
+    assert [("val_loss" in r) for r in trainer.history] == [False, False, True] and summary["best_epoch"] == 3
