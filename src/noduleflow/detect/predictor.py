@@ -217,22 +217,40 @@ class Predictor:
         """(N,) P(class 1) of the `part` model on patches around (N, 3) voxel centres, cut as it was trained on them.
 
         Patches of its input size in voxels (centred on the nearest voxel), or resampled from its
-        `patch_mm` when it was trained on patches sized in mm. The classifier's is averaged with its
-        mirror image's when `mirror` (one batch of 2B patches).
+        `patch_mm` when it was trained on patches sized in mm.
         """
-        model, size_mm = getattr(self.models, part), self.models.patch_mm.get(part)
-        size, spacing_irc = input_size_of(model), volume.spacing_irc
-        mirror = self.mirror and part == "classify"
-        out = []
-        for b in range(0, len(centers_irc), 4 * self.batch):
-            patches = np.stack([crop_patch(volume.hu, c, size, size_mm, spacing_irc)
-                                for c in centers_irc[b:b + 4 * self.batch]])  # (B, D, H, W)
-            x = torch.from_numpy(hu_to_unit(patches))[:, None]                     # (B, 1, D, H, W)
-            if mirror:
-                x = torch.cat([x, x.flip((2, 3, 4))])                             # (2B, 1, D, H, W)
-            p = torch.softmax(model(x.contiguous(memory_format=torch.channels_last_3d)).float(), 1)[:, 1]
-            out.append((p.view(2, -1).mean(0) if mirror else p).numpy())
+        size, size_mm, spacing_irc = self.patch_size(part), self.models.patch_mm.get(part), volume.spacing_irc
+        out = [self.score_patches(part, np.stack([crop_patch(volume.hu, c, size, size_mm, spacing_irc)
+                                                   for c in centers_irc[b:b + 4 * self.batch]]))  # (B, D, H, W)
+               for b in range(0, len(centers_irc), 4 * self.batch)]
         return np.concatenate(out)
+
+    def patch_size(self, part: str = "classify") -> tuple[int, ...]:
+        """(D, H, W) voxels of the patches the `part` model ("classify" or "malignancy") takes."""
+        return tuple(input_size_of(getattr(self.models, part)))
+
+    @torch.inference_mode()
+    def score_patches(self, part: str, patches_hu: np.ndarray) -> np.ndarray:
+        """(N,) P(class 1) of the `part` model for (N, D, H, W) HU patches of its `patch_size`, already cut.
+
+        The classifier's is averaged with its mirror image's when `mirror` (one batch of 2N patches).
+        """
+        model = getattr(self.models, part)
+        if model is None:
+            raise ValueError(f"this Predictor has no {part} model")
+        x = torch.from_numpy(hu_to_unit(np.asarray(patches_hu)))[:, None]        # (B, 1, D, H, W)
+        mirror = self.mirror and part == "classify"
+        if mirror:
+            x = torch.cat([x, x.flip((2, 3, 4))])                                 # (2B, 1, D, H, W)
+        p = torch.softmax(model(x.contiguous(memory_format=torch.channels_last_3d)).float(), 1)[:, 1]
+        return (p.view(2, -1).mean(0) if mirror else p).numpy()
+
+    def classify_patches(self, patches_hu: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N,) P(nodule) and (N,) P(malignant) (None without a malignancy model) for (N, D, H, W) HU patches
+        of the classifier's `patch_size` (the server's /v1/classify). Both models take the same patch size
+        (malignancy is fine-tuned from the classifier)."""
+        nodule = self.score_patches("classify", patches_hu)
+        return nodule, None if self.models.malignancy is None else self.score_patches("malignancy", patches_hu)
 
     @staticmethod
     def _warn(result: ScanResult, text: str) -> None:

@@ -158,3 +158,15 @@ def test_mirror_averages_the_classifier_over_the_patch_and_its_mirror_image(mode
     flipped = torch.softmax(LeftSided().forward(x), 1)[:, 1].numpy()
     np.testing.assert_allclose(both, (alone + flipped) / 2, atol=1e-6)
     assert np.abs(alone - flipped).max() > 0.01  # the two halves really differ, so the mean is not trivial
+
+
+def test_classify_patches_scores_cut_patches_as_predict_does(models):
+    """The server's /v1/classify path: patches cut by the caller score as the Predictor's own cut does."""
+    predictor = Predictor(models, runtime="torch")
+    volume = chest()
+    result = predictor.predict(volume)
+    center = np.asarray(result.findings[0].center_irc)
+    patch = crop(volume.hu, np.floor(center + 0.5).astype(int), predictor.patch_size())
+    nodule, malignant = predictor.classify_patches(patch[None])
+    assert nodule.shape == (1,) and malignant is None
+    assert nodule[0] == pytest.approx(result.findings[0].classifier, abs=1e-6)
