@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -261,3 +262,27 @@ def test_no_sr_for_a_series_without_frame_of_reference(tmp_path, caplog):
     assert [p.parent.name for p in paths] == ["markups"]
     assert "FrameOfReferenceUID" in caplog.text
     assert list((tmp_path / "out" / "sr").iterdir()) == []
+
+
+# ---------------------------------------------------------------- through `detect`
+
+
+def test_detect_writes_markups_and_sr_for_a_dicom_series(tmp_path, models, monkeypatch):
+    from detect_phantom import NODULE_IRC, chest
+
+    from noduleflow.detect import pipeline
+    from noduleflow.detect.predictor import Predictor
+
+    phantom = dataclasses.replace(chest(), series_uid="1.2.826.0.1.3680043.8.498.2")  # a valid DICOM UID
+    _write_series(tmp_path / "series", phantom)
+    monkeypatch.setattr(pipeline.Predictor, "from_run", classmethod(lambda cls, run, **kw: Predictor(models, runtime="torch")))
+    summary = pipeline.detect(tmp_path / "series", "unused", tmp_path / "out", progress=False)
+    (result,) = summary.results
+    assert result.findings
+    name = phantom.series_uid
+    (point, *_) = json.loads((tmp_path / "out" / "markups" / f"{name}.mrk.json").read_text())["markups"][0]["controlPoints"]
+    np.testing.assert_allclose(point["position"], phantom.irc_to_xyz(NODULE_IRC), atol=2.0)  # within a voxel of the nodule
+    sr = hd.sr.srread(tmp_path / "out" / "sr" / f"{name}.dcm")
+    assert sr.get_evidence_series() == [(STUDY_UID, name)]
+    first = sr.content.get_image_measurement_groups()[0].get_measurements()[0]
+    np.testing.assert_allclose(first.referenced_coordinates[0].value[0], point["position"], atol=1e-3)
