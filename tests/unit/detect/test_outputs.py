@@ -10,6 +10,7 @@ import logging
 import highdicom as hd
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings
@@ -253,14 +254,24 @@ def test_sr_without_a_malignancy_model_or_findings(tmp_path, dicom_scan):
     assert not (tmp_path / "b.dcm").exists()
 
 
-def test_no_sr_for_a_series_without_frame_of_reference(tmp_path, caplog):
-    _write_series(tmp_path / "series", _volume(), frame_of_reference=None)
+@pytest.mark.parametrize("damage, logged", [({"FrameOfReferenceUID": None}, "FrameOfReferenceUID"),
+                                           ({"SOPClassUID": "1.2.3.4.5"}, "highdicom cannot build it")])
+def test_no_sr_but_a_warning_for_a_series_a_report_cannot_reference(tmp_path, caplog, damage, logged):
+    _write_series(tmp_path / "series", _volume())
+    for f in (tmp_path / "series").iterdir():
+        ds = pydicom.dcmread(f)
+        for keyword, value in damage.items():
+            if value is None:
+                delattr(ds, keyword)
+            else:
+                setattr(ds, keyword, value)
+        ds.save_as(f)
     volume = read_volume(tmp_path / "series")
     with caplog.at_level(logging.WARNING, logger="noduleflow"):
         paths = write_scan_outputs(tmp_path / "out", volume, _result(volume, [_finding(volume, (1, 1, 1), 0.6, None, 4.0)]),
                                    tmp_path / "series")
     assert [p.parent.name for p in paths] == ["markups"]
-    assert "FrameOfReferenceUID" in caplog.text
+    assert logged in caplog.text
     assert list((tmp_path / "out" / "sr").iterdir()) == []
 
 

@@ -5,14 +5,19 @@ the finding type (SCT Nodule) and site (SCT Lung); three measurements (TID 300) 
 the finding's centre as a SCOORD3D POINT in the source series' frame of reference (DICOM patient
 coordinates are LPS millimetres, as `center_xyz` is): diameter (SCT Diameter, mm), score (DCM
 Certainty of Finding, UCUM "1", 0-1) and, with a malignancy model, DCM Probability of cancer
-(UCUM "1", 0-1); and the slice that holds the centre as the group's source image. Every slice of
-the series is listed as evidence (Current Requested Procedure Evidence), so the report references
-the series as a whole, and the report copies the series' patient and study attributes.
+(UCUM "1", 0-1); and the slice that holds the centre as the group's source image. Those slices form
+the Image Library (TID 1600); every slice of the series is listed as evidence (Current Requested
+Procedure Evidence), so the report references the series as a whole; the report copies the series'
+patient and study attributes.
 
-A series without StudyInstanceUID or FrameOfReferenceUID cannot be referenced that way: no report
-is written and a warning is logged (the markups and the mask still place the findings). Nor is one
-written for a scan without findings: TID 1500 (and highdicom) need at least one measurement group,
-and the scan's empty markups file already says that nothing was found.
+Cost: every slice header is read once (without pixels), and highdicom builds about 15 content
+items per finding, so the report's time grows with the number of findings.
+
+A series without StudyInstanceUID or FrameOfReferenceUID cannot be referenced that way, and
+highdicom refuses some headers (an unknown SOP class, a malformed name): then no report is written
+and a warning is logged (the markups and the mask still place the findings). Nor is one written
+for a scan without findings: TID 1500 (and highdicom) need at least one measurement group, and the
+scan's empty markups file already says that nothing was found.
 """
 
 from __future__ import annotations
@@ -53,22 +58,24 @@ def series_headers(folder: str | Path) -> list[Dataset]:
     return headers
 
 
-def nearest_slice(headers: list[Dataset], xyz) -> Dataset:
-    """The slice whose plane lies nearest the world point `xyz` (LPS mm): distance along each slice's normal."""
-    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in headers])
-    iop = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in headers])
-    normals = np.cross(iop[:, :3], iop[:, 3:])
-    distance = np.abs(np.einsum("nk,nk->n", np.asarray(xyz, dtype=np.float64) - positions, normals))
-    return headers[int(np.argmin(distance))]
+def nearest_slices(headers: list[Dataset], xyz) -> list[Dataset]:
+    """For each of the (N, 3) world points `xyz` (LPS mm), the slice whose plane lies nearest: the distance
+    along each slice's own normal, so any orientation and any file order work."""
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in headers])       # (S, 3)
+    iop = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in headers])         # (S, 6)
+    normals = np.cross(iop[:, :3], iop[:, 3:])                                                  # (S, 3)
+    points = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    distance = np.abs(np.einsum("nsk,sk->ns", points[:, None, :] - positions[None], normals))   # (N, S)
+    return [headers[k] for k in np.argmin(distance, axis=1)]
 
 
 def write_sr(result: ScanResult, series_folder: str | Path, path: str | Path) -> Path | None:
     """Write the SR of `result` for the DICOM series in `series_folder` to `path` atomically; returns `path`,
-    or None when there is nothing to report or the series lacks the UIDs a report must reference (module docstring)."""
+    or None (logged) when there is nothing to report or the series cannot be referenced (module docstring)."""
     if not result.findings:
         log.info("no DICOM SR for %s: no findings to report", series_folder)
         return None
-    import highdicom as hd  # ~0.4 s to import: only runs that read DICOM pay for it
+    import highdicom as hd  # slow to import: only runs over DICOM series pay for it
 
     headers = series_headers(series_folder)
     missing = [] if headers else ["image slices"]
@@ -76,13 +83,24 @@ def write_sr(result: ScanResult, series_folder: str | Path, path: str | Path) ->
     if missing:
         log.warning("no DICOM SR for %s: the series lacks %s, which the report must reference", series_folder, ", ".join(missing))
         return None
+    try:
+        sr = _report(hd, result, headers)
+    except (ValueError, TypeError, KeyError, AttributeError) as err:  # highdicom's refusals of unusual headers
+        log.warning("no DICOM SR for %s: highdicom cannot build it from this series (%s)", series_folder, err)
+        return None
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, sr, enforce_file_format=True)
+    return atomic_write(path, buffer.getvalue())
+
+
+def _report(hd, result: ScanResult, headers: list[Dataset]):
+    """The `highdicom.sr.Comprehensive3DSR` of `result` over the series' slice `headers` (module docstring)."""
     first = _with_empty_type2(headers[0])
     frame_of_reference = str(first.FrameOfReferenceUID)
     algorithm = hd.sr.AlgorithmIdentification(name="noduleflow", version=noduleflow.__version__)
-    groups, library = [], {}
-    for rank, finding in enumerate(result.findings, start=1):
-        slice_ds = nearest_slice(headers, finding.center_xyz)
-        library[slice_ds.SOPInstanceUID] = slice_ds
+    groups = []
+    slices = nearest_slices(headers, [f.center_xyz for f in result.findings])
+    for rank, (finding, slice_ds) in enumerate(zip(result.findings, slices), start=1):
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"F{rank}"),
             finding_type=pydicom.sr.codedict.codes.SCT.Nodule, algorithm_id=algorithm,
@@ -96,14 +114,11 @@ def write_sr(result: ScanResult, series_folder: str | Path, path: str | Path) ->
     report = hd.sr.MeasurementReport(
         observation_context=context, procedure_reported=hd.sr.CodedConcept("24627-2", "LN", "CT Chest"),
         imaging_measurements=groups, title=pydicom.sr.codedict.codes.DCM.ImagingMeasurementReport,
-        referenced_images=list(library.values()))
-    sr = hd.sr.Comprehensive3DSR(
+        referenced_images=list({ds.SOPInstanceUID: ds for ds in slices}.values()))  # TID 1600 Image Library
+    return hd.sr.Comprehensive3DSR(
         evidence=[first, *headers[1:]], content=report[0], series_instance_uid=hd.UID(), series_number=SR_SERIES_NUMBER,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="noduleflow", is_complete=True,
         series_description="noduleflow nodule findings")
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, sr, enforce_file_format=True)
-    return atomic_write(path, buffer.getvalue())
 
 
 def _measurements(hd, finding: Finding, frame_of_reference: str) -> list:
