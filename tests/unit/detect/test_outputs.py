@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from pathlib import Path
 
 import highdicom as hd
 import nibabel as nib
@@ -19,7 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from noduleflow.ct import CtVolume, read_volume
+from noduleflow.ct import CtVolume, read_volume, write_volume
 from noduleflow.detect.outputs import markups_document, scan_name, write_mask, write_scan_outputs
 from noduleflow.detect.outputs.sr import write_sr
 from noduleflow.detect.predictor import Finding, ScanResult
@@ -134,11 +135,36 @@ def test_mask_is_written_in_the_scans_oblique_geometry(tmp_path):
     volume = _volume()
     findings = [_finding(volume, (3, 4, 6), 0.9, None, 5.0), _finding(volume, (6.4, 10.2, 1.6), 0.5, None, 3.0)]
     mask = _mask_at(volume, findings)
-    paths = write_scan_outputs(tmp_path, volume, _result(volume, findings, mask), tmp_path / "scan.mhd")
+    scan = write_volume(volume, tmp_path / "scan.mha")
+    paths = write_scan_outputs(tmp_path, volume, _result(volume, findings, mask), scan)
     path = tmp_path / "masks" / f"{volume.series_uid}.nii.gz"
     assert path in paths
     _check_mask_file(path, volume, mask, findings)
+    # ITK places the mask exactly where it places the scan file itself
+    on_disk, overlay = sitk.ReadImage(str(scan)), sitk.ReadImage(str(path))
+    assert overlay.GetSize() == on_disk.GetSize()
+    for a, b in [(overlay.GetOrigin(), on_disk.GetOrigin()), (overlay.GetSpacing(), on_disk.GetSpacing()),
+                 (overlay.GetDirection(), on_disk.GetDirection())]:
+        np.testing.assert_allclose(a, b, atol=1e-4)
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # the temporary file was renamed
+
+
+def test_a_failed_mask_write_leaves_the_previous_file_and_no_temporary_one(tmp_path, monkeypatch):
+    from noduleflow.detect.outputs import mask as mask_module
+
+    volume = _volume()
+    path = write_mask(volume, np.ones(volume.shape, bool), tmp_path / "m.nii.gz")
+    before = path.read_bytes()
+
+    def disk_full(image, target):
+        Path(target).write_bytes(b"partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(mask_module, "write_nifti", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        write_mask(volume, np.zeros(volume.shape, bool), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.nii.gz"]
 
 
 def test_no_mask_file_when_the_result_kept_none(tmp_path):
