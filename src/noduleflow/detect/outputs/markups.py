@@ -14,7 +14,8 @@ from pathlib import Path
 from noduleflow.detect.predictor import Finding, ScanResult
 from noduleflow.files import atomic_write
 
-SCHEMA = "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#"
+SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
+          "markups-schema-v1.0.3.json#")
 
 
 def finding_label(rank: int, finding: Finding) -> str:

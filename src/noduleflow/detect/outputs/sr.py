@@ -43,6 +43,7 @@ SR_SERIES_NUMBER = 9001
 _PATIENT_STUDY = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
                   "StudyDate", "StudyTime", "ReferringPhysicianName")
 """Type 2 attributes highdicom copies from the first evidence dataset; absent ones are set empty."""
+_REFERENCED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
 
 
 def series_headers(folder: str | Path) -> list[Dataset]:
@@ -79,9 +80,10 @@ def write_sr(result: ScanResult, series_folder: str | Path, path: str | Path) ->
 
     headers = series_headers(series_folder)
     missing = [] if headers else ["image slices"]
-    missing += [tag for tag in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID") if headers and not headers[0].get(tag)]
+    missing += [tag for tag in _REFERENCED_UIDS if headers and not headers[0].get(tag)]
     if missing:
-        log.warning("no DICOM SR for %s: the series lacks %s, which the report must reference", series_folder, ", ".join(missing))
+        log.warning("no DICOM SR for %s: the series lacks %s, which the report must reference",
+                    series_folder, ", ".join(missing))
         return None
     try:
         sr = _report(hd, result, headers)
