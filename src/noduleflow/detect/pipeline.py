@@ -21,6 +21,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from noduleflow.ct import read_volume
+from noduleflow.detect.outputs import write_scan_outputs
 from noduleflow.detect.predictor import Predictor, ScanResult
 from noduleflow.detect.render import write_scan_png
 from noduleflow.errors import ScanError
@@ -79,6 +80,7 @@ def detect(source: str | Path, run: str | Path, out: str | Path, *, progress: bo
                 warnings.simplefilter("ignore")  # kept in result.warnings and printed below, once
                 result = predictor.predict(volume)
             write_scan_png(volume, result, out / PNG_DIR / f"{result.series_uid or path.stem}.png")
+            write_scan_outputs(out, volume, result, path)  # markups/, masks/ (when kept), sr/ (DICOM sources)
             for text in result.warnings:
                 bar.console.print(f"[yellow]warning:[/yellow] {text}")
             bar.console.print(f"{result.series_uid[-24:]}: {len(result.findings)} finding(s) from {result.candidates} "
