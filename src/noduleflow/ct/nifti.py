@@ -66,7 +66,8 @@ def read_nifti(path: str | Path) -> CtVolume:
     if not (math.isfinite(slope) and math.isfinite(inter)):
         raise ScanError(f"has a non-finite scaling scl_slope = {slope}, scl_inter = {inter}", path=path,
                         fix="Set scl_slope to 1 and scl_inter to 0, or to the scaling of its values")
-    lps = _RAS_TO_LPS @ _world_affine(header)
+    with np.errstate(invalid="ignore", over="ignore"):  # a NaN or inf header is reported below, not warned about
+        lps = _RAS_TO_LPS @ _world_affine(header)
     if not np.all(np.isfinite(lps)):
         raise ScanError("has a non-finite affine (sform, qform or pixdim)", path=path, fix="Set a valid sform or qform, e.g. with nibabel")
     scaled = lps[:3, :3]
