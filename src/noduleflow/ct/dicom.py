@@ -236,7 +236,7 @@ def _stored_pixels(path: Path, ds: pydicom.Dataset, size: tuple[int, int]) -> np
         return raw.view(np.int16) if signed else raw
     try:
         pixels = ds.pixel_array
-    except Exception as err:  # pydicom raises several types for undecodable pixel data
+    except Exception as err:  # noqa: BLE001 - pydicom and its plugins raise many types for undecodable pixel data
         raise ScanError(f"has pixel data that cannot be decoded ({str(err)[:200]})", path=path,
                         fix="Install a decoder (pip install pylibjpeg pylibjpeg-libjpeg) or decompress the series (gdcmconv --raw)") from None
     if pixels.shape != (rows, cols) or pixels.dtype.kind not in "iuf":
