@@ -107,6 +107,9 @@ def _read_slice(path: Path) -> pydicom.Dataset | None:
     except OSError as err:
         raise ScanError(f"cannot be read ({err})", path=path, fix="Check the file's permissions") from None
     if not has_pixels:
+        if marked and _is_image(ds):  # an image file cut short: skipping it would silently drop a slice
+            raise ScanError("is a DICOM image file without its pixel data (truncated?)", path=path,
+                            fix="Copy or export the file again, or remove it from the folder")
         return None
     if not marked:
         if any(tag not in ds for tag in ("SOPClassUID", *_REQUIRED_TAGS)):
@@ -115,6 +118,12 @@ def _read_slice(path: Path) -> pydicom.Dataset | None:
             implicit, little = getattr(ds, "original_encoding", (True, True))
             ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian) if little else ExplicitVRBigEndian
     return ds
+
+
+def _is_image(ds: pydicom.Dataset) -> bool:
+    """True for a data set that should hold pixels: image tags, or an '... Image Storage' SOP class."""
+    sop_class = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
+    return "Rows" in ds or "ImagePositionPatient" in ds or "Image Storage" in str(getattr(sop_class, "name", ""))
 
 
 def _values(ds: pydicom.Dataset, tag: str, count: int, path: Path, *, kind=float) -> list:
