@@ -38,6 +38,8 @@ def read_volume(path: str | Path) -> CtVolume:
         raise ScanError("does not exist", path=path, fix="Check the path: a scan is a .mhd, .mha, .nii or .nii.gz file, or a DICOM series folder")
     reader = _load("dicom", "read_dicom_series") if path.is_dir() else _load(*_READERS[_suffix(path, "read")])
     try:
+        if not path.is_dir():
+            open(path, "rb").close()  # an unreadable file is reported as such, not as whatever a library makes of it
         return reader(path)
     except NoduleflowError:
         raise

@@ -24,6 +24,7 @@ from noduleflow.ct import read_volume
 from noduleflow.errors import ScanError
 
 EYE = np.eye(3)
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")  # pydicom's, on the malformed tags these tests write
 
 
 @pytest.fixture
