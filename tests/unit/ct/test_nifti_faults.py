@@ -146,3 +146,22 @@ def test_any_header_mutation_reads_a_volume_or_raises_scan_error(tmp_path, chang
     np.testing.assert_array_equal(volume.hu, to_hu_int16(np.asarray(reference.get_fdata(dtype=np.float64)).reshape(reference.shape[:3]).T))
     if not changes:
         np.testing.assert_array_equal(volume.hu, data.T)
+
+
+@pytest.mark.parametrize("name", ["anatomical.nii", "reoriented_anat_moved.nii", "resampled_anat_moved.nii", "standard.nii.gz"])
+def test_nibabel_bundled_files_read_like_nibabel_and_itk(name):
+    """Real files written by other tools: values as nibabel scales them, geometry as SimpleITK places it."""
+    from nibabel.testing import data_path
+
+    path = f"{data_path}/{name}"
+    ours, reference, itk = read_volume(path), nib.load(path), sitk.ReadImage(path)
+    np.testing.assert_array_equal(ours.hu, to_hu_int16(np.asarray(reference.get_fdata()).reshape(reference.shape[:3]).T))
+    np.testing.assert_allclose(ours.origin_xyz, itk.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(ours.spacing_xyz, itk.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(ours.direction.ravel(), itk.GetDirection(), atol=1e-5)
+
+
+def test_nibabel_bundled_4d_file_is_refused():
+    from nibabel.testing import data_path
+
+    _raises(f"{data_path}/example4d.nii.gz", "4D image of shape (128, 96, 24, 2)")
