@@ -36,6 +36,9 @@ def read_volume(path: str | Path) -> CtVolume:
     path = Path(path)
     if not path.exists():
         raise ScanError("does not exist", path=path, fix="Check the path: a scan is a .mhd, .mha, .nii or .nii.gz file, or a DICOM series folder")
+    if not path.is_dir() and not path.is_file():
+        raise ScanError("is not a regular file (a pipe, socket or device)", path=path,
+                        fix="Pass a scan file (.mhd, .mha, .nii, .nii.gz) or a DICOM series folder")
     reader = _load("dicom", "read_dicom_series") if path.is_dir() else _load(*_READERS[_suffix(path, "read")])
     try:
         if not path.is_dir():

@@ -1,5 +1,6 @@
 """`read_volume` / `write_volume`: round trips through every format, and the errors of the dispatch."""
 
+import os
 import struct
 import zlib
 
@@ -130,3 +131,10 @@ def test_find_scans_lists_every_suffix_read_volume_reads(tmp_path, oblique_volum
     uid = read_volume(path).series_uid
     assert scans == {uid: path} and folds == {uid: 0}
     assert uid == name.split(".")[0]
+
+
+def test_a_pipe_named_like_a_scan_is_refused_without_blocking(tmp_path):
+    path = tmp_path / "scan.mha"
+    os.mkfifo(path)  # opening it for reading would wait for a writer forever
+    with pytest.raises(ScanError, match="not a regular file"):
+        read_volume(path)
