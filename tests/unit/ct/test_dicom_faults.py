@@ -102,8 +102,8 @@ def test_lossless_compressed_series_read_like_uncompressed(tmp_path, stored, syn
     np.testing.assert_array_equal(packed.hu, stored.astype(np.int16) - 1024)
 
 
-def test_pydicom_jpeg_ls_mr_file_reads_like_its_uncompressed_twin_and_warns(tmp_path, caplog):
-    for name in ("MR_small.dcm", "MR_small_jpeg_ls_lossless.dcm"):
+def test_pydicom_jpeg_ls_and_jpeg_2000_mr_files_read_like_their_uncompressed_twin_and_warn(tmp_path, caplog):
+    for name in ("MR_small.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm"):
         folder = tmp_path / name
         folder.mkdir()
         for k in range(2):
@@ -111,10 +111,12 @@ def test_pydicom_jpeg_ls_mr_file_reads_like_its_uncompressed_twin_and_warns(tmp_
             ds.ImagePositionPatient = [0.0, 0.0, 4.0 * k]
             ds.save_as(folder / f"{k}.dcm")
     with caplog.at_level("WARNING", logger="noduleflow"):
-        plain, jls = read_volume(tmp_path / "MR_small.dcm"), read_volume(tmp_path / "MR_small_jpeg_ls_lossless.dcm")
+        plain = read_volume(tmp_path / "MR_small.dcm")
+        jls, jp2k = read_volume(tmp_path / "MR_small_jpeg_ls_lossless.dcm"), read_volume(tmp_path / "MR_small_jp2klossless.dcm")
     np.testing.assert_array_equal(jls.hu, plain.hu)
+    np.testing.assert_array_equal(jp2k.hu, plain.hu)
     np.testing.assert_array_equal(plain.hu[0], pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array)
-    assert [r.getMessage().count("Modality is 'MR'") for r in caplog.records] == [1, 1]  # once per scan
+    assert [r.getMessage().count("Modality is 'MR'") for r in caplog.records] == [1, 1, 1]  # once per scan
 
 
 # --- files without the 128-byte preamble ---
