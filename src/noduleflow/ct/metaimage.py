@@ -182,9 +182,9 @@ def _parse_header(fields: dict[str, str], path: Path) -> dict:
 def _data_path(meta: dict, path: Path) -> Path:
     """The data file ElementDataFile names, which must lie in the header's own folder.
 
-    A header never chooses which file is read: a name with a folder part, '..', an absolute path,
-    or a symlink that leads out of the folder is refused (the resolved paths are compared), so a
-    server that reads uploaded headers cannot be made to return another file's bytes.
+    A header never chooses a file outside that folder: a name with '..', an absolute path, or a
+    symlink that leads out of the folder is refused (the resolved paths are compared), so a server
+    that reads uploaded headers cannot be made to return another file's bytes. Subfolders are allowed.
     """
     name = meta["data_file"]
     if name == "LOCAL":
@@ -208,26 +208,35 @@ class _Inflater:
     """A read-only stream of the zlib (or gzip) data in a file, decompressing at most what is asked for.
 
     zlib.decompressobj with max_length: a few kilobytes of compressed zeros cannot expand to more
-    than the header's size plus one byte, however large their true size.
+    than the header's size plus one byte, however large their true size, and no step holds more than
+    `_STEP` bytes of output at once.
     """
+
+    _STEP = 1 << 24
 
     def __init__(self, file, chunk: int = 1 << 20):
         self._file, self._chunk = file, chunk
         self._zlib = zlib.decompressobj(zlib.MAX_WBITS | 32)  # | 32: zlib or gzip header, as MetaIO accepts
 
-    def read(self, size: int) -> bytes:
-        out = b""
-        while len(out) < size and not self._zlib.eof:
+    def _pieces(self, size: int):
+        """Decompressed pieces totalling at most `size` bytes (fewer if the stream ends)."""
+        while size > 0 and not self._zlib.eof:
             data = self._zlib.unconsumed_tail or self._file.read(self._chunk)
             if not data:
-                break
-            out += self._zlib.decompress(data, size - len(out))
-        return out
+                return
+            piece = self._zlib.decompress(data, min(size, self._STEP))
+            size -= len(piece)
+            yield piece
+
+    def read(self, size: int) -> bytes:
+        return b"".join(self._pieces(size))
 
     def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+        view, done = memoryview(buffer).cast("B"), 0
+        for piece in self._pieces(len(view)):
+            view[done : done + len(piece)] = piece
+            done += len(piece)
+        return done
 
 
 def _read_pixels(meta: dict, path: Path, header_bytes: int) -> tuple[np.ndarray, int]:
