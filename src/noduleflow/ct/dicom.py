@@ -75,9 +75,11 @@ def read_dicom_series(folder: str | Path) -> CtVolume:
     hu, clipped = _stack_hu(slices, size)
     slice_mm = float(np.linalg.norm(step))
     direction = np.column_stack([col_dir, row_dir, step / slice_mm])
-    volume = checked_volume(hu, positions[0], [col_mm, row_mm, slice_mm], direction, series[0] or folder.name, path=folder)
+    volume = checked_volume(hu, positions[0], [col_mm, row_mm, slice_mm], direction, series[0] or folder.name,
+                            path=folder)
     modalities = sorted({str(ds.get("Modality", "") or "") for _, ds in slices} - {""})
-    warn_if_not_ct(volume.hu, folder, clipped=clipped, modality=next((m for m in modalities if m.upper() != "CT"), None))
+    not_ct = next((m for m in modalities if m.upper() != "CT"), None)
+    warn_if_not_ct(volume.hu, folder, clipped=clipped, modality=not_ct)
     return volume
 
 
@@ -99,7 +101,8 @@ def _read_slice(path: Path) -> pydicom.Dataset | None:
     try:
         ds = pydicom.dcmread(path, force=not marked)
         has_pixels = "PixelData" in ds
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, IndexError, OverflowError, NotImplementedError) as err:
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, IndexError, OverflowError,
+            NotImplementedError) as err:
         if not marked:
             return None
         raise ScanError(f"is a damaged DICOM file ({str(err)[:200]})", path=path,
@@ -116,7 +119,8 @@ def _read_slice(path: Path) -> pydicom.Dataset | None:
             return None  # something that merely parsed: a real preamble-less CT slice identifies itself
         if "TransferSyntaxUID" not in ds.file_meta:
             implicit, little = getattr(ds, "original_encoding", (True, True))
-            ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian) if little else ExplicitVRBigEndian
+            raw_syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+            ds.file_meta.TransferSyntaxUID = raw_syntax if little else ExplicitVRBigEndian
     return ds
 
 
@@ -140,17 +144,20 @@ def _values(ds: pydicom.Dataset, tag: str, count: int, path: Path, *, kind=float
 
 
 def _slice_geometry(path: Path, ds: pydicom.Dataset):
-    """((rows, columns), (column direction, row direction), (row mm, column mm), position (3,)) of one slice, checked."""
+    """One slice's checked geometry: ((rows, columns), (column direction, row direction), (row mm, column mm),
+    position (3,))."""
     missing = [tag for tag in _REQUIRED_TAGS if tag not in ds]
     if missing:
-        raise ScanError(f"lacks the DICOM tags {', '.join(missing)} that place a CT slice in the world", path=path, fix=_EXPORT_FIX)
+        raise ScanError(f"lacks the DICOM tags {', '.join(missing)} that place a CT slice in the world", path=path,
+                        fix=_EXPORT_FIX)
     frames = _values(ds, "NumberOfFrames", 1, path, kind=int)[0] if ds.get("NumberOfFrames") not in (None, "") else 1
     if frames != 1:
-        raise ScanError(f"is a multi-frame DICOM file (NumberOfFrames = {frames}), which noduleflow does not read", path=path,
-                        fix="Convert the series to .nii.gz (e.g. with dcm2niix) and read that")
+        raise ScanError(f"is a multi-frame DICOM file (NumberOfFrames = {frames}), which noduleflow does not read",
+                        path=path, fix="Convert the series to .nii.gz (e.g. with dcm2niix) and read that")
     samples = _values(ds, "SamplesPerPixel", 1, path, kind=int)[0] if "SamplesPerPixel" in ds else 1
     if samples != 1:
-        raise ScanError(f"has {samples} samples per pixel (colour); a CT slice has 1", path=path, fix="Pass a CT series")
+        raise ScanError(f"has {samples} samples per pixel (colour); a CT slice has 1", path=path,
+                        fix="Pass a CT series")
     size = tuple(_values(ds, tag, 1, path, kind=int)[0] for tag in ("Rows", "Columns"))
     if min(size) < 1:
         raise ScanError(f"has {size[0]} rows and {size[1]} columns", path=path, fix=_EXPORT_FIX)
@@ -158,10 +165,12 @@ def _slice_geometry(path: Path, ds: pydicom.Dataset):
     col_dir, row_dir = iop[:3], iop[3:]
     if (abs(np.linalg.norm(col_dir) - 1) > _COSINE_ATOL or abs(np.linalg.norm(row_dir) - 1) > _COSINE_ATOL
             or abs(col_dir @ row_dir) > _COSINE_ATOL):
-        raise ScanError(f"has ImageOrientationPatient = {iop.tolist()}, not two perpendicular unit vectors", path=path, fix=_EXPORT_FIX)
+        raise ScanError(f"has ImageOrientationPatient = {iop.tolist()}, not two perpendicular unit vectors", path=path,
+                        fix=_EXPORT_FIX)
     spacing = _values(ds, "PixelSpacing", 2, path)
     if not all(MIN_SPACING_MM <= v <= MAX_SPACING_MM for v in spacing):
-        raise ScanError(f"has PixelSpacing = {spacing} mm, outside {MIN_SPACING_MM} to {MAX_SPACING_MM} mm", path=path, fix=_EXPORT_FIX)
+        raise ScanError(f"has PixelSpacing = {spacing} mm, outside {MIN_SPACING_MM} to {MAX_SPACING_MM} mm", path=path,
+                        fix=_EXPORT_FIX)
     position = np.asarray(_values(ds, "ImagePositionPatient", 3, path))
     return size, (col_dir / np.linalg.norm(col_dir), row_dir / np.linalg.norm(row_dir)), tuple(spacing), position
 
@@ -215,7 +224,8 @@ def _stack_hu(slices: list[tuple[Path, pydicom.Dataset]], size: tuple[int, int])
         intercept = _values(ds, "RescaleIntercept", 1, f)[0] if ds.get("RescaleIntercept") not in (None, "") else 0.0
         slope = slope or 1.0  # a zero slope is a missing one, as pydicom and ITK take it
         if slope == 1 and intercept == round(intercept) and abs(intercept) < 2**31 - 2**17:  # exact integer arithmetic
-            values = stored.astype(np.int32) + int(intercept) if stored.dtype.itemsize <= 2 else stored.astype(np.float64) + intercept
+            small = stored.dtype.itemsize <= 2
+            values = stored.astype(np.int32) + int(intercept) if small else stored.astype(np.float64) + intercept
         else:
             values = stored * np.float32(slope) + np.float32(intercept)
         clipped += count_clipped(values)
@@ -249,5 +259,6 @@ def _stored_pixels(path: Path, ds: pydicom.Dataset, size: tuple[int, int]) -> np
         raise ScanError(f"has pixel data that cannot be decoded ({str(err)[:200]})", path=path,
                         fix="Install a decoder (pip install pylibjpeg pylibjpeg-libjpeg) or decompress the series (gdcmconv --raw)") from None
     if pixels.shape != (rows, cols) or pixels.dtype.kind not in "iuf":
-        raise ScanError(f"decodes to {pixels.dtype} pixels of shape {pixels.shape}, not one {rows}x{cols} slice", path=path, fix=_EXPORT_FIX)
+        raise ScanError(f"decodes to {pixels.dtype} pixels of shape {pixels.shape}, not one {rows}x{cols} slice",
+                        path=path, fix=_EXPORT_FIX)
     return pixels

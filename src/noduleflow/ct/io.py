@@ -23,6 +23,7 @@ _UNEXPECTED = (OSError, EOFError, ValueError, TypeError, IndexError, KeyError, A
 """What a reader may still raise on a file its own checks did not foresee (OverflowError and
 ZeroDivisionError are ArithmeticErrors); pydicom's and nibabel's own exception types are caught by
 their module, so that neither library is imported to read another format."""
+_LIBRARIES = ("pydicom", "nibabel", "pylibjpeg", "libjpeg")
 _WRITERS = {".mhd": ("metaimage", "write_metaimage"), ".mha": ("metaimage", "write_metaimage"),
             ".nii": ("nifti", "write_nifti"), ".nii.gz": ("nifti", "write_nifti")}
 
@@ -47,7 +48,7 @@ def read_volume(path: str | Path) -> CtVolume:
     except NoduleflowError:
         raise
     except Exception as err:
-        if not isinstance(err, _UNEXPECTED) and not type(err).__module__.startswith(("pydicom", "nibabel", "pylibjpeg", "libjpeg")):
+        if not isinstance(err, _UNEXPECTED) and not type(err).__module__.startswith(_LIBRARIES):
             raise
         raise _as_scan_error(err, path) from err
 

@@ -58,7 +58,8 @@ def lung_mask(volume: CtVolume, *, threshold_hu: int = -400, closing_mm: float =
     # the voxel sizes are floored at MIN_SPACING_MM: a CtVolume only promises positive spacing, and a
     # product of three tiny ones rounds to 0 mm^3 (division by zero) or a closing radius beyond int range
     spacing_irc = np.maximum(volume.spacing_irc, MIN_SPACING_MM)
-    labels, lungs = _lung_components(_enclosed_in_plane(air), min_voxels=min_lung_ml * 1000.0 / float(np.prod(spacing_irc)))
+    min_voxels = min_lung_ml * 1000.0 / float(np.prod(spacing_irc))
+    labels, lungs = _lung_components(_enclosed_in_plane(air), min_voxels=min_voxels)
     radius_rc = np.minimum(np.maximum(1, np.round(closing_mm / spacing_irc[1:])), volume.shape[1:]).astype(int)
     max_hole_voxels = np.pi * (max_hole_mm / 2) ** 2 / float(np.prod(spacing_irc[1:]))
     mask = np.zeros(volume.shape, dtype=bool)

@@ -30,6 +30,7 @@ ELEMENT_TYPES = {
 """MetaIO element type -> numpy dtype (without byte order); MetaIO's LONG is 4 bytes."""
 
 _MAX_HEADER_BYTES = 1 << 16
+_REFETCH_FIX = "The file is truncated or belongs to another header: copy or download the scan again"
 _REWRITE_FIX = "Re-export the scan, or fix the header by hand (see the keys in a LUNA16 .mhd file)"
 
 
@@ -122,7 +123,8 @@ def _parse_header(fields: dict[str, str], path: Path) -> dict:
         except (ValueError, OverflowError):
             values = []
         if len(values) != count or not all(math.isfinite(v) for v in values):
-            raise ScanError(f"header key {key} = {text[:80]!r} is not {count} {kind.__name__} values", path=path, fix=_REWRITE_FIX)
+            raise ScanError(f"header key {key} = {text[:80]!r} is not {count} {kind.__name__} values", path=path,
+                            fix=_REWRITE_FIX)
         return values if kind is int else np.asarray(values, dtype=np.float64)  # ints stay Python ints: no overflow
 
     def flag(key: str, default: str) -> bool:
@@ -162,14 +164,14 @@ def _parse_header(fields: dict[str, str], path: Path) -> dict:
     data_file = get("ElementDataFile")
     if not data_file:
         raise ScanError("header key ElementDataFile is empty, so there are no pixels to read", path=path,
-                        fix="Write the data file's name after 'ElementDataFile =' (or LOCAL for pixels inside the header's file)")
+                        fix="Write the data file's name after 'ElementDataFile =' (LOCAL: pixels follow the header)")
     if data_file.split()[0] == "LIST" or "%" in data_file:
         raise ScanError(f"splits its pixels over several files (ElementDataFile = {data_file!r}), which noduleflow does not read", path=path,
                         fix="Merge them into one file, e.g. with SimpleITK: sitk.WriteImage(sitk.ReadImage(p), 'scan.mha')")
     header_size = numbers("HeaderSize", fields.get("HeaderSize", "0"), 1, int)[0]
     if header_size < -1:
-        raise ScanError(f"header key HeaderSize = {header_size} is negative (only -1, 'the pixels end the file', is allowed)",
-                        path=path, fix=_REWRITE_FIX)
+        raise ScanError(f"header key HeaderSize = {header_size} is negative (only -1, 'the pixels end the file', "
+                        "is allowed)", path=path, fix=_REWRITE_FIX)
     return {
         "dims_xyz": dims, "spacing": spacing, "origin": origin, "direction": direction,
         "dtype": np.dtype(ELEMENT_TYPES[element_type]).newbyteorder(">" if msb else "<"),
@@ -189,8 +191,9 @@ def _data_path(meta: dict, path: Path) -> Path:
     name = meta["data_file"]
     if name == "LOCAL":
         return path
-    outside = ScanError(f"names the data file {name[:200]!r} (ElementDataFile), which is not a file in the header's own folder",
-                        path=path, fix="Put the data file next to the header and write its bare name, e.g. 'ElementDataFile = scan.raw'")
+    outside = ScanError(f"names the data file {name[:200]!r} (ElementDataFile), which is not a file in the header's "
+                        "own folder", path=path,
+                        fix="Move the data file next to the header and write its name, e.g. 'ElementDataFile = a.raw'")
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if not parts or parts[0] == "/" or ".." in parts or re.match(r"^[A-Za-z]:", name) or "\0" in name:
         raise outside
@@ -253,8 +256,7 @@ def _read_pixels(meta: dict, path: Path, header_bytes: int) -> tuple[np.ndarray,
         if meta["compressed"]:
             skip = max(meta["header_size"], 0)
             if skip > available:
-                raise ScanError(f"is shorter than its HeaderSize = {skip} bytes", path=data_path,
-                                fix="The file is truncated or belongs to another header: copy or download the scan again")
+                raise ScanError(f"is shorter than its HeaderSize = {skip} bytes", path=data_path, fix=_REFETCH_FIX)
             f.seek(start + skip)
             stream = _Inflater(f)
             try:

@@ -32,6 +32,8 @@ _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _XFORM_SCANNER = 1
 _MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}
 """xyz_units -> millimetres, as ITK converts them ('unknown' is taken as mm, as everyone does)."""
+_AFFINE_FIX = "Set a valid sform or qform, e.g. with nibabel"
+_SCALING_FIX = "Set scl_slope to 1 and scl_inter to 0, or to the scaling of its values"
 _DAMAGED_FIX = "The file is damaged or truncated: copy or download it again"
 
 
@@ -54,14 +56,15 @@ def read_nifti(path: str | Path) -> CtVolume:
     try:
         dtype = header.get_data_dtype()
     except (HeaderDataError, KeyError) as err:
-        raise ScanError(f"has an unknown datatype code ({err})", path=path, fix="Convert it to an integer or float NIfTI image") from None
+        raise ScanError(f"has an unknown datatype code ({err})", path=path,
+                        fix="Convert it to an integer or float NIfTI image") from None
     if dtype.kind not in "iuf" or dtype.fields is not None or dtype.itemsize > 8:
         raise ScanError(f"holds {dtype} voxels (complex, RGB or another non-scalar type), not CT values", path=path,
                         fix="Convert it to a single-channel integer or float image")
     try:
         slope, inter = header.get_slope_inter()
     except HeaderDataError as err:  # e.g. an infinite scl_slope
-        raise ScanError(f"has an unusable scaling ({err})", path=path, fix="Set scl_slope to 1 and scl_inter to 0, or to the scaling of its values") from None
+        raise ScanError(f"has an unusable scaling ({err})", path=path, fix=_SCALING_FIX) from None
     slope, inter = 1.0 if slope is None else float(slope), 0.0 if inter is None else float(inter)
     if not (math.isfinite(slope) and math.isfinite(inter)):
         raise ScanError(f"has a non-finite scaling scl_slope = {slope}, scl_inter = {inter}", path=path,
@@ -70,9 +73,9 @@ def read_nifti(path: str | Path) -> CtVolume:
         with np.errstate(invalid="ignore", over="ignore"):  # a NaN or inf header is reported below, not warned about
             lps = _RAS_TO_LPS @ _world_affine(header)
     except ValueError as err:  # nibabel: quatern_b/c/d that are not part of a unit quaternion
-        raise ScanError(f"has an invalid qform ({err})", path=path, fix="Set a valid sform or qform, e.g. with nibabel") from None
+        raise ScanError(f"has an invalid qform ({err})", path=path, fix=_AFFINE_FIX) from None
     if not np.all(np.isfinite(lps)):
-        raise ScanError("has a non-finite affine (sform, qform or pixdim)", path=path, fix="Set a valid sform or qform, e.g. with nibabel")
+        raise ScanError("has a non-finite affine (sform, qform or pixdim)", path=path, fix=_AFFINE_FIX)
     scaled = lps[:3, :3]
     spacing = np.linalg.norm(scaled, axis=0)
     if np.any(spacing <= 0) or abs(np.linalg.det(scaled)) < 1e-9 * max(float(np.prod(spacing)), 1e-300):
@@ -98,29 +101,31 @@ def _read_header(path: Path, compressed: bool):
             size = f.read(4)
             f.seek(0)
             if len(size) < 4 or {int.from_bytes(size, "little"), int.from_bytes(size, "big")}.isdisjoint({348, 540}):
-                raise ScanError("is not a readable NIfTI file: its first 4 bytes are not a NIfTI header size (348 or 540)", path=path,
-                                fix="Check that the file is complete and really NIfTI (.nii, or .nii.gz compressed)")
-            kind = nib.Nifti1Header if 348 in (int.from_bytes(size, "little"), int.from_bytes(size, "big")) else nib.Nifti2Header
-            header = kind.from_fileobj(f, check=True)
+                raise ScanError("is not a readable NIfTI file: its first 4 bytes are not a NIfTI header size "
+                                "(348 or 540)", path=path, fix="Check that the file is complete and really NIfTI")
+            nifti1 = 348 in (int.from_bytes(size, "little"), int.from_bytes(size, "big"))
+            header = (nib.Nifti1Header if nifti1 else nib.Nifti2Header).from_fileobj(f, check=True)
     except (HeaderDataError, OSError, EOFError, ValueError, zlib.error) as err:
         if isinstance(err, OSError) and err.errno is not None:
             raise  # permissions, a vanished file: read_volume says so
         raise ScanError(f"is not a readable NIfTI file ({str(err)[:200]})", path=path,
                         fix="Check that the file is complete and really NIfTI") from None
     if header["magic"].item() not in (b"n+1", b"n+2"):
-        raise ScanError(f"has the NIfTI magic {header['magic'].item()!r}, not that of a single .nii file ('n+1' or 'n+2')", path=path,
+        raise ScanError(f"has the NIfTI magic {header['magic'].item()!r}, not that of a single .nii file "
+                        "('n+1' or 'n+2')", path=path,
                         fix="Convert the .hdr/.img pair (or Analyze file) to .nii.gz, e.g. with nibabel or SimpleITK")
     return header
 
 
-def _read_voxels(path: Path, compressed: bool, offset: int, dtype: np.dtype, shape_irc: tuple[int, int, int], slope: float,
-                 inter: float):
+def _read_voxels(path: Path, compressed: bool, offset: int, dtype: np.dtype, shape_irc: tuple[int, int, int],
+                 slope: float, inter: float):
     """(hu (I, R, C) int16, clipped count). NIfTI stores x (C) fastest, then y (R), then z (I), so each
     z slice is one contiguous (R, C) block."""
     expected = math.prod(shape_irc) * dtype.itemsize
+    voxels = f"its header's {' x '.join(map(str, shape_irc[::-1]))} {dtype} voxels need {expected}"
     if not compressed and path.stat().st_size - offset != expected:
-        raise ScanError(f"holds {path.stat().st_size - offset} bytes of voxels, but its header's "
-                        f"{' x '.join(map(str, shape_irc[::-1]))} {dtype} voxels need {expected}", path=path, fix=_DAMAGED_FIX)
+        raise ScanError(f"holds {path.stat().st_size - offset} bytes of voxels, but {voxels}", path=path,
+                        fix=_DAMAGED_FIX)
     opener = gzip.open if compressed else open
     try:
         with opener(path, "rb") as f:
@@ -133,8 +138,7 @@ def _read_voxels(path: Path, compressed: bool, offset: int, dtype: np.dtype, sha
         raise ScanError(f"has voxel data that cannot be read ({err})", path=path, fix=_DAMAGED_FIX) from None
     if read != expected or extra:
         size = f"{read} bytes" if read < expected else "more bytes"
-        raise ScanError(f"holds {size} of voxels, but its header's {' x '.join(map(str, shape_irc[::-1]))} {dtype} voxels need {expected}",
-                        path=path, fix=_DAMAGED_FIX)
+        raise ScanError(f"holds {size} of voxels, but {voxels}", path=path, fix=_DAMAGED_FIX)
     return hu, clipped
 
 

@@ -110,8 +110,9 @@ def check_voxel_count(shape, *, path, what: str) -> None:
         raise ScanError(f"{what} has a size below 1 ({' x '.join(map(str, sizes))})", path=path,
                         fix="The header is damaged: export the scan again")
     if count > MAX_VOXELS:
-        raise ScanError(f"{what} is {' x '.join(map(str, sizes))} = {count} voxels, more than the {MAX_VOXELS} noduleflow reads",
-                        path=path, fix="The header is damaged, or the volume is not a CT scan: export the scan again")
+        raise ScanError(f"{what} is {' x '.join(map(str, sizes))} = {count} voxels, more than the {MAX_VOXELS} "
+                        "noduleflow reads", path=path,
+                        fix="The header is damaged, or the volume is not a CT scan: export the scan again")
 
 
 def checked_volume(hu: np.ndarray, origin_xyz, spacing_xyz, direction, series_uid: str, *, path) -> CtVolume:
@@ -129,5 +130,6 @@ def checked_volume(hu: np.ndarray, origin_xyz, spacing_xyz, direction, series_ui
                         path=path, fix=fix)
     if (not np.all(np.isfinite(matrix)) or np.any(np.abs(np.linalg.norm(matrix, axis=0) - 1) > _UNIT_ATOL)
             or abs(np.linalg.det(matrix)) < _MIN_ABS_DET):
-        raise ScanError(f"has a direction matrix {np.round(matrix, 6).tolist()} that is not a rotation", path=path, fix=fix)
+        raise ScanError(f"has a direction matrix {np.round(matrix, 6).tolist()} that is not a rotation", path=path,
+                        fix=fix)
     return CtVolume(hu, origin, spacing, matrix, series_uid=series_uid)

@@ -24,7 +24,9 @@ from noduleflow.ct import read_volume
 from noduleflow.errors import ScanError
 
 EYE = np.eye(3)
-pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")  # pydicom's, on the malformed tags these tests write
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Invalid value for VR"
+)  # pydicom's, on the malformed tags these tests write
 
 
 @pytest.fixture
@@ -47,6 +49,7 @@ def _raises(path, *fragments):
 
 
 # --- bits above BitsStored ---
+
 
 def _ct_small_series(folder, edit) -> list:
     """Two slices of pydicom's real CT_small.dcm (a 128 x 128 CT slice), edited by `edit(ds)`."""
@@ -84,6 +87,7 @@ def test_overlay_bits_above_bits_stored_are_masked_like_pydicom_and_itk(tmp_path
 
 # --- lossless syntaxes ---
 
+
 @pytest.mark.parametrize("syntax", [JPEGLosslessSV1, JPEGLSLossless, RLELossless])
 def test_lossless_compressed_series_read_like_uncompressed(tmp_path, stored, syntax):
     plain = read_volume(_series(tmp_path / "plain", stored, series_uid="1.2.3.4") and tmp_path / "plain")
@@ -112,7 +116,10 @@ def test_pydicom_jpeg_ls_and_jpeg_2000_mr_files_read_like_their_uncompressed_twi
             ds.save_as(folder / f"{k}.dcm")
     with caplog.at_level("WARNING", logger="noduleflow"):
         plain = read_volume(tmp_path / "MR_small.dcm")
-        jls, jp2k = read_volume(tmp_path / "MR_small_jpeg_ls_lossless.dcm"), read_volume(tmp_path / "MR_small_jp2klossless.dcm")
+        jls, jp2k = (
+            read_volume(tmp_path / "MR_small_jpeg_ls_lossless.dcm"),
+            read_volume(tmp_path / "MR_small_jp2klossless.dcm"),
+        )
     np.testing.assert_array_equal(jls.hu, plain.hu)
     np.testing.assert_array_equal(jp2k.hu, plain.hu)
     np.testing.assert_array_equal(plain.hu[0], pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array)
@@ -120,6 +127,7 @@ def test_pydicom_jpeg_ls_and_jpeg_2000_mr_files_read_like_their_uncompressed_twi
 
 
 # --- files without the 128-byte preamble ---
+
 
 def _strip(path, keep_meta: bool) -> None:
     if keep_meta:
@@ -163,6 +171,7 @@ def test_truncated_dicom_file_is_an_error_not_a_missing_slice(tmp_path, stored):
 
 
 # --- malformed tags: one ScanError each, naming the file and the tag ---
+
 
 def _set(ds, keyword, value) -> None:
     """Set a tag to any value: text that pydicom would refuse for its VR goes in as raw bytes (VR UN), as a
@@ -222,7 +231,9 @@ def test_unreadable_file_is_a_scan_error(tmp_path, stored, monkeypatch):
 # --- property-based: any attribute of one slice set to anything ---
 
 _ATTRIBUTES = {
-    "ImageOrientationPatient": st.lists(st.sampled_from([0, 1, -1, 0.5, 1e-9, "nan", "x", 1e308]), min_size=0, max_size=7),
+    "ImageOrientationPatient": st.lists(
+        st.sampled_from([0, 1, -1, 0.5, 1e-9, "nan", "x", 1e308]), min_size=0, max_size=7
+    ),
     "ImagePositionPatient": st.lists(st.sampled_from([0, 2.5, -1e6, "inf", "", 1e308]), min_size=0, max_size=4),
     "PixelSpacing": st.lists(st.sampled_from([0, 0.7, -1, 1e-300, 1e300, "nan", "a"]), min_size=0, max_size=3),
     "Rows": st.integers(0, 9),
@@ -238,15 +249,21 @@ _ATTRIBUTES = {
     "Modality": st.sampled_from(["CT", "MR", "", "PT"]),
     "PhotometricInterpretation": st.sampled_from(["MONOCHROME2", "RGB", "PALETTE COLOR", ""]),
     "PixelData": st.sampled_from([b"", b"\x00\x00", bytes(58), bytes(62), bytes(120)]),
-    "TransferSyntaxUID": st.sampled_from(["1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.4.70",
-                                          "1.2.840.10008.1.2.5", "1.2.3.4.5.6"]),
+    "TransferSyntaxUID": st.sampled_from(
+        ["1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.5", "1.2.3.4.5.6"]
+    ),
 }
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(changes=st.dictionaries(st.sampled_from(sorted(_ATTRIBUTES)), st.none(), max_size=3)
-       .flatmap(lambda keys: st.fixed_dictionaries({k: _ATTRIBUTES[k] for k in keys})),
-       which=st.integers(0, 2))
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(
+    changes=st.dictionaries(st.sampled_from(sorted(_ATTRIBUTES)), st.none(), max_size=3).flatmap(
+        lambda keys: st.fixed_dictionaries({k: _ATTRIBUTES[k] for k in keys})
+    ),
+    which=st.integers(0, 2),
+)
 def test_any_slice_attribute_gives_a_volume_or_a_scan_error(tmp_path, changes, which):
     stored = np.random.default_rng(1).integers(0, 4000, size=(3, 6, 5)).astype(np.uint16)
     folder = tmp_path / f"s{abs(hash(repr(changes)))}_{which}"

@@ -25,11 +25,20 @@ from noduleflow.errors import ScanError
 SECRET = b"root:x:0:0:secret\n" * 8  # 144 bytes: a 72-voxel MET_SHORT volume if a header could name it
 
 
-def _header(folder: Path, name: str = "scan.mhd", *, data_file: str = "scan.raw", dims="4 3 2", element_type="MET_SHORT",
-            extra: str = "") -> Path:
+def _header(
+    folder: Path,
+    name: str = "scan.mhd",
+    *,
+    data_file: str = "scan.raw",
+    dims="4 3 2",
+    element_type="MET_SHORT",
+    extra: str = "",
+) -> Path:
     path = folder / name
-    path.write_text(f"ObjectType = Image\nNDims = 3\nDimSize = {dims}\nElementSpacing = 0.7 0.7 2.5\n{extra}"
-                    f"ElementType = {element_type}\nElementDataFile = {data_file}\n")
+    path.write_text(
+        f"ObjectType = Image\nNDims = 3\nDimSize = {dims}\nElementSpacing = 0.7 0.7 2.5\n{extra}"
+        f"ElementType = {element_type}\nElementDataFile = {data_file}\n"
+    )
     return path
 
 
@@ -50,19 +59,26 @@ def scan_dir(tmp_path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink_out", "dotdot_backslash", "subfolder_dotdot", "folder_itself"])
+@pytest.mark.parametrize(
+    "kind", ["dotdot", "absolute", "symlink_out", "dotdot_backslash", "subfolder_dotdot", "folder_itself"]
+)
 def test_data_file_outside_the_header_folder_is_refused(scan_dir, secret, kind):
     if kind == "symlink_out":
         os.symlink(secret, scan_dir / "link.raw")
-    data_file = {"dotdot": "../../outside/secret.txt", "absolute": str(secret), "symlink_out": "link.raw",
-                 "dotdot_backslash": "..\\..\\outside\\secret.txt", "subfolder_dotdot": "sub/../../../outside/secret.txt",
-                 "folder_itself": "."}[kind]
+    data_file = {
+        "dotdot": "../../outside/secret.txt",
+        "absolute": str(secret),
+        "symlink_out": "link.raw",
+        "dotdot_backslash": "..\\..\\outside\\secret.txt",
+        "subfolder_dotdot": "sub/../../../outside/secret.txt",
+        "folder_itself": ".",
+    }[kind]
     header = _header(scan_dir, dims="8 9 1", data_file=data_file)  # 72 voxels: exactly the secret's size
     with pytest.raises(ScanError) as err:
         read_volume(header)
     message = str(err.value)
     assert str(header) in message and "ElementDataFile" in message
-    assert "header's own folder" in message and "bare name" in message  # says what is wrong and the fix
+    assert "header's own folder" in message and "next to the header" in message  # says what is wrong and the fix
 
 
 def test_data_file_symlink_inside_the_folder_and_subfolder_are_read(scan_dir):
@@ -138,10 +154,14 @@ def test_compressed_header_claiming_a_huge_volume_costs_only_what_the_file_holds
     header = _header(scan_dir, data_file="small.zraw", dims="1024 1024 1000", extra="CompressedData = True\n")
     with pytest.raises(ScanError, match="decompresses to 1048576 bytes, but DimSize 1024 1024 1000"):
         read_volume(header)
-    code = ("import resource, sys; from noduleflow.ct import read_volume; from noduleflow.errors import ScanError\n"
-            "try:\n    read_volume(sys.argv[1])\nexcept ScanError:\n    pass\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
-    peak = int(subprocess.run([sys.executable, "-c", code, str(header)], capture_output=True, text=True, check=True).stdout)
+    code = (
+        "import resource, sys; from noduleflow.ct import read_volume; from noduleflow.errors import ScanError\n"
+        "try:\n    read_volume(sys.argv[1])\nexcept ScanError:\n    pass\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+    )
+    peak = int(
+        subprocess.run([sys.executable, "-c", code, str(header)], capture_output=True, text=True, check=True).stdout
+    )
     assert peak < 600e6
 
 
@@ -167,6 +187,7 @@ def test_clipped_values_and_non_ct_values_warn_once(scan_dir, caplog):
 
 # --- property-based: any header either reads a correct volume or raises ScanError, and never opens a file outside ---
 
+
 @contextlib.contextmanager
 def _opened_files():
     """Records the resolved path of every file opened through `open` (what np.fromfile and the readers use)."""
@@ -181,38 +202,80 @@ def _opened_files():
         yield seen
 
 
-_NUMBER_TEXT = st.one_of(st.integers(-5, 40).map(str), st.integers(-(2**70), 2**70).map(str),
-                         st.sampled_from(["nan", "inf", "-0", "1e-300", "1e300", "0x10", "", "3.5", "1_0"]), st.text(max_size=12))
+_NUMBER_TEXT = st.one_of(
+    st.integers(-5, 40).map(str),
+    st.integers(-(2**70), 2**70).map(str),
+    st.sampled_from(["nan", "inf", "-0", "1e-300", "1e300", "0x10", "", "3.5", "1_0"]),
+    st.text(max_size=12),
+)
 _HEADER_VALUES = {
     "ObjectType": st.sampled_from(["Image", "Mesh", ""]),
     "NDims": st.one_of(st.just("3"), _NUMBER_TEXT),
-    "DimSize": st.one_of(st.lists(st.integers(-2, 6), min_size=3, max_size=3).map(lambda v: " ".join(map(str, v))),
-                         st.lists(_NUMBER_TEXT, min_size=1, max_size=4).map(" ".join)),
-    "ElementSpacing": st.one_of(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=3, max_size=3)
-                                .map(lambda v: " ".join(map(repr, v))), _NUMBER_TEXT),
+    "DimSize": st.one_of(
+        st.lists(st.integers(-2, 6), min_size=3, max_size=3).map(lambda v: " ".join(map(str, v))),
+        st.lists(_NUMBER_TEXT, min_size=1, max_size=4).map(" ".join),
+    ),
+    "ElementSpacing": st.one_of(
+        st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=3, max_size=3).map(
+            lambda v: " ".join(map(repr, v))
+        ),
+        _NUMBER_TEXT,
+    ),
     "Offset": st.one_of(st.just("1 2 3"), _NUMBER_TEXT),
-    "TransformMatrix": st.one_of(st.just("1 0 0 0 1 0 0 0 1"), st.just("0 0 0 0 0 0 0 0 0"), st.just("2 0 0 0 1 0 0 0 1"), _NUMBER_TEXT),
+    "TransformMatrix": st.one_of(
+        st.just("1 0 0 0 1 0 0 0 1"), st.just("0 0 0 0 0 0 0 0 0"), st.just("2 0 0 0 1 0 0 0 1"), _NUMBER_TEXT
+    ),
     "ElementType": st.one_of(st.sampled_from(sorted(ELEMENT_TYPES)), st.text(max_size=10)),
     "ElementNumberOfChannels": st.sampled_from(["1", "3", "x"]),
     "BinaryDataByteOrderMSB": st.sampled_from(["True", "False", "maybe"]),
     "CompressedData": st.sampled_from(["True", "False", "1", "yes"]),
     "HeaderSize": st.one_of(st.integers(-8, 64).map(str), _NUMBER_TEXT),
-    "ElementDataFile": st.sampled_from(["scan.raw", "scan.zraw", "LOCAL", "", "../secret.txt", "../../outside/secret.txt",
-                                        "SECRET_ABS", "link_out.raw", "link_in.raw", "sub/../scan.raw", "LIST", "scan%03d.raw",
-                                        "..", ".", "/", "nothing.raw", "sub", "scan.raw extra words"]),
+    "ElementDataFile": st.sampled_from(
+        [
+            "scan.raw",
+            "scan.zraw",
+            "LOCAL",
+            "",
+            "../secret.txt",
+            "../../outside/secret.txt",
+            "SECRET_ABS",
+            "link_out.raw",
+            "link_in.raw",
+            "sub/../scan.raw",
+            "LIST",
+            "scan%03d.raw",
+            "..",
+            ".",
+            "/",
+            "nothing.raw",
+            "sub",
+            "scan.raw extra words",
+        ]
+    ),
 }
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(dims=st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 3)), element_type=st.sampled_from(sorted(ELEMENT_TYPES)),
-       msb=st.booleans(), compressed=st.booleans(), header_size=st.sampled_from([0, 0, 5, -1]),
-       data_file=st.sampled_from(["scan.raw", "LOCAL", "link_in.raw", "sub/data.raw"]), size_delta=st.sampled_from([0, 0, 0, -1, 1, 7]),
-       mutations=st.dictionaries(st.sampled_from(sorted(_HEADER_VALUES)), st.none(), max_size=3)
-       .flatmap(lambda keys: st.fixed_dictionaries({k: _HEADER_VALUES[k] for k in keys})),
-       junk=st.lists(st.tuples(st.text(min_size=1, max_size=8), st.text(max_size=12)), max_size=2),
-       seed=st.integers(0, 2**16), suffix=st.sampled_from([".mhd", ".mha"]))
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(
+    dims=st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 3)),
+    element_type=st.sampled_from(sorted(ELEMENT_TYPES)),
+    msb=st.booleans(),
+    compressed=st.booleans(),
+    header_size=st.sampled_from([0, 0, 5, -1]),
+    data_file=st.sampled_from(["scan.raw", "LOCAL", "link_in.raw", "sub/data.raw"]),
+    size_delta=st.sampled_from([0, 0, 0, -1, 1, 7]),
+    mutations=st.dictionaries(st.sampled_from(sorted(_HEADER_VALUES)), st.none(), max_size=3).flatmap(
+        lambda keys: st.fixed_dictionaries({k: _HEADER_VALUES[k] for k in keys})
+    ),
+    junk=st.lists(st.tuples(st.text(min_size=1, max_size=8), st.text(max_size=12)), max_size=2),
+    seed=st.integers(0, 2**16),
+    suffix=st.sampled_from([".mhd", ".mha"]),
+)
 def test_any_header_reads_a_volume_or_raises_scan_error_and_stays_in_its_folder(
-        tmp_path, dims, element_type, msb, compressed, header_size, data_file, size_delta, mutations, junk, seed, suffix):
+    tmp_path, dims, element_type, msb, compressed, header_size, data_file, size_delta, mutations, junk, seed, suffix
+):
     """A valid header and data file, then up to three header keys replaced by anything (garbage, huge or
     negative numbers, paths out of the folder) and junk keys: the read gives exactly the pixels the
     header describes, or a ScanError naming the scan; no file outside the scan's folder is opened."""
@@ -229,10 +292,19 @@ def test_any_header_reads_a_volume_or_raises_scan_error_and_stays_in_its_folder(
     dtype = np.dtype(ELEMENT_TYPES[element_type]).newbyteorder(">" if msb else "<")
     pixels = rng.integers(0, 256, int(np.prod(dims)) * dtype.itemsize + size_delta, dtype=np.uint8).tobytes()
     payload = bytes(max(header_size, 0)) + (zlib.compress(pixels) if compressed else pixels)
-    fields = {"ObjectType": "Image", "NDims": "3", "DimSize": " ".join(map(str, dims)), "ElementSpacing": "0.5 0.75 2",
-              "Offset": "-10 20.5 3", "TransformMatrix": "0 1 0 1 0 0 0 0 -1", "ElementType": element_type,
-              "BinaryDataByteOrderMSB": str(msb), "CompressedData": str(compressed), "HeaderSize": str(header_size),
-              "ElementDataFile": data_file}
+    fields = {
+        "ObjectType": "Image",
+        "NDims": "3",
+        "DimSize": " ".join(map(str, dims)),
+        "ElementSpacing": "0.5 0.75 2",
+        "Offset": "-10 20.5 3",
+        "TransformMatrix": "0 1 0 1 0 0 0 0 -1",
+        "ElementType": element_type,
+        "BinaryDataByteOrderMSB": str(msb),
+        "CompressedData": str(compressed),
+        "HeaderSize": str(header_size),
+        "ElementDataFile": data_file,
+    }
     fields.update({k: v.replace("SECRET_ABS", str(secret_path)) for k, v in mutations.items()})
     lines = [f"{k} = {v}" for k, v in junk if "=" not in k and "\n" not in k + v and "\r" not in k + v]
     lines += [f"{k} = {v}" for k, v in fields.items() if "\n" not in v and "\r" not in v and k != "ElementDataFile"]
@@ -266,9 +338,15 @@ def test_any_header_reads_a_volume_or_raises_scan_error_and_stays_in_its_folder(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(shape=st.tuples(st.integers(1, 4), st.integers(1, 5), st.integers(1, 6)),
-       pixel_type=st.sampled_from([sitk.sitkInt16, sitk.sitkUInt8, sitk.sitkUInt16, sitk.sitkInt32, sitk.sitkFloat32, sitk.sitkFloat64]),
-       suffix=st.sampled_from([".mhd", ".mha"]), compress=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+    shape=st.tuples(st.integers(1, 4), st.integers(1, 5), st.integers(1, 6)),
+    pixel_type=st.sampled_from(
+        [sitk.sitkInt16, sitk.sitkUInt8, sitk.sitkUInt16, sitk.sitkInt32, sitk.sitkFloat32, sitk.sitkFloat64]
+    ),
+    suffix=st.sampled_from([".mhd", ".mha"]),
+    compress=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_any_valid_itk_written_file_reads_like_itk(tmp_path, shape, pixel_type, suffix, compress, seed):
     rng = np.random.default_rng(seed)
     image = sitk.Cast(sitk.GetImageFromArray(rng.integers(-1024, 255, shape).astype(np.float64)), sitk.sitkFloat64)
@@ -278,6 +356,8 @@ def test_any_valid_itk_written_file_reads_like_itk(tmp_path, shape, pixel_type, 
     path = tmp_path / f"itk{suffix}"
     sitk.WriteImage(image, str(path), useCompression=compress)
     ours, itk = read_volume(path), sitk.ReadImage(str(path))
-    np.testing.assert_array_equal(ours.hu, np.clip(np.rint(sitk.GetArrayFromImage(itk).astype(np.float64)), -32768, 32767))
+    np.testing.assert_array_equal(
+        ours.hu, np.clip(np.rint(sitk.GetArrayFromImage(itk).astype(np.float64)), -32768, 32767)
+    )
     np.testing.assert_allclose(ours.spacing_xyz, itk.GetSpacing(), rtol=1e-12)
     np.testing.assert_allclose(ours.origin_xyz, itk.GetOrigin(), rtol=1e-12)

@@ -53,8 +53,9 @@ def test_nan_affine(tmp_path):
     _raises(_save(tmp_path / "nan.nii", np.zeros((2, 3, 4), np.int16), affine), "non-finite affine")
 
 
-@pytest.mark.parametrize("data", [np.zeros((2, 3, 4), np.complex64),
-                                  np.zeros((2, 3, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])])
+@pytest.mark.parametrize(
+    "data", [np.zeros((2, 3, 4), np.complex64), np.zeros((2, 3, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])]
+)
 def test_complex_and_rgb_voxels(tmp_path, data):
     _raises(_save(tmp_path / "odd.nii.gz", data), "not CT values")
 
@@ -102,16 +103,63 @@ def test_mr_like_values_warn(tmp_path, caplog):
 
 # --- property-based: mutate the header fields of a small valid file ---
 
-_FIELDS = ["sizeof_hdr", "dim", "datatype", "bitpix", "vox_offset", "scl_slope", "scl_inter", "pixdim", "qform_code",
-           "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "srow_x", "srow_y", "srow_z", "xyzt_units",
-           "magic", "dim_info", "intent_code"]
-_SPECIALS = [0, 1, -1, 2, 3, 7, 16, 64, 128, 255, 256, 352, 511, 32767, -32768, 2**31 - 1, 1e-300, 1e300, 0.5, 1e-3,
-             float("nan"), float("inf"), -float("inf")]
+_FIELDS = [
+    "sizeof_hdr",
+    "dim",
+    "datatype",
+    "bitpix",
+    "vox_offset",
+    "scl_slope",
+    "scl_inter",
+    "pixdim",
+    "qform_code",
+    "sform_code",
+    "quatern_b",
+    "quatern_c",
+    "quatern_d",
+    "qoffset_x",
+    "srow_x",
+    "srow_y",
+    "srow_z",
+    "xyzt_units",
+    "magic",
+    "dim_info",
+    "intent_code",
+]
+_SPECIALS = [
+    0,
+    1,
+    -1,
+    2,
+    3,
+    7,
+    16,
+    64,
+    128,
+    255,
+    256,
+    352,
+    511,
+    32767,
+    -32768,
+    2**31 - 1,
+    1e-300,
+    1e300,
+    0.5,
+    1e-3,
+    float("nan"),
+    float("inf"),
+    -float("inf"),
+]
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(changes=st.lists(st.tuples(st.sampled_from(_FIELDS), st.integers(0, 7), st.sampled_from(_SPECIALS)), max_size=3),
-       gz=st.booleans(), stored_type=st.sampled_from([np.int16, np.uint8, np.float32, np.int32]), seed=st.integers(0, 2**16))
+@given(
+    changes=st.lists(st.tuples(st.sampled_from(_FIELDS), st.integers(0, 7), st.sampled_from(_SPECIALS)), max_size=3),
+    gz=st.booleans(),
+    stored_type=st.sampled_from([np.int16, np.uint8, np.float32, np.int32]),
+    seed=st.integers(0, 2**16),
+)
 def test_any_header_mutation_reads_a_volume_or_raises_scan_error(tmp_path, changes, gz, stored_type, seed):
     rng = np.random.default_rng(seed)
     data = rng.integers(-1024, 255, (5, 4, 3)).astype(stored_type)
@@ -125,8 +173,11 @@ def test_any_header_mutation_reads_a_volume_or_raises_scan_error(tmp_path, chang
         if kind == "S":
             target[slot] = str(value).encode()[: target.dtype.itemsize]
         elif kind in "iu":
-            target[slot] = np.array(value).astype(np.float64).clip(np.iinfo(target.dtype).min, np.iinfo(target.dtype).max) \
-                if np.isfinite(value) else 0
+            target[slot] = (
+                np.array(value).astype(np.float64).clip(np.iinfo(target.dtype).min, np.iinfo(target.dtype).max)
+                if np.isfinite(value)
+                else 0
+            )
         else:
             with np.errstate(over="ignore"):  # 1e300 into a float32 field is inf, which is the point
                 target[slot] = value
@@ -143,19 +194,25 @@ def test_any_header_mutation_reads_a_volume_or_raises_scan_error(tmp_path, chang
     assert volume.hu.dtype == np.int16 and np.all(np.isfinite(volume.origin_xyz))
     assert np.all(volume.spacing_xyz >= 0.01) and np.all(volume.spacing_xyz <= 50)
     reference = nib.load(out)  # small and size-checked now, so nibabel's float64 read is safe
-    np.testing.assert_array_equal(volume.hu, to_hu_int16(np.asarray(reference.get_fdata(dtype=np.float64)).reshape(reference.shape[:3]).T))
+    np.testing.assert_array_equal(
+        volume.hu, to_hu_int16(np.asarray(reference.get_fdata(dtype=np.float64)).reshape(reference.shape[:3]).T)
+    )
     if not changes:
         np.testing.assert_array_equal(volume.hu, data.T)
 
 
-@pytest.mark.parametrize("name", ["anatomical.nii", "reoriented_anat_moved.nii", "resampled_anat_moved.nii", "standard.nii.gz"])
+@pytest.mark.parametrize(
+    "name", ["anatomical.nii", "reoriented_anat_moved.nii", "resampled_anat_moved.nii", "standard.nii.gz"]
+)
 def test_nibabel_bundled_files_read_like_nibabel_and_itk(name):
     """Real files written by other tools: values as nibabel scales them, geometry as SimpleITK places it."""
     from nibabel.testing import data_path
 
     path = f"{data_path}/{name}"
     ours, reference, itk = read_volume(path), nib.load(path), sitk.ReadImage(path)
-    np.testing.assert_array_equal(ours.hu, to_hu_int16(np.asarray(reference.get_fdata()).reshape(reference.shape[:3]).T))
+    np.testing.assert_array_equal(
+        ours.hu, to_hu_int16(np.asarray(reference.get_fdata()).reshape(reference.shape[:3]).T)
+    )
     np.testing.assert_allclose(ours.origin_xyz, itk.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(ours.spacing_xyz, itk.GetSpacing(), atol=1e-5)
     np.testing.assert_allclose(ours.direction.ravel(), itk.GetDirection(), atol=1e-5)

@@ -82,7 +82,8 @@ def test_spacing_outside_the_sane_range(oblique_volume, spacing):
 def test_output_beyond_max_voxels_is_refused_before_allocating():
     """300 mm cubed at 0.1 mm would be 2.7e10 voxels (54 GB of int16): refused at once, not a MemoryError."""
     volume = CtVolume(np.zeros((6, 6, 6), np.int16), [0, 0, 0], [50.0, 50.0, 50.0], np.eye(3), series_uid="big")
-    with pytest.raises(ConfigError, match=r"resampling big .* would make 2\.7e\+10 voxels, more than the 1073741824") as err:
+    message = r"resampling big .* would make 2\.7e\+10 voxels, more than the 1073741824"
+    with pytest.raises(ConfigError, match=message) as err:
         resample(volume, 0.1)
     assert "coarser spacing" in str(err.value)
     assert resample(volume, 10.0).shape == (30, 30, 30)  # a legal output is still made
