@@ -1,7 +1,9 @@
 """Read and write CT volumes by file name: .mhd/.raw, .mha, .nii, .nii.gz, and DICOM series folders.
 
 One reader per format (`metaimage`, `nifti`, `dicom`), each validating its input and raising
-`ScanError` with the file and the fix; this module only picks the reader or writer.
+`ScanError` with the file and the fix; this module picks the reader or writer, and is the one place
+where whatever a reader still raises on a file its checks did not foresee becomes a ScanError naming
+the file, so no reader bug reaches a user as a traceback.
 """
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ def _load(module: str, function: str):
 
 
 def read_volume(path: str | Path) -> CtVolume:
-    """Read a scan file, or a folder holding one DICOM series, into a `CtVolume` (int16 HU, (I, R, C))."""
+    """Read a scan file, or a folder holding one DICOM series, into a `CtVolume` (int16 HU, (I, R, C)).
+
+    Every failure to read it is a ScanError (its cause chained as `__cause__`); a programming error
+    (NameError, AssertionError...) is not dressed up as a problem with the file.
+    """
     path = Path(path)
     if not path.exists():
         raise ScanError("does not exist", path=path, fix="Check the path: a scan is a .mhd, .mha, .nii or .nii.gz file, or a DICOM series folder")
