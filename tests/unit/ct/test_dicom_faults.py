@@ -24,9 +24,11 @@ from noduleflow.ct import read_volume
 from noduleflow.errors import ScanError
 
 EYE = np.eye(3)
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Invalid value for VR"
-)  # pydicom's, on the malformed tags these tests write
+# pydicom's own warnings on the malformed tags and pixel data these tests write
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Invalid value for VR"),
+    pytest.mark.filterwarnings("ignore:The number of bytes of pixel data"),
+]
 
 
 @pytest.fixture
