@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from noduleflow.ct.volume import CtVolume
+from noduleflow.ct.volume import MIN_SPACING_MM, CtVolume
 
 _IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
 _IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
@@ -55,9 +55,13 @@ def lung_mask(volume: CtVolume, *, threshold_hu: int = -400, closing_mm: float =
         _, n_r, n_c = volume.shape
         return np.repeat(np.repeat(small, step, axis=1), step, axis=2)[:, :n_r, :n_c]
     air = volume.hu < threshold_hu
-    labels, lungs = _lung_components(_enclosed_in_plane(air), min_voxels=min_lung_ml * 1000.0 / float(np.prod(volume.spacing_xyz)))
-    radius_rc = np.maximum(1, np.round(closing_mm / volume.spacing_irc[1:])).astype(int)
-    max_hole_voxels = np.pi * (max_hole_mm / 2) ** 2 / float(np.prod(volume.spacing_irc[1:]))
+    # the voxel sizes are floored at MIN_SPACING_MM: a CtVolume only promises positive spacing, and a
+    # product of three tiny ones rounds to 0 mm^3 (division by zero) or a closing radius beyond int range
+    spacing_irc = np.maximum(volume.spacing_irc, MIN_SPACING_MM)
+    min_voxels = min_lung_ml * 1000.0 / float(np.prod(spacing_irc))
+    labels, lungs = _lung_components(_enclosed_in_plane(air), min_voxels=min_voxels)
+    radius_rc = np.minimum(np.maximum(1, np.round(closing_mm / spacing_irc[1:])), volume.shape[1:]).astype(int)
+    max_hole_voxels = np.pi * (max_hole_mm / 2) ** 2 / float(np.prod(spacing_irc[1:]))
     mask = np.zeros(volume.shape, dtype=bool)
     for label in lungs:  # each lung on its own, so the closing does not bridge the mediastinum
         lung = labels == label

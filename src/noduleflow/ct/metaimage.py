@@ -11,13 +11,15 @@ the C axis first), which is how ITK reads and writes it; `Offset` is the world p
 
 from __future__ import annotations
 
+import math
+import re
 import zlib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from noduleflow.ct.hu import to_hu_int16
-from noduleflow.ct.volume import CtVolume
+from noduleflow.ct.hu import read_hu_slices, warn_if_not_ct
+from noduleflow.ct.volume import CtVolume, check_voxel_count, checked_volume
 from noduleflow.errors import ScanError
 
 ELEMENT_TYPES = {
@@ -28,6 +30,7 @@ ELEMENT_TYPES = {
 """MetaIO element type -> numpy dtype (without byte order); MetaIO's LONG is 4 bytes."""
 
 _MAX_HEADER_BYTES = 1 << 16
+_REFETCH_FIX = "The file is truncated or belongs to another header: copy or download the scan again"
 _REWRITE_FIX = "Re-export the scan, or fix the header by hand (see the keys in a LUNA16 .mhd file)"
 
 
@@ -39,8 +42,10 @@ def read_metaimage(path: str | Path) -> CtVolume:
     path = Path(path)
     fields, header_bytes = _read_header(path)
     meta = _parse_header(fields, path)
-    hu = _read_pixels(meta, path, header_bytes)
-    return CtVolume(hu, meta["origin"], meta["spacing"], meta["direction"], series_uid=path.stem)
+    hu, clipped = _read_pixels(meta, path, header_bytes)
+    volume = checked_volume(hu, meta["origin"], meta["spacing"], meta["direction"], path.stem, path=path)
+    warn_if_not_ct(volume.hu, path, clipped=clipped)
+    return volume
 
 
 def write_metaimage(volume: CtVolume, path: str | Path) -> Path:
@@ -115,11 +120,12 @@ def _parse_header(fields: dict[str, str], path: Path) -> dict:
     def numbers(key: str, text: str, count: int, kind: type) -> np.ndarray:
         try:
             values = [kind(v) for v in text.split()]
-        except ValueError:
+        except (ValueError, OverflowError):
             values = []
-        if len(values) != count or not np.all(np.isfinite(values)):
-            raise ScanError(f"header key {key} = {text!r} is not {count} {kind.__name__} values", path=path, fix=_REWRITE_FIX)
-        return np.asarray(values, dtype=np.float64 if kind is float else np.int64)
+        if len(values) != count or not all(math.isfinite(v) for v in values):
+            raise ScanError(f"header key {key} = {text[:80]!r} is not {count} {kind.__name__} values", path=path,
+                            fix=_REWRITE_FIX)
+        return values if kind is int else np.asarray(values, dtype=np.float64)  # ints stay Python ints: no overflow
 
     def flag(key: str, default: str) -> bool:
         text = fields.get(key, default)
@@ -129,7 +135,7 @@ def _parse_header(fields: dict[str, str], path: Path) -> dict:
 
     if fields.get("ObjectType", "Image") != "Image":
         raise ScanError(f"holds a MetaIO {fields['ObjectType']!r} object, not an Image", path=path, fix="Pass an image file")
-    ndims = int(numbers("NDims", get("NDims"), 1, int)[0])
+    ndims = numbers("NDims", get("NDims"), 1, int)[0]
     if ndims != 3:
         raise ScanError(f"is a {ndims}D image (NDims = {ndims}); a CT volume is 3D", path=path, fix="Pass a 3D scan")
     dims = numbers("DimSize", get("DimSize"), 3, int)
@@ -137,8 +143,9 @@ def _parse_header(fields: dict[str, str], path: Path) -> dict:
     origin = numbers("Offset", get("Offset", "Origin", "Position", default="0 0 0"), 3, float)
     matrix = numbers("TransformMatrix", get("TransformMatrix", "Rotation", "Orientation", default="1 0 0 0 1 0 0 0 1"), 9, float)
     direction = matrix.reshape(3, 3).T  # MetaIO lists the matrix column by column
-    if np.any(dims <= 0):
+    if any(n <= 0 for n in dims):
         raise ScanError(f"header key DimSize = {get('DimSize')!r} has a size below 1", path=path, fix=_REWRITE_FIX)
+    check_voxel_count(dims, path=path, what="header key DimSize")
     if np.any(spacing <= 0):
         raise ScanError(f"header key ElementSpacing = {get('ElementSpacing', 'ElementSize')!r} is not positive millimetres", path=path, fix=_REWRITE_FIX)
     if abs(np.linalg.det(direction)) < 1e-6:
@@ -155,50 +162,122 @@ def _parse_header(fields: dict[str, str], path: Path) -> dict:
                         fix="Convert it to binary, e.g. with SimpleITK: sitk.WriteImage(sitk.ReadImage(p), 'scan.mha')")
     msb = flag("BinaryDataByteOrderMSB", fields.get("ElementByteOrderMSB", "False"))
     data_file = get("ElementDataFile")
+    if not data_file:
+        raise ScanError("header key ElementDataFile is empty, so there are no pixels to read", path=path,
+                        fix="Write the data file's name after 'ElementDataFile =' (LOCAL: pixels follow the header)")
     if data_file.split()[0] == "LIST" or "%" in data_file:
         raise ScanError(f"splits its pixels over several files (ElementDataFile = {data_file!r}), which noduleflow does not read", path=path,
                         fix="Merge them into one file, e.g. with SimpleITK: sitk.WriteImage(sitk.ReadImage(p), 'scan.mha')")
+    header_size = numbers("HeaderSize", fields.get("HeaderSize", "0"), 1, int)[0]
+    if header_size < -1:
+        raise ScanError(f"header key HeaderSize = {header_size} is negative (only -1, 'the pixels end the file', "
+                        "is allowed)", path=path, fix=_REWRITE_FIX)
     return {
         "dims_xyz": dims, "spacing": spacing, "origin": origin, "direction": direction,
         "dtype": np.dtype(ELEMENT_TYPES[element_type]).newbyteorder(">" if msb else "<"),
         "element_type": element_type, "compressed": flag("CompressedData", "False"),
-        "header_size": int(numbers("HeaderSize", fields.get("HeaderSize", "0"), 1, int)[0]),
+        "header_size": header_size,
         "data_file": data_file,
     }
 
 
-def _read_pixels(meta: dict, path: Path, header_bytes: int) -> np.ndarray:
-    """The (I, R, C) int16 HU array from the data file (or from after the header if LOCAL)."""
-    local = meta["data_file"] == "LOCAL"
-    data_path = path if local else path.parent / meta["data_file"]
+def _data_path(meta: dict, path: Path) -> Path:
+    """The data file ElementDataFile names, which must lie in the header's own folder.
+
+    A header never chooses a file outside that folder: a name with '..', an absolute path, or a
+    symlink that leads out of the folder is refused (the resolved paths are compared), so a server
+    that reads uploaded headers cannot be made to return another file's bytes. Subfolders are allowed.
+    """
+    name = meta["data_file"]
+    if name == "LOCAL":
+        return path
+    outside = ScanError(f"names the data file {name[:200]!r} (ElementDataFile), which is not a file in the header's "
+                        "own folder", path=path,
+                        fix="Move the data file next to the header and write its name, e.g. 'ElementDataFile = a.raw'")
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if not parts or parts[0] == "/" or ".." in parts or re.match(r"^[A-Za-z]:", name) or "\0" in name:
+        raise outside
+    folder = path.parent.resolve()
+    data_path = (path.parent / name).resolve()
+    if not data_path.is_relative_to(folder) or data_path == folder:
+        raise outside
     if not data_path.is_file():
-        raise ScanError(f"names the data file {meta['data_file']!r} (ElementDataFile), which does not exist next to it", path=path,
+        raise ScanError(f"names the data file {name!r} (ElementDataFile), which does not exist next to it", path=path,
                         fix=f"Put {data_path.name} in {data_path.parent}, or correct ElementDataFile")
+    return data_path
+
+
+class _Inflater:
+    """A read-only stream of the zlib (or gzip) data in a file, decompressing at most what is asked for.
+
+    zlib.decompressobj with max_length: a few kilobytes of compressed zeros cannot expand to more
+    than the header's size plus one byte, however large their true size, and no step holds more than
+    `_STEP` bytes of output at once.
+    """
+
+    _STEP = 1 << 24
+
+    def __init__(self, file, chunk: int = 1 << 20):
+        self._file, self._chunk = file, chunk
+        self._zlib = zlib.decompressobj(zlib.MAX_WBITS | 32)  # | 32: zlib or gzip header, as MetaIO accepts
+
+    def _pieces(self, size: int):
+        """Decompressed pieces totalling at most `size` bytes (fewer if the stream ends)."""
+        while size > 0 and not self._zlib.eof:
+            data = self._zlib.unconsumed_tail or self._file.read(self._chunk)
+            if not data:
+                return
+            piece = self._zlib.decompress(data, min(size, self._STEP))
+            size -= len(piece)
+            yield piece
+
+    def read(self, size: int) -> bytes:
+        return b"".join(self._pieces(size))
+
+    def readinto(self, buffer) -> int:
+        view, done = memoryview(buffer).cast("B"), 0
+        for piece in self._pieces(len(view)):
+            view[done : done + len(piece)] = piece
+            done += len(piece)
+        return done
+
+
+def _read_pixels(meta: dict, path: Path, header_bytes: int) -> tuple[np.ndarray, int]:
+    """The (I, R, C) int16 HU array from the data file (or from after the header if LOCAL), and
+    how many voxels were clipped to int16."""
+    data_path = _data_path(meta, path)
+    local = meta["data_file"] == "LOCAL"
     shape_irc = tuple(int(n) for n in meta["dims_xyz"][::-1])
-    count = int(np.prod(meta["dims_xyz"]))
-    expected = count * meta["dtype"].itemsize
+    expected = math.prod(shape_irc) * meta["dtype"].itemsize
     start = header_bytes if local else 0
     available = data_path.stat().st_size - start
     what = f"DimSize {' '.join(map(str, meta['dims_xyz']))} of {meta['element_type']} in {path.name}"
-    if meta["compressed"]:
-        with open(data_path, "rb") as f:
-            f.seek(start + max(meta["header_size"], 0))
+    with open(data_path, "rb") as f:
+        if meta["compressed"]:
+            skip = max(meta["header_size"], 0)
+            if skip > available:
+                raise ScanError(f"is shorter than its HeaderSize = {skip} bytes", path=data_path, fix=_REFETCH_FIX)
+            f.seek(start + skip)
+            stream = _Inflater(f)
             try:
-                data = zlib.decompress(f.read())
+                hu, clipped, read = read_hu_slices(stream, meta["dtype"], shape_irc)
+                extra = len(stream.read(1))
             except zlib.error as err:
                 raise ScanError(f"holds compressed pixels that do not decompress ({err})", path=data_path,
                                 fix="The file is damaged or truncated: copy or download it again") from None
-        if len(data) != expected:
-            raise ScanError(f"decompresses to {len(data)} bytes, but {what} needs {expected}", path=data_path,
-                            fix="The pixels and the header do not belong together: copy or download the scan again")
-        pixels = np.frombuffer(bytearray(data), dtype=meta["dtype"])  # bytearray: a writeable array
-    else:
+            if read + extra != expected:
+                size = f"{read} bytes" if read < expected else "more bytes"
+                raise ScanError(f"decompresses to {size}, but {what} needs {expected}", path=data_path,
+                                fix="The pixels and the header do not belong together: copy or download the scan again")
+            return hu, clipped
         # HeaderSize = -1 means "the pixels are the last bytes of the file"
         skip = max(available - expected, 0) if meta["header_size"] == -1 else meta["header_size"]
         if available - skip != expected:
             raise ScanError(f"holds {available - skip} bytes of pixels, but {what} needs {expected}", path=data_path,
                             fix="The file is truncated or belongs to another header: copy or download the scan again")
-        pixels = np.fromfile(data_path, dtype=meta["dtype"], count=count, offset=start + skip)
-    if not pixels.dtype.isnative:
-        pixels = pixels.astype(pixels.dtype.newbyteorder("="))
-    return to_hu_int16(pixels.reshape(shape_irc))
+        f.seek(start + skip)
+        hu, clipped, read = read_hu_slices(f, meta["dtype"], shape_irc)
+    if read != expected:  # the file shrank while being read
+        raise ScanError(f"holds {read} bytes of pixels, but {what} needs {expected}", path=data_path,
+                        fix="The file is truncated: copy or download the scan again")
+    return hu, clipped

@@ -217,8 +217,9 @@ def _count(n: int, fraction: float) -> int:
 
 
 def _series_uid(path: Path) -> str | None:
+    """The scan file's name without its suffix; the suffix in any case, as `read_volume` reads it (.MHD, .NII.GZ)."""
     for suffix in SCAN_SUFFIXES:
-        if path.name.endswith(suffix) and path.is_file():
+        if path.name.lower().endswith(suffix) and len(path.name) > len(suffix) and path.is_file():
             return path.name[: -len(suffix)]
     return None
 

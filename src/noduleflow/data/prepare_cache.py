@@ -44,14 +44,18 @@ class PrepareSummary:
 
 def parse_spacing(text: str | None) -> tuple[float, float, float] | None:
     """'0.7,0.7,1.25' -> (0.7, 0.7, 1.25) mm in X, Y, Z order; None or '' -> None (native spacing)."""
+    # imported here so that this function's change stays inside it
+    from noduleflow.ct.volume import MAX_SPACING_MM, MIN_SPACING_MM, spacing_in_range
+
     if not text:
         return None
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3 or not all(0 < v < 100 for v in values):
-        raise ConfigError(f"--spacing {text!r} is not three positive millimetre values",
+    if len(values) != 3 or not spacing_in_range(values):
+        raise ConfigError(f"--spacing {text!r} is not three millimetre values from {MIN_SPACING_MM} to "
+                          f"{MAX_SPACING_MM}",
                           fix="Write it as X,Y,Z in mm, e.g. --spacing 0.7,0.7,1.25 (or leave it out to keep each scan's spacing).")
     return values  # type: ignore[return-value]
 

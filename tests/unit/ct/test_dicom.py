@@ -4,55 +4,13 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+from ct_geometry_helpers import rotation
+from dicom_helpers import COL_MM, ROW_MM, SLICE_MM
+from dicom_helpers import write_series as _write_series
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
 
 from noduleflow.ct import read_volume
 from noduleflow.errors import ScanError
-
-from ct_geometry_helpers import rotation
-
-ROW_MM, COL_MM, SLICE_MM = 0.75, 0.625, 2.5
-
-
-def _write_series(folder, stored, *, slopes, intercepts, direction, origin, series_uid=None, shuffle_seed=3, positions=None,
-                  bits_stored=16, syntax=ExplicitVRLittleEndian):
-    """One 16-bit DICOM file per slice of `stored` (I, R, C), under shuffled file names and instance numbers;
-    signed if `stored` is, keeping the low `bits_stored` bits.
-
-    direction: (3, 3) columns = world directions of C, R and I. Returns the files in slice order.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    series_uid = series_uid or generate_uid()
-    n = len(stored)
-    if positions is None:
-        positions = [origin + k * SLICE_MM * direction[:, 2] for k in range(n)]
-    names = np.random.default_rng(shuffle_seed).permutation(n)
-    files = []
-    for k in range(n):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = syntax
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.PatientID = "CT", "phantom"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3", series_uid
-        ds.InstanceNumber = int(names[k]) + 1
-        ds.Rows, ds.Columns = stored[k].shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        signed = stored.dtype.kind == "i"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, int(signed)
-        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*direction[:, 0], *direction[:, 1])]
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in positions[k]]
-        ds.PixelSpacing = [ROW_MM, COL_MM]
-        ds.SliceThickness = SLICE_MM
-        ds.RescaleSlope, ds.RescaleIntercept = slopes[k], intercepts[k]
-        ds.PixelData = (stored[k].astype("<i2" if signed else "<u2").view("<u2") & ((1 << bits_stored) - 1)).tobytes()
-        files.append(folder / f"IM{names[k]:04d}")
-        ds.save_as(files[-1], enforce_file_format=True)
-    return files
 
 
 @pytest.fixture

@@ -135,3 +135,16 @@ def test_dome_ringed_by_lung_stays_outside():
     assert dome_core.sum() > 400 and lung.sum() > 300
     assert not mask[k][dome_core].any()
     assert mask[k][lung].all()
+
+
+@pytest.mark.parametrize("spacing", [(1e-300, 1e-300, 1e-300), (1e-5, 1e-5, 1e-5)])
+def test_tiny_spacing_gives_a_mask_not_a_division_by_zero(spacing):
+    """A CtVolume only promises positive spacing; the mask must not divide by a voxel volume that rounds to 0.
+    The enclosed air is far below `min_lung_ml` at such sizes, so it is no lung."""
+    hu = np.full((4, 20, 20), -1000, np.int16)
+    hu[:, 2:18, 2:18] = 0
+    hu[:, 6:14, 6:14] = -850
+    mask = lung_mask(CtVolume(hu, [0, 0, 0], spacing, np.eye(3)))
+    assert mask.shape == hu.shape and mask.dtype == bool
+    assert not mask.any()
+    assert lung_mask(CtVolume(hu, [0, 0, 0], spacing, np.eye(3)), min_lung_ml=0.0)[:, 6:14, 6:14].all()

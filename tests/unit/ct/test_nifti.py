@@ -91,7 +91,7 @@ def test_truncated_file(tmp_path, oblique_volume):
     path = tmp_path / "cut.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((30, 30, 30), np.int16), np.eye(4)), path)
     path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:2000]))
-    with pytest.raises(ScanError, match="cannot be read") as err:
+    with pytest.raises(ScanError, match="holds 1648 bytes of voxels, but .* need 54000") as err:
         read_volume(path)
     assert str(path) in str(err.value)
 

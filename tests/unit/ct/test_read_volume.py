@@ -1,5 +1,9 @@
 """`read_volume` / `write_volume`: round trips through every format, and the errors of the dispatch."""
 
+import os
+import struct
+import zlib
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -68,3 +72,71 @@ def test_unknown_suffix_on_write(tmp_path, oblique_volume):
         write_volume(oblique_volume, path)
     assert str(path) in str(err.value)
     assert not path.exists()
+
+
+@pytest.mark.parametrize("error", [OSError("disk on fire"), ValueError("x"), TypeError("y"), IndexError("z"),
+                                   KeyError("k"), zlib.error("bad"), struct.error("short"), MemoryError(),
+                                   OverflowError("big"), ZeroDivisionError("zero"), AttributeError("attr"),
+                                   RuntimeError("plugin")])
+def test_any_unexpected_reader_failure_becomes_a_scan_error_naming_the_file(tmp_path, oblique_volume, monkeypatch,
+                                                                            error):
+    path = write_volume(oblique_volume, tmp_path / "scan.mha")
+
+    def broken(_path):
+        raise error
+
+    monkeypatch.setattr("noduleflow.ct.metaimage.read_metaimage", broken)
+    with pytest.raises(ScanError) as err:
+        read_volume(path)
+    assert str(path) in str(err.value) and err.value.__cause__ is error
+    if isinstance(error, MemoryError):
+        assert "more memory" in str(err.value)
+
+
+def test_library_errors_become_scan_errors_but_programming_errors_do_not(tmp_path, oblique_volume, monkeypatch):
+    from nibabel.spatialimages import HeaderDataError
+    from pydicom.errors import InvalidDicomError
+
+    path = write_volume(oblique_volume, tmp_path / "scan.nii")
+    for error in (HeaderDataError("bad header"), InvalidDicomError("not dicom")):
+        monkeypatch.setattr("noduleflow.ct.nifti.read_nifti", lambda _p, e=error: (_ for _ in ()).throw(e))
+        with pytest.raises(ScanError, match="cannot be read as a CT scan"):
+            read_volume(path)
+    monkeypatch.setattr("noduleflow.ct.nifti.read_nifti", lambda _p: (_ for _ in ()).throw(NameError("a bug")))
+    with pytest.raises(NameError):  # a bug in noduleflow itself stays a bug, not a complaint about the file
+        read_volume(path)
+
+
+@pytest.mark.parametrize("suffix", [".mhd", ".mha", ".nii", ".nii.gz"])
+def test_file_without_read_permission(tmp_path, oblique_volume, monkeypatch, suffix):
+    """Simulated (the tests may run as root, who reads every file): open() refuses the scan file."""
+    path = write_volume(oblique_volume, tmp_path / f"scan{suffix}")
+    real_open = open
+
+    def denied(file, *args, **kwargs):
+        if str(file).startswith(str(tmp_path)):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", denied)
+    with pytest.raises(ScanError, match="Permission denied") as err:
+        read_volume(path)
+    assert str(path) in str(err.value) and "permissions" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["SCAN.MHD", "Scan.Nii.Gz", "scan.NII", "x.MHA"])
+def test_find_scans_lists_every_suffix_read_volume_reads(tmp_path, oblique_volume, name):
+    from noduleflow.data.luna16 import find_scans
+
+    path = write_volume(oblique_volume, tmp_path / "subset0" / name)
+    scans, folds = find_scans(tmp_path)
+    uid = read_volume(path).series_uid
+    assert scans == {uid: path} and folds == {uid: 0}
+    assert uid == name.split(".")[0]
+
+
+def test_a_pipe_named_like_a_scan_is_refused_without_blocking(tmp_path):
+    path = tmp_path / "scan.mha"
+    os.mkfifo(path)  # opening it for reading would wait for a writer forever
+    with pytest.raises(ScanError, match="not a regular file"):
+        read_volume(path)

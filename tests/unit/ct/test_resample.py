@@ -71,3 +71,29 @@ def test_bad_spacing(oblique_volume, spacing):
 def test_bad_order(oblique_volume, order):
     with pytest.raises(ConfigError, match="order"):
         resample(oblique_volume, 1.0, order=order)
+
+
+@pytest.mark.parametrize("spacing", [0.001, (0.5, 0.5, 1e-300), 51.0, np.inf])
+def test_spacing_outside_the_sane_range(oblique_volume, spacing):
+    with pytest.raises(ConfigError, match="from 0.01 to 50.0"):
+        resample(oblique_volume, spacing)
+
+
+def test_output_beyond_max_voxels_is_refused_before_allocating():
+    """300 mm cubed at 0.1 mm would be 2.7e10 voxels (54 GB of int16): refused at once, not a MemoryError."""
+    volume = CtVolume(np.zeros((6, 6, 6), np.int16), [0, 0, 0], [50.0, 50.0, 50.0], np.eye(3), series_uid="big")
+    message = r"resampling big .* would make 2\.7e\+10 voxels, more than the 1073741824"
+    with pytest.raises(ConfigError, match=message) as err:
+        resample(volume, 0.1)
+    assert "coarser spacing" in str(err.value)
+    assert resample(volume, 10.0).shape == (30, 30, 30)  # a legal output is still made
+
+
+@pytest.mark.parametrize("text", ["0.001,0.001,0.001", "1,1,60", "nan,1,1", "1,1", "a,b,c", "inf,1,1"])
+def test_spacing_flag_uses_the_same_range(text):
+    from noduleflow.data.prepare_cache import parse_spacing
+
+    with pytest.raises(ConfigError, match="from 0.01 to 50.0") as err:
+        parse_spacing(text)
+    assert text in str(err.value)
+    assert parse_spacing("0.7,0.7,1.25") == (0.7, 0.7, 1.25) and parse_spacing("") is None
