@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from noduleflow.cli import app
 from noduleflow.ct import read_volume, write_volume
-from noduleflow.detect.recipe import MINED_CSV, TRAINING_JSON, train_detector
+from noduleflow.recipes.detector import MINED_CSV, TRAINING_JSON, train_detector
 from noduleflow.errors import CheckpointError
 from noduleflow.synth import synthesize
 
