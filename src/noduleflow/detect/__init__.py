@@ -16,7 +16,7 @@ _EXPORTS = {
     "DetectSummary": "pipeline", "detect": "pipeline", "write_results": "pipeline",
     "Finding": "predictor", "Predictor": "predictor", "ScanResult": "predictor",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["DetectSummary", "DetectorModels", "Finding", "Predictor", "ScanResult", "detect", "load_detector", "write_results"]
 
 
 def __getattr__(name: str):

@@ -13,8 +13,8 @@ Predictor's own steps are numpy and scipy, so the ONNX path never imports torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -64,7 +64,7 @@ class InputContract:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "InputContract":
+    def from_dict(cls, data: Mapping) -> InputContract:
         return cls(kind=str(data["kind"]), hu_window=tuple(float(v) for v in data["hu_window"]), context=int(data["context"]),
                    multiple=int(data["multiple"]), patch_size=tuple(int(v) for v in data["patch_size"]),
                    patch_mm=tuple(float(v) for v in data["patch_mm"]))

@@ -38,7 +38,12 @@ from noduleflow.ct import CtVolume, lung_mask
 from noduleflow.data.patches import crop_patch
 from noduleflow.detect.components import Components, find_components
 from noduleflow.detect.contract import Nets, softmax1
-from noduleflow.detect.windows import Window, full_windows, lung_windows, segment_windows
+from noduleflow.detect.windows import (
+    Window,
+    full_windows,
+    lung_windows,
+    segment_windows,
+)
 
 RUNTIMES = ("auto", "int8", "onnx", "torch")
 _AIR_ONLY_HU = -900  # a scan whose every voxel lies below this holds no tissue at all
@@ -107,7 +112,7 @@ class Predictor:
         self.contracts = self.nets.contracts
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, *, runtime: str = "auto", threads: int = 0, **kwargs) -> "Predictor":
+    def from_run(cls, run_dir: str | Path, *, runtime: str = "auto", threads: int = 0, **kwargs) -> Predictor:
         """A predictor over `run_dir`'s segment/, classify/ and (optional) malignancy/ models: its exports
         (RUN/export/) for runtime "onnx" or "int8", its best.pt files for "torch"; "auto" picks the exports
         when the run has them. The exported runtimes load without torch."""

@@ -19,7 +19,13 @@ import numpy as np
 
 from noduleflow.detect.contract import PARTS, InputContract, Nets
 from noduleflow.errors import CheckpointError
-from noduleflow.export.manifest import EXPORT_DIR, MANIFEST_NAME, find_entry, read_manifest, verified_file
+from noduleflow.export.manifest import (
+    EXPORT_DIR,
+    MANIFEST_NAME,
+    find_entry,
+    read_manifest,
+    verified_file,
+)
 
 EXPORTED = ("onnx", "int8")  # the runtimes served from RUN/export/
 
@@ -41,7 +47,7 @@ class OrtNet:
         self.path = Path(path)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime raises its own Fail / InvalidProtobuf / RuntimeException types
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own Fail / InvalidProtobuf / RuntimeException types
             raise CheckpointError(f"cannot be loaded by ONNX Runtime ({type(err).__name__})", path=path,
                                   fix="Re-export with `noduleflow export RUN`, or detect with `--runtime torch`.") from None
         self.input_name = self.session.get_inputs()[0].name

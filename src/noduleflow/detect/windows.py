@@ -12,9 +12,8 @@ slice area and part of the slices, and the U-Net's cost is linear in the pixels 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-
-from typing import Callable
 
 import numpy as np
 

@@ -10,7 +10,7 @@ from importlib import import_module
 
 _EXPORTS = {"export_run": "run", "ExportSummary": "run", "ExportError": "parity", "TOLERANCES": "parity",
             "read_manifest": "manifest", "write_manifest": "manifest"}
-__all__ = sorted(_EXPORTS)
+__all__ = ["TOLERANCES", "ExportError", "ExportSummary", "export_run", "read_manifest", "write_manifest"]
 
 
 def __getattr__(name: str):

@@ -20,10 +20,24 @@ import numpy as np
 import torch
 
 from noduleflow.detect.contract import OUTPUTS, PARTS
-from noduleflow.detect.models import DetectorModels, TorchNet, fuse_batchnorm, load_detector, load_segmentation
+from noduleflow.detect.models import (
+    DetectorModels,
+    TorchNet,
+    fuse_batchnorm,
+    load_detector,
+    load_segmentation,
+)
 from noduleflow.errors import ConfigError
 from noduleflow.export.formats import export_onnx, export_pt2, quantize_onnx
-from noduleflow.export.manifest import EXPORT_DIR, FORMATS, find_entry, read_manifest, sha256_file, verified_file, write_manifest
+from noduleflow.export.manifest import (
+    EXPORT_DIR,
+    FORMATS,
+    find_entry,
+    read_manifest,
+    sha256_file,
+    verified_file,
+    write_manifest,
+)
 from noduleflow.export.parity import ExportError, parity
 
 log = logging.getLogger("noduleflow")

@@ -25,7 +25,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError("checkpoint not found", path=path, fix="Point to a run folder or a .pt file that exists.")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
         detail = (str(err).splitlines() or ["empty file"])[0][:120]
         raise CheckpointError(f"cannot read checkpoint ({type(err).__name__}: {detail})", path=path,
                               fix="The file is truncated or not a checkpoint; use best.pt of a finished run or retrain.") from None
