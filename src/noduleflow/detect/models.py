@@ -5,6 +5,7 @@ Layout of a detector run folder (what `noduleflow train detector DATA --run NAME
     runs/NAME/segment/      2D U-Net run   (config.yaml, best.pt, ...)   required
     runs/NAME/classify/     nodule classifier run                        required
     runs/NAME/malignancy/   malignancy classifier run                    optional
+    runs/NAME/export/       what `noduleflow export` wrote (ONNX, int8, pt2 and manifest.json): `detect.runtime`
 
 Each sub-folder is an ordinary run folder of `noduleflow train <task>`, so any part can be
 retrained on its own and dropped in.

@@ -38,12 +38,7 @@ from noduleflow.ct import CtVolume, lung_mask
 from noduleflow.data.patches import crop_patch
 from noduleflow.detect.components import Components, find_components
 from noduleflow.detect.contract import Nets, softmax1
-from noduleflow.detect.windows import (
-    Window,
-    full_windows,
-    lung_windows,
-    segment_windows,
-)
+from noduleflow.detect.windows import Window, full_windows, lung_windows, segment_windows
 
 RUNTIMES = ("auto", "int8", "onnx", "torch")
 _AIR_ONLY_HU = -900  # a scan whose every voxel lies below this holds no tissue at all

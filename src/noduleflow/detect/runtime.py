@@ -19,13 +19,7 @@ import numpy as np
 
 from noduleflow.detect.contract import PARTS, InputContract, Nets
 from noduleflow.errors import CheckpointError
-from noduleflow.export.manifest import (
-    EXPORT_DIR,
-    MANIFEST_NAME,
-    find_entry,
-    read_manifest,
-    verified_file,
-)
+from noduleflow.export.manifest import EXPORT_DIR, MANIFEST_NAME, find_entry, read_manifest, verified_file
 
 EXPORTED = ("onnx", "int8")  # the runtimes served from RUN/export/
 

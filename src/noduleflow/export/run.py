@@ -22,24 +22,10 @@ import numpy as np
 import torch
 
 from noduleflow.detect.contract import OUTPUTS, PARTS
-from noduleflow.detect.models import (
-    DetectorModels,
-    TorchNet,
-    fuse_batchnorm,
-    load_detector,
-    load_segmentation,
-)
+from noduleflow.detect.models import DetectorModels, fuse_batchnorm, load_detector, load_segmentation
 from noduleflow.errors import ConfigError
 from noduleflow.export.formats import export_onnx, export_pt2, quantize_onnx
-from noduleflow.export.manifest import (
-    EXPORT_DIR,
-    FORMATS,
-    find_entry,
-    read_manifest,
-    sha256_file,
-    verified_file,
-    write_manifest,
-)
+from noduleflow.export.manifest import EXPORT_DIR, FORMATS, find_entry, read_manifest, sha256_file, verified_file, write_manifest
 from noduleflow.export.parity import ExportError, parity
 
 log = logging.getLogger("noduleflow")
@@ -84,11 +70,14 @@ def export_run(run_dir: str | Path, *, formats: tuple[str, ...] = FORMATS, data:
     for part in parts:
         model = getattr(models, part)
         folded = fuse_batchnorm(_copy(model))               # exported: batch norm folded (one pass less per activation map)
-        eager = TorchNet(model)                             # reference: the model as trained, eval mode
+        eager = _eager(model)                               # reference: the model as trained, eval mode, unfolded
         checkpoint = run_dir / part / "best.pt"
         src = {"file": f"{part}/best.pt", "sha256": sha256_file(checkpoint)}
         multiple = contracts[part].multiple if part == "segment" else None
-        example = torch.from_numpy(inputs[part][0][:2].copy())
+        # a traced example of batch 2 and sizes of several multiples: a dimension of 1 would be specialised, not dynamic
+        c = contracts[part]
+        example = torch.zeros(2, c.in_channels, 8 * c.multiple, 8 * c.multiple) if part == "segment" else \
+            torch.zeros(2, 1, *c.patch_size)
         for fmt in formats:
             if fmt == "int8" and part != "segment":
                 continue
@@ -136,6 +125,17 @@ def _intact(run_dir: Path, entry: dict) -> bool:
     except CheckpointError:
         return False
     return True
+
+
+def _eager(model: torch.nn.Module):
+    """`model` itself (eval mode, nothing folded) as a numpy Net: what every export is compared with."""
+    model.eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(np.array(x, dtype=np.float32))).float().numpy()
+
+    return run
 
 
 def _copy(model: torch.nn.Module) -> torch.nn.Module:

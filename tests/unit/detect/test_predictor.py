@@ -48,7 +48,11 @@ def test_a_predictor_leaves_its_models_and_the_thread_count_as_given(models):
     """Constructing and running a Predictor folds batch norm into copies and sets threads only around its calls."""
     import copy
 
-    before = copy.deepcopy(models.classify.state_dict())
+    from noduleflow.models.unet import segmentation_unet
+
+    models.segment = segmentation_unet(4, 3, 3).eval()
+    given = {part: copy.deepcopy(getattr(models, part).state_dict()) for part in ("segment", "classify")}
+    before = given["classify"]
     threads = torch.get_num_threads()
     predictor = Predictor(models, runtime="torch", threads=max(1, threads - 1) if threads > 1 else 2)
     assert torch.get_num_threads() == threads
@@ -57,6 +61,8 @@ def test_a_predictor_leaves_its_models_and_the_thread_count_as_given(models):
     after = models.classify.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert any(isinstance(m, torch.nn.BatchNorm3d) for m in models.classify.modules())   # not folded in place
+    segment = models.segment.state_dict()
+    assert all(torch.equal(given["segment"][k], segment[k]) and segment[k].is_contiguous() for k in segment)  # nor channels_last
 
 
 class DeepDenseTissue(DenseTissue):

@@ -102,3 +102,17 @@ def test_pt2_export_loads_with_torch_export_and_matches_eager_at_any_batch_and_s
         x = torch.rand(shape) * 2 - 1
         with torch.inference_mode():
             np.testing.assert_allclose(program(x).numpy(), eager(x).numpy(), atol=1e-4)
+
+
+def test_the_export_command_prints_each_files_difference(exported_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from noduleflow.cli import app
+
+    _, source = exported_run
+    run = shutil.copytree(source, tmp_path / "run")
+    result = CliRunner().invoke(app, ["export", str(run), "--format", "onnx", "--format", "int8"])
+    assert result.exit_code == 0, result.output
+    assert "segment.int8.onnx" in result.output and "max abs diff" in result.output and "manifest.json" in result.output
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "nowhere")])
+    assert isinstance(result.exception, CheckpointError) and "nowhere" in str(result.exception)
