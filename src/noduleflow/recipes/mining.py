@@ -63,10 +63,10 @@ def mine_candidates(data: str | Path, segment_run: str | Path, out_csv: str | Pa
     segment_run = Path(segment_run)
     # the int8 U-Net when `train detector` has exported it (`noduleflow export`), else eager PyTorch
     if exported_runtime(segment_run.parent) == "int8":
-        nets = load_exported(segment_run.parent, "int8", parts=("segment",))
+        models = load_exported(segment_run.parent, "int8", parts=("segment",))
+        predictor = Predictor(models, threshold=threshold, max_candidates=max_per_scan)
     else:
-        nets = load_segmentation(segment_run)
-    predictor = Predictor(nets, runtime="torch", threshold=threshold, max_candidates=max_per_scan)
+        predictor = Predictor(load_segmentation(segment_run), runtime="torch", threshold=threshold, max_candidates=max_per_scan)
     uids = _within(index.series_uids, [scans(uid).hu.size for uid in index.series_uids], max_voxels)
     rows: list[tuple[str, float, float, float, int]] = []
     for uid in track(uids, description="mine candidates", disable=not progress):
