@@ -43,7 +43,7 @@ class ExportSummary:
     def describe(self) -> str:
         lines = [f"{e['file']:<24} {e['format']:<5} {e['parity']['compared']:<13} max abs diff {e['parity']['max_abs']:.2e}, "
                  f"mean {e['parity']['mean_abs']:.2e} ({e['parity']['tolerance']})" for e in self.entries]
-        return "\n".join(lines + [f"exported {len(self.entries)} file(s) -> {self.folder}/manifest.json"])
+        return "\n".join(lines + [f"{len(self.entries)} export(s) checked and listed in {self.folder}/manifest.json"])
 
 
 def export_run(run_dir: str | Path, *, formats: tuple[str, ...] = FORMATS, data: str | Path | None = None,
