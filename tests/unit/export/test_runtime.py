@@ -71,3 +71,16 @@ def test_auto_prefers_the_int8_export_and_threads_stay_per_session(exported_run)
     assert predictor.patch_size() == (8, 16, 16) and predictor.multiple == 4
     nodule, malignant = predictor.classify_patches(np.full((3, 8, 16, 16), -800, np.int16))
     assert nodule.shape == malignant.shape == (3,) and np.all((0 <= nodule) & (nodule <= 1))
+
+
+def test_the_export_folder_alone_is_enough_to_detect(exported_run, tmp_path):
+    """A server can ship RUN/export/ without the checkpoints, configs or training data."""
+    import shutil
+
+    data, run = exported_run
+    shipped = tmp_path / "shipped"
+    shutil.copytree(run / "export", shipped / "export")
+    volume = read_volume(scan_sources(data)[0])
+    alone = Predictor.from_run(shipped, max_candidates=5).predict(volume)
+    full = Predictor.from_run(run, max_candidates=5).predict(volume)
+    assert [f.to_dict() for f in alone.findings] == [f.to_dict() for f in full.findings] and len(alone.findings) == 5
