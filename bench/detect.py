@@ -34,6 +34,10 @@ pass --retrain to train the detector again even though a complete one is cached 
      run one patch at a time on those called nodules).
    Each small scan is timed 3 times with both (medians: timings here wander by a third between runs).
    The first 2 full-resolution held-out scans are timed once the same way, for LUNA16-sized scans.
+5. The runtimes side by side: the same held-out scans detected with eager PyTorch (`--runtime torch`), the
+   float32 ONNX exports (`--runtime onnx`, no torch in the pipeline) and the int8 U-Net (`--runtime int8`,
+   the default), each scored -> `cpm_torch`, `cpm_onnx`, `cpm_int8` and their differences from eager (the
+   exports must stay within 0.005 of it); and the seconds per small scan of each, interleaved.
 Ends with `cpm X`, `seconds_per_scan Y` (noduleflow) and `ratio_vs_baseline Z` (baseline s / noduleflow s).
 """
 
@@ -54,12 +58,12 @@ from noduleflow.ct import read_volume
 from noduleflow.data.patches import crop_box, crop_patch, hu_to_unit
 from noduleflow.detect import Predictor, detect, load_detector
 from noduleflow.detect.pipeline import SUBMISSION_CSV, scan_sources
-from noduleflow.detect.recipe import TRAINING_JSON, export_detector, train_detector
-from noduleflow.detect.runtime import fresh_export
+from noduleflow.detect.runtime import exported_runtime
 from noduleflow.evaluate import evaluate
+from noduleflow.export import export_run
 from noduleflow.models import input_size_of
+from noduleflow.recipes.detector import EXPORT_FORMATS, TRAINING_JSON, train_detector
 from noduleflow.synth import synthesize
-from noduleflow.train.segment_task import CONTEXT
 
 TRAIN_SEED, TRAIN_SCANS = 11, 80
 HELDOUT_SEED, HELDOUT_SCANS = 9001, 30
@@ -67,6 +71,7 @@ SIZE = "full"  # of the training and CPM scans (module docstring); the timed one
 TIMED_SCANS = 3  # small held-out scans timed with both pipelines (the baseline takes about a minute each)
 TIMED_ROUNDS = 3  # each small scan timed 3 times with both pipelines, the medians kept (`_time_both`)
 TIMED_FULL = 2  # full-resolution held-out scans timed too, for LUNA16-sized scans (the baseline takes 3-5 minutes each)
+RUNTIMES = ("torch", "onnx", "int8")  # compared side by side (module docstring, step 5)
 
 
 def _loads(run_dir: Path) -> bool:
@@ -98,8 +103,8 @@ def main() -> None:
 
             shutil.rmtree(run_dir)
         print(train_detector(train_data, run=run_dir.name, runs_dir=run_dir.parent, seed=0, progress=False).describe())
-    if fresh_export(run_dir / "segment" / "best.pt") is None:  # a detector cached before the int8 U-Net existed
-        print(f"writing the int8 U-Net of the cached detector: {export_detector(run_dir, train_data)}")
+    if exported_runtime(run_dir) != "int8":  # a detector cached before `noduleflow export` existed
+        print(export_run(run_dir, formats=EXPORT_FORMATS, data=train_data).describe())
     budget = json.loads((run_dir / TRAINING_JSON).read_text())["seconds"]
     print(f"training budget: {sum(budget.values()) / 60:.1f} min (" + ", ".join(f"{k} {v / 60:.1f}" for k, v in budget.items())
           + ") on this machine, limit 30 min")
@@ -117,9 +122,45 @@ def main() -> None:
     ours_full, base_full = _time_both(run_dir, scan_sources(heldout)[:TIMED_FULL])
     print(f"timed on {TIMED_FULL} full-resolution held-out scans: noduleflow {np.mean(ours_full):.2f} s/scan, "
           f"baseline {np.mean(base_full):.2f} s/scan, ratio {np.mean(base_full) / np.mean(ours_full):.2f}")
+    cpms = compare_runtimes(run_dir, heldout, folder / "out-runtimes")
+    speeds = time_runtimes(run_dir, scan_sources(timed), rounds=TIMED_ROUNDS)
+    print("runtime   cpm     vs torch   s/scan (small)")
+    for runtime in RUNTIMES:
+        print(f"{runtime:<9} {cpms[runtime]:.4f}  {cpms[runtime] - cpms['torch']:+.4f}    {speeds[runtime]:.2f}")
+    for runtime in RUNTIMES:
+        print(f"cpm_{runtime} {cpms[runtime]:.4f}")
+    for runtime in RUNTIMES[1:]:
+        print(f"cpm_{runtime}_minus_torch {cpms[runtime] - cpms['torch']:+.4f}")
+        print(f"speedup_{runtime}_vs_torch {speeds['torch'] / speeds[runtime]:.2f}")
     print(f"cpm {report.froc.cpm:.4f}")
     print(f"seconds_per_scan {np.mean(ours):.3f}")
     print(f"ratio_vs_baseline {np.mean(base) / np.mean(ours):.2f}")
+
+
+def compare_runtimes(run_dir: Path, scans: Path, out: Path) -> dict[str, float]:
+    """CPM of `detect` on `scans` with each of RUNTIMES (the same run's models: eager, float32 ONNX, int8 U-Net)."""
+    cpms = {}
+    for runtime in RUNTIMES:
+        summary = detect(scans, run_dir, out / runtime, progress=False, runtime=runtime)
+        cpms[runtime] = evaluate(scans, out / runtime / SUBMISSION_CSV, out / runtime, bootstrap=0).froc.cpm
+        print(f"  --runtime {runtime}: CPM {cpms[runtime]:.4f}; {summary.describe()}")
+    return cpms
+
+
+def time_runtimes(run_dir: Path, paths: list[Path], rounds: int = 1) -> dict[str, float]:
+    """Median seconds per scan of the Predictor with each of RUNTIMES, interleaved scan by scan (same load)."""
+    predictors = {runtime: Predictor.from_run(run_dir, runtime=runtime) for runtime in RUNTIMES}
+    volumes = [read_volume(p) for p in paths]
+    times = {runtime: np.zeros((rounds, len(volumes))) for runtime in RUNTIMES}
+    for predictor in predictors.values():
+        predictor.predict(volumes[0])  # warm-up: first calls allocate and pick kernels
+    for r in range(rounds):
+        for k, volume in enumerate(volumes):
+            for runtime, predictor in predictors.items():
+                start = time.perf_counter()
+                predictor.predict(volume)
+                times[runtime][r, k] = time.perf_counter() - start
+    return {runtime: float(np.mean(np.median(t, axis=0))) for runtime, t in times.items()}
 
 
 def _time_both(run_dir: Path, paths: list[Path], rounds: int = 1) -> tuple[list[float], list[float]]:
@@ -150,10 +191,10 @@ def _time_both(run_dir: Path, paths: list[Path], rounds: int = 1) -> tuple[list[
 @torch.no_grad()
 def _baseline(models, volume) -> int:
     """The book's pipeline (see the module docstring); returns the number of candidates classified."""
-    hu, (n_i, n_r, n_c) = volume.hu, volume.shape
+    hu, (n_i, n_r, n_c), context = volume.hu, volume.shape, models.context
     probs = np.zeros(hu.shape, np.float32)
     for i in range(0, n_i, 4):
-        batch = [hu_to_unit(crop_box(hu, (j - CONTEXT, 0, 0), (2 * CONTEXT + 1, n_r, n_c))) for j in range(i, min(i + 4, n_i))]
+        batch = [hu_to_unit(crop_box(hu, (j - context, 0, 0), (2 * context + 1, n_r, n_c))) for j in range(i, min(i + 4, n_i))]
         x = torch.from_numpy(np.stack(batch))                                  # (4, 7, R, C)
         probs[i:i + len(batch)] = torch.sigmoid(models.segment(x)[:, 0]).numpy()
     # the book's groupSegmentationOutput: erode the mask once, label it, HU-weighted centres over the whole volume

@@ -122,7 +122,7 @@ def demo(
 
 
 class Runtime(str, Enum):
-    """Where `detect` runs the U-Net (see noduleflow.detect.runtime)."""
+    """Where `detect` runs the models (see noduleflow.detect.runtime)."""
 
     auto = "auto"
     int8 = "int8"
@@ -138,11 +138,11 @@ def detect(
     out: Path = typer.Option(Path("detections"), "--out", "-o", help="Folder for submission.csv, detections.json and png/<seriesuid>.png."),
     threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Segmentation probability that makes a voxel part of a candidate."),
     max_candidates: int = typer.Option(100, "--max-candidates", min=1, help="Candidates classified per scan at most (the segmentation's most confident; LUNA16 scores 100 marks per scan)."),
-    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch; 0 keeps PyTorch's choice."),
-    runtime: Runtime = typer.Option(Runtime.auto, "--runtime", help="Where the U-Net runs. int8: its int8 version under ONNX Runtime "
-                                    "(written by `train detector`; about 1.2x faster than onnx, the same CPM on the bench); onnx: float32 "
-                                    "under ONNX Runtime (exported once beside segment/best.pt, about 1.3x faster than torch); torch: eager "
-                                    "PyTorch; auto: int8 when the run has it, else onnx."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads of the models; 0 keeps the runtime's choice."),
+    runtime: Runtime = typer.Option(Runtime.auto, "--runtime", help="Where the models run. onnx: the run's float32 exports under "
+                                    "ONNX Runtime, without torch; int8: the same with the U-Net in int8 (faster, about the same "
+                                    "findings); both read RUN/export/ (`noduleflow export RUN`, which `train detector` runs); "
+                                    "torch: eager PyTorch from the best.pt files; auto: int8 or onnx when the run has exports, else torch."),
     mirror: bool = typer.Option(True, "--mirror/--no-mirror", help="Average the nodule classifier over each patch and its mirror "
                                 "image (CPM 0.84 instead of 0.83 on the bench; one more classifier pass per candidate)."),
 ) -> None:
@@ -152,11 +152,43 @@ def detect(
     (with malignancy and diameter) and a PNG per scan; score them with `noduleflow evaluate`.
     Example: noduleflow detect data/synth --run runs/detector -o runs/detector/detections
     """
-    from noduleflow.detect import detect as run_detect
+    from noduleflow.detect.pipeline import detect as run_detect
 
     summary = run_detect(source, run, out, threshold=threshold, max_candidates=max_candidates, threads=threads,
                          runtime=runtime.value, mirror=mirror)
     typer.echo(summary.describe())
+
+
+class ExportFormat(str, Enum):
+    """What `noduleflow export` writes (see noduleflow.export)."""
+
+    onnx = "onnx"
+    int8 = "int8"
+    pt2 = "pt2"
+    all = "all"
+
+
+@app.command("export")
+def export(
+    run: Path = typer.Argument(..., help="Detector run folder (segment/, classify/, optionally malignancy/), as `train detector` writes it."),
+    format_: list[ExportFormat] = typer.Option([ExportFormat.all], "--format", "-f", help="onnx (float32, every model), int8 (the "
+                                               "U-Net, calibrated on training scans), pt2 (torch.export programs), or all; repeatable."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Scans (LUNA16 layout) for the parity checks and the int8 calibration; "
+                                        "default: the run's training data (segment/config.yaml's data.root)."),
+    force: bool = typer.Option(False, "--force", help="Export again even the files whose manifest entry is intact and current."),
+) -> None:
+    """Export every model of a detector run to RUN/export/ with a manifest.json (input contract, checksum, parity).
+
+    Each export is compared with the eager model on real inputs (lung windows, candidate patches); the max abs
+    difference is printed, and the export fails above its format's tolerance. `noduleflow detect --runtime onnx`
+    then runs without torch.
+    Example: noduleflow export runs/detector --format onnx --format int8
+    """
+    from noduleflow.export import export_run
+
+    chosen = {f.value for f in format_}
+    formats = ("onnx", "int8", "pt2") if "all" in chosen else tuple(f for f in ("onnx", "int8", "pt2") if f in chosen)
+    typer.echo(export_run(run, formats=formats, data=data, force=force).describe())
 
 
 # ---- noduleflow train <task>: one command per task, all calling noduleflow.train.train ----
@@ -311,7 +343,7 @@ def train_detector(
     About 28 minutes on a 2-core CPU, for 160 small or 80 full-resolution synthetic scans alike (27.6 measured at 512x512: segment 7.6, mining 2.1, classify 17.3); prints the time each part took. Then: noduleflow detect SCANS --run runs/detector
     Example: noduleflow synth data/synth --scans 160 && noduleflow train detector data/synth --run detector
     """
-    from noduleflow.detect.recipe import train_detector as train_all
+    from noduleflow.recipes.detector import train_detector as train_all
 
     result = train_all(data, run=run, runs_dir=runs_dir, seed=seed, scale=scale, malignancy=malignancy, threads=threads, progress=progress)
     typer.echo(result.describe())

@@ -98,6 +98,7 @@ class DataConfig:
     balance: int = _f(1, "CT tasks: negatives per positive in each epoch's sample order (book ch. 12); 0: plain shuffle.")
     epoch_samples: int = _f(0, "CT tasks: training samples per epoch; 0: the training set's size.")
     augment: bool = _f(True, "Random augmentation of training samples (after any cache).")
+    context: int = _f(3, "segment: slices on each side of the segmented one that the 2D U-Net sees as channels (2 * context + 1 inputs); saved with the run, read back by `detect` and `export`.")
     patch_mm: tuple[float, ...] = _f((), "CT tasks: millimetres each patch spans, (D, H, W) = (Z, Y, X), resampled to the model's input size, so that scans of any spacing show the same anatomy; empty: the scan's own voxels.")
 
     def __post_init__(self) -> None:
@@ -118,6 +119,7 @@ class DataConfig:
         object.__setattr__(self, "patch_mm", tuple(float(s) for s in self.patch_mm))
         _require(self.patch_mm == () or (len(self.patch_mm) == 3 and min(self.patch_mm) > 0), "data.patch_mm",
                  list(self.patch_mm), "Give three positive millimetre values D, H, W (Z, Y, X), e.g. [32, 40, 40], or leave it empty.")
+        _require(self.context >= 0, "data.context", self.context, "Use 0 (the slice alone) or a positive slice count such as 3.")
         _require(self.balance >= 0, "data.balance", self.balance, "Use 0 (plain shuffle) or a positive ratio such as 1.")
         _require(self.epoch_samples >= 0, "data.epoch_samples", self.epoch_samples, "Use 0 (whole training set) or a positive count.")
 

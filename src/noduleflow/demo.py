@@ -22,7 +22,7 @@ def run_demo(out: Path, *, scans: int = 12, held_out: int = 3, seed: int = 0, sc
     scale: the fraction of the default detector recipe's training (1.0 takes about 28 minutes on 2 cores).
     """
     from noduleflow.detect import detect
-    from noduleflow.detect.recipe import TRAINING_JSON, train_detector
+    from noduleflow.recipes.detector import TRAINING_JSON, train_detector
     from noduleflow.evaluate import evaluate
     from noduleflow.synth import synthesize
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from noduleflow.cli import app
 from noduleflow.ct import read_volume, write_volume
-from noduleflow.detect.recipe import MINED_CSV, TRAINING_JSON, train_detector
+from noduleflow.recipes.detector import MINED_CSV, TRAINING_JSON, train_detector
 from noduleflow.errors import CheckpointError
 from noduleflow.synth import synthesize
 
@@ -35,9 +35,10 @@ def test_recipe_writes_every_part_and_its_budget(trained):
         assert (run_dir / part / "best.pt").is_file() and (run_dir / part / "config.yaml").is_file()
     budget = json.loads((run_dir / TRAINING_JSON).read_text())["seconds"]
     assert set(budget) == {"segment", "mine", "classify", "malignancy", "export"} and all(s > 0 for s in budget.values())
-    assert (run_dir / "segment" / "best.onnx").is_file()          # the U-Net for ONNX Runtime, exported once
-    int8 = run_dir / "segment" / "best.int8.onnx"
-    assert int8.is_file()                                         # and its int8 version, which detect uses by default,
+    manifest = json.loads((run_dir / "export" / "manifest.json").read_text())   # what detect runs by default
+    assert {(m["part"], m["format"]) for m in manifest["models"]} == {("segment", "onnx"), ("segment", "int8"),
+                                                                      ("classify", "onnx"), ("malignancy", "onnx")}
+    int8 = run_dir / "export" / "segment.int8.onnx"
     assert int8.stat().st_mtime <= (run_dir / MINED_CSV).stat().st_mtime  # made before mining, which runs it too
     classify = (run_dir / "classify" / "config.yaml").read_text()
     assert str(run_dir / MINED_CSV) in classify and (run_dir / MINED_CSV).read_text().startswith("seriesuid,coordX,coordY,coordZ,class\n")

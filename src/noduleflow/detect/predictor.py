@@ -3,8 +3,7 @@
 Steps (shapes for one scan of I x R x C voxels):
 1. lung field: `ct.lung_mask` on every second row and column (3.5x faster, its edge off by a voxel)
    -> (I, R, C) bool; no lung (or a scan of only air) -> no findings and a warning;
-2. segmentation: the 2D U-Net (under ONNX Runtime: `detect.runtime`) over lung-holding slices and
-   boxes (`detect.windows`) -> (I, R, C) probabilities;
+2. segmentation: the 2D U-Net over lung-holding slices and boxes (`detect.windows`) -> (I, R, C) probabilities;
 3. grouping: threshold + 3D connected components (`detect.components`); components with no lung
    voxel within `lung_margin` voxels of their centre are dropped (a nodule on the pleura or a dense
    one the lung mask left out stays), the rest ranked by peak probability (at most `max_candidates`);
@@ -18,6 +17,12 @@ with the component's volume. A finding's score (`probability`, what submission.c
 P(nodule) x the segmentation's peak: both models must agree. On the bench's held-out scans, with a
 13-minute recipe, this product ranked better than either alone (CPM 0.74-0.76 over segmentation
 thresholds 0.15-0.5, against 0.66-0.76 for the classifier alone and 0.68 for the segmentation alone).
+
+Every step but the models is numpy and scipy; the models are `detect.contract.Net`s (numpy in, numpy
+out) in eager PyTorch or ONNX Runtime, and each model's input (HU window, context slices, patch size)
+comes from its `InputContract`, saved with the run. So with the exported runtimes ("onnx", "int8")
+this module, and the process, never import torch. Constructing a Predictor changes nothing outside it:
+no thread counts, no files, and the caller's models stay as given (batch norm is folded into copies).
 """
 
 from __future__ import annotations
@@ -28,17 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from noduleflow.ct import CtVolume, lung_mask
-from noduleflow.data.patches import crop_patch, hu_to_unit
+from noduleflow.data.patches import crop_patch
 from noduleflow.detect.components import Components, find_components
-from noduleflow.detect.models import DetectorModels, fuse_batchnorm, load_detector
-from noduleflow.detect.runtime import INT8_NAME, OnnxModel, fresh_export, onnx_unet, quantize_unet
-from noduleflow.detect.windows import Window, full_windows, lung_windows, segment_windows, window_inputs
-from noduleflow.errors import CheckpointError
-from noduleflow.models import input_size_of
-from noduleflow.train.segment_task import CONTEXT
+from noduleflow.detect.contract import Nets, softmax1
+from noduleflow.detect.windows import Window, full_windows, lung_windows, segment_windows
 
 RUNTIMES = ("auto", "int8", "onnx", "torch")
 _AIR_ONLY_HU = -900  # a scan whose every voxel lies below this holds no tissue at all
@@ -78,83 +78,55 @@ class ScanResult:
 
 
 class Predictor:
-    """The detection pipeline over the models of a detector run folder (see `detect.models`).
+    """The detection pipeline over the models of a detector run folder (see `detect.models`, `detect.runtime`).
 
-    threshold: segmentation probability that makes a voxel part of a candidate. min_voxels: smaller
-    components are dropped. lung_margin: a component is kept when lung lies within this many voxels
-    (per axis) of its centre. max_candidates: classified per scan at most. batch: slices per U-Net
-    batch and patches per classifier batch. restrict_to_lung: segment only the lung windows (False:
-    every voxel of every slice). window_margin: voxels of context around the lung in each window.
-    runtime: "onnx" runs the U-Net under ONNX Runtime (`detect.runtime`, exported beside its
-    checkpoint on first use), "torch" in eager PyTorch, the same probabilities; "int8" its int8
-    version (`quantize`, which `train detector` runs), faster, probabilities within about 1e-5 on average;
-    "auto" (default) int8 when the run has an up-to-date int8 version, else onnx. mirror: the classifier's
-    P(nodule) is the mean over the patch and its mirror image (module docstring); False: the patch alone.
+    models: `Nets` (numpy callables with their input contracts), or the torch `DetectorModels` of a run,
+    which `runtime` decides how to run. threshold: segmentation probability that makes a voxel part of a
+    candidate. min_voxels: smaller components are dropped. lung_margin: a component is kept when lung lies
+    within this many voxels (per axis) of its centre. max_candidates: classified per scan at most. batch:
+    slices per U-Net batch and patches per classifier batch. restrict_to_lung: segment only the lung
+    windows (False: every voxel of every slice). window_margin: voxels of context around the lung in each
+    window. threads: CPU threads of the models (0: the runtime's choice), never set process-wide.
+    runtime (for `DetectorModels`): "torch" eager PyTorch; "onnx" / "int8" the run's exports
+    (`noduleflow export`: float32 ONNX, or the U-Net in int8), read from RUN/export/; "auto" (default)
+    int8 or onnx when the run has exports, else torch. mirror: the classifier's P(nodule) is the mean
+    over the patch and its mirror image (module docstring); False: the patch alone.
     """
 
-    def __init__(self, models: DetectorModels, *, threshold: float = 0.5, min_voxels: int = 2, max_candidates: int = 100,
+    def __init__(self, models, *, threshold: float = 0.5, min_voxels: int = 2, max_candidates: int = 100,
                  batch: int = 8, restrict_to_lung: bool = True, lung_margin: int = 3, window_margin: int = 4, threads: int = 0,
                  runtime: str = "auto", mirror: bool = True):
-        self.models, self.threshold, self.min_voxels, self.mirror = models, float(threshold), int(min_voxels), bool(mirror)
+        self.threshold, self.min_voxels, self.mirror = float(threshold), int(min_voxels), bool(mirror)
         self.lung_margin, self.window_margin = int(lung_margin), int(window_margin)
         self.max_candidates, self.batch, self.restrict_to_lung = int(max_candidates), int(batch), restrict_to_lung
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-        if threads:
-            torch.set_num_threads(threads)
-        int8 = fresh_export(models.segment_checkpoint, INT8_NAME)
+        self.threads = int(threads)
+        self.nets = models if isinstance(models, Nets) else _nets_of(models, runtime, self.threads)
+        self.runtime = self.nets.runtime
+        self.contracts = self.nets.contracts
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, *, runtime: str = "auto", threads: int = 0, **kwargs) -> Predictor:
+        """A predictor over `run_dir`'s segment/, classify/ and (optional) malignancy/ models: its exports
+        (RUN/export/) for runtime "onnx" or "int8", its best.pt files for "torch"; "auto" picks the exports
+        when the run has them. The exported runtimes load without torch."""
+        from noduleflow.detect.runtime import exported_runtime, load_exported
+
         if runtime == "auto":
-            runtime = "onnx" if int8 is None else "int8"
-        if runtime == "int8" and int8 is None:
-            where = models.segment_checkpoint.with_name(INT8_NAME) if models.segment_checkpoint else "the segment run"
-            raise CheckpointError("has no up-to-date int8 U-Net", path=where,
-                                  fix="Train with `noduleflow train detector` (it writes one), or pass --runtime onnx.")
-        self.runtime = runtime
-        # measured on 16 x 7 x 160 x 160 slices here: folding batch norm 1.1x faster, channels_last on top 1.6x more
-        fuse_batchnorm(models.segment).to(memory_format=torch.channels_last)
-        self.segmenter = models.segment
-        self.threads = threads
-        if runtime == "onnx":  # about 1.3x faster again (detect.runtime)
-            self.segmenter = self._onnx()
-        elif runtime == "int8":  # the U-Net about 1.3x faster than onnx, the whole scan about 1.2x
-            self.segmenter = OnnxModel(int8, threads=threads)
-        for model in (models.classify, models.malignancy):
-            if model is not None:  # 12 patches: 60 ms as trained, 39 ms folded and channels_last_3d
-                fuse_batchnorm(model).to(memory_format=torch.channels_last_3d)
+            runtime = exported_runtime(run_dir) or "torch"
+        if runtime in ("onnx", "int8"):
+            return cls(load_exported(run_dir, runtime, threads=threads), threads=threads, **kwargs)
+        if runtime != "torch":
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        from noduleflow.detect.models import load_detector
+
+        return cls(load_detector(run_dir), runtime="torch", threads=threads, **kwargs)
 
     @property
     def multiple(self) -> int:
-        """What the U-Net's window sizes must divide by: 2**(depth - 1), its downsampling factor (4 for a net without `depth`)."""
-        return 2 ** (getattr(self.models.segment, "depth", 3) - 1)
-
-    def _onnx(self) -> OnnxModel:
-        """The float32 U-Net under ONNX Runtime (exported beside its checkpoint when missing or stale)."""
-        return onnx_unet(self.models.segment, self.models.segment_checkpoint, in_channels=2 * CONTEXT + 1,
-                         multiple=self.multiple, threads=self.threads)
-
-    def quantize(self, volumes: list[CtVolume], *, every: int = 3, slices: int = 4) -> Path:
-        """Write the U-Net's int8 version beside its checkpoint (`detect.runtime.quantize_unet`); returns its path.
-
-        Calibrated on what the U-Net sees in `predict`: `slices` slices of every `every`-th lung window
-        of `volumes` (a few training scans; 4 scans give about 25 batches and take well under a minute).
-        The Predictor keeps its runtime; a new one (runtime "auto" or "int8") uses the file.
-        """
-        if self.models.segment_checkpoint is None:
-            raise ValueError("this Predictor's U-Net has no checkpoint to write its int8 version beside")
-        inputs = []
-        for volume in volumes:
-            lung = lung_mask(volume, step=2)
-            for window in self.windows(volume, lung)[::every]:
-                inputs.append(next(window_inputs(volume.hu, window, context=CONTEXT, batch=slices))[1].contiguous().numpy())
-        if not inputs:
-            raise ValueError("no lung found in the calibration scans: the int8 U-Net needs scans with lungs")
-        source = (self.segmenter if self.runtime == "onnx" else self._onnx()).path
-        return quantize_unet(source, self.models.segment_checkpoint.with_name(INT8_NAME), inputs)
-
-    @classmethod
-    def from_run(cls, run_dir: str | Path, **kwargs) -> "Predictor":
-        """A predictor over `run_dir`'s segment/, classify/ and (optional) malignancy/ runs."""
-        return cls(load_detector(run_dir), **kwargs)
+        """What the U-Net's window sizes must divide by: 2**(depth - 1), its downsampling factor."""
+        return self.contracts["segment"].multiple
 
     def predict(self, volume: CtVolume) -> ScanResult:
         """All findings of `volume` (see the module docstring); never raises for an empty or lung-less scan."""
@@ -178,8 +150,9 @@ class Predictor:
 
     def segment(self, volume: CtVolume, lung: np.ndarray) -> np.ndarray:
         """(I, R, C) float32 nodule probabilities (0 outside the segmented windows)."""
-        return segment_windows(self.segmenter, volume.hu, self.windows(volume, lung), context=CONTEXT, batch=self.batch,
-                               channels_last=self.runtime == "torch")
+        contract = self.contracts["segment"]
+        return segment_windows(self.nets.segment, volume.hu, self.windows(volume, lung), context=contract.context,
+                               batch=self.batch, to_unit=contract.to_unit)
 
     def candidates(self, volume: CtVolume, lung: np.ndarray) -> Components:
         """Steps 2-3 (module docstring): the segmentation's components near lung, highest peak first, at most `max_candidates`."""
@@ -204,13 +177,12 @@ class Predictor:
                     for i in range(len(comps))]
         return sorted(findings, key=lambda f: -f.probability), len(comps)
 
-    @torch.inference_mode()
     def _classify(self, volume: CtVolume, centers_irc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(N,) P(nodule) and (N,) P(malignant) or None for patches of `volume` around (N, 3) fractional voxel centres."""
-        if self.models.classify is None:
+        if self.nets.classify is None:
             raise ValueError("this Predictor has no nodule classifier: only `candidates` works without one")
         nodule = self._probabilities("classify", volume, centers_irc)
-        malignant = None if self.models.malignancy is None else self._probabilities("malignancy", volume, centers_irc)
+        malignant = None if self.nets.malignancy is None else self._probabilities("malignancy", volume, centers_irc)
         return nodule, malignant
 
     def _probabilities(self, part: str, volume: CtVolume, centers_irc: np.ndarray) -> np.ndarray:
@@ -219,7 +191,7 @@ class Predictor:
         Patches of its input size in voxels (centred on the nearest voxel), or resampled from its
         `patch_mm` when it was trained on patches sized in mm.
         """
-        size, size_mm, spacing_irc = self.patch_size(part), self.models.patch_mm.get(part), volume.spacing_irc
+        size, size_mm, spacing_irc = self.patch_size(part), self.contracts[part].patch_mm or None, volume.spacing_irc
         out = [self.score_patches(part, np.stack([crop_patch(volume.hu, c, size, size_mm, spacing_irc)
                                                    for c in centers_irc[b:b + 4 * self.batch]]))  # (B, D, H, W)
                for b in range(0, len(centers_irc), 4 * self.batch)]
@@ -227,33 +199,50 @@ class Predictor:
 
     def patch_size(self, part: str = "classify") -> tuple[int, ...]:
         """(D, H, W) voxels of the patches the `part` model ("classify" or "malignancy") takes."""
-        return tuple(input_size_of(getattr(self.models, part)))
+        if part not in self.contracts:
+            raise ValueError(f"this Predictor has no {part} model")
+        return tuple(self.contracts[part].patch_size)
 
-    @torch.inference_mode()
     def score_patches(self, part: str, patches_hu: np.ndarray) -> np.ndarray:
         """(N,) P(class 1) of the `part` model for (N, D, H, W) HU patches of its `patch_size`, already cut.
 
         The classifier's is averaged with its mirror image's when `mirror` (one batch of 2N patches).
         """
-        model = getattr(self.models, part)
-        if model is None:
+        net = self.nets.net(part)
+        if net is None:
             raise ValueError(f"this Predictor has no {part} model")
-        x = torch.from_numpy(hu_to_unit(np.asarray(patches_hu)))[:, None]        # (B, 1, D, H, W)
+        x = self.contracts[part].to_unit(np.asarray(patches_hu))[:, None]           # (B, 1, D, H, W)
         mirror = self.mirror and part == "classify"
         if mirror:
-            x = torch.cat([x, x.flip((2, 3, 4))])                                 # (2B, 1, D, H, W)
-        p = torch.softmax(model(x.contiguous(memory_format=torch.channels_last_3d)).float(), 1)[:, 1]
-        return (p.view(2, -1).mean(0) if mirror else p).numpy()
+            x = np.concatenate([x, x[:, :, ::-1, ::-1, ::-1]])                     # (2B, 1, D, H, W)
+        p = softmax1(net(np.ascontiguousarray(x)))
+        return p.reshape(2, -1).mean(0) if mirror else p
 
     def classify_patches(self, patches_hu: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(N,) P(nodule) and (N,) P(malignant) (None without a malignancy model) for (N, D, H, W) HU patches
         of the classifier's `patch_size` (the server's /v1/classify). Both models take the same patch size
         (malignancy is fine-tuned from the classifier)."""
         nodule = self.score_patches("classify", patches_hu)
-        return nodule, None if self.models.malignancy is None else self.score_patches("malignancy", patches_hu)
+        return nodule, None if self.nets.malignancy is None else self.score_patches("malignancy", patches_hu)
 
     @staticmethod
     def _warn(result: ScanResult, text: str) -> None:
         message = f"scan {result.series_uid or '(unnamed)'} {text}"
         result.warnings.append(message)
         warnings.warn(message, stacklevel=3)
+
+
+def _nets_of(models, runtime: str, threads: int) -> Nets:
+    """The `Nets` a Predictor runs for torch `DetectorModels` and `runtime` (see `Predictor`)."""
+    from noduleflow.detect.runtime import exported_runtime, load_exported
+
+    if runtime == "auto":
+        runtime = exported_runtime(models.run_dir) or "torch"
+    if runtime == "torch":
+        from noduleflow.detect.models import torch_nets
+
+        return torch_nets(models, threads=threads)
+    if models.run_dir is None:
+        raise ValueError(f"runtime {runtime!r} runs a run folder's exports, and these models have none; use runtime 'torch'")
+    parts = tuple(part for part in ("segment", "classify", "malignancy") if getattr(models, part) is not None)
+    return load_exported(models.run_dir, runtime, parts=parts, threads=threads)

@@ -12,10 +12,10 @@ slice area and part of the slices, and the U-Net's cost is linear in the pixels 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from noduleflow.data.patches import crop_box, hu_to_unit
 
@@ -63,35 +63,38 @@ def full_windows(shape, *, chunk: int = 16, multiple: int = 4) -> list[Window]:
     return [Window(i, min(i + chunk, shape[0]), r0, c0, h, w) for i in range(0, shape[0], chunk)]
 
 
-@torch.inference_mode()
-def segment_windows(model: torch.nn.Module, hu: np.ndarray, windows: list[Window], *, context: int, batch: int = 16,
-                    channels_last: bool = False) -> np.ndarray:
-    """(I, R, C) float32 nodule probabilities of the (I, R, C) int16 `hu` scan: sigmoid of `model` in each window.
+def segment_windows(net: Callable[[np.ndarray], np.ndarray], hu: np.ndarray, windows: list[Window], *, context: int,
+                    batch: int = 16, to_unit: Callable[[np.ndarray], np.ndarray] = hu_to_unit) -> np.ndarray:
+    """(I, R, C) float32 nodule probabilities of the (I, R, C) int16 `hu` scan: sigmoid of `net` in each window.
 
-    model: (B, 2 * context + 1, h, w) -> (B, 1, h, w) logits, in eval mode. Slices past the scan's
-    ends are read as air, as in training.
+    net: (B, 2 * context + 1, h, w) float32 -> (B, 1, h, w) logits, numpy in and out (`detect.contract.Net`).
+    to_unit: the model's HU scaling (its `InputContract.to_unit`). Slices past the scan's ends are read as air,
+    as in training.
     """
+    from noduleflow.detect.contract import sigmoid
+
     probs = np.zeros(hu.shape, dtype=np.float32)
     for win in windows:
         n = win.i1 - win.i0
         out = np.empty((n, win.h, win.w), dtype=np.float32)
-        for b, x in window_inputs(hu, win, context=context, batch=batch):
-            x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-            out[b:b + len(x)] = torch.sigmoid(model(x)[:, 0].float()).numpy()  # (m, h, w)
+        for b, x in window_inputs(hu, win, context=context, batch=batch, to_unit=to_unit):
+            out[b:b + len(x)] = sigmoid(net(x)[:, 0])                              # (m, h, w)
         target = win.target(hu.shape)
         rows, cols = target[1], target[2]
         probs[target] = out[:, rows.start - win.r0:rows.stop - win.r0, cols.start - win.c0:cols.stop - win.c0]
     return probs
 
 
-def window_inputs(hu: np.ndarray, win: Window, *, context: int, batch: int = 16):
-    """Yield (first slice offset b, (m, 2 * context + 1, h, w) float32 tensor): the U-Net's input for `win`'s slices, `batch` at a time."""
+def window_inputs(hu: np.ndarray, win: Window, *, context: int, batch: int = 16,
+                  to_unit: Callable[[np.ndarray], np.ndarray] = hu_to_unit):
+    """Yield (first slice offset b, (m, 2 * context + 1, h, w) contiguous float32 array): the U-Net's input for
+    `win`'s slices, `batch` at a time."""
     n, depth = win.i1 - win.i0, 2 * context + 1
     block = crop_box(hu, (win.i0 - context, win.r0, win.c0), (n + 2 * context, win.h, win.w))
-    stack = torch.from_numpy(hu_to_unit(block))                                     # (n + 2k, h, w)
+    stack = to_unit(block)                                                          # (n + 2k, h, w)
+    views = np.lib.stride_tricks.sliding_window_view(stack, depth, axis=0)          # (n, h, w, 2k + 1), no copy
     for b in range(0, n, batch):
-        m = min(batch, n - b)
-        yield b, stack[b:b + m + depth - 1].unfold(0, depth, 1).permute(0, 3, 1, 2)  # (m, 2k + 1, h, w)
+        yield b, np.ascontiguousarray(views[b:b + batch].transpose(0, 3, 1, 2))     # (m, 2k + 1, h, w)
 
 
 def _span(lo: int, hi: int, multiple: int) -> tuple[int, int]:

@@ -6,7 +6,7 @@ measured on this project's 2-core CPU (bench/detect.py's machine), a width-8 dep
 included), so a whole scan segments about 3x faster in 2D; the 7-slice context still lets the net
 tell a round nodule (present over several slices) from a vessel crossing the slice.
 
-Samples are (image (7, 64, 64) HU/1000, mask (1, 64, 64) bool of the centre slice, index); half are
+Samples are (image (2 * data.context + 1 = 7, 64, 64) HU/1000, mask (1, 64, 64) bool of the centre slice, index); half are
 jittered crops around nodules, half random crops inside the lungs (mostly vessels: the hard
 negatives). The loss is a Tversky loss (a Dice weighted towards recall: a missed nodule voxel
 costs BETA, a false one ALPHA), summed over the whole batch. Why not the book's per-sample
@@ -29,32 +29,16 @@ from torch.utils.data import Dataset, TensorDataset
 from noduleflow.config import TrainConfig
 from noduleflow.data.loaders import make_loader
 from noduleflow.errors import ConfigError
-from noduleflow.models import create_model
+from noduleflow.models.unet import segmentation_unet
 from noduleflow.train.distributed import DistInfo, ShardSampler
 from noduleflow.train.tasks import TaskParts
 
-SPATIAL_DIMS = 2
-CONTEXT = 3  # slices on each side of the segmented one, fed as channels: 2 * CONTEXT + 1 inputs
+SPATIAL_DIMS = 2  # the U-Net and its crops; its context slices are `data.context`, saved with the run
 CROP = (64, 64)  # training crop (H, W) voxels
 ALPHA, BETA = 0.3, 0.7  # Tversky weights of false-positive and false-negative voxels
 POS_WEIGHT = 10.0  # weight of a nodule voxel in segment_loss's cross-entropy term
 VAL_SAMPLES = 256  # fixed validation crops (fewer when an epoch has fewer training samples)
-HEAD_BIAS = -4.0
 _AUGMENT = {"rotate_deg": 15.0, "scale": 0.1, "offset_vox": 2.0, "noise_hu": 25.0}
-
-
-def build_unet(width: int, depth: int) -> torch.nn.Module:
-    """The segmentation U-Net as trained here: (B, 2 * CONTEXT + 1, H, W) -> (B, 1, H, W) logits.
-
-    The head's bias starts at HEAD_BIAS (sigmoid ~0.02), a prior for how rare nodule voxels are
-    (0.2 % of a training batch). Why: from the default init the net calls two thirds of every crop
-    nodule, and the Tversky loss, a ratio over the whole batch, moves it off that only slowly;
-    measured on one batch of crops, 35 AdamW steps reached F1 0.009 from the default bias and 0.76
-    from this prior.
-    """
-    model = create_model("unet", in_channels=2 * CONTEXT + 1, num_classes=1, width=width, depth=depth, spatial_dims=SPATIAL_DIMS)
-    torch.nn.init.constant_(model.head.bias, HEAD_BIAS)
-    return model
 
 
 def tversky_loss(logits: torch.Tensor, target: torch.Tensor, *, alpha: float = ALPHA, beta: float = BETA,
@@ -109,7 +93,7 @@ def build_segment_task(cfg: TrainConfig, dist: DistInfo = DistInfo()) -> TaskPar
 
     def crops(uids, transform, samples):
         return SegmentationCrops(cache, index.nodules_of(uids), uids, spatial_dims=SPATIAL_DIMS, crop=CROP,
-                                 context=CONTEXT, lung_fraction=0.5, samples_per_epoch=samples, transform=transform)
+                                 context=cfg.data.context, lung_fraction=0.5, samples_per_epoch=samples, transform=transform)
 
     train = crops(split.train, augment, cfg.data.epoch_samples or None)
     held_out = min(VAL_SAMPLES, len(train))  # a short (test) run gets a short validation too
@@ -119,7 +103,7 @@ def build_segment_task(cfg: TrainConfig, dist: DistInfo = DistInfo()) -> TaskPar
         if dataset.n_nodule_samples == 0:
             raise ConfigError(f"the {name} split of {root} holds no annotated nodules to segment",
                               fix="Use more scans (e.g. `noduleflow synth --scans 10`) or change data.val_fraction.")
-    model = build_unet(cfg.model.width, cfg.model.depth)
+    model = segmentation_unet(cfg.model.width, cfg.model.depth, cfg.data.context)
     batch, workers, seed = cfg.data.batch_size, cfg.data.num_workers, cfg.run.seed
     train_loader = make_loader(train, batch, workers=workers, shuffle=True, seed=seed, distributed=dist.enabled,
                                persistent_workers=False)

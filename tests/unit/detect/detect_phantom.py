@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from noduleflow.ct import CtVolume
-from noduleflow.train.segment_task import CONTEXT
+CONTEXT = 3  # the U-Net input's context slices on each side (a run's data.context)
 
 SPACING_XYZ = (2.0, 2.0, 3.0)
 NODULE_IRC, NODULE_RADIUS_MM = (10, 20, 18), 6.0

@@ -11,7 +11,7 @@ from detect_phantom import NODULE_IRC, NODULE_RADIUS_MM, DenseTissue, chest
 from noduleflow.ct import write_volume
 from noduleflow.data import prepare
 from noduleflow.data.luna16 import load_index
-from noduleflow.detect import mining
+from noduleflow.recipes import mining
 from noduleflow.errors import CsvError
 
 

@@ -8,12 +8,12 @@ import torch
 
 from noduleflow.config import resolve_config, save_config
 from noduleflow.detect.models import fuse_batchnorm, load_detector
-from noduleflow.train.segment_task import build_unet
+from noduleflow.models.unet import segmentation_unet
 
 
 def test_folding_batchnorm_keeps_the_unet_outputs_and_removes_every_batchnorm():
     torch.manual_seed(0)
-    model = build_unet(4, 3)
+    model = segmentation_unet(4, 3, 3)
     model.train()
     for _ in range(3):
         model(torch.randn(4, 7, 32, 32) * 3 + 1)  # running statistics away from 0 / 1
@@ -39,7 +39,7 @@ def test_a_classifier_of_another_input_size_is_rebuilt_with_it(tmp_path):
     """model.input_size in the part's config rebuilds the net `detect` loads (its head's size depends on it)."""
     from noduleflow.detect.models import load_part
     from noduleflow.models import build_model, input_size_of
-    from noduleflow.train.checkpoint import save_checkpoint
+    from noduleflow.train.checkpoint import save_checkpoint  # the trainer's writer: what detect must read
 
     cfg = resolve_config("classify", overrides={"data.root": "d", "model.input_size": [16, 24, 24]})
     (tmp_path / "classify").mkdir()

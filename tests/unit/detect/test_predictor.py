@@ -15,10 +15,23 @@ from noduleflow.errors import CheckpointError
 from detect_phantom import NODULE_IRC, NODULE_RADIUS_MM, DenseTissue, chest
 
 
+def _onnx_nets(models, tmp_path):
+    """`models` exported to ONNX and run by onnxruntime: the Predictor's torch-free path."""
+    from noduleflow.detect.contract import Nets
+    from noduleflow.detect.runtime import OrtNet
+    from noduleflow.export.formats import export_onnx
+
+    contracts = models.contracts()
+    segment = OrtNet(export_onnx(models.segment, torch.zeros(2, 7, 16, 16), tmp_path / "segment.onnx", multiple=4))
+    size = contracts["classify"].patch_size
+    classify = OrtNet(export_onnx(models.classify, torch.zeros(2, 1, *size), tmp_path / "classify.onnx"))
+    return Nets(segment, classify, None, contracts, "onnx")
+
+
 @pytest.mark.parametrize("runtime", ["torch", "onnx"])
-def test_phantom_nodule_is_found_at_its_centre_with_its_size(models, runtime):
+def test_phantom_nodule_is_found_at_its_centre_with_its_size(models, runtime, tmp_path):
     volume = chest()
-    result = Predictor(models, runtime=runtime).predict(volume)
+    result = Predictor(_onnx_nets(models, tmp_path) if runtime == "onnx" else models, runtime="torch").predict(volume)
     assert result.warnings == []
     assert len(result.findings) == 1  # the body wall is dense too, but lies outside the lung field
     finding = result.findings[0]
@@ -26,6 +39,30 @@ def test_phantom_nodule_is_found_at_its_centre_with_its_size(models, runtime):
     assert finding.diameter_mm == pytest.approx(2 * NODULE_RADIUS_MM, rel=0.1)
     assert 0.0 <= finding.probability <= 1.0 and finding.malignancy is None
     assert finding.probability == pytest.approx(finding.classifier * finding.segmentation)  # both models must agree
+    if runtime == "onnx":
+        eager = Predictor(models, runtime="torch").predict(volume).findings[0]
+        assert finding.probability == pytest.approx(eager.probability, abs=1e-5)
+
+
+def test_a_predictor_leaves_its_models_and_the_thread_count_as_given(models):
+    """Constructing and running a Predictor folds batch norm into copies and sets threads only around its calls."""
+    import copy
+
+    from noduleflow.models.unet import segmentation_unet
+
+    models.segment = segmentation_unet(4, 3, 3).eval()
+    given = {part: copy.deepcopy(getattr(models, part).state_dict()) for part in ("segment", "classify")}
+    before = given["classify"]
+    threads = torch.get_num_threads()
+    predictor = Predictor(models, runtime="torch", threads=max(1, threads - 1) if threads > 1 else 2)
+    assert torch.get_num_threads() == threads
+    predictor.predict(chest())
+    assert torch.get_num_threads() == threads
+    after = models.classify.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in models.classify.modules())   # not folded in place
+    segment = models.segment.state_dict()
+    assert all(torch.equal(given["segment"][k], segment[k]) and segment[k].is_contiguous() for k in segment)  # nor channels_last
 
 
 class DeepDenseTissue(DenseTissue):
@@ -78,21 +115,15 @@ def test_an_unknown_runtime_is_refused(models):
         Predictor(models, runtime="tensorrt")
 
 
-def test_int8_unet_is_written_beside_the_checkpoint_and_then_used_by_default(models, tmp_path):
-    models.segment_checkpoint = tmp_path / "segment" / "best.pt"
-    models.segment_checkpoint.parent.mkdir()
-    models.segment_checkpoint.write_bytes(b"weights")
-    with pytest.raises(CheckpointError, match=r"best.int8.onnx: has no up-to-date int8 U-Net.*--runtime onnx"):
-        Predictor(models, runtime="int8")
-    assert Predictor(models).runtime == "onnx"  # auto, without an int8 version
-    volume = chest()
-    path = Predictor(models, runtime="onnx").quantize([volume])
-    assert path == tmp_path / "segment" / "best.int8.onnx"
-    predictor = Predictor(models)
-    assert predictor.runtime == "int8"
-    result = predictor.predict(volume)
-    assert len(result.findings) == 1
-    np.testing.assert_allclose(result.findings[0].center_xyz, volume.irc_to_xyz(NODULE_IRC), atol=0.5)
+def test_exported_runtimes_without_an_export_name_the_export_command(models, tmp_path):
+    models.run_dir = tmp_path
+    for runtime in ("onnx", "int8"):
+        with pytest.raises(CheckpointError, match=r"has no exported models.*noduleflow export"):
+            Predictor(models, runtime=runtime)
+    assert Predictor(models).runtime == "torch"  # auto, without exports
+    models.run_dir = None
+    with pytest.raises(ValueError, match="runtime 'torch'"):
+        Predictor(models, runtime="onnx")
 
 
 def test_run_folder_without_models_names_the_file_and_the_command(tmp_path):

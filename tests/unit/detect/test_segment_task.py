@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from noduleflow.train.segment_task import POS_WEIGHT, build_unet, segment_loss, segmentation_metrics, tversky_loss
+from noduleflow.models.unet import segmentation_unet
+from noduleflow.train.segment_task import POS_WEIGHT, segment_loss, segmentation_metrics, tversky_loss
 
 
 def _logits(mask: torch.Tensor) -> torch.Tensor:
@@ -50,5 +51,5 @@ def test_metrics_count_voxels():
 def test_unet_starts_by_calling_few_voxels_nodule():
     torch.manual_seed(0)
     with torch.no_grad():
-        probs = torch.sigmoid(build_unet(8, 3).eval()(torch.randn(2, 7, 32, 32)))
+        probs = torch.sigmoid(segmentation_unet(8, 3, 3).eval()(torch.randn(2, 7, 32, 32)))
     assert probs.mean() < 0.1

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from noduleflow.data.patches import hu_to_unit
+from noduleflow.detect.models import TorchNet
 from noduleflow.detect.windows import full_windows, lung_windows, segment_windows
 
 from detect_phantom import DenseTissue
@@ -44,7 +45,7 @@ def test_segmentation_places_each_slice_prediction_on_its_voxels():
     lung = np.zeros(hu.shape, bool)
     lung[2:8, 3:15, 5:22] = True
     windows = lung_windows(lung, chunk=4, margin=2, multiple=4)
-    probs = segment_windows(DenseTissue(), hu, windows, context=3, batch=3)
+    probs = segment_windows(TorchNet(DenseTissue()), hu, windows, context=3, batch=3)
     expected = torch.sigmoid((torch.from_numpy(hu_to_unit(hu)) + 0.4) * 50).numpy()
     covered = _coverage(windows, hu.shape) == 1
     np.testing.assert_allclose(probs[covered], expected[covered], atol=1e-6)

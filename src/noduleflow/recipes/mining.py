@@ -55,16 +55,18 @@ def mine_candidates(data: str | Path, segment_run: str | Path, out_csv: str | Pa
     from noduleflow.data.luna16 import load_index
     from noduleflow.detect.models import load_segmentation
     from noduleflow.detect.predictor import Predictor
-    from noduleflow.detect.runtime import INT8_NAME, fresh_export
+    from noduleflow.detect.runtime import exported_runtime, load_exported
 
     data = Path(data)
     index = load_index(data)
     scans = OpenScans(ScanCache(data / DEFAULT_CACHE_NAME))  # each entry opened once: sized, then mined
-    models = load_segmentation(segment_run)
-    # the int8 U-Net when `train detector` has exported it (recipe.export_detector), else eager PyTorch:
-    # for a one-off pass, not worth the ONNX export's ~10 s
-    runtime = "int8" if fresh_export(models.segment_checkpoint, INT8_NAME) else "torch"
-    predictor = Predictor(models, runtime=runtime, threshold=threshold, max_candidates=max_per_scan)
+    segment_run = Path(segment_run)
+    # the int8 U-Net when `train detector` has exported it (`noduleflow export`), else eager PyTorch
+    if exported_runtime(segment_run.parent) == "int8":
+        models = load_exported(segment_run.parent, "int8", parts=("segment",))
+        predictor = Predictor(models, threshold=threshold, max_candidates=max_per_scan)
+    else:
+        predictor = Predictor(load_segmentation(segment_run), runtime="torch", threshold=threshold, max_candidates=max_per_scan)
     uids = _within(index.series_uids, [scans(uid).hu.size for uid in index.series_uids], max_voxels)
     rows: list[tuple[str, float, float, float, int]] = []
     for uid in track(uids, description="mine candidates", disable=not progress):

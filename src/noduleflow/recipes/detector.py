@@ -3,7 +3,7 @@
 The default recipe is sized for a 2-core laptop CPU and the detection issue's 30 minutes: 27.1 min
 on bench/detect.py's 80 full-resolution (512 x 512) synthetic scans (segment 7.8, ONNX and int8
 export 0.5, mining 4.3, classify 14.5, malignancy 0.1). Mining grows with the scans up to its voxel
-cap (`detect.mining`: all 160 small scans, 36 full ones); the other parts are sized in samples.
+cap (`recipes.mining`: all 160 small scans, 36 full ones); the other parts are sized in samples.
 On 30 held-out scans of another seed it reaches CPM 0.87 (46 of 52 nodules found, the six others
 get no candidate) at full resolution. The classifier's patches span fixed millimetres (`data.patch_mm`,
 see RECIPE); with voxel patches an earlier recipe reached 0.82 there, with mm patches 0.83. On small
@@ -11,6 +11,8 @@ see RECIPE); with voxel patches an earlier recipe reached 0.82 there, with mm pa
 25.1 min; all 160 small scans were mined then too).
 Each part is an ordinary `noduleflow.train.train` run with its own config.yaml, written to
 RUNS_DIR/RUN/<part>/ (the layout `detect.models` reads). All parts use the same seed and so the same split by series.
+The U-Net is exported (ONNX, int8) right after it is trained, so that mining runs its int8 version; every
+model is exported at the end (`noduleflow.export`), so a freshly trained run detects from its exports.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ RECIPE: dict[str, dict[str, Any]] = {
 }
 """Per-part overrides over the task presets (config.PRESETS); `scale` multiplies epochs and epoch_samples."""
 TRAINING_JSON = "training.json"  # seconds per part, written last: a run folder with it is complete
-CALIBRATION_SCANS = 4  # training scans whose lung windows calibrate the int8 U-Net (export_detector)
+EXPORT_FORMATS = ("onnx", "int8")  # what `detect` runs by default; .pt2 on demand (`noduleflow export RUN --format pt2`)
 MINED_CSV = "mined_candidates.csv"  # the segmentation's candidates on the training data, added to the classifier's
 _COMMON = {"data.val_fraction": 0.1, "data.test_fraction": 0.0}
 
@@ -73,12 +75,13 @@ def train_detector(data: str | Path, *, run: str = "detector", runs_dir: str | P
 
     scale: multiplies epoch_samples (training length) for quick tests (e.g. 0.02) or longer recipes.
     mine: between segment and classify, add the trained segmentation's own candidates on `data` to the
-        classifier's (`detect.mining`): it then learns the false positives it will be shown in `detect`.
+        classifier's (`recipes.mining`): it then learns the false positives it will be shown in `detect`.
     overrides: per part, extra dotted config keys, e.g. {"segment": {"run.epochs": 2}}.
     """
     from noduleflow.data.luna16 import load_index
     from noduleflow.data.prepare_cache import prepare
-    from noduleflow.detect.mining import mine_candidates
+    from noduleflow.export import export_run
+    from noduleflow.recipes.mining import mine_candidates
     from noduleflow.train import train
 
     if scale <= 0:
@@ -115,24 +118,12 @@ def train_detector(data: str | Path, *, run: str = "detector", runs_dir: str | P
         seconds[part] = time.perf_counter() - start
         if part == "segment":  # exported first, so that mining already runs the int8 U-Net
             start = time.perf_counter()
-            export_detector(run_dir, data)
+            export_run(run_dir, formats=EXPORT_FORMATS, data=data, parts=("segment",))
             seconds["export"] = time.perf_counter() - start
+    start = time.perf_counter()
+    export_run(run_dir, formats=EXPORT_FORMATS, data=data)  # the classifiers; the U-Net's exports are kept
+    seconds["export"] = seconds.get("export", 0.0) + time.perf_counter() - start
     result = DetectorTraining(run_dir, seconds, skipped)
     (run_dir / TRAINING_JSON).write_text(json.dumps({"seconds": seconds, "skipped": skipped, "scale": scale, "seed": seed,
                                                      "data": str(data)}, indent=1) + "\n")
     return result
-
-
-def export_detector(run_dir: str | Path, data: str | Path, *, scans: int = CALIBRATION_SCANS) -> Path:
-    """Write the U-Net's ONNX export and its int8 version beside segment/best.pt, so that `detect` only loads them.
-
-    The int8 version is calibrated on the first `scans` scans of `data` (the training data); returns its path.
-    Needs only the segment part: `train_detector` runs it before mining and the classifier.
-    """
-    from noduleflow.ct import read_volume
-    from noduleflow.detect.models import load_segmentation
-    from noduleflow.detect.pipeline import scan_sources
-    from noduleflow.detect.predictor import Predictor
-
-    predictor = Predictor(load_segmentation(Path(run_dir) / "segment"), runtime="onnx")  # exports the float32 model (detect.runtime)
-    return predictor.quantize([read_volume(path) for path in scan_sources(data)[:scans]])

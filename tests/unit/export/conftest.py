@@ -1,0 +1,50 @@
+"""A small detector run folder with untrained (but not fresh-looking) models over 2 synthetic scans, exported once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from noduleflow.config import resolve_config, save_config
+from noduleflow.models import build_model
+from noduleflow.models.unet import segmentation_unet
+from noduleflow.synth import synthesize
+from noduleflow.train.checkpoint import (
+    save_checkpoint,  # the trainer's writer: what detect and export must read
+)
+
+PARTS = {
+    "segment": {"model.width": 4, "model.depth": 3},
+    "classify": {"model.width": 4, "model.depth": 2, "model.input_size": [8, 16, 16], "data.patch_mm": [12, 16, 16]},
+    "malignancy": {"model.width": 4, "model.depth": 2, "model.input_size": [8, 16, 16]},
+}
+
+
+def make_run(root, data):
+    """RUN/{segment,classify,malignancy}/ with config.yaml and best.pt, batch-norm statistics away from 0 / 1."""
+    torch.manual_seed(0)
+    for part, flags in PARTS.items():
+        cfg = resolve_config(part, overrides={"data.root": str(data), **flags})
+        model = (segmentation_unet(cfg.model.width, cfg.model.depth, cfg.data.context) if part == "segment"
+                 else build_model(cfg.model, in_channels=1, num_classes=2))
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+        (root / part).mkdir(parents=True)
+        save_config(cfg, root / part / "config.yaml")
+        save_checkpoint({"model": model.state_dict()}, root / part / "best.pt")
+    return root
+
+
+@pytest.fixture(scope="session")
+def exported_run(tmp_path_factory):
+    """(data folder, run folder) exported as `train detector` exports it (onnx and the int8 U-Net), checked on one scan."""
+    from noduleflow.export import export_run
+
+    base = tmp_path_factory.mktemp("export")
+    data = base / "data"
+    synthesize(data, scans=2, seed=2, size="small", scale=0.5, progress=False)
+    run = make_run(base / "run", data)
+    export_run(run, formats=("onnx", "int8"), scans=1)
+    return data, run
