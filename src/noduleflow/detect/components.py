@@ -7,7 +7,7 @@ turned into world mm by the scan's geometry; its size is its voxel count times t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import sparse
@@ -23,6 +23,9 @@ class Components:
 
     centers_irc: (N, 3) float voxel centres; voxels: (N,) int counts; volume_mm3 and diameter_mm:
     (N,) float; peak: (N,) highest probability inside each component.
+    labels: (N,) each component's label in `marked_labels`; marked: 3 x (m,) voxel indices of every marked
+    voxel and marked_labels: (m,) their labels (shared by every `take`, so selecting stays cheap): `mask` draws
+    the selected components from them.
     """
 
     centers_irc: np.ndarray
@@ -30,13 +33,26 @@ class Components:
     volume_mm3: np.ndarray
     diameter_mm: np.ndarray
     peak: np.ndarray
+    labels: np.ndarray | None = None
+    marked: tuple[np.ndarray, ...] | None = None
+    marked_labels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.voxels)
 
     def take(self, keep: np.ndarray) -> "Components":
         """The components selected by a boolean mask or an index array."""
-        return Components(self.centers_irc[keep], self.voxels[keep], self.volume_mm3[keep], self.diameter_mm[keep], self.peak[keep])
+        return replace(self, centers_irc=self.centers_irc[keep], voxels=self.voxels[keep], volume_mm3=self.volume_mm3[keep],
+                       diameter_mm=self.diameter_mm[keep], peak=self.peak[keep],
+                       labels=None if self.labels is None else self.labels[keep])
+
+    def mask(self, shape: tuple[int, ...]) -> np.ndarray:
+        """(I, R, C) bool: True at the voxels of these components (all False when they carry no voxels)."""
+        out = np.zeros(shape, bool)
+        if self.labels is not None and self.marked is not None and len(self.labels):
+            chosen = np.isin(self.marked_labels, self.labels)
+            out[tuple(axis[chosen] for axis in self.marked)] = True
+        return out
 
 
 def find_components(probs: np.ndarray, spacing_xyz, *, threshold: float = 0.5, min_voxels: int = 1) -> Components:
@@ -58,7 +74,8 @@ def find_components(probs: np.ndarray, spacing_xyz, *, threshold: float = 0.5, m
     centers = np.where(positive[:, None], weighted / np.where(positive, total, 1)[:, None], plain)
     peak = np.full(n, -np.inf)
     np.maximum.at(peak, label, weights)
-    found = _components(centers, voxels, spacing_xyz, peak.astype(np.float32))
+    found = replace(_components(centers, voxels, spacing_xyz, peak.astype(np.float32)), labels=np.arange(n), marked=marked,
+                    marked_labels=label)
     return found.take(voxels >= min_voxels)
 
 

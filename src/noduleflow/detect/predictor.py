@@ -67,7 +67,12 @@ class Finding:
 
 @dataclass
 class ScanResult:
-    """Findings of one scan, most probable first; `warnings` explain an empty result; `seconds` is wall time."""
+    """Findings of one scan, most probable first; `warnings` explain an empty result; `seconds` is wall time.
+
+    candidate_mask: (I, R, C) bool, the voxels of the candidates the classifier scored (the segmentation
+    above its threshold, in the components kept), or None when nothing was segmented; what `detect`
+    writes as masks/<seriesuid>.nii.gz and the server overlays on the slices.
+    """
 
     series_uid: str
     findings: list[Finding]
@@ -75,6 +80,7 @@ class ScanResult:
     seconds: float = 0.0
     candidates: int = 0
     warnings: list[str] = field(default_factory=list)
+    candidate_mask: np.ndarray | None = None
 
 
 class Predictor:
@@ -138,7 +144,7 @@ class Predictor:
         elif not lung.any():
             self._warn(result, "has no lung field (no large air-filled region inside the body); nothing to detect")
         else:
-            result.findings, result.candidates = self._detect(volume, lung)
+            result.findings, result.candidates, result.candidate_mask = self._detect(volume, lung)
         result.seconds = time.perf_counter() - start
         return result
 
@@ -164,10 +170,10 @@ class Predictor:
                                      for i, r, c in rounded.tolist()], dtype=bool))
         return comps.take(np.argsort(-comps.peak, kind="stable")[:self.max_candidates])
 
-    def _detect(self, volume: CtVolume, lung: np.ndarray) -> tuple[list[Finding], int]:
+    def _detect(self, volume: CtVolume, lung: np.ndarray) -> tuple[list[Finding], int, np.ndarray]:
         comps = self.candidates(volume, lung)
         if len(comps) == 0:
-            return [], 0
+            return [], 0, comps.mask(volume.shape)
         nodule, malignant = self._classify(volume, comps.centers_irc)
         score = nodule * comps.peak
         xyz = volume.irc_to_xyz(comps.centers_irc).reshape(-1, 3)
@@ -175,7 +181,7 @@ class Predictor:
                             None if malignant is None else float(malignant[i]), float(comps.diameter_mm[i]), float(comps.peak[i]),
                             float(nodule[i]))
                     for i in range(len(comps))]
-        return sorted(findings, key=lambda f: -f.probability), len(comps)
+        return sorted(findings, key=lambda f: -f.probability), len(comps), comps.mask(volume.shape)
 
     def _classify(self, volume: CtVolume, centers_irc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(N,) P(nodule) and (N,) P(malignant) or None for patches of `volume` around (N, 3) fractional voxel centres."""

@@ -87,3 +87,17 @@ def test_voxels_that_touch_only_across_a_row_end_stay_apart():
     mask[0, 0, 3] = mask[0, 1, 0] = True        # neighbours in memory, far apart in the volume
     mask[1, 2, 3] = True                        # the last voxel of the volume
     assert len(find_components(mask, (1, 1, 1))) == 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(bool, (5, 6, 7), elements=st.booleans()), st.data())
+def test_mask_of_selected_components_is_exactly_their_voxels(mask, data):
+    """`Components.mask` after any selection (as the Predictor's lung filter and ranking make) draws the chosen
+    components' voxels and nothing else: scipy's labels of the same mask say which voxels those are."""
+    from scipy import ndimage
+
+    comps = find_components(mask, (1.0, 1.0, 1.0), min_voxels=1)
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    keep = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool)
+    chosen = comps.take(keep).take(np.argsort(-np.arange(int(keep.sum()))))  # select, then reorder
+    np.testing.assert_array_equal(chosen.mask(mask.shape), np.isin(labels, np.flatnonzero(keep) + 1))

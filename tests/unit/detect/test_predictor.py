@@ -201,3 +201,14 @@ def test_classify_patches_scores_cut_patches_as_predict_does(models):
     nodule, malignant = predictor.classify_patches(patch[None])
     assert nodule.shape == (1,) and malignant is None
     assert nodule[0] == pytest.approx(result.findings[0].classifier, abs=1e-6)
+
+
+def test_candidate_mask_holds_the_scored_component(models):
+    """The result keeps the voxels of the candidates it scored: the phantom nodule's, the size of its finding."""
+    volume = chest()
+    result = Predictor(models, runtime="torch").predict(volume)
+    mask, finding = result.candidate_mask, result.findings[0]
+    assert mask.shape == volume.shape and mask.dtype == bool
+    assert mask[tuple(int(round(v)) for v in finding.center_irc)]
+    voxel_mm3 = float(np.prod(volume.spacing_xyz))
+    assert (6 * mask.sum() * voxel_mm3 / np.pi) ** (1 / 3) == pytest.approx(finding.diameter_mm, rel=1e-6)
