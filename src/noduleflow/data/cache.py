@@ -1,10 +1,13 @@
 """The scan cache: each scan read once, stored as a memory-mapped int16 array plus its lung mask.
 
-One entry per series, in `<cache>/<params>/<seriesuid>/`::
+One entry per series, in `<cache>/<params>/<safe_name(seriesuid)>/` (the uid comes from a file name or a
+header, so it names a folder only through `noduleflow.files.safe_name`)::
 
     hu.npy          (I, R, C) int16 HU, read back with np.load(mmap_mode="r"): a patch costs a page-cache copy
     lung_mask.npz   the lung mask's bounding box and its bits, packed and deflated (a few KB per scan)
-    entry.json      geometry (origin, spacing, direction), sizes and checksums, the key; written last
+    entry.json      geometry (origin, spacing, direction), sizes and checksums, the key, the source files'
+                    size and mtime, and a checksum of itself; written last
+    .lock           flock'ed by the one process writing the entry (see `ScanCache.write`)
 
 `<params>` names the preprocessing (`v1-native`, or `v1-0.7x0.7x1.25mm` when resampled), so several
 spacings can live side by side. An entry is complete only once `entry.json` exists, its key matches
@@ -12,17 +15,27 @@ the source file and its files have the recorded sizes: every file is written to 
 the same folder, fsynced and renamed, and `entry.json` goes last. A crash or a full disk leaves an
 entry without `entry.json`, which the next `prepare` rebuilds. The key hashes the source files (relative
 path, size, mtime and the first 4 KB, which hold an .mhd header) with the spacing and CACHE_VERSION.
+
+Trust is checked cheaply on every open, because training must never read a wrong entry in silence:
+entry.json's own checksum, the series it names, the source files' size and mtime_ns against the
+files on disk now (a scan changed after `prepare` makes its entry stale), each file's size, the
+bytes of hu.npy's header (a header damaged at the same size would otherwise crash np.load or
+misread the voxels) and the whole of the few-KB mask. Only the voxels of hu.npy are left to
+`prepare --verify`, which re-hashes them. Every failure is a `CacheError` that names the fix.
 The cache costs about what the int16 scans cost: the mask adds a few kilobytes, not a voxel's worth.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import io
 import json
 import os
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,11 +45,14 @@ import numpy as np
 from noduleflow.ct import geometry
 from noduleflow.ct.volume import CtVolume
 from noduleflow.errors import CacheError
+from noduleflow.files import safe_name
 
 CACHE_VERSION = 1
 DEFAULT_CACHE_NAME = ".noduleflow-cache"
-ENTRY_JSON, HU_NPY, MASK_NPZ = "entry.json", "hu.npy", "lung_mask.npz"
+ENTRY_JSON, HU_NPY, MASK_NPZ, LOCK = "entry.json", "hu.npy", "lung_mask.npz", ".lock"
 _TMP = ".tmp-"
+_FORMAT = 2  # entry.json's layout: 2 added the source stats, the npy header hash and the self-checksum
+_REBUILD = "Run `noduleflow prepare DATA` (with the same --cache and --spacing) to rebuild it."
 
 
 def params_tag(spacing_xyz: Sequence[float] | None) -> str:
@@ -99,6 +115,7 @@ class CachedScan:
     hu: (I, R, C) int16, a read-only view of the file mapped with np.load(mmap_mode="r"); slicing it
         reads only the touched pages (`hu.base` is the np.memmap).
     Geometry fields as in `CtVolume` (origin_xyz, spacing_xyz in X, Y, Z mm; direction (3, 3)).
+    mask_blake2b: the checksum entry.json records for lung_mask.npz, checked on every `lung_mask()`.
     """
 
     series_uid: str
@@ -107,6 +124,7 @@ class CachedScan:
     origin_xyz: np.ndarray
     spacing_xyz: np.ndarray
     direction: np.ndarray
+    mask_blake2b: str | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -122,9 +140,19 @@ class CachedScan:
         return geometry.irc_to_xyz(irc, self.origin_xyz, self.spacing_xyz, self.direction)
 
     def lung_mask(self) -> LungMask:
-        """The lung mask (loaded from disk on each call; callers keep the few they need)."""
-        with np.load(self.path / MASK_NPZ) as z:
-            return LungMask(self.shape, z["lo"], z["packed"], int(z["width"]))
+        """The lung mask (read and checked on each call; callers keep the few they need).
+
+        A file damaged since the entry was opened raises `CacheError`, never a zip or numpy error.
+        """
+        path = self.path / MASK_NPZ
+        try:
+            data = path.read_bytes()
+            if self.mask_blake2b is not None and _hash_bytes(data) != self.mask_blake2b:
+                raise ValueError("it fails its checksum")
+            return _parse_mask(data, self.shape)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise CacheError(f"the lung mask of series {self.series_uid} is unreadable ({err})", path=path,
+                             fix=_REBUILD) from err
 
     def volume(self) -> CtVolume:
         """A `CtVolume` over the memmap (no copy)."""
@@ -143,91 +171,141 @@ class ScanCache:
         return f"ScanCache({str(self.root)!r}, spacing_xyz={self.spacing_xyz})"
 
     def entry_dir(self, series_uid: str) -> Path:
-        return self.dir / series_uid
+        """The entry's folder: the uid passes through `safe_name`, so a uid like '..' or 'a/b' stays inside."""
+        return self.dir / safe_name(series_uid)
 
     def series_uids(self) -> tuple[str, ...]:
-        """Series with an entry.json (complete as far as a directory listing can tell), sorted."""
+        """Series whose entry.json is intact (complete as far as a listing can tell), sorted.
+
+        Read from each entry.json, since a folder's name is the uid only when `safe_name` kept it.
+        """
         if not self.dir.is_dir():
             return ()
-        return tuple(sorted(p.name for p in self.dir.iterdir() if (p / ENTRY_JSON).is_file()))
+        uids = []
+        for folder in self.dir.iterdir():
+            try:
+                uids.append(str(_read_manifest(folder / ENTRY_JSON)["series_uid"]))
+            except (OSError, ValueError, KeyError):
+                continue
+        return tuple(sorted(uids))
 
     def problem(self, series_uid: str, key: str | None = None, *, verify: bool = False) -> str | None:
-        """Why the entry is unusable ('missing', 'stale', 'corrupt: ...'), or None if it is complete.
+        """Why the entry is unusable ('missing', 'stale...', 'corrupt: ...'), or None if it can be trusted.
 
-        Checks the manifest, the key (when given) and every file's size; `verify` also re-hashes
-        the files, which reads them in full.
+        key: the key `source_key` gives now (prepare knows it); without it, the source files' size
+        and mtime_ns recorded at write time are compared with the files on disk. Cheap either way:
+        a few stats, hu.npy's header and the few-KB mask are read. `verify` also re-hashes hu.npy in full.
         """
         entry = self.entry_dir(series_uid)
-        try:
-            manifest = json.loads((entry / ENTRY_JSON).read_text())
-            files = manifest["files"]
-        except FileNotFoundError:
+        if not (entry / ENTRY_JSON).exists():
             return "missing"
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            return f"corrupt: unreadable {ENTRY_JSON} ({err})"
-        if manifest.get("version") != CACHE_VERSION or (key is not None and manifest.get("key") != key):
+        try:
+            manifest = _read_manifest(entry / ENTRY_JSON)
+        except (OSError, ValueError) as err:
+            return f"corrupt: {ENTRY_JSON} ({err})"
+        except KeyError:
+            return "stale"                                        # written by an older layout
+        if manifest["series_uid"] != series_uid:
+            return f"corrupt: {ENTRY_JSON} names series {manifest['series_uid']}"
+        if key is not None and manifest["key"] != key:
             return "stale"
-        for name, meta in files.items():
-            path = entry / name
-            if not path.is_file():
-                return f"corrupt: {name} is missing"
-            if path.stat().st_size != meta["bytes"]:
-                return f"corrupt: {name} has {path.stat().st_size} bytes, expected {meta['bytes']}"
-            if verify and _hash_file(path) != meta["blake2b"]:
-                return f"corrupt: {name} fails its checksum"
+        if key is None:
+            changed = _changed_source(manifest["source"], self.spacing_xyz)
+            if changed:
+                return f"stale: {changed} since `prepare` built the entry"
+        for name, meta in manifest["files"].items():
+            try:
+                problem = _file_problem(entry / name, meta, verify)
+            except OSError as err:
+                problem = f"is unreadable ({err.strerror or err})"
+            if problem:
+                return f"corrupt: {name} {problem}"
         return None
 
     def open(self, series_uid: str) -> CachedScan:
-        """Open a complete entry read-only; a missing or damaged one raises `CacheError`."""
+        """Open a trusted entry read-only; a missing, damaged or stale one raises `CacheError` with the fix."""
         problem = self.problem(series_uid)
         if problem is not None:
             raise CacheError(f"has no usable entry for series {series_uid} ({problem})", path=self.dir,
-                             fix="Run `noduleflow prepare DATA` (with the same --cache and --spacing) to build it.")
+                             fix=_REBUILD.replace("rebuild", "build" if problem == "missing" else "rebuild"))
         entry = self.entry_dir(series_uid)
-        manifest = json.loads((entry / ENTRY_JSON).read_text())
-        hu = np.load(entry / HU_NPY, mmap_mode="r").view(np.ndarray)  # a plain view: np.memmap's slicing runs Python code
-        if hu.dtype != np.int16 or list(hu.shape) != manifest["shape"]:
-            raise CacheError(f"entry {series_uid} holds a {hu.dtype} array of shape {hu.shape}, expected int16 {manifest['shape']}",
-                             path=entry, fix="Delete the folder and run `noduleflow prepare` again.")
-        return CachedScan(series_uid, entry, hu, np.asarray(manifest["origin_xyz"]), np.asarray(manifest["spacing_xyz"]),
-                          np.asarray(manifest["direction"]).reshape(3, 3))
-
-    def write(self, volume: CtVolume, mask: np.ndarray, key: str, source: dict | None = None) -> int:
-        """Store `volume` (and its (I, R, C) bool lung `mask`) as the entry of `volume.series_uid`.
-
-        Returns the bytes written. Any OSError (full disk, permissions) removes this call's temporary
-        files and raises `CacheError`; the entry is then left without entry.json, so it reads as
-        incomplete and the next `prepare` rebuilds it.
-        """
-        entry = self.entry_dir(volume.series_uid)
         try:
-            entry.mkdir(parents=True, exist_ok=True)
-            (entry / ENTRY_JSON).unlink(missing_ok=True)  # incomplete from here until the manifest lands
-            for stale in entry.glob(f".*{_TMP}*"):
-                stale.unlink()
-            files = {HU_NPY: _atomic_write(entry / HU_NPY, lambda f: np.lib.format.write_array(f, np.ascontiguousarray(volume.hu)))}
-            files[MASK_NPZ] = _atomic_write(entry / MASK_NPZ, lambda f: f.write(_mask_bytes(mask)))
-            _fsync_dir(entry)  # the data renames are durable before the manifest can be
-            manifest = {
-                "version": CACHE_VERSION, "series_uid": volume.series_uid, "key": key, "source": source,
-                "shape": list(volume.shape), "origin_xyz": volume.origin_xyz.tolist(),
-                "spacing_xyz": volume.spacing_xyz.tolist(), "direction": volume.direction.ravel().tolist(), "files": files,
-            }
-            _atomic_write(entry / ENTRY_JSON, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
-            _fsync_dir(entry)
+            manifest = _read_manifest(entry / ENTRY_JSON)
+            hu = np.load(entry / HU_NPY, mmap_mode="r").view(np.ndarray)  # a plain view: np.memmap's slicing runs Python code
+            if hu.dtype != np.int16 or list(hu.shape) != manifest["shape"]:
+                raise ValueError(f"it holds a {hu.dtype} array of shape {hu.shape}, expected int16 {manifest['shape']}")
+            geometry_ = [np.asarray(manifest[k], dtype=np.float64) for k in ("origin_xyz", "spacing_xyz", "direction")]
+            return CachedScan(series_uid, entry, hu, geometry_[0].reshape(3), geometry_[1].reshape(3),
+                              geometry_[2].reshape(3, 3), manifest["files"][MASK_NPZ]["blake2b"])
+        except (OSError, ValueError, KeyError, TypeError) as err:   # changed between the check and the load
+            raise CacheError(f"the entry of series {series_uid} is unreadable ({err})", path=entry, fix=_REBUILD) from err
+
+    @contextlib.contextmanager
+    def lock(self, series_uid: str):
+        """Hold the entry's exclusive write lock (flock on `<entry>/.lock`; the kernel drops it if we die).
+
+        Two `prepare` runs on one cache then never write one entry at once, and the temporaries a
+        writer finds while holding the lock can only be a dead process's.
+        """
+        entry = self.entry_dir(series_uid)
+        if entry.exists() and not entry.is_dir():
+            entry.unlink()                                        # a stray file where the entry belongs
+        entry.mkdir(parents=True, exist_ok=True)
+        fd = os.open(entry / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield entry
+        finally:
+            os.close(fd)
+
+    def write(self, volume: CtVolume, mask: np.ndarray, key: str, source: dict | None = None,
+              series_uid: str | None = None) -> int:
+        """Store `volume` (and its (I, R, C) bool lung `mask`) as the entry of `series_uid` (default volume.series_uid).
+
+        source: `source_key`'s description; its files' size and mtime_ns are what `open` compares.
+        Returns the bytes written. Holds the entry's `lock` throughout. Any OSError (full disk,
+        permissions) removes the temporary files and raises `CacheError`; the entry is then left without
+        entry.json, so it reads as incomplete and the next `prepare` rebuilds it.
+        """
+        uid = volume.series_uid if series_uid is None else series_uid
+        entry = self.entry_dir(uid)
+        try:
+            with self.lock(uid):
+                (entry / ENTRY_JSON).unlink(missing_ok=True)  # incomplete from here until the manifest lands
+                for stale in entry.glob(f".*{_TMP}*"):        # under the lock: left by a dead writer
+                    stale.unlink(missing_ok=True)
+                hu = np.ascontiguousarray(volume.hu)
+                files = {HU_NPY: _atomic_write(entry / HU_NPY, lambda f: np.lib.format.write_array(f, hu))}
+                files[HU_NPY].update(_npy_header(entry / HU_NPY))
+                files[MASK_NPZ] = _atomic_write(entry / MASK_NPZ, lambda f: f.write(_mask_bytes(mask)))
+                _fsync_dir(entry)  # the data renames are durable before the manifest can be
+                manifest = {
+                    "version": CACHE_VERSION, "format": _FORMAT, "series_uid": uid, "key": key, "source": source,
+                    "shape": list(volume.shape), "origin_xyz": volume.origin_xyz.tolist(),
+                    "spacing_xyz": volume.spacing_xyz.tolist(), "direction": volume.direction.ravel().tolist(),
+                    "files": files,
+                }
+                manifest["checksum"] = _manifest_checksum(manifest)
+                _atomic_write(entry / ENTRY_JSON, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+                _fsync_dir(entry)
+                manifest_bytes = (entry / ENTRY_JSON).stat().st_size
         except OSError as err:
             for temp in entry.glob(f".*{_TMP}{os.getpid()}"):
                 temp.unlink(missing_ok=True)
             raise _write_error(entry, err) from err
-        return sum(meta["bytes"] for meta in files.values()) + (entry / ENTRY_JSON).stat().st_size
+        return sum(meta["bytes"] for meta in files.values()) + manifest_bytes
 
 
 def check_writable(folder: Path) -> None:
-    """Create `folder` and prove a file can be written there, or raise `CacheError` with the fix."""
+    """Create `folder` and prove a file can be written there, or raise `CacheError` with the fix.
+
+    The probe's name holds our pid: two `prepare` runs on one cache must not remove each other's.
+    """
+    probe = folder / f".write-test-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / ".write-test", lambda f: f.write(b"ok"))
-        (folder / ".write-test").unlink()
+        _atomic_write(probe, lambda f: f.write(b"ok"))
+        probe.unlink()
     except OSError as err:
         raise _write_error(folder, err) from err
 
@@ -236,21 +314,100 @@ def source_key(path: Path, root: Path, spacing_xyz: Sequence[float] | None) -> t
     """(key, description) of a scan and the parameters it is prepared with.
 
     The description lists the scan's files (an .mhd and the data file its header names) by path
-    relative to `root`, size and mtime, and hashes the first 4 KB (an .mhd's whole header).
+    relative to `root`, size and mtime_ns, and hashes the first 4 KB (an .mhd's whole header).
+    `root` is added to it after the key is taken, so `open` can find the files again to compare
+    their stats while a moved data folder keeps its key. Raises OSError when the scan cannot be read.
     """
+    path, root = Path(path), Path(root)
     with open(path, "rb") as f:
         head = f.read(4096)
     files = [path]
     data_file = re.search(rb"^\s*ElementDataFile\s*=\s*(.+?)\s*$", head, re.MULTILINE)
-    if data_file and data_file.group(1) not in (b"LOCAL", b"LIST") and (path.parent / data_file.group(1).decode()).is_file():
-        files.append(path.parent / data_file.group(1).decode())
+    if data_file and data_file.group(1) not in (b"LOCAL", b"LIST"):
+        named = path.parent / data_file.group(1).decode("utf-8", "replace")
+        if named.is_file():
+            files.append(named)
     source = {
-        "files": [[str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+        "files": [[os.path.relpath(p, root), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
         "header_blake2b": hashlib.blake2b(head, digest_size=16).hexdigest(),
         "spacing_xyz": None if spacing_xyz is None else [float(s) for s in spacing_xyz],
         "version": CACHE_VERSION,
     }
-    return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:20], source
+    key = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:20]
+    return key, {**source, "root": str(root.absolute())}
+
+
+def _read_manifest(path: Path) -> dict:
+    """entry.json, checked: ValueError when it is not JSON or fails its checksum, KeyError for an older layout."""
+    manifest = json.loads(path.read_bytes())
+    if not isinstance(manifest, dict):
+        raise ValueError("it is not a JSON object")
+    if manifest.get("version") != CACHE_VERSION or manifest.get("format") != _FORMAT:
+        raise KeyError("format")
+    if manifest.get("checksum") != _manifest_checksum(manifest):
+        raise ValueError("it fails its checksum")
+    return manifest
+
+
+def _manifest_checksum(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return _hash_bytes(json.dumps(body, sort_keys=True).encode())
+
+
+def _changed_source(source: dict | None, spacing_xyz: tuple[float, ...] | None) -> str | None:
+    """What differs between the source recorded at write time and the disk now (None: nothing we can see).
+
+    A source file that is gone is not a change: the cache may outlive a moved or deleted data folder.
+    """
+    if not source:
+        return None
+    if source.get("spacing_xyz") != (None if spacing_xyz is None else list(spacing_xyz)):
+        return "the entry was built with another --spacing"
+    root = Path(source.get("root", "."))
+    for rel, size, mtime_ns in source["files"]:
+        try:
+            stat = (root / rel).stat()
+        except OSError:
+            continue
+        if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
+            return f"its scan file {root / rel} changed"
+    return None
+
+
+def _file_problem(path: Path, meta: dict, verify: bool) -> str | None:
+    """Why one data file of an entry disagrees with entry.json, or None."""
+    size = path.stat().st_size
+    if size != meta["bytes"]:
+        return f"has {size} bytes, expected {meta['bytes']}"
+    if "header_bytes" in meta:                                     # hu.npy: its header, byte for byte
+        with open(path, "rb") as f:
+            if _hash_bytes(f.read(meta["header_bytes"])) != meta["header_blake2b"]:
+                return "has a damaged header"
+    if (verify or path.name == MASK_NPZ) and _hash_file(path) != meta["blake2b"]:   # the mask is a few KB
+        return "fails its checksum"
+    return None
+
+
+def _npy_header(path: Path) -> dict:
+    """{'header_bytes', 'header_blake2b'} of an .npy file: the bytes before its data."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    major = np.lib.format.read_magic(io.BytesIO(head))[0]      # magic, version, then a 2- (v1) or 4-byte length
+    size = 10 + int.from_bytes(head[8:10], "little") if major == 1 else 12 + int.from_bytes(head[8:12], "little")
+    with open(path, "rb") as f:
+        return {"header_bytes": size, "header_blake2b": _hash_bytes(f.read(size))}
+
+
+def _parse_mask(data: bytes, shape: tuple[int, int, int]) -> LungMask:
+    """lung_mask.npz's bytes -> LungMask; ValueError/KeyError when they do not describe a mask of `shape`."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        lo, packed, width = np.asarray(z["lo"]), np.asarray(z["packed"]), int(z["width"])
+    if lo.shape != (3,) or packed.ndim != 3 or packed.dtype != np.uint8 or -(-width // 8) != packed.shape[2]:
+        raise ValueError("it does not hold a packed mask")
+    mask = LungMask(shape, lo, packed, width)
+    if not mask.empty and (np.any(mask.lo < 0) or np.any(mask.lo + mask.box_shape > shape)):
+        raise ValueError("its box lies outside the scan")
+    return mask
 
 
 class _HashingWriter:
@@ -268,7 +425,7 @@ class _HashingWriter:
 
 
 def _atomic_write(path: Path, write) -> dict:
-    """Write through `write(file)` into a temp name beside `path`, fsync, then rename over `path`."""
+    """Write through `write(file)` into a temp name beside `path` (holding our pid), fsync, then rename over `path`."""
     temp = path.with_name(f".{path.name}{_TMP}{os.getpid()}")
     try:
         with open(temp, "wb") as f:
@@ -296,6 +453,10 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _hash_bytes(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def _hash_file(path: Path) -> str:
