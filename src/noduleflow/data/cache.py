@@ -52,6 +52,7 @@ DEFAULT_CACHE_NAME = ".noduleflow-cache"
 ENTRY_JSON, HU_NPY, MASK_NPZ, LOCK = "entry.json", "hu.npy", "lung_mask.npz", ".lock"
 _TMP = ".tmp-"
 _FORMAT = 2  # entry.json's layout: 2 added the source stats, the npy header hash and the self-checksum
+_HELD: dict[Path, int] = {}  # entry folders whose lock this process holds -> depth (ScanCache.lock)
 _REBUILD = "Run `noduleflow prepare DATA` (with the same --cache and --spacing) to rebuild it."
 
 
@@ -245,17 +246,31 @@ class ScanCache:
         """Hold the entry's exclusive write lock (flock on `<entry>/.lock`; the kernel drops it if we die).
 
         Two `prepare` runs on one cache then never write one entry at once, and the temporaries a
-        writer finds while holding the lock can only be a dead process's.
+        writer finds while holding the lock can only be a dead process's. Re-entrant within a process
+        (a caller may hold it around a check and `write`), not meant to be shared between threads.
+        Raises `CacheError` when the cache folder cannot be written.
         """
         entry = self.entry_dir(series_uid)
-        if entry.exists() and not entry.is_dir():
-            entry.unlink()                                        # a stray file where the entry belongs
-        entry.mkdir(parents=True, exist_ok=True)
-        fd = os.open(entry / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        if entry in _HELD:
+            _HELD[entry] += 1
+            try:
+                yield entry
+            finally:
+                _HELD[entry] -= 1
+            return
+        try:
+            if entry.exists() and not entry.is_dir():
+                entry.unlink()                                    # a stray file where the entry belongs
+            entry.mkdir(parents=True, exist_ok=True)
+            fd = os.open(entry / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise _write_error(entry, err) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            _HELD[entry] = 1
             yield entry
         finally:
+            _HELD.pop(entry, None)
             os.close(fd)
 
     def write(self, volume: CtVolume, mask: np.ndarray, key: str, source: dict | None = None,

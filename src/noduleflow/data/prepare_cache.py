@@ -30,6 +30,8 @@ from noduleflow.data.cache import DEFAULT_CACHE_NAME, ScanCache, check_writable,
 from noduleflow.data.luna16 import find_scans
 from noduleflow.errors import CacheError, ConfigError, NoduleflowError, ScanError
 
+_BUILT, _CACHED = "built", "cached"   # what _build did, when it did not fail
+
 
 @dataclass
 class PrepareSummary:
@@ -100,26 +102,30 @@ def prepare(data: str | Path, *, cache: str | Path | None = None, spacing_xyz: S
             continue
         if problem != "missing":
             summary.rebuilt[uid] = problem
-        jobs.append((uid, str(path), str(store.root), store.spacing_xyz, key, source))
+        jobs.append((uid, str(path), str(store.root), store.spacing_xyz, key, source, verify))
 
     workers = min(workers or min(os.cpu_count() or 1, 8), max(len(jobs), 1))
     with _progress_bar(progress and bool(jobs)) as bar:
         task = bar.add_task("prepare", total=len(jobs))
         for uid, path, why in _run(jobs, workers):
-            if why is None:
+            if why == _BUILT:
                 summary.built.append(uid)
+            elif why == _CACHED:                                   # another prepare built it meanwhile
+                summary.rebuilt.pop(uid, None)
+                summary.skipped.append(uid)
             else:
                 summary.rebuilt.pop(uid, None)
                 _fail(summary, Path(path), why)
             bar.advance(task)
 
     for uid in summary.built + summary.skipped:
-        entry = store.open(uid)
+        with store.lock(uid):                                      # not while another prepare rewrites it
+            entry = store.open(uid)
         summary.scan_bytes += entry.hu.size * 2
         summary.cache_bytes += sum(p.stat().st_size for p in entry.path.iterdir())
     summary.seconds = time.perf_counter() - start
     if summary.failed:
-        names = [os.path.relpath(p, data) for p in summary.failed]
+        names = sorted(os.path.relpath(p, data) for p in summary.failed)
         listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
         raise ScanError(f"{len(names)} scan(s) could not be read and are not cached: {listed} "
                         f"({summary.describe()})", path=data,
@@ -135,7 +141,7 @@ def _fail(summary: PrepareSummary, path: Path, why: str) -> None:
 
 
 def _run(jobs: list[tuple], workers: int):
-    """Yield (series UID, scan path, why it failed or None) per job; a cache failure cancels the rest and is raised."""
+    """Yield `_build`'s (series UID, scan path, what happened) per job; a cache failure cancels the rest and is raised."""
     if workers <= 1:
         for job in jobs:
             yield _build(*job)
@@ -186,27 +192,38 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="noduleflow-parent-watch", daemon=True).start()
 
 
-def _build(uid: str, path: str, cache_root: str, spacing_xyz, key: str, source: dict) -> tuple[str, str, str | None]:
-    """Read, (resample), mask and store one scan; runs in a worker process.
+def _build(uid: str, path: str, cache_root: str, spacing_xyz, key: str, source: dict, verify: bool) -> tuple[str, str, str]:
+    """Read, (resample), mask and store one scan under the entry's lock; runs in a worker process.
 
-    Returns (uid, path, None) once stored, or (uid, path, why) when the scan cannot be read or
+    Returns (uid, path, _BUILT), (uid, path, _CACHED) when another `prepare` on this cache built the
+    entry while we waited for its lock, or (uid, path, why) when the scan cannot be read or
     processed: any error of reading, resampling or masking is the scan's (an unreadable file, a
     degenerate volume), so it is reported and the run goes on. A failure to write the cache raises.
     """
+    store = ScanCache(cache_root, spacing_xyz=spacing_xyz)
+    with store.lock(uid):
+        if store.problem(uid, key, verify=verify) is None:
+            return uid, path, _CACHED
+        return _build_locked(store, uid, path, key, source)
+
+
+def _build_locked(store: ScanCache, uid: str, path: str, key: str, source: dict) -> tuple[str, str, str]:
+    """`_build`'s work once the entry's lock is held and the entry is known to need it."""
     from noduleflow.ct.io import read_volume
     from noduleflow.ct.lungmask import lung_mask
     from noduleflow.ct.resample import resample
+
     try:
         volume = read_volume(path)
-        if spacing_xyz is not None:
-            volume = resample(volume, spacing_xyz)
+        if store.spacing_xyz is not None:
+            volume = resample(volume, store.spacing_xyz)
         mask = lung_mask(volume)
     except NoduleflowError as err:
         return uid, path, err.what if err.path in (None, path) else f"{err.path}: {err.what}"
     except Exception as err:  # noqa: BLE001 (any failure on one scan's data is that scan's; see the docstring)
         return uid, path, f"cannot be prepared ({type(err).__name__}: {err})"
-    ScanCache(cache_root, spacing_xyz=spacing_xyz).write(volume, mask, key, source, series_uid=uid)
-    return uid, path, None
+    store.write(volume, mask, key, source, series_uid=uid)
+    return uid, path, _BUILT
 
 
 def _progress_bar(enabled: bool):
