@@ -27,14 +27,10 @@ def _prepare(root: Path, **kwargs):
     return prepare(root, workers=kwargs.pop("workers", 1), progress=False, **kwargs)
 
 
-def _good_header(root: Path) -> str:
-    return next(root.glob("subset0/*.mhd")).read_text()
-
-
 def _write_bad(root: Path, name: str, kind: str, where: float, data: bytes) -> Path:
     """A scan that is wrong in one way: garbage, a truncated or missing data file, a header line lost or mangled."""
     mhd = root / "subset0" / f"{name}.mhd"
-    good = next(p for p in sorted(root.glob("subset0/*.mhd")) if not p.name.startswith("bad"))
+    good = min(p for p in root.glob("subset0/*.mhd") if not p.name.startswith("bad"))
     lines = good.read_text().splitlines()
     raw = good.with_suffix(".raw").read_bytes()
     data_line = next(i for i, line in enumerate(lines) if line.startswith("ElementDataFile"))
@@ -126,7 +122,7 @@ def test_cli_with_workers_warns_per_bad_scan_caches_the_rest_and_exits_2(luna):
     root = luna["root"]
     _write_bad(root, "bad_garbage", "garbage", 0, b"not a header")
     _write_bad(root, "bad_short", "truncated_raw", 0.5, b"")
-    out, err = _cli(str(root), "--workers", "2").communicate(timeout=120)
+    _, err = _cli(str(root), "--workers", "2").communicate(timeout=120)
     lines = err.strip().splitlines()
     warned = [line for line in lines if line.startswith("warning: ")]
     assert len(warned) == 2 and any("bad_garbage.mhd" in w for w in warned) and any("bad_short" in w for w in warned)
@@ -179,8 +175,8 @@ def test_two_prepare_runs_on_one_cache_both_succeed(luna):
 def test_workers_exit_when_prepare_is_killed(luna):
     """kill -9 of a `prepare -j 2` leaves no worker behind (they used to hold ~370 MB until ended by hand)."""
     root = luna["root"]
-    parent = subprocess.Popen([sys.executable, "-c", "from noduleflow.data.prepare_cache import prepare\n"
-                               f"prepare({str(root)!r}, workers=2, progress=False)"],
+    script = f"from noduleflow.data.prepare_cache import prepare\nprepare({str(root)!r}, workers=2, progress=False)"
+    parent = subprocess.Popen([sys.executable, "-c", script],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers: list[int] = []
     try:
