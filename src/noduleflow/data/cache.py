@@ -28,13 +28,10 @@ The cache costs about what the int16 scans cost: the mask adds a few kilobytes, 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
-import hashlib
 import io
 import json
 import os
-import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,14 +41,16 @@ import numpy as np
 
 from noduleflow.ct import geometry
 from noduleflow.ct.volume import CtVolume
+from noduleflow.data.cache_files import (  # noqa: F401 (check_writable and source_key are part of this module's API)
+    CACHE_VERSION, ENTRY_JSON, FORMAT, HU_NPY, MASK_NPZ, TMP, atomic_write_hashed, changed_source,
+    check_writable, file_problem, fsync_dir, hash_bytes, manifest_checksum, npy_header, read_manifest, source_key,
+    write_error,
+)
 from noduleflow.errors import CacheError
 from noduleflow.files import safe_name
 
-CACHE_VERSION = 1
 DEFAULT_CACHE_NAME = ".noduleflow-cache"
-ENTRY_JSON, HU_NPY, MASK_NPZ, LOCK = "entry.json", "hu.npy", "lung_mask.npz", ".lock"
-_TMP = ".tmp-"
-_FORMAT = 2  # entry.json's layout: 2 added the source stats, the npy header hash and the self-checksum
+LOCK = ".lock"
 _HELD: dict[Path, int] = {}  # entry folders whose lock this process holds -> depth (ScanCache.lock)
 _REBUILD = "Run `noduleflow prepare DATA` (with the same --cache and --spacing) to rebuild it."
 
@@ -148,7 +147,7 @@ class CachedScan:
         path = self.path / MASK_NPZ
         try:
             data = path.read_bytes()
-            if self.mask_blake2b is not None and _hash_bytes(data) != self.mask_blake2b:
+            if self.mask_blake2b is not None and hash_bytes(data) != self.mask_blake2b:
                 raise ValueError("it fails its checksum")
             return _parse_mask(data, self.shape)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
@@ -185,7 +184,7 @@ class ScanCache:
         uids = []
         for folder in self.dir.iterdir():
             try:
-                uids.append(str(_read_manifest(folder / ENTRY_JSON)["series_uid"]))
+                uids.append(str(read_manifest(folder / ENTRY_JSON)["series_uid"]))
             except (OSError, ValueError, KeyError):
                 continue
         return tuple(sorted(uids))
@@ -201,7 +200,7 @@ class ScanCache:
         if not (entry / ENTRY_JSON).exists():
             return "missing"
         try:
-            manifest = _read_manifest(entry / ENTRY_JSON)
+            manifest = read_manifest(entry / ENTRY_JSON)
         except (OSError, ValueError) as err:
             return f"corrupt: {ENTRY_JSON} ({err})"
         except KeyError:
@@ -211,12 +210,12 @@ class ScanCache:
         if key is not None and manifest["key"] != key:
             return "stale"
         if key is None:
-            changed = _changed_source(manifest["source"], self.spacing_xyz)
+            changed = changed_source(manifest["source"], self.spacing_xyz)
             if changed:
                 return f"stale: {changed} since `prepare` built the entry"
         for name, meta in manifest["files"].items():
             try:
-                problem = _file_problem(entry / name, meta, verify)
+                problem = file_problem(entry / name, meta, verify)
             except OSError as err:
                 problem = f"is unreadable ({err.strerror or err})"
             if problem:
@@ -231,7 +230,7 @@ class ScanCache:
                              fix=_REBUILD.replace("rebuild", "build" if problem == "missing" else "rebuild"))
         entry = self.entry_dir(series_uid)
         try:
-            manifest = _read_manifest(entry / ENTRY_JSON)
+            manifest = read_manifest(entry / ENTRY_JSON)
             hu = np.load(entry / HU_NPY, mmap_mode="r").view(np.ndarray)  # a plain view: np.memmap's slicing runs Python code
             if hu.dtype != np.int16 or list(hu.shape) != manifest["shape"]:
                 raise ValueError(f"it holds a {hu.dtype} array of shape {hu.shape}, expected int16 {manifest['shape']}")
@@ -264,7 +263,7 @@ class ScanCache:
             entry.mkdir(parents=True, exist_ok=True)
             fd = os.open(entry / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            raise _write_error(entry, err) from err
+            raise write_error(entry, err) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             _HELD[entry] = 1
@@ -287,130 +286,28 @@ class ScanCache:
         try:
             with self.lock(uid):
                 (entry / ENTRY_JSON).unlink(missing_ok=True)  # incomplete from here until the manifest lands
-                for stale in entry.glob(f".*{_TMP}*"):        # under the lock: left by a dead writer
+                for stale in entry.glob(f".*{TMP}*"):        # under the lock: left by a dead writer
                     stale.unlink(missing_ok=True)
                 hu = np.ascontiguousarray(volume.hu)
-                files = {HU_NPY: _atomic_write(entry / HU_NPY, lambda f: np.lib.format.write_array(f, hu))}
-                files[HU_NPY].update(_npy_header(entry / HU_NPY))
-                files[MASK_NPZ] = _atomic_write(entry / MASK_NPZ, lambda f: f.write(_mask_bytes(mask)))
-                _fsync_dir(entry)  # the data renames are durable before the manifest can be
+                files = {HU_NPY: atomic_write_hashed(entry / HU_NPY, lambda f: np.lib.format.write_array(f, hu))}
+                files[HU_NPY].update(npy_header(entry / HU_NPY))
+                files[MASK_NPZ] = atomic_write_hashed(entry / MASK_NPZ, lambda f: f.write(_mask_bytes(mask)))
+                fsync_dir(entry)  # the data renames are durable before the manifest can be
                 manifest = {
-                    "version": CACHE_VERSION, "format": _FORMAT, "series_uid": uid, "key": key, "source": source,
+                    "version": CACHE_VERSION, "format": FORMAT, "series_uid": uid, "key": key, "source": source,
                     "shape": list(volume.shape), "origin_xyz": volume.origin_xyz.tolist(),
                     "spacing_xyz": volume.spacing_xyz.tolist(), "direction": volume.direction.ravel().tolist(),
                     "files": files,
                 }
-                manifest["checksum"] = _manifest_checksum(manifest)
-                _atomic_write(entry / ENTRY_JSON, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
-                _fsync_dir(entry)
+                manifest["checksum"] = manifest_checksum(manifest)
+                atomic_write_hashed(entry / ENTRY_JSON, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+                fsync_dir(entry)
                 manifest_bytes = (entry / ENTRY_JSON).stat().st_size
         except OSError as err:
-            for temp in entry.glob(f".*{_TMP}{os.getpid()}"):
+            for temp in entry.glob(f".*{TMP}{os.getpid()}"):
                 temp.unlink(missing_ok=True)
-            raise _write_error(entry, err) from err
+            raise write_error(entry, err) from err
         return sum(meta["bytes"] for meta in files.values()) + manifest_bytes
-
-
-def check_writable(folder: Path) -> None:
-    """Create `folder` and prove a file can be written there, or raise `CacheError` with the fix.
-
-    The probe's name holds our pid: two `prepare` runs on one cache must not remove each other's.
-    """
-    probe = folder / f".write-test-{os.getpid()}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(probe, lambda f: f.write(b"ok"))
-        probe.unlink()
-    except OSError as err:
-        raise _write_error(folder, err) from err
-
-
-def source_key(path: Path, root: Path, spacing_xyz: Sequence[float] | None) -> tuple[str, dict]:
-    """(key, description) of a scan and the parameters it is prepared with.
-
-    The description lists the scan's files (an .mhd and the data file its header names) by path
-    relative to `root`, size and mtime_ns, and hashes the first 4 KB (an .mhd's whole header).
-    `root` is added to it after the key is taken, so `open` can find the files again to compare
-    their stats while a moved data folder keeps its key. Raises OSError when the scan cannot be read.
-    """
-    path, root = Path(path), Path(root)
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    files = [path]
-    data_file = re.search(rb"^\s*ElementDataFile\s*=\s*(.+?)\s*$", head, re.MULTILINE)
-    if data_file and data_file.group(1) not in (b"LOCAL", b"LIST"):
-        named = path.parent / data_file.group(1).decode("utf-8", "replace")
-        if named.is_file():
-            files.append(named)
-    source = {
-        "files": [[os.path.relpath(p, root), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
-        "header_blake2b": hashlib.blake2b(head, digest_size=16).hexdigest(),
-        "spacing_xyz": None if spacing_xyz is None else [float(s) for s in spacing_xyz],
-        "version": CACHE_VERSION,
-    }
-    key = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:20]
-    return key, {**source, "root": str(root.absolute())}
-
-
-def _read_manifest(path: Path) -> dict:
-    """entry.json, checked: ValueError when it is not JSON or fails its checksum, KeyError for an older layout."""
-    manifest = json.loads(path.read_bytes())
-    if not isinstance(manifest, dict):
-        raise ValueError("it is not a JSON object")
-    if manifest.get("version") != CACHE_VERSION or manifest.get("format") != _FORMAT:
-        raise KeyError("format")
-    if manifest.get("checksum") != _manifest_checksum(manifest):
-        raise ValueError("it fails its checksum")
-    return manifest
-
-
-def _manifest_checksum(manifest: dict) -> str:
-    body = {k: v for k, v in manifest.items() if k != "checksum"}
-    return _hash_bytes(json.dumps(body, sort_keys=True).encode())
-
-
-def _changed_source(source: dict | None, spacing_xyz: tuple[float, ...] | None) -> str | None:
-    """What differs between the source recorded at write time and the disk now (None: nothing we can see).
-
-    A source file that is gone is not a change: the cache may outlive a moved or deleted data folder.
-    """
-    if not source:
-        return None
-    if source.get("spacing_xyz") != (None if spacing_xyz is None else list(spacing_xyz)):
-        return "the entry was built with another --spacing"
-    root = Path(source.get("root", "."))
-    for rel, size, mtime_ns in source["files"]:
-        try:
-            stat = (root / rel).stat()
-        except OSError:
-            continue
-        if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
-            return f"its scan file {root / rel} changed"
-    return None
-
-
-def _file_problem(path: Path, meta: dict, verify: bool) -> str | None:
-    """Why one data file of an entry disagrees with entry.json, or None."""
-    size = path.stat().st_size
-    if size != meta["bytes"]:
-        return f"has {size} bytes, expected {meta['bytes']}"
-    if "header_bytes" in meta:                                     # hu.npy: its header, byte for byte
-        with open(path, "rb") as f:
-            if _hash_bytes(f.read(meta["header_bytes"])) != meta["header_blake2b"]:
-                return "has a damaged header"
-    if (verify or path.name == MASK_NPZ) and _hash_file(path) != meta["blake2b"]:   # the mask is a few KB
-        return "fails its checksum"
-    return None
-
-
-def _npy_header(path: Path) -> dict:
-    """{'header_bytes', 'header_blake2b'} of an .npy file: the bytes before its data."""
-    with open(path, "rb") as f:
-        head = f.read(12)
-    major = np.lib.format.read_magic(io.BytesIO(head))[0]      # magic, version, then a 2- (v1) or 4-byte length
-    size = 10 + int.from_bytes(head[8:10], "little") if major == 1 else 12 + int.from_bytes(head[8:12], "little")
-    with open(path, "rb") as f:
-        return {"header_bytes": size, "header_blake2b": _hash_bytes(f.read(size))}
 
 
 def _parse_mask(data: bytes, shape: tuple[int, int, int]) -> LungMask:
@@ -425,66 +322,8 @@ def _parse_mask(data: bytes, shape: tuple[int, int, int]) -> LungMask:
     return mask
 
 
-class _HashingWriter:
-    """A write-only file wrapper that hashes what passes through (numpy then writes in chunks)."""
-
-    def __init__(self, f):
-        self.f, self.hash, self.bytes = f, hashlib.blake2b(digest_size=16), 0
-
-    def write(self, data) -> int:
-        view = memoryview(data).cast("B")
-        self.f.write(view)
-        self.hash.update(view)
-        self.bytes += view.nbytes
-        return view.nbytes
-
-
-def _atomic_write(path: Path, write) -> dict:
-    """Write through `write(file)` into a temp name beside `path` (holding our pid), fsync, then rename over `path`."""
-    temp = path.with_name(f".{path.name}{_TMP}{os.getpid()}")
-    try:
-        with open(temp, "wb") as f:
-            writer = _HashingWriter(f)
-            write(writer)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return {"bytes": writer.bytes, "blake2b": writer.hash.hexdigest()}
-
-
 def _mask_bytes(mask: np.ndarray) -> bytes:
     packed = LungMask.from_array(mask)
     buf = io.BytesIO()
     np.savez_compressed(buf, lo=packed.lo, packed=packed.packed, width=np.int64(packed.box_shape[2]))
     return buf.getvalue()
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _hash_bytes(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def _hash_file(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_error(folder: Path, err: OSError) -> CacheError:
-    if err.errno == errno.ENOSPC:
-        return CacheError("the disk is full: the cache entry was not written and its partial files were removed", path=folder,
-                          fix="Free disk space or pass --cache on a disk with room (the cache needs about the size of the scans), then rerun.")
-    return CacheError(f"cannot be written ({err.strerror or err})", path=folder,
-                      fix="Pass --cache with a folder you can write to.")
