@@ -7,7 +7,9 @@ header, so it names a folder only through `noduleflow.files.safe_name`)::
     lung_mask.npz   the lung mask's bounding box and its bits, packed and deflated (a few KB per scan)
     entry.json      geometry (origin, spacing, direction), sizes and checksums, the key, the source files'
                     size and mtime, and a checksum of itself; written last
-    .lock           flock'ed by the one process writing the entry (see `ScanCache.write`)
+
+and `<cache>/<params>/.locks/<safe_name(seriesuid)>.lock`, flock'ed by the one process writing that
+entry (`ScanCache.lock`); kept outside the entry so a scan that fails to read leaves no entry folder.
 
 `<params>` names the preprocessing (`v1-native`, or `v1-0.7x0.7x1.25mm` when resampled), so several
 spacings can live side by side. An entry is complete only once `entry.json` exists, its key matches
@@ -50,8 +52,8 @@ from noduleflow.errors import CacheError
 from noduleflow.files import safe_name
 
 DEFAULT_CACHE_NAME = ".noduleflow-cache"
-LOCK = ".lock"
-_HELD: dict[Path, int] = {}  # entry folders whose lock this process holds -> depth (ScanCache.lock)
+LOCKS = ".locks"
+_HELD: dict[Path, int] = {}  # lock files this process holds -> depth (ScanCache.lock)
 _REBUILD = "Run `noduleflow prepare DATA` (with the same --cache and --spacing) to rebuild it."
 
 
@@ -204,7 +206,7 @@ class ScanCache:
         except (OSError, ValueError) as err:
             return f"corrupt: {ENTRY_JSON} ({err})"
         except KeyError:
-            return "stale"                                        # written by an older layout
+            return "stale: written by an older noduleflow"
         if manifest["series_uid"] != series_uid:
             return f"corrupt: {ENTRY_JSON} names series {manifest['series_uid']}"
         if key is not None and manifest["key"] != key:
@@ -242,34 +244,32 @@ class ScanCache:
 
     @contextlib.contextmanager
     def lock(self, series_uid: str):
-        """Hold the entry's exclusive write lock (flock on `<entry>/.lock`; the kernel drops it if we die).
+        """Hold the entry's exclusive write lock (flock on `.locks/<name>.lock`; the kernel drops it if we die).
 
         Two `prepare` runs on one cache then never write one entry at once, and the temporaries a
         writer finds while holding the lock can only be a dead process's. Re-entrant within a process
         (a caller may hold it around a check and `write`), not meant to be shared between threads.
         Raises `CacheError` when the cache folder cannot be written.
         """
-        entry = self.entry_dir(series_uid)
-        if entry in _HELD:
-            _HELD[entry] += 1
+        path = self.dir / LOCKS / f"{safe_name(series_uid)}.lock"
+        if path in _HELD:
+            _HELD[path] += 1
             try:
-                yield entry
+                yield
             finally:
-                _HELD[entry] -= 1
+                _HELD[path] -= 1
             return
         try:
-            if entry.exists() and not entry.is_dir():
-                entry.unlink()                                    # a stray file where the entry belongs
-            entry.mkdir(parents=True, exist_ok=True)
-            fd = os.open(entry / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            raise write_error(entry, err) from err
+            raise write_error(path.parent, err) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            _HELD[entry] = 1
-            yield entry
+            _HELD[path] = 1
+            yield
         finally:
-            _HELD.pop(entry, None)
+            _HELD.pop(path, None)
             os.close(fd)
 
     def write(self, volume: CtVolume, mask: np.ndarray, key: str, source: dict | None = None,
@@ -285,6 +285,9 @@ class ScanCache:
         entry = self.entry_dir(uid)
         try:
             with self.lock(uid):
+                if entry.exists() and not entry.is_dir():
+                    entry.unlink()                                # a stray file where the entry belongs
+                entry.mkdir(parents=True, exist_ok=True)
                 (entry / ENTRY_JSON).unlink(missing_ok=True)  # incomplete from here until the manifest lands
                 for stale in entry.glob(f".*{TMP}*"):        # under the lock: left by a dead writer
                     stale.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ from luna_phantoms import phantom, write_luna
 from noduleflow.ct import CtVolume, write_volume
 from noduleflow.ct.io import read_volume
 from noduleflow.ct.lungmask import lung_mask
-from noduleflow.data import CandidatePatches, load_index
+from noduleflow.data import CandidatePatches, SegmentationCrops, load_index
 from noduleflow.data.cache import ScanCache
 from noduleflow.data.prepare_cache import prepare
 from noduleflow.errors import CacheError
@@ -130,7 +130,7 @@ def _damage(scan: dict, entry: Path, kind: str, name: str, where: float, data: b
         path.unlink()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(damages, min_size=1, max_size=2))
 def test_a_damaged_or_stale_entry_is_refused_for_training_and_rebuilt_by_prepare(one_scan, plan):
     root, uid = one_scan["root"], one_scan["uid"]
@@ -174,6 +174,32 @@ def test_a_stale_entry_stops_training_with_the_fix(luna):
     assert "Run `noduleflow prepare DATA`" in err.value.message
 
 
+@pytest.mark.parametrize("damage", ["mask_garbage", "npy_header", "stale"])
+@pytest.mark.parametrize("dataset", ["candidates", "segmentation"])
+def test_training_datasets_refuse_a_damaged_or_stale_entry(luna, damage, dataset):
+    """What `train classify` and `train segment` build first: a CacheError with the fix, not a numpy/zip crash."""
+    root, uid = luna["root"], luna["uids"][1]
+    cache = _prepare(root).cache
+    entry = cache.entry_dir(uid)
+    if damage == "mask_garbage":
+        (entry / "lung_mask.npz").write_bytes(b"PK" + bytes(len((entry / "lung_mask.npz").read_bytes()) - 2))
+    elif damage == "npy_header":
+        with open(entry / "hu.npy", "r+b") as f:                      # shape (40, 64, 64) -> (40, 64, 84), same size
+            head = f.read(128)
+            f.seek(0)
+            f.write(head.replace(b"64)", b"84)"))
+    else:
+        _bump_mtime(next(root.glob(f"subset*/{uid}.mhd")), 1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        index = load_index(root)
+    with pytest.raises(CacheError, match=f"series {uid} .*Run `noduleflow prepare DATA`"):
+        if dataset == "candidates":
+            CandidatePatches(ScanCache(cache.root), index.candidates)
+        else:
+            SegmentationCrops(ScanCache(cache.root), index.nodules, samples_per_epoch=4)[3]
+
+
 def test_a_mask_damaged_after_open_is_a_cache_error(luna_prepared, tmp_path):
     """An entry opened before its mask was damaged (a long training) still never crashes in numpy/zipfile."""
     cache = ScanCache(luna_prepared["cache"].root)
@@ -195,8 +221,10 @@ def test_an_entry_of_an_older_layout_is_rebuilt(luna):
     manifest = json.loads(manifest_path.read_text())
     del manifest["format"], manifest["checksum"]                  # what noduleflow wrote before these checks
     manifest_path.write_text(json.dumps(manifest))
-    assert cache.problem(uid) == "stale"
-    assert _prepare(root).rebuilt == {uid: "stale"}
+    assert cache.problem(uid) == "stale: written by an older noduleflow"
+    with pytest.raises(CacheError, match=r"older noduleflow\)\. Run `noduleflow prepare DATA`"):
+        cache.open(uid)
+    assert _prepare(root).rebuilt == {uid: "stale: written by an older noduleflow"}
 
 
 @settings(max_examples=25, deadline=None)
