@@ -34,6 +34,7 @@ import fcntl
 import io
 import json
 import os
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,7 +188,7 @@ class ScanCache:
         for folder in self.dir.iterdir():
             try:
                 uids.append(str(read_manifest(folder / ENTRY_JSON)["series_uid"]))
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, RecursionError):
                 continue
         return tuple(sorted(uids))
 
@@ -203,8 +204,8 @@ class ScanCache:
             return "missing"
         try:
             manifest = read_manifest(entry / ENTRY_JSON)
-        except (OSError, ValueError) as err:
-            return f"corrupt: {ENTRY_JSON} ({err})"
+        except (OSError, ValueError, RecursionError) as err:  # RecursionError: garbage like [[[[...]]]]
+            return f"corrupt: {ENTRY_JSON} ({type(err).__name__}: {err})"[:300]
         except KeyError:
             return "stale: written by an older noduleflow"
         if manifest["series_uid"] != series_uid:
@@ -285,12 +286,12 @@ class ScanCache:
         entry = self.entry_dir(uid)
         try:
             with self.lock(uid):
-                if entry.exists() and not entry.is_dir():
+                if entry.is_symlink() or entry.exists() and not entry.is_dir():
                     entry.unlink()                                # a stray file where the entry belongs
                 entry.mkdir(parents=True, exist_ok=True)
-                (entry / ENTRY_JSON).unlink(missing_ok=True)  # incomplete from here until the manifest lands
-                for stale in entry.glob(f".*{TMP}*"):        # under the lock: left by a dead writer
-                    stale.unlink(missing_ok=True)
+                _remove(entry / ENTRY_JSON)                       # incomplete from here until the manifest lands
+                for stale in [entry / HU_NPY, entry / MASK_NPZ, *entry.glob(f".*{TMP}*")]:
+                    _remove(stale)                                # under the lock: a dead writer's, or damage
                 hu = np.ascontiguousarray(volume.hu)
                 files = {HU_NPY: atomic_write_hashed(entry / HU_NPY, lambda f: np.lib.format.write_array(f, hu))}
                 files[HU_NPY].update(npy_header(entry / HU_NPY))
@@ -311,6 +312,14 @@ class ScanCache:
                 temp.unlink(missing_ok=True)
             raise write_error(entry, err) from err
         return sum(meta["bytes"] for meta in files.values()) + manifest_bytes
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, a symlink or a folder (damage may leave any of them where an entry's file belongs)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _parse_mask(data: bytes, shape: tuple[int, int, int]) -> LungMask:

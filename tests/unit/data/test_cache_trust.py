@@ -79,6 +79,8 @@ damages = st.one_of(
     st.tuples(st.just("flip"), st.sampled_from(FILES), st.floats(0, 0.999), st.integers(1, 255).map(lambda b: bytes([b]))),
     st.tuples(st.just("garbage"), st.sampled_from(FILES), st.just(0.0), st.binary(max_size=300)),
     st.tuples(st.just("delete"), st.sampled_from(FILES), st.just(0.0), st.just(b"")),
+    st.tuples(st.just("folder"), st.sampled_from(FILES), st.just(0.0), st.just(b"")),
+    st.tuples(st.just("garbage"), st.just("entry.json"), st.just(0.0), st.just(b"[" * 100_000)),  # deep JSON
     st.tuples(st.just("edit_json"), st.sampled_from(["shape", "origin_xyz", "series_uid", "key", "files"]),
               st.just(0.0), st.just(b"")),
     st.tuples(st.just("touch_source"), st.sampled_from(["mhd", "raw"]), st.floats(0, 0.999), st.just(b"")),
@@ -106,8 +108,8 @@ def _damage(scan: dict, entry: Path, kind: str, name: str, where: float, data: b
             manifest[name] = {"shape": [1, 2, 3], "origin_xyz": [0, 0, 0], "series_uid": "1.2.3", "key": "0" * 20,
                               "files": {}}[name]
             (entry / "entry.json").write_text(json.dumps(manifest))
-    elif not path.exists():
-        return                                                # a second damage on a file the first deleted
+    elif not path.is_file():
+        return                                                # a second damage on a file the first removed
     elif kind == "truncate":
         os.truncate(path, int(where * path.stat().st_size))
     elif kind == "flip":
@@ -128,6 +130,9 @@ def _damage(scan: dict, entry: Path, kind: str, name: str, where: float, data: b
         path.write_bytes(data)
     elif kind == "delete":
         path.unlink()
+    elif kind == "folder":                                    # a folder where the file belongs
+        path.unlink()
+        (path / "x").mkdir(parents=True)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -114,6 +114,30 @@ def test_prepare_caches_every_readable_scan_and_names_each_unreadable_one(prepar
             shutil.rmtree(ScanCache(root / ".noduleflow-cache").entry_dir(f"bad{i}"), ignore_errors=True)
 
 
+def test_a_reader_crash_on_one_scan_is_listed_like_an_unreadable_scan(luna, monkeypatch):
+    """Not only ScanError: whatever reading, resampling or masking one scan raises is that scan's failure."""
+    import noduleflow.ct.io as ct_io
+
+    root, uids = luna["root"], sorted(luna["uids"])
+    real = ct_io.read_volume
+
+    def read_volume(path):
+        if uids[1] in str(path):
+            raise RuntimeError("ITK ERROR: something inside the reader")
+        return real(path)
+
+    monkeypatch.setattr(ct_io, "read_volume", read_volume)
+    with pytest.raises(ScanError) as err, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _prepare(root)
+    assert f"1 scan(s) could not be read and are not cached: subset0/{uids[1]}.mhd" in err.value.message
+    assert [str(w.message) for w in caught] == [
+        f"{root / 'subset0' / uids[1]}.mhd: cannot be prepared (RuntimeError: ITK ERROR: something inside the reader) "
+        "(skipped; the other scans are still prepared)"]
+    cache = ScanCache(root / ".noduleflow-cache")
+    assert cache.series_uids() == (uids[0], uids[2])
+
+
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "noduleflow", "prepare", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)
