@@ -22,8 +22,9 @@ Trust is checked cheaply on every open, because training must never read a wrong
 entry.json's own checksum, the series it names, the source files' size and mtime_ns against the
 files on disk now (a scan changed after `prepare` makes its entry stale), each file's size, the
 bytes of hu.npy's header (a header damaged at the same size would otherwise crash np.load or
-misread the voxels) and the whole of the few-KB mask. Only the voxels of hu.npy are left to
-`prepare --verify`, which re-hashes them. Every failure is a `CacheError` that names the fix.
+misread the voxels), 16 blocks of 4 KB sampled across its voxels (another scan's file copied over it),
+and the whole of the few-KB mask. A change elsewhere in the voxels is left to `prepare --verify`,
+which re-hashes them. Every failure is a `CacheError` that names the fix.
 The cache costs about what the int16 scans cost: the mask adds a few kilobytes, not a voxel's worth.
 """
 

@@ -23,6 +23,7 @@ from noduleflow.errors import CacheError
 CACHE_VERSION = 1
 ENTRY_JSON, HU_NPY, MASK_NPZ = "entry.json", "hu.npy", "lung_mask.npz"
 TMP = ".tmp-"   # in every temporary file's name, followed by the writer's pid
+SAMPLE_BLOCKS = 16
 FORMAT = 2      # entry.json's layout: 2 added the source stats, the npy header hash and the self-checksum
 
 
@@ -113,19 +114,38 @@ def file_problem(path: Path, meta: dict, verify: bool) -> str | None:
         with open(path, "rb") as f:
             if hash_bytes(f.read(meta["header_bytes"])) != meta["header_blake2b"]:
                 return "has a damaged header"
+        if _sample_hash(path, meta["header_bytes"], size) != meta["sample_blake2b"]:
+            return "holds other voxels than were written (sampled blocks differ)"
     if (verify or path.name == MASK_NPZ) and hash_file(path) != meta["blake2b"]:   # the mask is a few KB
         return "fails its checksum"
     return None
 
 
 def npy_header(path: Path) -> dict:
-    """{'header_bytes', 'header_blake2b'} of an .npy file: the bytes before its data."""
+    """{'header_bytes', 'header_blake2b', 'sample_blake2b'} of an .npy file: its header, and a sample of its data."""
     with open(path, "rb") as f:
         head = f.read(12)
     major = np.lib.format.read_magic(io.BytesIO(head))[0]      # magic, version, then a 2- (v1) or 4-byte length
     size = 10 + int.from_bytes(head[8:10], "little") if major == 1 else 12 + int.from_bytes(head[8:12], "little")
     with open(path, "rb") as f:
-        return {"header_bytes": size, "header_blake2b": hash_bytes(f.read(size))}
+        header = f.read(size)
+    return {"header_bytes": size, "header_blake2b": hash_bytes(header),
+            "sample_blake2b": _sample_hash(path, size, path.stat().st_size)}
+
+
+def _sample_hash(path: Path, start: int, end: int) -> str:
+    """Hash of SAMPLE_BLOCKS blocks of 4 KB spread evenly over bytes [start, end) of a file.
+
+    Why: a same-size file of other voxels (another scan's hu.npy copied over, blocks a crash left
+    zeroed) passes every size and header check; 16 reads catch it for about the cost of the header's,
+    where hashing all of hu.npy (`--verify`) reads hundreds of MB.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for offset in sorted({int(o) for o in np.linspace(start, max(end - 4096, start), SAMPLE_BLOCKS)}):
+            f.seek(offset)
+            h.update(f.read(4096))
+    return h.hexdigest()
 
 
 class HashingWriter:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -80,6 +81,7 @@ damages = st.one_of(
     st.tuples(st.just("garbage"), st.sampled_from(FILES), st.just(0.0), st.binary(max_size=300)),
     st.tuples(st.just("delete"), st.sampled_from(FILES), st.just(0.0), st.just(b"")),
     st.tuples(st.just("folder"), st.sampled_from(FILES), st.just(0.0), st.just(b"")),
+    st.tuples(st.just("other_voxels"), st.just("hu.npy"), st.floats(0, 0.999), st.integers(1, 255).map(lambda b: bytes([b]))),
     st.tuples(st.just("garbage"), st.just("entry.json"), st.just(0.0), st.just(b"[" * 100_000)),  # deep JSON
     st.tuples(st.just("edit_json"), st.sampled_from(["shape", "origin_xyz", "series_uid", "key", "files"]),
               st.just(0.0), st.just(b"")),
@@ -130,6 +132,9 @@ def _damage(scan: dict, entry: Path, kind: str, name: str, where: float, data: b
         path.write_bytes(data)
     elif kind == "delete":
         path.unlink()
+    elif kind == "other_voxels":                              # a valid .npy of the same shape: another scan's
+        hu = np.load(path)
+        np.save(path, np.roll(hu, 1 + int(where * 1000), axis=2) + data[0])
     elif kind == "folder":                                    # a folder where the file belongs
         path.unlink()
         (path / "x").mkdir(parents=True)
@@ -203,6 +208,19 @@ def test_training_datasets_refuse_a_damaged_or_stale_entry(luna, damage, dataset
             CandidatePatches(ScanCache(cache.root), index.candidates)
         else:
             SegmentationCrops(ScanCache(cache.root), index.nodules, samples_per_epoch=4)[3]
+
+
+def test_another_scans_voxels_copied_over_an_entry_are_caught_without_verify(luna):
+    """Same shape, same header, same size: only the sampled blocks tell the files apart."""
+    root, (a, b, _) = luna["root"], luna["uids"]
+    cache = _prepare(root).cache
+    shutil.copyfile(cache.entry_dir(b) / "hu.npy", cache.entry_dir(a) / "hu.npy")
+    why = "corrupt: hu.npy holds other voxels than were written (sampled blocks differ)"
+    assert cache.problem(a) == why
+    with pytest.raises(CacheError, match=f"series {a} .*Run `noduleflow prepare DATA`"):
+        cache.open(a)
+    assert _prepare(root).rebuilt == {a: why}
+    np.testing.assert_array_equal(cache.open(a).hu, luna["volumes"][0].hu)
 
 
 def test_a_mask_damaged_after_open_is_a_cache_error(luna_prepared, tmp_path):
