@@ -63,7 +63,7 @@ def _meaning(scan: dict, entry: Path) -> tuple:
     def read(path: Path):
         try:
             return json.loads(path.read_bytes()) if path.suffix == ".json" else path.read_bytes()
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
     stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in (scan["mhd"], scan["mhd"].with_suffix(".raw"))]
     return tuple(read(entry / name) for name in FILES) + (stats,)
@@ -104,7 +104,7 @@ def _damage(scan: dict, entry: Path, kind: str, name: str, where: float, data: b
     elif kind == "edit_json":
         try:
             manifest = json.loads((entry / "entry.json").read_bytes())  # valid JSON that lies about one field
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return                                            # already gone or unparseable
         if isinstance(manifest, dict):
             manifest[name] = {"shape": [1, 2, 3], "origin_xyz": [0, 0, 0], "series_uid": "1.2.3", "key": "0" * 20,
@@ -120,7 +120,7 @@ def _damage(scan: dict, entry: Path, kind: str, name: str, where: float, data: b
         if name == "hu.npy":
             try:
                 span = json.loads((entry / "entry.json").read_text())["files"]["hu.npy"]["header_bytes"]
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, TypeError, RecursionError):
                 pass                                          # entry.json is already broken: flip anywhere
         with open(path, "r+b") as f:
             f.seek(int(where * min(span, path.stat().st_size)))
@@ -133,8 +133,8 @@ def _damage(scan: dict, entry: Path, kind: str, name: str, where: float, data: b
     elif kind == "delete":
         path.unlink()
     elif kind == "other_voxels":                              # a valid .npy of the same shape: another scan's
-        hu = np.load(path)
-        np.save(path, np.roll(hu, 1 + int(where * 1000), axis=2) + data[0])
+        hu = _reference(scan)[0]
+        np.save(path, np.roll(hu, 1 + int(where * 1000), axis=2) + np.int16(data[0]))
     elif kind == "folder":                                    # a folder where the file belongs
         path.unlink()
         (path / "x").mkdir(parents=True)
@@ -146,6 +146,8 @@ def test_a_damaged_or_stale_entry_is_refused_for_training_and_rebuilt_by_prepare
     root, uid = one_scan["root"], one_scan["uid"]
     cache = ScanCache(root / ".noduleflow-cache")
     entry = cache.entry_dir(uid)
+    if cache.problem(uid) is not None:                        # a failed example left it damaged: start clean
+        _prepare(root)
     before = _meaning(one_scan, entry)
     for damage in plan:
         _damage(one_scan, entry, *damage)
