@@ -150,6 +150,8 @@ class CachedScan:
         """
         path = self.path / MASK_NPZ
         try:
+            if not path.is_file():                                 # gone, or a folder or FIFO (would block)
+                raise ValueError("it is not a regular file")
             data = path.read_bytes()
             if self.mask_blake2b is not None and hash_bytes(data) != self.mask_blake2b:
                 raise ValueError("it fails its checksum")

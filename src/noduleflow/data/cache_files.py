@@ -70,6 +70,8 @@ def source_key(path: Path, root: Path, spacing_xyz: Sequence[float] | None) -> t
 
 def read_manifest(path: Path) -> dict:
     """entry.json, checked: ValueError when it is not JSON or fails its checksum, KeyError for an older layout."""
+    if path.exists() and not path.is_file():                       # a folder or a FIFO (reading one would block)
+        raise ValueError("it is not a regular file")
     manifest = json.loads(path.read_bytes())
     if not isinstance(manifest, dict):
         raise ValueError("it is not a JSON object")

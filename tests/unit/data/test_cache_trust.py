@@ -58,15 +58,20 @@ def _reference(scan: dict) -> tuple:
     return _REFS[stamp]
 
 
+def _read(path: Path):
+    """A file's bytes (parsed, for .json), or None when it is not a readable regular file (a FIFO would block)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_bytes()) if path.suffix == ".json" else path.read_bytes()
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
 def _meaning(scan: dict, entry: Path) -> tuple:
     """What the entry and its source say: data files' bytes, entry.json parsed, the source files' stats."""
-    def read(path: Path):
-        try:
-            return json.loads(path.read_bytes()) if path.suffix == ".json" else path.read_bytes()
-        except (OSError, ValueError, RecursionError):
-            return None
     stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in (scan["mhd"], scan["mhd"].with_suffix(".raw"))]
-    return tuple(read(entry / name) for name in FILES) + (stats,)
+    return tuple(_read(entry / name) for name in FILES) + (stats,)
 
 
 def _bump_mtime(path: Path, ns: int) -> None:
@@ -81,6 +86,7 @@ damages = st.one_of(
     st.tuples(st.just("garbage"), st.sampled_from(FILES), st.just(0.0), st.binary(max_size=300)),
     st.tuples(st.just("delete"), st.sampled_from(FILES), st.just(0.0), st.just(b"")),
     st.tuples(st.just("folder"), st.sampled_from(FILES), st.just(0.0), st.just(b"")),
+    st.tuples(st.just("fifo"), st.sampled_from(FILES), st.just(0.0), st.just(b"")),
     st.tuples(st.just("other_voxels"), st.just("hu.npy"), st.floats(0, 0.999), st.integers(1, 255).map(lambda b: bytes([b]))),
     st.tuples(st.just("garbage"), st.just("entry.json"), st.just(0.0), st.just(b"[" * 100_000)),  # deep JSON
     st.tuples(st.just("edit_json"), st.sampled_from(["shape", "origin_xyz", "series_uid", "key", "files"]),
@@ -102,10 +108,7 @@ def _damage(scan: dict, entry: Path, kind: str, name: str, where: float, data: b
                 f.write(bytes([old[0] ^ data[0]]))
         _bump_mtime(source, 1 + int(where * 1e6))             # a file system with coarse mtimes still sees it
     elif kind == "edit_json":
-        try:
-            manifest = json.loads((entry / "entry.json").read_bytes())  # valid JSON that lies about one field
-        except (OSError, ValueError, RecursionError):
-            return                                            # already gone or unparseable
+        manifest = _read(entry / "entry.json")                # valid JSON that lies about one field
         if isinstance(manifest, dict):
             manifest[name] = {"shape": [1, 2, 3], "origin_xyz": [0, 0, 0], "series_uid": "1.2.3", "key": "0" * 20,
                               "files": {}}[name]
@@ -119,8 +122,8 @@ def _damage(scan: dict, entry: Path, kind: str, name: str, where: float, data: b
         span = path.stat().st_size
         if name == "hu.npy":
             try:
-                span = json.loads((entry / "entry.json").read_text())["files"]["hu.npy"]["header_bytes"]
-            except (OSError, ValueError, KeyError, TypeError, RecursionError):
+                span = _read(entry / "entry.json")["files"]["hu.npy"]["header_bytes"]
+            except (KeyError, TypeError):
                 pass                                          # entry.json is already broken: flip anywhere
         with open(path, "r+b") as f:
             f.seek(int(where * min(span, path.stat().st_size)))
@@ -138,6 +141,9 @@ def _damage(scan: dict, entry: Path, kind: str, name: str, where: float, data: b
     elif kind == "folder":                                    # a folder where the file belongs
         path.unlink()
         (path / "x").mkdir(parents=True)
+    elif kind == "fifo":                                      # reading it would block: never opened
+        path.unlink()
+        os.mkfifo(path)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
