@@ -244,7 +244,8 @@ class ScanCache:
             return CachedScan(series_uid, entry, hu, geometry_[0].reshape(3), geometry_[1].reshape(3),
                               geometry_[2].reshape(3, 3), manifest["files"][MASK_NPZ]["blake2b"])
         except (OSError, ValueError, KeyError, TypeError) as err:   # changed between the check and the load
-            raise CacheError(f"the entry of series {series_uid} is unreadable ({err})", path=entry, fix=_REBUILD) from err
+            raise CacheError(f"the entry of series {series_uid} is unreadable ({err})", path=entry,
+                             fix=_REBUILD) from err
 
     @contextlib.contextmanager
     def lock(self, series_uid: str):
@@ -289,7 +290,7 @@ class ScanCache:
         entry = self.entry_dir(uid)
         try:
             with self.lock(uid):
-                if entry.is_symlink() or entry.exists() and not entry.is_dir():
+                if entry.is_symlink() or (entry.exists() and not entry.is_dir()):
                     entry.unlink()                                # a stray file where the entry belongs
                 entry.mkdir(parents=True, exist_ok=True)
                 _remove(entry / ENTRY_JSON)                       # incomplete from here until the manifest lands

@@ -129,8 +129,8 @@ def prepare(data: str | Path, *, cache: str | Path | None = None, spacing_xyz: S
         listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
         raise ScanError(f"{len(names)} scan(s) could not be read and are not cached: {listed} "
                         f"({summary.describe()})", path=data,
-                        fix="Repair or remove them (the warnings above say why each failed), then rerun `noduleflow prepare`; "
-                        "the scans already cached are kept.")
+                        fix="Repair or remove them (the warnings above say why each failed), then rerun "
+                        "`noduleflow prepare`; the scans already cached are kept.")
     return summary
 
 
@@ -141,7 +141,7 @@ def _fail(summary: PrepareSummary, path: Path, why: str) -> None:
 
 
 def _run(jobs: list[tuple], workers: int):
-    """Yield `_build`'s (series UID, scan path, what happened) per job; a cache failure cancels the rest and is raised."""
+    """Yield `_build`'s (series UID, scan path, what happened) per job; a cache failure cancels the rest, raised."""
     if workers <= 1:
         for job in jobs:
             yield _build(*job)
@@ -192,7 +192,8 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="noduleflow-parent-watch", daemon=True).start()
 
 
-def _build(uid: str, path: str, cache_root: str, spacing_xyz, key: str, source: dict, verify: bool) -> tuple[str, str, str]:
+def _build(uid: str, path: str, cache_root: str, spacing_xyz, key: str, source: dict,
+           verify: bool) -> tuple[str, str, str]:
     """Read, (resample), mask and store one scan under the entry's lock; runs in a worker process.
 
     Returns (uid, path, _BUILT), (uid, path, _CACHED) when another `prepare` on this cache built the

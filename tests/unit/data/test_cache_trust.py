@@ -71,7 +71,7 @@ def _read(path: Path):
 def _meaning(scan: dict, entry: Path) -> tuple:
     """What the entry and its source say: data files' bytes, entry.json parsed, the source files' stats."""
     stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in (scan["mhd"], scan["mhd"].with_suffix(".raw"))]
-    return tuple(_read(entry / name) for name in FILES) + (stats,)
+    return (*(_read(entry / name) for name in FILES), stats)
 
 
 def _bump_mtime(path: Path, ns: int) -> None:
@@ -80,19 +80,20 @@ def _bump_mtime(path: Path, ns: int) -> None:
 
 
 # one damage: (kind, file, a number in [0, 1) that picks where, a byte or bytes)
+_byte = st.integers(1, 255).map(lambda b: bytes([b]))
 damages = st.one_of(
     st.tuples(st.just("truncate"), st.sampled_from(FILES), st.floats(0, 0.999), st.just(b"")),
-    st.tuples(st.just("flip"), st.sampled_from(FILES), st.floats(0, 0.999), st.integers(1, 255).map(lambda b: bytes([b]))),
+    st.tuples(st.just("flip"), st.sampled_from(FILES), st.floats(0, 0.999), _byte),
     st.tuples(st.just("garbage"), st.sampled_from(FILES), st.just(0.0), st.binary(max_size=300)),
     st.tuples(st.just("delete"), st.sampled_from(FILES), st.just(0.0), st.just(b"")),
     st.tuples(st.just("folder"), st.sampled_from(FILES), st.just(0.0), st.just(b"")),
     st.tuples(st.just("fifo"), st.sampled_from(FILES), st.just(0.0), st.just(b"")),
-    st.tuples(st.just("other_voxels"), st.just("hu.npy"), st.floats(0, 0.999), st.integers(1, 255).map(lambda b: bytes([b]))),
+    st.tuples(st.just("other_voxels"), st.just("hu.npy"), st.floats(0, 0.999), _byte),
     st.tuples(st.just("garbage"), st.just("entry.json"), st.just(0.0), st.just(b"[" * 100_000)),  # deep JSON
     st.tuples(st.just("edit_json"), st.sampled_from(["shape", "origin_xyz", "series_uid", "key", "files"]),
               st.just(0.0), st.just(b"")),
     st.tuples(st.just("touch_source"), st.sampled_from(["mhd", "raw"]), st.floats(0, 0.999), st.just(b"")),
-    st.tuples(st.just("rewrite_source"), st.just("raw"), st.floats(0, 0.999), st.integers(1, 255).map(lambda b: bytes([b]))),
+    st.tuples(st.just("rewrite_source"), st.just("raw"), st.floats(0, 0.999), _byte),
 )
 
 
@@ -238,7 +239,7 @@ def test_a_mask_damaged_after_open_is_a_cache_error(luna_prepared, tmp_path):
     backup = (scan.path / "lung_mask.npz").read_bytes()
     try:
         (scan.path / "lung_mask.npz").write_bytes(backup[:100])
-        with pytest.raises(CacheError, match="lung mask of series .* unreadable"):
+        with pytest.raises(CacheError, match=r"lung mask of series .* unreadable"):
             scan.lung_mask()
     finally:
         (scan.path / "lung_mask.npz").write_bytes(backup)
@@ -259,7 +260,8 @@ def test_an_entry_of_an_older_layout_is_rebuilt(luna):
 
 
 @settings(max_examples=25, deadline=None)
-@given(uid=st.text(min_size=1, max_size=200).filter(lambda s: "\x00" not in s) | st.sampled_from(["..", ".", "/", "a/../..", "~"]))
+@given(uid=st.text(min_size=1, max_size=200).filter(lambda s: "\x00" not in s)
+       | st.sampled_from(["..", ".", "/", "a/../..", "~"]))
 def test_any_series_uid_names_an_entry_inside_the_cache(tmp_path_factory, uid):
     root = tmp_path_factory.mktemp("names")
     cache = ScanCache(root / "cache")

@@ -54,7 +54,7 @@ def _write_bad(root: Path, name: str, kind: str, where: float, data: bytes) -> P
 
 
 def _readable(path: Path) -> bool:
-    """The oracle: does the reader take it? Any exception counts (prepare lists a reader's bug as well as a ScanError)."""
+    """The oracle: does the reader take it? Any exception counts (prepare lists a reader's bug like a ScanError)."""
     try:
         read_volume(path)
         return True
@@ -214,7 +214,7 @@ def test_workers_exit_when_prepare_is_killed(luna):
             time.sleep(0.02)
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10                                 # typically well under a second
         while (alive := [pid for pid in workers if _alive(pid)]) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert alive == [], f"workers {alive} outlived their parent"
