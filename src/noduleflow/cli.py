@@ -72,6 +72,7 @@ def prepare(
     """Read each scan once into a memory-mapped cache (int16 HU + lung mask) for fast training.
 
     Resumes an interrupted run; rebuilds entries that are partial, corrupt or stale.
+    A scan that cannot be read is skipped with a warning; the others are cached, then the command exits 2 naming each.
     Example: noduleflow prepare data/synth --workers 4
     """
     from noduleflow.data.prepare_cache import parse_spacing, prepare as prepare_cache

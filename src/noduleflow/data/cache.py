@@ -1,10 +1,15 @@
 """The scan cache: each scan read once, stored as a memory-mapped int16 array plus its lung mask.
 
-One entry per series, in `<cache>/<params>/<seriesuid>/`::
+One entry per series, in `<cache>/<params>/<safe_name(seriesuid)>/` (the uid comes from a file name or a
+header, so it names a folder only through `noduleflow.files.safe_name`)::
 
     hu.npy          (I, R, C) int16 HU, read back with np.load(mmap_mode="r"): a patch costs a page-cache copy
     lung_mask.npz   the lung mask's bounding box and its bits, packed and deflated (a few KB per scan)
-    entry.json      geometry (origin, spacing, direction), sizes and checksums, the key; written last
+    entry.json      geometry (origin, spacing, direction), sizes and checksums, the key, the source files'
+                    size and mtime, and a checksum of itself; written last
+
+and `<cache>/<params>/.locks/<safe_name(seriesuid)>.lock`, flock'ed by the one process writing that
+entry (`ScanCache.lock`); kept outside the entry so a scan that fails to read leaves no entry folder.
 
 `<params>` names the preprocessing (`v1-native`, or `v1-0.7x0.7x1.25mm` when resampled), so several
 spacings can live side by side. An entry is complete only once `entry.json` exists, its key matches
@@ -12,17 +17,26 @@ the source file and its files have the recorded sizes: every file is written to 
 the same folder, fsynced and renamed, and `entry.json` goes last. A crash or a full disk leaves an
 entry without `entry.json`, which the next `prepare` rebuilds. The key hashes the source files (relative
 path, size, mtime and the first 4 KB, which hold an .mhd header) with the spacing and CACHE_VERSION.
+
+Trust is checked cheaply on every open, because training must never read a wrong entry in silence:
+entry.json's own checksum, the series it names, the source files' size and mtime_ns against the
+files on disk now (a scan changed after `prepare` makes its entry stale), each file's size, the
+bytes of hu.npy's header (a header damaged at the same size would otherwise crash np.load or
+misread the voxels), 16 blocks of 4 KB sampled across its voxels (another scan's file copied over it),
+and the whole of the few-KB mask. A change elsewhere in the voxels is left to `prepare --verify`,
+which re-hashes them. Every failure is a `CacheError` that names the fix.
 The cache costs about what the int16 scans cost: the mask adds a few kilobytes, not a voxel's worth.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
+import contextlib
+import fcntl
 import io
 import json
 import os
-import re
+import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -31,12 +45,18 @@ import numpy as np
 
 from noduleflow.ct import geometry
 from noduleflow.ct.volume import CtVolume
+from noduleflow.data.cache_files import (  # noqa: F401 (check_writable and source_key are part of this module's API)
+    CACHE_VERSION, ENTRY_JSON, FORMAT, HU_NPY, MASK_NPZ, TMP, atomic_write_hashed, changed_source,
+    check_writable, file_problem, fsync_dir, hash_bytes, manifest_checksum, npy_header, read_manifest, source_key,
+    write_error,
+)
 from noduleflow.errors import CacheError
+from noduleflow.files import safe_name
 
-CACHE_VERSION = 1
 DEFAULT_CACHE_NAME = ".noduleflow-cache"
-ENTRY_JSON, HU_NPY, MASK_NPZ = "entry.json", "hu.npy", "lung_mask.npz"
-_TMP = ".tmp-"
+LOCKS = ".locks"
+_HELD: dict[Path, int] = {}  # lock files this process holds -> depth (ScanCache.lock)
+_REBUILD = "Run `noduleflow prepare DATA` (with the same --cache and --spacing) to rebuild it."
 
 
 def params_tag(spacing_xyz: Sequence[float] | None) -> str:
@@ -99,6 +119,7 @@ class CachedScan:
     hu: (I, R, C) int16, a read-only view of the file mapped with np.load(mmap_mode="r"); slicing it
         reads only the touched pages (`hu.base` is the np.memmap).
     Geometry fields as in `CtVolume` (origin_xyz, spacing_xyz in X, Y, Z mm; direction (3, 3)).
+    mask_blake2b: the checksum entry.json records for lung_mask.npz, checked on every `lung_mask()`.
     """
 
     series_uid: str
@@ -107,6 +128,7 @@ class CachedScan:
     origin_xyz: np.ndarray
     spacing_xyz: np.ndarray
     direction: np.ndarray
+    mask_blake2b: str | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -122,9 +144,21 @@ class CachedScan:
         return geometry.irc_to_xyz(irc, self.origin_xyz, self.spacing_xyz, self.direction)
 
     def lung_mask(self) -> LungMask:
-        """The lung mask (loaded from disk on each call; callers keep the few they need)."""
-        with np.load(self.path / MASK_NPZ) as z:
-            return LungMask(self.shape, z["lo"], z["packed"], int(z["width"]))
+        """The lung mask (read and checked on each call; callers keep the few they need).
+
+        A file damaged since the entry was opened raises `CacheError`, never a zip or numpy error.
+        """
+        path = self.path / MASK_NPZ
+        try:
+            if not path.is_file():                                 # gone, or a folder or FIFO (would block)
+                raise ValueError("it is not a regular file")
+            data = path.read_bytes()
+            if self.mask_blake2b is not None and hash_bytes(data) != self.mask_blake2b:
+                raise ValueError("it fails its checksum")
+            return _parse_mask(data, self.shape)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise CacheError(f"the lung mask of series {self.series_uid} is unreadable ({err})", path=path,
+                             fix=_REBUILD) from err
 
     def volume(self) -> CtVolume:
         """A `CtVolume` over the memmap (no copy)."""
@@ -143,144 +177,165 @@ class ScanCache:
         return f"ScanCache({str(self.root)!r}, spacing_xyz={self.spacing_xyz})"
 
     def entry_dir(self, series_uid: str) -> Path:
-        return self.dir / series_uid
+        """The entry's folder: the uid passes through `safe_name`, so a uid like '..' or 'a/b' stays inside."""
+        return self.dir / safe_name(series_uid)
 
     def series_uids(self) -> tuple[str, ...]:
-        """Series with an entry.json (complete as far as a directory listing can tell), sorted."""
+        """Series whose entry.json is intact (complete as far as a listing can tell), sorted.
+
+        Read from each entry.json, since a folder's name is the uid only when `safe_name` kept it.
+        """
         if not self.dir.is_dir():
             return ()
-        return tuple(sorted(p.name for p in self.dir.iterdir() if (p / ENTRY_JSON).is_file()))
+        uids = []
+        for folder in self.dir.iterdir():
+            try:
+                uids.append(str(read_manifest(folder / ENTRY_JSON)["series_uid"]))
+            except (OSError, ValueError, KeyError, RecursionError):
+                continue
+        return tuple(sorted(uids))
 
     def problem(self, series_uid: str, key: str | None = None, *, verify: bool = False) -> str | None:
-        """Why the entry is unusable ('missing', 'stale', 'corrupt: ...'), or None if it is complete.
+        """Why the entry is unusable ('missing', 'stale...', 'corrupt: ...'), or None if it can be trusted.
 
-        Checks the manifest, the key (when given) and every file's size; `verify` also re-hashes
-        the files, which reads them in full.
+        key: the key `source_key` gives now (prepare knows it); without it, the source files' size
+        and mtime_ns recorded at write time are compared with the files on disk. Cheap either way:
+        a few stats, hu.npy's header and the few-KB mask are read. `verify` also re-hashes hu.npy in full.
         """
         entry = self.entry_dir(series_uid)
-        try:
-            manifest = json.loads((entry / ENTRY_JSON).read_text())
-            files = manifest["files"]
-        except FileNotFoundError:
+        if not (entry / ENTRY_JSON).exists():
             return "missing"
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            return f"corrupt: unreadable {ENTRY_JSON} ({err})"
-        if manifest.get("version") != CACHE_VERSION or (key is not None and manifest.get("key") != key):
+        try:
+            manifest = read_manifest(entry / ENTRY_JSON)
+        except (OSError, ValueError, RecursionError) as err:  # RecursionError: garbage like [[[[...]]]]
+            return f"corrupt: {ENTRY_JSON} ({type(err).__name__}: {err})"[:300]
+        except KeyError:
+            return "stale: written by an older noduleflow"
+        if manifest["series_uid"] != series_uid:
+            return f"corrupt: {ENTRY_JSON} names series {manifest['series_uid']}"
+        if key is not None and manifest["key"] != key:
             return "stale"
-        for name, meta in files.items():
-            path = entry / name
-            if not path.is_file():
-                return f"corrupt: {name} is missing"
-            if path.stat().st_size != meta["bytes"]:
-                return f"corrupt: {name} has {path.stat().st_size} bytes, expected {meta['bytes']}"
-            if verify and _hash_file(path) != meta["blake2b"]:
-                return f"corrupt: {name} fails its checksum"
+        if key is None:
+            changed = changed_source(manifest["source"], self.spacing_xyz)
+            if changed:
+                return f"stale: {changed} since `prepare` built the entry"
+        for name, meta in manifest["files"].items():
+            try:
+                problem = file_problem(entry / name, meta, verify)
+            except OSError as err:
+                problem = f"is unreadable ({err.strerror or err})"
+            if problem:
+                return f"corrupt: {name} {problem}"
         return None
 
     def open(self, series_uid: str) -> CachedScan:
-        """Open a complete entry read-only; a missing or damaged one raises `CacheError`."""
+        """Open a trusted entry read-only; a missing, damaged or stale one raises `CacheError` with the fix."""
         problem = self.problem(series_uid)
         if problem is not None:
             raise CacheError(f"has no usable entry for series {series_uid} ({problem})", path=self.dir,
-                             fix="Run `noduleflow prepare DATA` (with the same --cache and --spacing) to build it.")
+                             fix=_REBUILD.replace("rebuild", "build" if problem == "missing" else "rebuild"))
         entry = self.entry_dir(series_uid)
-        manifest = json.loads((entry / ENTRY_JSON).read_text())
-        hu = np.load(entry / HU_NPY, mmap_mode="r").view(np.ndarray)  # a plain view: np.memmap's slicing runs Python code
-        if hu.dtype != np.int16 or list(hu.shape) != manifest["shape"]:
-            raise CacheError(f"entry {series_uid} holds a {hu.dtype} array of shape {hu.shape}, expected int16 {manifest['shape']}",
-                             path=entry, fix="Delete the folder and run `noduleflow prepare` again.")
-        return CachedScan(series_uid, entry, hu, np.asarray(manifest["origin_xyz"]), np.asarray(manifest["spacing_xyz"]),
-                          np.asarray(manifest["direction"]).reshape(3, 3))
-
-    def write(self, volume: CtVolume, mask: np.ndarray, key: str, source: dict | None = None) -> int:
-        """Store `volume` (and its (I, R, C) bool lung `mask`) as the entry of `volume.series_uid`.
-
-        Returns the bytes written. Any OSError (full disk, permissions) removes this call's temporary
-        files and raises `CacheError`; the entry is then left without entry.json, so it reads as
-        incomplete and the next `prepare` rebuilds it.
-        """
-        entry = self.entry_dir(volume.series_uid)
         try:
-            entry.mkdir(parents=True, exist_ok=True)
-            (entry / ENTRY_JSON).unlink(missing_ok=True)  # incomplete from here until the manifest lands
-            for stale in entry.glob(f".*{_TMP}*"):
-                stale.unlink()
-            files = {HU_NPY: _atomic_write(entry / HU_NPY, lambda f: np.lib.format.write_array(f, np.ascontiguousarray(volume.hu)))}
-            files[MASK_NPZ] = _atomic_write(entry / MASK_NPZ, lambda f: f.write(_mask_bytes(mask)))
-            _fsync_dir(entry)  # the data renames are durable before the manifest can be
-            manifest = {
-                "version": CACHE_VERSION, "series_uid": volume.series_uid, "key": key, "source": source,
-                "shape": list(volume.shape), "origin_xyz": volume.origin_xyz.tolist(),
-                "spacing_xyz": volume.spacing_xyz.tolist(), "direction": volume.direction.ravel().tolist(), "files": files,
-            }
-            _atomic_write(entry / ENTRY_JSON, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
-            _fsync_dir(entry)
+            manifest = read_manifest(entry / ENTRY_JSON)
+            hu = np.load(entry / HU_NPY, mmap_mode="r").view(np.ndarray)  # a plain view: np.memmap's slicing runs Python code
+            if hu.dtype != np.int16 or list(hu.shape) != manifest["shape"]:
+                raise ValueError(f"it holds a {hu.dtype} array of shape {hu.shape}, expected int16 {manifest['shape']}")
+            geometry_ = [np.asarray(manifest[k], dtype=np.float64) for k in ("origin_xyz", "spacing_xyz", "direction")]
+            return CachedScan(series_uid, entry, hu, geometry_[0].reshape(3), geometry_[1].reshape(3),
+                              geometry_[2].reshape(3, 3), manifest["files"][MASK_NPZ]["blake2b"])
+        except (OSError, ValueError, KeyError, TypeError) as err:   # changed between the check and the load
+            raise CacheError(f"the entry of series {series_uid} is unreadable ({err})", path=entry,
+                             fix=_REBUILD) from err
+
+    @contextlib.contextmanager
+    def lock(self, series_uid: str):
+        """Hold the entry's exclusive write lock (flock on `.locks/<name>.lock`; the kernel drops it if we die).
+
+        Two `prepare` runs on one cache then never write one entry at once, and the temporaries a
+        writer finds while holding the lock can only be a dead process's. Re-entrant within a process
+        (a caller may hold it around a check and `write`), not meant to be shared between threads.
+        Raises `CacheError` when the cache folder cannot be written.
+        """
+        path = self.dir / LOCKS / f"{safe_name(series_uid)}.lock"
+        if path in _HELD:
+            _HELD[path] += 1
+            try:
+                yield
+            finally:
+                _HELD[path] -= 1
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            for temp in entry.glob(f".*{_TMP}{os.getpid()}"):
+            raise write_error(path.parent, err) from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _HELD[path] = 1
+            yield
+        finally:
+            _HELD.pop(path, None)
+            os.close(fd)
+
+    def write(self, volume: CtVolume, mask: np.ndarray, key: str, source: dict | None = None,
+              series_uid: str | None = None) -> int:
+        """Store `volume` (and its (I, R, C) bool lung `mask`) as the entry of `series_uid` (default volume.series_uid).
+
+        source: `source_key`'s description; its files' size and mtime_ns are what `open` compares.
+        Returns the bytes written. Holds the entry's `lock` throughout. Any OSError (full disk,
+        permissions) removes the temporary files and raises `CacheError`; the entry is then left without
+        entry.json, so it reads as incomplete and the next `prepare` rebuilds it.
+        """
+        uid = volume.series_uid if series_uid is None else series_uid
+        entry = self.entry_dir(uid)
+        try:
+            with self.lock(uid):
+                if entry.is_symlink() or (entry.exists() and not entry.is_dir()):
+                    entry.unlink()                                # a stray file where the entry belongs
+                entry.mkdir(parents=True, exist_ok=True)
+                _remove(entry / ENTRY_JSON)                       # incomplete from here until the manifest lands
+                for stale in [entry / HU_NPY, entry / MASK_NPZ, *entry.glob(f".*{TMP}*")]:
+                    _remove(stale)                                # under the lock: a dead writer's, or damage
+                hu = np.ascontiguousarray(volume.hu)
+                files = {HU_NPY: atomic_write_hashed(entry / HU_NPY, lambda f: np.lib.format.write_array(f, hu))}
+                files[HU_NPY].update(npy_header(entry / HU_NPY))
+                files[MASK_NPZ] = atomic_write_hashed(entry / MASK_NPZ, lambda f: f.write(_mask_bytes(mask)))
+                fsync_dir(entry)  # the data renames are durable before the manifest can be
+                manifest = {
+                    "version": CACHE_VERSION, "format": FORMAT, "series_uid": uid, "key": key, "source": source,
+                    "shape": list(volume.shape), "origin_xyz": volume.origin_xyz.tolist(),
+                    "spacing_xyz": volume.spacing_xyz.tolist(), "direction": volume.direction.ravel().tolist(),
+                    "files": files,
+                }
+                manifest["checksum"] = manifest_checksum(manifest)
+                atomic_write_hashed(entry / ENTRY_JSON, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+                fsync_dir(entry)
+                manifest_bytes = (entry / ENTRY_JSON).stat().st_size
+        except OSError as err:
+            for temp in entry.glob(f".*{TMP}{os.getpid()}"):
                 temp.unlink(missing_ok=True)
-            raise _write_error(entry, err) from err
-        return sum(meta["bytes"] for meta in files.values()) + (entry / ENTRY_JSON).stat().st_size
+            raise write_error(entry, err) from err
+        return sum(meta["bytes"] for meta in files.values()) + manifest_bytes
 
 
-def check_writable(folder: Path) -> None:
-    """Create `folder` and prove a file can be written there, or raise `CacheError` with the fix."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / ".write-test", lambda f: f.write(b"ok"))
-        (folder / ".write-test").unlink()
-    except OSError as err:
-        raise _write_error(folder, err) from err
+def _remove(path: Path) -> None:
+    """Delete a file, a symlink or a folder (damage may leave any of them where an entry's file belongs)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
-def source_key(path: Path, root: Path, spacing_xyz: Sequence[float] | None) -> tuple[str, dict]:
-    """(key, description) of a scan and the parameters it is prepared with.
-
-    The description lists the scan's files (an .mhd and the data file its header names) by path
-    relative to `root`, size and mtime, and hashes the first 4 KB (an .mhd's whole header).
-    """
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    files = [path]
-    data_file = re.search(rb"^\s*ElementDataFile\s*=\s*(.+?)\s*$", head, re.MULTILINE)
-    if data_file and data_file.group(1) not in (b"LOCAL", b"LIST") and (path.parent / data_file.group(1).decode()).is_file():
-        files.append(path.parent / data_file.group(1).decode())
-    source = {
-        "files": [[str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
-        "header_blake2b": hashlib.blake2b(head, digest_size=16).hexdigest(),
-        "spacing_xyz": None if spacing_xyz is None else [float(s) for s in spacing_xyz],
-        "version": CACHE_VERSION,
-    }
-    return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:20], source
-
-
-class _HashingWriter:
-    """A write-only file wrapper that hashes what passes through (numpy then writes in chunks)."""
-
-    def __init__(self, f):
-        self.f, self.hash, self.bytes = f, hashlib.blake2b(digest_size=16), 0
-
-    def write(self, data) -> int:
-        view = memoryview(data).cast("B")
-        self.f.write(view)
-        self.hash.update(view)
-        self.bytes += view.nbytes
-        return view.nbytes
-
-
-def _atomic_write(path: Path, write) -> dict:
-    """Write through `write(file)` into a temp name beside `path`, fsync, then rename over `path`."""
-    temp = path.with_name(f".{path.name}{_TMP}{os.getpid()}")
-    try:
-        with open(temp, "wb") as f:
-            writer = _HashingWriter(f)
-            write(writer)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return {"bytes": writer.bytes, "blake2b": writer.hash.hexdigest()}
+def _parse_mask(data: bytes, shape: tuple[int, int, int]) -> LungMask:
+    """lung_mask.npz's bytes -> LungMask; ValueError/KeyError when they do not describe a mask of `shape`."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        lo, packed, width = np.asarray(z["lo"]), np.asarray(z["packed"]), int(z["width"])
+    if lo.shape != (3,) or packed.ndim != 3 or packed.dtype != np.uint8 or -(-width // 8) != packed.shape[2]:
+        raise ValueError("it does not hold a packed mask")
+    mask = LungMask(shape, lo, packed, width)
+    if not mask.empty and (np.any(mask.lo < 0) or np.any(mask.lo + mask.box_shape > shape)):
+        raise ValueError("its box lies outside the scan")
+    return mask
 
 
 def _mask_bytes(mask: np.ndarray) -> bytes:
@@ -288,27 +343,3 @@ def _mask_bytes(mask: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.savez_compressed(buf, lo=packed.lo, packed=packed.packed, width=np.int64(packed.box_shape[2]))
     return buf.getvalue()
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _hash_file(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_error(folder: Path, err: OSError) -> CacheError:
-    if err.errno == errno.ENOSPC:
-        return CacheError("the disk is full: the cache entry was not written and its partial files were removed", path=folder,
-                          fix="Free disk space or pass --cache on a disk with room (the cache needs about the size of the scans), then rerun.")
-    return CacheError(f"cannot be written ({err.strerror or err})", path=folder,
-                      fix="Pass --cache with a folder you can write to.")

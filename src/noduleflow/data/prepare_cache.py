@@ -4,12 +4,21 @@ Each scan is read once (and resampled when a spacing is asked for), its lung mas
 both written into the cache (see `noduleflow.data.cache`). Complete entries whose key still
 matches the source are skipped, so an interrupted run resumes; partial, corrupt or stale
 entries are rebuilt.
+
+A scan that cannot be read does not stop the others: each is warned about as it fails (one line:
+the file and why), the rest are cached, and the run ends with a `ScanError` naming every bad scan,
+so the CLI exits non-zero only after doing all it could. Worker processes end themselves when the
+process that started them dies (a `kill -9` of `prepare` leaves no orphan holding hundreds of MB).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import threading
 import time
+import warnings
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -19,7 +28,9 @@ from typing import Sequence
 
 from noduleflow.data.cache import DEFAULT_CACHE_NAME, ScanCache, check_writable, source_key
 from noduleflow.data.luna16 import find_scans
-from noduleflow.errors import CacheError, ConfigError, ScanError
+from noduleflow.errors import CacheError, ConfigError, NoduleflowError, ScanError
+
+_BUILT, _CACHED = "built", "cached"   # what _build did, when it did not fail
 
 
 @dataclass
@@ -30,6 +41,7 @@ class PrepareSummary:
     built: list[str] = field(default_factory=list)
     rebuilt: dict[str, str] = field(default_factory=dict)   # series UID -> why the old entry was unusable
     skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)     # scan file -> why it could not be read
     cache_bytes: int = 0
     scan_bytes: int = 0                                      # int16 voxels x 2 of the cached arrays
     seconds: float = 0.0
@@ -39,7 +51,7 @@ class PrepareSummary:
         ratio = f" ({self.cache_bytes / self.scan_bytes:.4f}x the int16 scans)" if self.scan_bytes else ""
         return (f"prepared {total} scan(s) in {self.seconds:.1f} s: {len(self.built)} built "
                 f"({len(self.rebuilt)} of them rebuilt), {len(self.skipped)} already cached -> {self.cache.dir}, "
-                f"{self.cache_bytes / 1e6:.1f} MB{ratio}")
+                f"{self.cache_bytes / 1e6:.1f} MB{ratio}" + (f"; {len(self.failed)} unreadable" if self.failed else ""))
 
 
 def parse_spacing(text: str | None) -> tuple[float, float, float] | None:
@@ -66,6 +78,8 @@ def prepare(data: str | Path, *, cache: str | Path | None = None, spacing_xyz: S
 
     workers: processes that build entries in parallel; 0 picks min(cpu count, 8), 1 builds in this
     process. verify: re-hash existing entries instead of trusting their sizes (reads them in full).
+    A scan that cannot be read is warned about and left out; once every other scan is cached, a
+    `ScanError` names them all (module docstring).
     """
     start = time.perf_counter()
     data = Path(data)
@@ -81,37 +95,63 @@ def prepare(data: str | Path, *, cache: str | Path | None = None, spacing_xyz: S
     summary = PrepareSummary(store)
     jobs = []
     for uid, path in sorted(scans.items()):
-        key, source = source_key(path, data, store.spacing_xyz)
+        try:
+            key, source = source_key(path, data, store.spacing_xyz)
+        except OSError as err:
+            _fail(summary, path, f"cannot be read ({err.strerror or err})")
+            continue
         problem = store.problem(uid, key, verify=verify)
         if problem is None:
             summary.skipped.append(uid)
             continue
         if problem != "missing":
             summary.rebuilt[uid] = problem
-        jobs.append((str(path), str(store.root), store.spacing_xyz, key, source))
+        jobs.append((uid, str(path), str(store.root), store.spacing_xyz, key, source, verify))
 
     workers = min(workers or min(os.cpu_count() or 1, 8), max(len(jobs), 1))
     with _progress_bar(progress and bool(jobs)) as bar:
         task = bar.add_task("prepare", total=len(jobs))
-        for uid in _run(jobs, workers):
-            summary.built.append(uid)
+        for uid, path, why in _run(jobs, workers):
+            if why == _BUILT:
+                summary.built.append(uid)
+            elif why == _CACHED:                                   # another prepare built it meanwhile
+                summary.rebuilt.pop(uid, None)
+                summary.skipped.append(uid)
+            else:
+                summary.rebuilt.pop(uid, None)
+                _fail(summary, Path(path), why)
             bar.advance(task)
 
     for uid in summary.built + summary.skipped:
-        entry = store.open(uid)
+        with store.lock(uid):                                      # not while another prepare rewrites it
+            entry = store.open(uid)
         summary.scan_bytes += entry.hu.size * 2
         summary.cache_bytes += sum(p.stat().st_size for p in entry.path.iterdir())
     summary.seconds = time.perf_counter() - start
+    if summary.failed:
+        names = sorted(os.path.relpath(p, data) for p in summary.failed)
+        listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        raise ScanError(f"{len(names)} scan(s) could not be read and are not cached: {listed} "
+                        f"({summary.describe()})", path=data,
+                        fix="Repair or remove them (the warnings above say why each failed), then rerun "
+                        "`noduleflow prepare`; the scans already cached are kept.")
     return summary
 
 
+def _fail(summary: PrepareSummary, path: Path, why: str) -> None:
+    """Record an unreadable scan and say so now, in one line naming the file (the run goes on)."""
+    summary.failed[str(path)] = why
+    warnings.warn(f"{path}: {why} (skipped; the other scans are still prepared)", stacklevel=3)
+
+
 def _run(jobs: list[tuple], workers: int):
-    """Yield each built series UID; the first failure cancels the rest and is raised."""
+    """Yield `_build`'s (series UID, scan path, what happened) per job; a cache failure cancels the rest, raised."""
     if workers <= 1:
         for job in jobs:
             yield _build(*job)
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(os.getpid(),)) as pool:
         pending = {pool.submit(_build, *job) for job in jobs}
         try:
             while pending:
@@ -128,24 +168,67 @@ def _run(jobs: list[tuple], workers: int):
                 future.cancel()
 
 
-def _init_worker() -> None:
-    """One ITK thread per worker process: the processes already use every core."""
+def _init_worker(parent_pid: int) -> None:
+    """One ITK thread per worker process (the processes already use every core); die with the parent."""
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    _die_with_parent(parent_pid)
 
 
-def _build(path: str, cache_root: str, spacing_xyz, key: str, source: dict) -> str:
-    """Read, (resample), mask and store one scan; runs in a worker process. Returns its series UID."""
+def _die_with_parent(parent_pid: int) -> None:
+    """End this process as soon as `parent_pid` is gone, however it died (a `kill -9` runs no cleanup of ours).
+
+    Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG). Everywhere, and
+    for a parent that died before that call: a daemon thread polls os.getppid(), which changes to the
+    reaper's pid once the parent is gone. A temporary file the worker leaves is cleaned by the next writer.
+    """
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="noduleflow-parent-watch", daemon=True).start()
+
+
+def _build(uid: str, path: str, cache_root: str, spacing_xyz, key: str, source: dict,
+           verify: bool) -> tuple[str, str, str]:
+    """Read, (resample), mask and store one scan under the entry's lock; runs in a worker process.
+
+    Returns (uid, path, _BUILT), (uid, path, _CACHED) when another `prepare` on this cache built the
+    entry while we waited for its lock, or (uid, path, why) when the scan cannot be read or
+    processed: any error of reading, resampling or masking is the scan's (an unreadable file, a
+    degenerate volume), so it is reported and the run goes on. A failure to write the cache raises.
+    """
+    store = ScanCache(cache_root, spacing_xyz=spacing_xyz)
+    with store.lock(uid):
+        if store.problem(uid, key, verify=verify) is None:
+            return uid, path, _CACHED
+        return _build_locked(store, uid, path, key, source)
+
+
+def _build_locked(store: ScanCache, uid: str, path: str, key: str, source: dict) -> tuple[str, str, str]:
+    """`_build`'s work once the entry's lock is held and the entry is known to need it."""
     from noduleflow.ct.io import read_volume
     from noduleflow.ct.lungmask import lung_mask
     from noduleflow.ct.resample import resample
 
-    volume = read_volume(path)
-    if spacing_xyz is not None:
-        volume = resample(volume, spacing_xyz)
-    ScanCache(cache_root, spacing_xyz=spacing_xyz).write(volume, lung_mask(volume), key, source)
-    return volume.series_uid
+    try:
+        volume = read_volume(path)
+        if store.spacing_xyz is not None:
+            volume = resample(volume, store.spacing_xyz)
+        mask = lung_mask(volume)
+    except NoduleflowError as err:
+        return uid, path, err.what if err.path in (None, path) else f"{err.path}: {err.what}"
+    except Exception as err:  # noqa: BLE001 (any failure on one scan's data is that scan's; see the docstring)
+        return uid, path, f"cannot be prepared ({type(err).__name__}: {err})"
+    store.write(volume, mask, key, source, series_uid=uid)
+    return uid, path, _BUILT
 
 
 def _progress_bar(enabled: bool):

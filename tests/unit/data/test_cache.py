@@ -13,6 +13,7 @@ import pytest
 from noduleflow.ct.io import read_volume
 from noduleflow.ct.lungmask import lung_mask
 from noduleflow.data import cache as cache_mod
+from noduleflow.data import cache_files
 from noduleflow.data.cache import LungMask, ScanCache
 from noduleflow.data.prepare_cache import parse_spacing, prepare
 from noduleflow.errors import CacheError, ConfigError
@@ -105,7 +106,7 @@ def test_verify_catches_a_flipped_byte_that_sizes_cannot(luna):
 
 def test_full_disk_mid_write_raises_cache_error_leaves_no_partial_entry_and_next_run_rebuilds(luna, monkeypatch):
     root, uids = luna["root"], sorted(luna["uids"])
-    real_write, calls = cache_mod._HashingWriter.write, {"n": 0}
+    real_write, calls = cache_files.HashingWriter.write, {"n": 0}
 
     def write(self, data):
         calls["n"] += memoryview(data).nbytes > 100_000
@@ -113,7 +114,7 @@ def test_full_disk_mid_write_raises_cache_error_leaves_no_partial_entry_and_next
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(self, data)
 
-    monkeypatch.setattr(cache_mod._HashingWriter, "write", write)
+    monkeypatch.setattr(cache_files.HashingWriter, "write", write)
     with pytest.raises(CacheError, match="the disk is full") as err:
         _prepare(root)
     assert "Free disk space" in err.value.message
@@ -121,7 +122,7 @@ def test_full_disk_mid_write_raises_cache_error_leaves_no_partial_entry_and_next
     assert _temp_files(cache.root) == []
     assert cache.series_uids() == (uids[0],)                     # the first entry finished, the second is not complete
     assert cache.problem(uids[1]) == "missing"
-    monkeypatch.setattr(cache_mod._HashingWriter, "write", real_write)
+    monkeypatch.setattr(cache_files.HashingWriter, "write", real_write)
     again = _prepare(root)
     assert again.skipped == [uids[0]] and sorted(again.built) == uids[1:]
     np.testing.assert_array_equal(cache.open(uids[1]).hu, read_volume(_scan_path(root, uids[1])).hu)
@@ -129,19 +130,19 @@ def test_full_disk_mid_write_raises_cache_error_leaves_no_partial_entry_and_next
 
 def test_interrupt_while_writing_the_manifest_leaves_an_incomplete_entry(luna, monkeypatch):
     root, uid = luna["root"], sorted(luna["uids"])[0]
-    real = cache_mod._atomic_write
+    real = cache_mod.atomic_write_hashed
 
-    def atomic_write(path, write):
+    def atomic_write_hashed(path, write):
         if path.name == "entry.json":
             raise KeyboardInterrupt
         return real(path, write)
 
-    monkeypatch.setattr(cache_mod, "_atomic_write", atomic_write)
+    monkeypatch.setattr(cache_mod, "atomic_write_hashed", atomic_write_hashed)
     with pytest.raises(KeyboardInterrupt):
         _prepare(root)
     cache = ScanCache(root / ".noduleflow-cache")
     assert (cache.entry_dir(uid) / "hu.npy").is_file() and cache.problem(uid) == "missing"
-    monkeypatch.setattr(cache_mod, "_atomic_write", real)
+    monkeypatch.setattr(cache_mod, "atomic_write_hashed", real)
     assert uid in _prepare(root).built
 
 
