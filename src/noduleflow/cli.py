@@ -336,7 +336,7 @@ def main() -> None:
         from noduleflow.files import WRITE_ERRNOS, is_torch_write_failure, output_error
 
         if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
-            message = output_error(err).message
+            message = output_error(err, action="cannot access").message
         elif is_torch_write_failure(err):
             message = "cannot write a file: the disk is probably full. Free some space or write to another disk, then rerun."
         else:

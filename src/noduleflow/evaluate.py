@@ -146,7 +146,8 @@ def read_submission(path: str | Path) -> list[Mark]:
     """The marks of a submission CSV (optional `malignancy` column) or of a detections JSON."""
     path = Path(path)
     if not path.is_file():
-        raise CsvError("does not exist", path=path, fix="Pass the submission CSV (or detections JSON) that `noduleflow detect` wrote.")
+        raise CsvError("is a folder, not a file" if path.is_dir() else "does not exist", path=path,
+                       fix="Pass the submission CSV (or detections JSON) that `noduleflow detect` wrote.")
     if path.suffix.lower() == ".json":
         return read_detections(path)
     import pandas as pd

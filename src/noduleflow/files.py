@@ -97,10 +97,14 @@ def is_torch_write_failure(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and any(s in text for s in ("PytorchStreamWriter failed", "file write failed", "unexpected pos"))
 
 
-def output_error(err: OSError, path: str | os.PathLike | None = None) -> OutputError:
-    """`err` (a failed write or mkdir) as one sentence naming the file (err.filename, else `path`) and the fix."""
-    what, fix = _WRITE_ERRORS.get(err.errno, (f"cannot be written ({err.strerror or err})", "Check the path and the disk, then rerun."))
-    return OutputError(f"cannot write: {what}", path=err.filename or path, fix=fix)
+def output_error(err: OSError, path: str | os.PathLike | None = None, *, action: str = "cannot write") -> OutputError:
+    """`err` (a failed write or mkdir) as one sentence naming the file (err.filename, else `path`) and the fix.
+
+    action: how the sentence starts ("cannot write"; the CLI, which does not know whether a read or a
+    write failed, says "cannot access").
+    """
+    what, fix = _WRITE_ERRORS.get(err.errno, (err.strerror or str(err), "Check the path and the disk, then rerun."))
+    return OutputError(f"{action}: {what}", path=err.filename or path, fix=fix)
 
 
 def writable_dir(path: str | os.PathLike) -> Path:

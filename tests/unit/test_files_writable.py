@@ -43,7 +43,7 @@ def test_an_unwritable_folder_names_itself_and_the_fix(tmp_path, monkeypatch, co
 def test_output_error_prefers_the_file_the_os_named():
     err = output_error(OSError(errno.EISDIR, "Is a directory", "/x/y.csv"), "/x")
     assert err.path == "/x/y.csv" and "folder where a file" in err.message
-    assert "cannot be written" in output_error(OSError(errno.EIO, "I/O error"), "/x").message
+    assert output_error(OSError(errno.EIO, "I/O error"), "/x").message.startswith("/x: cannot write: I/O error")
 
 
 def test_torch_write_failures_are_recognised():

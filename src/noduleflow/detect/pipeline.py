@@ -109,10 +109,11 @@ def detect(source: str | Path, run: str | Path, out: str | Path, *, progress: bo
             try:
                 volume, result = _run_scan(predictor, path)
             except NoduleflowError as err:
-                failed[path] = err.message
                 job.fail(path, err.message)
-                bar.console.print(f"[red]error:[/red] {escape(err.message)} (skipped; the other scans go on)", highlight=False,
-                                  soft_wrap=True)
+                if len(paths) == 1:
+                    raise  # nothing else to go on with: the scan's own error is the one line
+                failed[path] = err.message
+                bar.console.print(f"[yellow]warning:[/yellow] skipped {escape(err.message)}", highlight=False, soft_wrap=True)
                 bar.advance(task)
                 continue
             files = _write_scan(out, volume, result, path)

@@ -126,8 +126,8 @@ def test_a_bad_scan_is_named_the_others_are_written_and_a_rerun_retries_only_it(
     with pytest.raises(ScanError) as err:
         detect(data, run, out, progress=False)
     assert "1 of 4 scan(s) failed" in err.value.message and bad.name in err.value.message
-    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("error:")]
-    assert len(printed) == 1 and str(bad) in printed[0]
+    printed = [line for line in capsys.readouterr().out.splitlines() if "warning:" in line or "error:" in line]
+    assert len(printed) == 1 and printed[0].startswith("warning: skipped") and str(bad) in printed[0]
     assert [r["seriesuid"] for r in _rows(out)] == UIDS
     doc = _doc(out)
     assert doc["complete"] is False and list(doc["failed"]) == [str(bad)]
@@ -287,9 +287,21 @@ def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
 
 def test_cli_a_bad_scan_exits_2_with_one_error_line_after_writing_the_others(data, run, tmp_path, monkeypatch, capsys):
     (data / "subset0" / "broken.mhd").write_text("ObjectType = Image\n")
-    code, _, err = _cli(monkeypatch, capsys, "detect", data, "--run", run, "-o", tmp_path / "out")
-    assert code == 2 and err.count("error:") == 1 and "broken.mhd" in err and "Traceback" not in err
+    code, out, err = _cli(monkeypatch, capsys, "detect", data, "--run", run, "-o", tmp_path / "out")
+    assert code == 2 and (out + err).count("error:") == 1 and err.startswith("error:") and "Traceback" not in out + err
+    assert "broken.mhd" in err and "1 of 4 scan(s) failed" in err
     assert [r["seriesuid"] for r in _rows(tmp_path / "out")] == UIDS
+
+
+def test_cli_one_bad_scan_is_its_own_error_line_and_no_old_result_is_left(data, run, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    detect(data, run, out, progress=False)
+    bad = tmp_path / "scan.mha"
+    bad.write_text("garbage")
+    code, stdout, err = _cli(monkeypatch, capsys, "detect", bad, "--run", run, "-o", out)
+    assert code == 2 and (stdout + err).count("error:") == 1 and err.startswith(f"error: {bad}: ") and err.count("\n") == 1
+    assert _rows(out) == [] and _doc(out)["failed"] == {str(bad): err[len("error: "):].strip()}
+    assert list((out / "png").iterdir()) == []
 
 
 @pytest.mark.parametrize("code_, words", [(errno.EACCES, "permission denied"), (errno.ENOSPC, "no space left"),
