@@ -112,7 +112,7 @@ def detect(source: str | Path, run: str | Path, out: str | Path, *, progress: bo
                 job.fail(path, err.message)
                 if len(paths) == 1:
                     raise  # nothing else to go on with: the scan's own error is the one line
-                failed[path] = err.message
+                failed[path] = err.what
                 bar.console.print(f"[yellow]warning:[/yellow] skipped {escape(err.message)}", highlight=False, soft_wrap=True)
                 bar.advance(task)
                 continue

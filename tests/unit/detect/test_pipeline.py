@@ -331,3 +331,44 @@ def test_cli_restart_redoes_every_scan(data, run, tmp_path, monkeypatch, capsys,
     assert fake.calls == []
     assert _cli(monkeypatch, capsys, "detect", data, "--run", run, "-o", tmp_path / "out", "--restart")[0] in (0, None)
     assert fake.calls == UIDS
+
+
+def _dicom_series(folder: Path, series_uid: str) -> Path:
+    """A 4-slice 8 x 8 CT series whose SeriesInstanceUID is `series_uid`, whatever it holds."""
+    import warnings
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True)
+    for k in range(4):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientID, ds.StudyInstanceUID = "CT", "phantom", "1.2.3"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns that this is no valid UID: the point of the test
+            ds.SeriesInstanceUID = series_uid
+        ds.InstanceNumber, ds.Rows, ds.Columns = k + 1, 8, 8
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.ImageOrientationPatient, ds.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [0, 0, 2.5 * k]
+        ds.PixelSpacing, ds.SliceThickness, ds.RescaleSlope, ds.RescaleIntercept = [0.7, 0.7], 2.5, 1, 0
+        ds.PixelData = np.full((8, 8), -500, "<i2").tobytes()
+        ds.save_as(folder / f"IM{k}", enforce_file_format=True)
+    return folder
+
+
+@pytest.mark.parametrize("uid", ["../../../x", "/abs/x"])
+def test_a_dicom_series_uid_that_is_a_path_writes_inside_out(run, tmp_path, monkeypatch, capsys, uid):
+    series = _dicom_series(tmp_path / "series", uid)
+    out = tmp_path / "a" / "b" / "out"
+    code, _, err = _cli(monkeypatch, capsys, "detect", series, "--run", run, "-o", out)
+    assert code in (0, None), err
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and "series" not in p.parts and "run" not in p.parts]
+    assert written and all(p.resolve().is_relative_to(out.resolve()) for p in written), written
+    assert not (tmp_path / "x").exists() and not Path("/abs/x").exists()
+    assert [r["seriesuid"] for r in _rows(out)] == [uid]
