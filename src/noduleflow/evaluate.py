@@ -123,6 +123,9 @@ def evaluate(data: str | Path, submission: str | Path, out: str | Path | None = 
     marks = read_submission(submission)
     series, series_from = _series(data)
     nodules, excluded = _annotations(data, series)
+    if not nodules:
+        warnings.warn(f"{data / 'annotations.csv'}: no nodule in the {len(series)} scan(s) scored, so every sensitivity and "
+                      "the CPM are undefined (NaN); check that the annotations belong to these scans", stacklevel=2)
     _check_series(marks, series, submission)
     out = writable_dir(out if out is not None else submission.parent)  # before the bootstrap, not after it
     result = froc(marks, nodules, series, excluded=excluded, max_marks=max_marks, bootstrap=bootstrap, seed=seed)
@@ -178,8 +181,9 @@ def read_detections(path: str | Path) -> list[Mark]:
     path = Path(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CsvError(f"is not valid JSON ({err})", path=path, fix=_JSON_FIX) from err
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        detail = str(err).splitlines()[0][:200] if not isinstance(err, RecursionError) else "nested too deeply"
+        raise CsvError(f"is not valid JSON ({detail})", path=path, fix=_JSON_FIX) from None
     scans = doc.get("scans") if isinstance(doc, dict) else None
     if not isinstance(scans, list):
         raise CsvError('has no "scans" list at the top', path=path, fix=_JSON_FIX)

@@ -274,7 +274,7 @@ def read_csv(path: Path, columns: tuple[str, ...]):
         bad = np.flatnonzero(values.isna().to_numpy())
         if bad.size:
             cell = frame[column].iloc[bad[0]]
-            what = f"an empty {column}" if pd.isna(cell) else f"a non-numeric {column} {cell!r}"
+            what = f"an empty or NaN {column}" if pd.isna(cell) else f"a non-numeric {column} {cell!r}"
             raise CsvError(f"row {bad[0] + 2} has {what}", path=path, fix="Fix or delete that row.")
         frame[column] = values.astype(np.float64)
         if column in _XYZ:

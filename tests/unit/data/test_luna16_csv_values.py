@@ -106,15 +106,15 @@ def test_rows_of_random_numbers_parse_right_or_name_their_row(kind, values):
     ("annotations", "1.2.3,1,2,3,1e6", ["row 2", "diameter_mm 1e+06"]),
     ("annotations", "1.2.3,inf,2,3,5", ["row 2", "infinite coordX"]),
     ("annotations", "1.2.3,1,-inf,3,5", ["row 2", "infinite coordY"]),
-    ("annotations", "1.2.3,1,2,,5", ["row 2", "empty coordZ"]),
+    ("annotations", "1.2.3,1,2,,5", ["row 2", "empty or NaN coordZ"]),
     ("annotations", ",1,2,3,5", ["row 2", "no seriesuid"]),
     ("annotations", "1.2.3,1,2,3,5,extra", ["row 2", "more cells than the header"]),
     ("excluded", "1.2.3,1,2,3,0", ["row 2", "zero", "-1 for an unknown size"]),
     ("excluded", "1.2.3,1,2,3,-inf", ["row 2", "infinite"]),
-    ("malignancy", "1.2.3,1,2,3,nan,True", ["row 2", "empty diameter_mm"]),
-    ("candidates", "1.2.3,1,2,nan,1", ["row 2", "empty coordZ"]),
+    ("malignancy", "1.2.3,1,2,3,nan,True", ["row 2", "empty or NaN diameter_mm"]),
+    ("candidates", "1.2.3,1,2,nan,1", ["row 2", "empty or NaN coordZ"]),
     ("candidates", "1.2.3,1,2,3,inf", ["row 2", "class other than 0 or 1"]),
-    ("submission", "1.2.3,1,2,3,nan", ["row 2", "empty probability"]),
+    ("submission", "1.2.3,1,2,3,nan", ["row 2", "empty or NaN probability"]),
     ("submission", "1.2.3,1,2,3,1.5", ["row 2", "probability 1.5, outside [0, 1]"]),
     ("submission", "1.2.3,1,2,3,-0.1", ["row 2", "outside [0, 1]"]),
     ("submission", "1.2.3,1e999,2,3,0.5", ["row 2", "infinite coordX"]),
@@ -179,3 +179,10 @@ def test_any_json_document_parses_right_or_is_a_csv_error(doc):
         assert str(path) in err.message
         return
     _check_parsed("submission", marks)
+
+
+def test_a_json_nested_too_deeply_is_a_csv_error(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CsvError, match="nested too deeply"):
+        read_detections(path)
