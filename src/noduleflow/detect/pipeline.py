@@ -41,7 +41,7 @@ from rich.progress import (
 from noduleflow.ct import CtVolume, read_volume
 from noduleflow.detect.predictor import Predictor, ScanResult
 from noduleflow.detect.render import write_scan_png
-from noduleflow.errors import NoduleflowError, ScanError
+from noduleflow.errors import CheckpointError, ConfigError, NoduleflowError, OutputError, ScanError
 from noduleflow.files import atomic_open, output_error, safe_name, writable_dir
 
 SUBMISSION_CSV, DETECTIONS_JSON, PNG_DIR = "submission.csv", "detections.json", "png"
@@ -105,9 +105,11 @@ def detect(source: str | Path, run: str | Path, out: str | Path, *, progress: bo
         for path in paths:
             if job.has(path):
                 continue
-            bar.update(task, scan=path.name)
+            bar.update(task, scan=escape(path.name))  # a file name is text, not rich markup
             try:
                 volume, result = _run_scan(predictor, path)
+            except (OutputError, CheckpointError, ConfigError):
+                raise  # the job's fault (its run, its OUT, its flags), not the scan's: no use going on
             except NoduleflowError as err:
                 job.fail(path, err.message)
                 if len(paths) == 1:
@@ -120,7 +122,7 @@ def detect(source: str | Path, run: str | Path, out: str | Path, *, progress: bo
             job.add(path, result, files)  # submission.csv and detections.json now hold this scan
             for text in result.warnings:
                 bar.console.print(f"[yellow]warning:[/yellow] {escape(text)}", highlight=False, soft_wrap=True)
-            bar.console.print(f"{result.series_uid[-24:]}: {len(result.findings)} finding(s) from {result.candidates} "
+            bar.console.print(f"{escape(result.series_uid[-24:])}: {len(result.findings)} finding(s) from {result.candidates} "
                               f"candidate(s) in {result.seconds:.1f} s", highlight=False)
             results.append(result)
             bar.advance(task)

@@ -193,7 +193,7 @@ def test_a_listed_file_outside_out_is_never_deleted(data, run, tmp_path, fake):
     assert victim.read_text() == "mine"
 
 
-@pytest.mark.parametrize("uid", ["../../../x", "/abs/x", "..", "a/../../b", "", ".hidden", "x" * 300])
+@pytest.mark.parametrize("uid", ["../../../x", "/abs/x", "..", "a/../../b", "", ".hidden", "x" * 300, "[/x] [bold]"])
 def test_a_hostile_series_uid_names_a_png_inside_out(data, run, tmp_path, fake, uid):
     fake.uid = uid
     out = tmp_path / "deep" / "out"
@@ -205,7 +205,7 @@ def test_a_hostile_series_uid_names_a_png_inside_out(data, run, tmp_path, fake, 
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(uid=st.text(max_size=200))
+@given(uid=st.text(max_size=200) | st.lists(st.sampled_from(["[", "]", "/", "..", "\\", "x", "\x00"]), max_size=12).map("".join))
 def test_any_series_uid_keeps_every_output_inside_out(data, run, fake, uid):
     fake.uid = uid
     with tempfile.TemporaryDirectory() as tmp:
@@ -372,3 +372,34 @@ def test_a_dicom_series_uid_that_is_a_path_writes_inside_out(run, tmp_path, monk
     assert written and all(p.resolve().is_relative_to(out.resolve()) for p in written), written
     assert not (tmp_path / "x").exists() and not Path("/abs/x").exists()
     assert [r["seriesuid"] for r in _rows(out)] == [uid]
+
+
+def test_a_scan_file_name_that_looks_like_markup_is_shown_as_text(run, tmp_path, fake):
+    scan = _scan(tmp_path / "data" / "subset0" / "[red]x[bold].mha", "[red]x[bold]")
+    detect(scan.parent.parent, run, tmp_path / "out", progress=True)
+    assert [r["seriesuid"] for r in _rows(tmp_path / "out")] == ["[red]x[bold]"]
+
+
+def test_a_failure_of_the_job_itself_stops_it_at_once(data, run, tmp_path, fake, monkeypatch):
+    from noduleflow.errors import CheckpointError
+
+    def broken(self, volume):
+        FakePredictor.calls.append(volume.series_uid)
+        raise CheckpointError("segment/best.onnx cannot be read", path=run, fix="Retrain.")
+
+    monkeypatch.setattr(FakePredictor, "predict", broken)
+    with pytest.raises(CheckpointError):
+        detect(data, run, tmp_path / "out", progress=False)
+    assert fake.calls == UIDS[:1]
+
+
+def test_write_results_writes_one_finished_job(tmp_path):
+    from noduleflow.detect import write_results
+
+    finding = Finding((1.0, 2.0, 3.0), (0.0, 1.0, 2.0), 0.75, None, 5.0, 0.9, 0.8)
+    csv_path, json_path = write_results([ScanResult("../a", [finding], (1, 2, 3)), ScanResult("b", [], (1, 2, 3))], tmp_path / "o")
+    assert _rows(tmp_path / "o") == [{"seriesuid": "../a", "coordX": "1.000", "coordY": "2.000", "coordZ": "3.000",
+                                      "probability": "0.750000"}]
+    doc = json.loads(json_path.read_text())
+    assert doc["complete"] is True and [s["seriesuid"] for s in doc["scans"]] == ["../a", "b"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["detections.json", "submission.csv"]
