@@ -30,13 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from noduleflow.ct import CtVolume, read_volume
 from noduleflow.detect.predictor import Predictor, ScanResult

@@ -397,7 +397,7 @@ def test_write_results_writes_one_finished_job(tmp_path):
     from noduleflow.detect import write_results
 
     finding = Finding((1.0, 2.0, 3.0), (0.0, 1.0, 2.0), 0.75, None, 5.0, 0.9, 0.8)
-    csv_path, json_path = write_results([ScanResult("../a", [finding], (1, 2, 3)), ScanResult("b", [], (1, 2, 3))], tmp_path / "o")
+    _, json_path = write_results([ScanResult("../a", [finding], (1, 2, 3)), ScanResult("b", [], (1, 2, 3))], tmp_path / "o")
     assert _rows(tmp_path / "o") == [{"seriesuid": "../a", "coordX": "1.000", "coordY": "2.000", "coordZ": "3.000",
                                       "probability": "0.750000"}]
     doc = json.loads(json_path.read_text())
