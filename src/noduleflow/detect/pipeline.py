@@ -39,6 +39,7 @@ from noduleflow.errors import CheckpointError, ConfigError, NoduleflowError, Out
 from noduleflow.files import atomic_open, output_error, safe_name, writable_dir
 
 SUBMISSION_CSV, DETECTIONS_JSON, PNG_DIR = "submission.csv", "detections.json", "png"
+PER_SCAN_DIRS = (PNG_DIR,)  # folders of OUT that hold only per-scan files `_write_scan` wrote: a fresh job empties them
 _FORMAT = 2  # of detections.json: 2 added settings, complete, failed and per-scan source and files
 _LISTED_FAILURES = 3  # failed scans named in the final error (all are printed as they fail)
 log = logging.getLogger("noduleflow")
@@ -143,7 +144,8 @@ def _write_scan(out: Path, volume: CtVolume, result: ScanResult, source: Path) -
     """Every per-scan output file of one scan (the PNG); returns their paths relative to OUT.
 
     The one place per-scan files are written: file names come from `scan_name`, so a series uid
-    read from a header can never name a path outside OUT.
+    read from a header can never name a path outside OUT. The paths returned are recorded in
+    detections.json, so that the next fresh job removes them (with anything else in PER_SCAN_DIRS).
     """
     png = Path(PNG_DIR) / f"{scan_name(result, source)}.png"
     write_scan_png(volume, result, out / png)
@@ -195,7 +197,8 @@ class DetectionsFile:
         kept = {e["source"]: e for e in previous.get("scans", []) if same and e["source"] in wanted
                 and all((out / f).is_file() for f in e["files"])}
         keep_files = {(out / f).resolve() for e in kept.values() for f in e["files"]}
-        stale = [out / f for e in previous.get("scans", []) for f in e["files"]] + list((out / PNG_DIR).glob("*.png"))
+        stale = [out / f for e in previous.get("scans", []) for f in e["files"]]
+        stale += [p for folder in PER_SCAN_DIRS if (out / folder).is_dir() for p in (out / folder).iterdir()]
         for path in stale:
             if path.resolve() not in keep_files and _inside(path, out) and path.is_file() and not path.is_symlink():
                 path.unlink()
