@@ -98,13 +98,16 @@ def is_torch_write_failure(err: BaseException) -> bool:
 
 
 def output_error(err: OSError, path: str | os.PathLike | None = None, *, action: str = "cannot write") -> OutputError:
-    """`err` (a failed write or mkdir) as one sentence naming the file (err.filename, else `path`) and the fix.
+    """`err` (a failed write or mkdir) as one sentence naming the file and the fix.
+
+    path: the file or folder the caller was writing; it is named rather than err.filename, which
+    may be an atomic write's temporary file. Without it, err.filename is named.
 
     action: how the sentence starts ("cannot write"; the CLI, which does not know whether a read or a
     write failed, says "cannot access").
     """
     what, fix = _WRITE_ERRORS.get(err.errno, (err.strerror or str(err), "Check the path and the disk, then rerun."))
-    return OutputError(f"{action}: {what}", path=err.filename or path, fix=fix)
+    return OutputError(f"{action}: {what}", path=path if path is not None else err.filename, fix=fix)
 
 
 def writable_dir(path: str | os.PathLike) -> Path:

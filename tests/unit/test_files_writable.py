@@ -40,9 +40,10 @@ def test_an_unwritable_folder_names_itself_and_the_fix(tmp_path, monkeypatch, co
     assert words in err.value.message and str(tmp_path / "out") in err.value.message and "." in err.value.fix
 
 
-def test_output_error_prefers_the_file_the_os_named():
-    err = output_error(OSError(errno.EISDIR, "Is a directory", "/x/y.csv"), "/x")
+def test_output_error_names_the_target_not_a_temporary_file():
+    err = output_error(OSError(errno.EISDIR, "Is a directory", "/x/.y.csv.abc.tmp"), "/x/y.csv")
     assert err.path == "/x/y.csv" and "folder where a file" in err.message
+    assert output_error(OSError(errno.EACCES, "Permission denied", "/x/z")).path == "/x/z"
     assert output_error(OSError(errno.EIO, "I/O error"), "/x").message.startswith("/x: cannot write: I/O error")
 
 
