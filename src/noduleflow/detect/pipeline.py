@@ -104,10 +104,12 @@ def detect(source: str | Path, run: str | Path, out: str | Path, *, progress: bo
             try:
                 volume, result = _run_scan(predictor, path)
             except (OutputError, CheckpointError, ConfigError):
+                predictor = None  # (see below)
                 raise  # the job's fault (its run, its OUT, its flags), not the scan's: no use going on
             except NoduleflowError as err:
                 job.fail(path, err.message)
                 if len(paths) == 1:
+                    predictor = None  # (see below)
                     raise  # nothing else to go on with: the scan's own error is the one line
                 failed[path] = err.what
                 bar.console.print(f"[yellow]warning:[/yellow] skipped {escape(err.message)}", highlight=False, soft_wrap=True)
@@ -122,6 +124,9 @@ def detect(source: str | Path, run: str | Path, out: str | Path, *, progress: bo
             results.append(result)
             bar.advance(task)
     job.finish()
+    # the predictor's ONNX Runtime thread pools end now, not when the caller lets go of an error's traceback
+    # (which holds this frame): a process that forks later (synthesize) must not inherit running pools
+    predictor = None
     if failed:
         names = "; ".join(f"{p.name} ({reason})" for p, reason in list(failed.items())[:_LISTED_FAILURES])
         more = f"; and {len(failed) - _LISTED_FAILURES} more" if len(failed) > _LISTED_FAILURES else ""
