@@ -186,3 +186,12 @@ def test_a_json_nested_too_deeply_is_a_csv_error(tmp_path):
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(CsvError, match="nested too deeply"):
         read_detections(path)
+
+
+def test_a_detections_json_of_an_unfinished_run_is_read_with_a_warning(tmp_path):
+    path = tmp_path / "detections.json"
+    path.write_text('{"format": 2, "complete": false, "scans": [{"seriesuid": "1.2.3", "findings": '
+                    '[{"coordX": 1, "coordY": 2, "coordZ": 3, "probability": 0.5, "malignancy": null}]}]}')
+    with pytest.warns(UserWarning, match="has not finished"):
+        marks = read_detections(path)
+    assert [(m.series_uid, m.center_xyz, m.probability, m.malignancy) for m in marks] == [("1.2.3", (1.0, 2.0, 3.0), 0.5, None)]
