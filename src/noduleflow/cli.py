@@ -146,17 +146,20 @@ def detect(
                                     "torch: eager PyTorch from the best.pt files; auto: int8 or onnx when the run has exports, else torch."),
     mirror: bool = typer.Option(True, "--mirror/--no-mirror", help="Average the nodule classifier over each patch and its mirror "
                                 "image (CPM 0.84 instead of 0.83 on the bench; one more classifier pass per candidate)."),
+    restart: bool = typer.Option(False, "--restart", help="Redo every scan. Without it, a rerun with the same run and settings "
+                                 "keeps the scans OUT already holds results for (an interrupted or partly failed job goes on)."),
 ) -> None:
     """Find nodules: lung field -> U-Net segmentation -> connected components -> nodule classifier -> malignancy.
 
     Writes OUT/submission.csv (LUNA16: seriesuid,coordX,coordY,coordZ,probability), OUT/detections.json
-    (with malignancy and diameter) and a PNG per scan; score them with `noduleflow evaluate`.
+    (with malignancy and diameter) and a PNG per scan, updated as each scan finishes; score them with `noduleflow evaluate`.
+    A scan that cannot be read is reported and skipped, and the command exits 2 at the end naming it.
     Example: noduleflow detect data/synth --run runs/detector -o runs/detector/detections
     """
     from noduleflow.detect.pipeline import detect as run_detect
 
     summary = run_detect(source, run, out, threshold=threshold, max_candidates=max_candidates, threads=threads,
-                         runtime=runtime.value, mirror=mirror)
+                         runtime=runtime.value, mirror=mirror, restart=restart)
     typer.echo(summary.describe())
 
 
@@ -362,3 +365,14 @@ def main() -> None:
     except NoduleflowError as err:
         typer.secho(f"error: {err.message}", err=True, fg=typer.colors.RED)
         sys.exit(err.exit_code)
+    except (OSError, RuntimeError) as err:  # a write the library did not name: still one line, never a traceback
+        from noduleflow.files import WRITE_ERRNOS, is_torch_write_failure, output_error
+
+        if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+            message = output_error(err, action="cannot access").message
+        elif is_torch_write_failure(err):
+            message = "cannot write a file: the disk is probably full. Free some space or write to another disk, then rerun."
+        else:
+            raise
+        typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+        sys.exit(NoduleflowError.exit_code)

@@ -51,3 +51,7 @@ class ConfigError(NoduleflowError, ValueError):
 
 class CheckpointError(NoduleflowError):
     """A checkpoint or run folder that is missing, corrupt or incompatible."""
+
+
+class OutputError(NoduleflowError):
+    """An output folder or file that cannot be written (read-only, full disk, a file where a folder should be)."""

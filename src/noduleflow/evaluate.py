@@ -20,10 +20,14 @@ or a detections JSON, the format `noduleflow detect` writes (world mm, X, Y, Z l
                 "findings": [{"coordX": -56.1, "coordY": 67.2, "coordZ": -101.4,
                               "probability": 0.97, "malignancy": 0.12, "diameter_mm": 6.3}]}]}
 
-`probability` is the nodule score the FROC ranks (higher = surer); `malignancy` (optional, may be
-null) is the probability in [0, 1] that the nodule is malignant; `diameter_mm` (optional) is the
-estimated diameter, not used in scoring. When the CSV has no malignancy column, a detections.json
-beside it supplies the malignancy; its findings are matched to the nodules the same way.
+`probability` is the nodule score the FROC ranks, in [0, 1] (higher = surer); `malignancy` (optional,
+may be empty or null) is the probability in [0, 1] that the nodule is malignant; `diameter_mm`
+(optional) is the estimated diameter, not used in scoring. Only SUBMISSION is read: the malignancy
+AUC needs a malignancy column (or the detections JSON); a detections.json lying beside a CSV is
+never consulted, so a stale or broken one cannot change the CSV's score. Every value is checked:
+a non-finite coordinate, a probability or malignancy outside [0, 1], a row without a series, and
+in the annotations a diameter that is not a size (0, negative, infinite) are each a `CsvError`
+naming the file and the row, never a silently wrong score.
 
 Writes OUT/froc.json and OUT/froc.png (OUT defaults to the submission's folder).
 """
@@ -38,11 +42,27 @@ from pathlib import Path
 
 import numpy as np
 
-from noduleflow.data.luna16 import Nodule, nearest, read_csv, read_nodules, require_file, find_scans
+from noduleflow.data.luna16 import (
+    Nodule,
+    find_scans,
+    nearest,
+    read_csv,
+    read_nodules,
+    require_file,
+)
 from noduleflow.errors import CsvError
 from noduleflow.figures import save_png
-from noduleflow.metrics.froc import (BAND_FPS, FP_RATES, MAX_MARKS, FrocResult, MalignancyScore, Mark, froc,
-                                     malignancy_auc, match_marks)
+from noduleflow.files import atomic_write, output_error, writable_dir
+from noduleflow.metrics.froc import (
+    BAND_FPS,
+    FP_RATES,
+    MAX_MARKS,
+    FrocResult,
+    MalignancyScore,
+    Mark,
+    froc,
+    malignancy_auc,
+)
 
 _XYZ = ("coordX", "coordY", "coordZ")
 _SUBMISSION_COLUMNS = ("seriesuid", *_XYZ, "probability")
@@ -103,23 +123,24 @@ def evaluate(data: str | Path, submission: str | Path, out: str | Path | None = 
     marks = read_submission(submission)
     series, series_from = _series(data)
     nodules, excluded = _annotations(data, series)
+    if not nodules:
+        warnings.warn(f"{data / 'annotations.csv'}: no nodule in the {len(series)} scan(s) scored, so every sensitivity and "
+                      "the CPM are undefined (NaN); check that the annotations belong to these scans", stacklevel=2)
     _check_series(marks, series, submission)
+    out = writable_dir(out if out is not None else submission.parent)  # before the bootstrap, not after it
     result = froc(marks, nodules, series, excluded=excluded, max_marks=max_marks, bootstrap=bootstrap, seed=seed)
 
     malignancy = None
-    beside = submission.parent / "detections.json"
     if any(mk.malignancy is not None for mk in marks):
         malignancy = malignancy_auc(result.matching, marks)
-    elif beside.is_file() and beside.resolve() != submission.resolve():
-        json_marks = read_detections(beside)
-        malignancy = malignancy_auc(match_marks(json_marks, nodules, series, excluded=excluded, max_marks=max_marks), json_marks)
     if malignancy is not None and malignancy.nodules == 0:
         malignancy = None
 
-    out = Path(out) if out is not None else submission.parent
-    out.mkdir(parents=True, exist_ok=True)
     report = Evaluation(result, malignancy, series_from, out / "froc.json", out / "froc.png")
-    report.json_path.write_text(json.dumps(_json_safe(report.to_dict()), indent=1) + "\n")
+    try:
+        atomic_write(report.json_path, json.dumps(_json_safe(report.to_dict()), indent=1) + "\n")
+    except OSError as err:
+        raise output_error(err, report.json_path) from None
     plot_froc(result, report.png_path)
     return report
 
@@ -128,22 +149,28 @@ def read_submission(path: str | Path) -> list[Mark]:
     """The marks of a submission CSV (optional `malignancy` column) or of a detections JSON."""
     path = Path(path)
     if not path.is_file():
-        raise CsvError("does not exist", path=path, fix="Pass the submission CSV (or detections JSON) that `noduleflow detect` wrote.")
+        raise CsvError("is a folder, not a file" if path.is_dir() else "does not exist", path=path,
+                       fix="Pass the submission CSV (or detections JSON) that `noduleflow detect` wrote.")
     if path.suffix.lower() == ".json":
         return read_detections(path)
     import pandas as pd
 
     frame = read_csv(path, _SUBMISSION_COLUMNS)
-    values = frame[list(_SUBMISSION_COLUMNS[1:])].to_numpy(np.float64)  # (K, 4)
-    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    values = frame[list(_SUBMISSION_COLUMNS[1:])].to_numpy(np.float64)  # (K, 4); read_csv checked the coordinates
+    bad = np.flatnonzero(~((values[:, 3] >= 0) & (values[:, 3] <= 1)))
     if bad.size:
-        raise CsvError(f"row {bad[0] + 2} holds an infinite coordinate or probability", path=path, fix="Fix or delete that row.")
+        raise CsvError(f"row {bad[0] + 2} has probability {values[bad[0], 3]:g}, outside [0, 1]", path=path,
+                       fix="Write each mark's probability as a number from 0 to 1.")
     malignancy = [None] * len(frame)
     if "malignancy" in frame.columns:
         numbers = pd.to_numeric(frame["malignancy"], errors="coerce")
         wrong = np.flatnonzero((numbers.isna() & frame["malignancy"].notna()).to_numpy())
         if wrong.size:
             raise CsvError(f"row {wrong[0] + 2} has a non-numeric malignancy {frame['malignancy'].iloc[wrong[0]]!r}", path=path,
+                           fix="Write a probability in [0, 1], or leave the cell empty.")
+        outside = np.flatnonzero((numbers.notna() & ~numbers.between(0, 1)).to_numpy())
+        if outside.size:
+            raise CsvError(f"row {outside[0] + 2} has malignancy {numbers.iloc[outside[0]]:g}, outside [0, 1]", path=path,
                            fix="Write a probability in [0, 1], or leave the cell empty.")
         malignancy = [None if math.isnan(v) else float(v) for v in numbers]
     return [Mark(uid, (x, y, z), p, mal) for uid, (x, y, z, p), mal in zip(frame["seriesuid"], values.tolist(), malignancy)]
@@ -153,28 +180,37 @@ def read_detections(path: str | Path) -> list[Mark]:
     """The marks of a detections JSON (format in the module docstring)."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CsvError(f"is not valid JSON ({err})", path=path, fix=_JSON_FIX) from err
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        detail = str(err).splitlines()[0][:200] if not isinstance(err, RecursionError) else "nested too deeply"
+        raise CsvError(f"is not valid JSON ({detail})", path=path, fix=_JSON_FIX) from None
     scans = doc.get("scans") if isinstance(doc, dict) else None
     if not isinstance(scans, list):
         raise CsvError('has no "scans" list at the top', path=path, fix=_JSON_FIX)
+    if doc.get("complete") is False:
+        warnings.warn(f"{path}: written by a `noduleflow detect` run that has not finished (or had scans fail); "
+                      "scans without results count their nodules as missed", stacklevel=3)
     marks = []
     for i, scan in enumerate(scans):
         findings = scan.get("findings") if isinstance(scan, dict) else None
-        if not isinstance(findings, list) or not isinstance(scan.get("seriesuid"), str):
+        if not isinstance(findings, list) or not isinstance(scan.get("seriesuid"), str) or not scan["seriesuid"].strip():
             raise CsvError(f'scans[{i}] lacks a "seriesuid" string or a "findings" list', path=path, fix=_JSON_FIX)
         for j, finding in enumerate(findings):
             try:
-                x, y, z, p = (float(finding[key]) for key in (*_XYZ, "probability"))
-                mal = finding.get("malignancy")
-                mal = None if mal is None else float(mal)
-            except (KeyError, TypeError, ValueError, AttributeError):
+                numbers = [finding[key] for key in (*_XYZ, "probability")] + [finding.get("malignancy")]
+                if any(isinstance(v, (bool, str)) for v in numbers):
+                    raise TypeError("a number written as text or a boolean")
+                x, y, z, p = (float(v) for v in numbers[:4])
+                mal = None if numbers[4] is None else float(numbers[4])
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
                 raise CsvError(f"scans[{i}].findings[{j}] lacks a numeric coordX, coordY, coordZ or probability "
                                "(or has a non-numeric malignancy)", path=path, fix=_JSON_FIX) from None
-            if not all(math.isfinite(v) for v in (x, y, z, p)):
-                raise CsvError(f"scans[{i}].findings[{j}] holds a non-finite number", path=path, fix=_JSON_FIX)
-            marks.append(Mark(scan["seriesuid"], (x, y, z), p, mal))
+            if not all(math.isfinite(v) for v in (x, y, z)):
+                raise CsvError(f"scans[{i}].findings[{j}] holds a non-finite coordinate", path=path, fix=_JSON_FIX)
+            if not (0 <= p <= 1 and (mal is None or 0 <= mal <= 1)):
+                raise CsvError(f"scans[{i}].findings[{j}] has a probability or malignancy outside [0, 1]", path=path,
+                               fix="Write probabilities as numbers from 0 to 1 (malignancy may be null).")
+            marks.append(Mark(scan["seriesuid"].strip(), (x, y, z), p, mal))
     return marks
 
 
@@ -210,7 +246,11 @@ def _series(data: Path) -> tuple[tuple[str, ...], str]:
     """The scans to score and where that list came from (see the module docstring)."""
     listed = data / "seriesuids.csv"
     if listed.is_file():
-        uids = [line.split(",")[0].strip() for line in listed.read_text().splitlines() if line.strip()]
+        try:
+            text = listed.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise CsvError("is not a text file", path=listed, fix="Write one series UID a line.") from None
+        uids = [line.split(",")[0].strip() for line in text.splitlines() if line.strip()]
         uids = [u for u in uids if u != "seriesuid"]
         if not uids:
             raise CsvError("lists no series", path=listed, fix="Write one series UID a line, or delete it to score the scans under subset*/.")
@@ -231,7 +271,7 @@ def _annotations(data: Path, series: tuple[str, ...]) -> tuple[list[Nodule], lis
     keep, skipped = dict.fromkeys(series), {}
     nodules = list(read_nodules(require_file(data, "annotations.csv"), keep, skipped))
     excluded_csv = data / "annotations_excluded.csv"
-    excluded = list(read_nodules(excluded_csv, keep, skipped)) if excluded_csv.is_file() else []
+    excluded = list(read_nodules(excluded_csv, keep, skipped, excluded=True)) if excluded_csv.is_file() else []
     malignancy_csv = data / "annotations_with_malignancy.csv"
     if malignancy_csv.is_file():
         by_series: dict[str, list[Nodule]] = {}

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from noduleflow.files import atomic_open, output_error
 
 
 def save_png(fig, path: str | Path, **savefig_kwargs) -> Path:
     """Write matplotlib `fig` to `path` atomically (temp file, then rename), so a reader or a crash
-    never leaves a half-written PNG where a finished one is expected."""
+    never leaves a half-written PNG where a finished one is expected; a failed write is an `OutputError`."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, format="png", **savefig_kwargs)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        with atomic_open(path, "wb") as fh:
+            fig.savefig(fh, format="png", **savefig_kwargs)
+    except OSError as err:
+        raise output_error(err, path) from None
     return path

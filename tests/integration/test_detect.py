@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from noduleflow.cli import app
 from noduleflow.ct import read_volume, write_volume
+from noduleflow.errors import CheckpointError, ScanError
 from noduleflow.recipes.detector import MINED_CSV, TRAINING_JSON, train_detector
-from noduleflow.errors import CheckpointError
 from noduleflow.synth import synthesize
 
 runner = CliRunner()
@@ -80,3 +80,28 @@ def test_detect_with_an_incomplete_run_names_the_missing_model(trained, tmp_path
     result = runner.invoke(app, ["detect", str(data), "--run", str(tmp_path / "run"), "-o", str(tmp_path / "out")])
     assert isinstance(result.exception, CheckpointError)
     assert "segment/config.yaml" in str(result.exception) and "noduleflow train" in str(result.exception)
+
+
+def test_a_bad_scan_among_good_ones_keeps_their_results_and_a_rerun_finishes_the_job(trained, tmp_path):
+    import shutil
+
+    data, run_dir = trained
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy, ignore=shutil.ignore_patterns(".noduleflow-cache"))
+    bad = copy / "subset0" / "broken.mhd"
+    bad.write_text("ObjectType = Image\nNDims = 3\n")
+    out = tmp_path / "out"
+    (out / "png").mkdir(parents=True)
+    (out / "png" / "from-an-older-run.png").write_bytes(b"stale")
+    args = ["detect", str(copy), "--run", str(run_dir), "-o", str(out), "--max-candidates", "5", "--no-mirror"]
+    result = runner.invoke(app, args)
+    assert isinstance(result.exception, ScanError)  # `noduleflow` (cli.main) prints it as one error line, exit 2
+    assert "broken.mhd" in result.exception.message and "1 of 4 scan(s) failed" in result.exception.message
+    scans = sorted(p.stem for p in data.glob("subset*/*.mhd"))
+    doc = json.loads((out / "detections.json").read_text())
+    assert sorted(s["seriesuid"] for s in doc["scans"]) == scans and doc["complete"] is False and list(doc["failed"]) == [str(bad)]
+    assert sorted(p.stem for p in (out / "png").glob("*.png")) == scans  # the older run's PNG is gone
+    bad.unlink()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "3 scan(s) kept from the previous run" in again.output and json.loads((out / "detections.json").read_text())["complete"]

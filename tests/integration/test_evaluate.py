@@ -49,17 +49,43 @@ def test_a_scan_left_out_of_the_submission_counts_its_nodules_as_misses(run_cli,
     first = truth["seriesuid"].iloc[0]
     kept = truth[truth["seriesuid"] == first]
     sub = _submission(kept, tmp_path / "submission.csv")
-    # detections.json beside the CSV (here: every nodule, malignancy inverted) supplies the malignancy
-    (tmp_path / "detections.json").write_text(json.dumps({"scans": [{"seriesuid": uid, "findings": [
-        {"coordX": r.coordX, "coordY": r.coordY, "coordZ": r.coordZ, "probability": 0.9, "malignancy": 1.0 - r.mal_bool}
-        for r in rows.itertuples()]} for uid, rows in truth.groupby("seriesuid")]}))
-    code, out, err = run_cli("evaluate", str(data), str(sub), "--bootstrap", "0")
+    code, _, err = run_cli("evaluate", str(data), str(sub), "--bootstrap", "0")
     assert code == 0, err
     report = json.loads((tmp_path / "froc.json").read_text())  # OUT defaults to the submission's folder
     assert report["cpm"] == pytest.approx(len(kept) / len(truth))
     assert (report["scans"], report["hits"]) == (2, len(kept))
-    assert (report["malignancy"]["nodules"], report["malignancy"]["auc"]) == (len(truth), 0.0)
+    assert report["malignancy"] is None  # the CSV has no malignancy column
     assert (tmp_path / "froc.png").exists()
+
+
+@pytest.mark.parametrize("beside", ["stale", "broken"])
+def test_a_detections_json_beside_the_submission_never_changes_its_score(run_cli, data, truth, tmp_path, beside):
+    first = truth["seriesuid"].iloc[0]
+    sub = _submission(truth[truth["seriesuid"] == first], tmp_path / "submission.csv", malignancy=0.5)
+    code, _, err = run_cli("evaluate", str(data), str(sub), "--bootstrap", "0", "-o", str(tmp_path / "alone"))
+    assert code == 0, err
+    # an older run's detections.json (every nodule found, malignancy inverted), or a half-written one
+    (tmp_path / "detections.json").write_text("{\"scans\": [" if beside == "broken" else json.dumps({"scans": [
+        {"seriesuid": uid, "findings": [{"coordX": r.coordX, "coordY": r.coordY, "coordZ": r.coordZ, "probability": 0.9,
+                                         "malignancy": 1.0 - r.mal_bool} for r in rows.itertuples()]}
+        for uid, rows in truth.groupby("seriesuid")]}))
+    code, _, err = run_cli("evaluate", str(data), str(sub), "--bootstrap", "0", "-o", str(tmp_path / "beside"))
+    assert code == 0, err
+    alone, with_json = (json.loads((tmp_path / name / "froc.json").read_text()) for name in ("alone", "beside"))
+    assert with_json == alone and alone["cpm"] < 1
+
+
+@pytest.mark.parametrize("row, words", [("inf", "diameter_mm infinite"), ("0", "diameter_mm zero")])
+def test_annotations_with_a_diameter_that_is_no_size_are_one_error_line(run_cli, data, truth, tmp_path, row, words):
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    frame = pd.read_csv(copy / "annotations.csv", dtype={"seriesuid": str})
+    frame.loc[0, "diameter_mm"] = float(row)
+    frame.to_csv(copy / "annotations.csv", index=False)
+    code, _, err = run_cli("evaluate", str(copy), str(_submission(truth, tmp_path / "submission.csv")))
+    assert code == 2 and err.count("\n") == 1 and "annotations.csv: row 2" in err and words in err, err
 
 
 def test_marks_of_unknown_series_are_warned_and_counted(run_cli, data, truth, tmp_path):
@@ -98,3 +124,11 @@ def test_missing_annotations_and_missing_submission_are_one_error_line(run_cli, 
     assert "annotations.csv: is missing" in err
     code, _, err = run_cli("evaluate", str(data), str(tmp_path / "nothing.csv"))
     assert code == 2 and err.count("\n") == 1 and "nothing.csv" in err
+
+
+def test_an_out_that_is_a_file_is_one_error_line_before_scoring(run_cli, data, truth, tmp_path):
+    sub = _submission(truth, tmp_path / "submission.csv")
+    (tmp_path / "taken").write_text("mine")
+    code, _, err = run_cli("evaluate", str(data), str(sub), "-o", str(tmp_path / "taken"))
+    assert code == 2 and err.count("\n") == 1 and "taken: is a file, not a folder" in err, err
+    assert (tmp_path / "taken").read_text() == "mine"

@@ -31,6 +31,8 @@ _SUBSET = re.compile(r"^subset(\d+)$")
 _XYZ = ("coordX", "coordY", "coordZ")
 UNKNOWN_DIAMETER_MM = 10.0
 """Diameter read for a finding stored with a negative one (-1: size unknown, in annotations_excluded.csv), as the LUNA16 evaluation does."""
+MAX_DIAMETER_MM = 150.0
+"""Largest diameter a CSV may give: half a chest. A larger one (or infinity) would turn any mark in the scan into a hit."""
 
 
 class Nodule(NamedTuple):
@@ -184,7 +186,7 @@ def load_index(root: str | Path, *, extra_candidates: Iterable[str | Path] = (),
     malignancy_csv = root / "annotations_with_malignancy.csv"
     nodules = read_nodules(malignancy_csv, scans, skipped, malignancy=True) if malignancy_csv.exists() else annotations
     excluded_csv = root / "annotations_excluded.csv"
-    excluded = read_nodules(excluded_csv, scans, skipped) if excluded_csv.exists() else ()
+    excluded = read_nodules(excluded_csv, scans, skipped, excluded=True) if excluded_csv.exists() else ()
     candidates = _read_candidates(_candidates_csv(root), scans, nodules, skipped)
     for path in map(Path, extra_candidates):
         if not path.is_file():
@@ -239,27 +241,65 @@ def _candidates_csv(root: Path) -> Path:
 
 
 def read_csv(path: Path, columns: tuple[str, ...]):
-    """The CSV as a pandas frame with `columns` checked; UIDs stay strings (never parsed as numbers)."""
+    """The CSV as a pandas frame with `columns` checked; UIDs stay strings (never parsed as numbers).
+
+    Every row must name its series and hold numbers in the other `columns` (except mal_bool, parsed
+    by its reader); coordinates (coordX, coordY, coordZ) must be finite. Anything else is a
+    `CsvError` naming the file, the first bad row (1-based, the header being row 1) and the fix.
+    """
     import pandas as pd
 
-    try:
-        frame = pd.read_csv(path, dtype={"seriesuid": str}, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise CsvError(f"cannot be parsed as CSV ({err})", path=path, fix="Restore the file from the LUNA16 download.") from err
+    try:  # index_col=False + the warning as an error: a row with a field too many is an error, not a silent
+        # shift of every column (pandas' default when every row has one) nor a silently dropped cell
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, dtype={"seriesuid": str}, skipinitialspace=True, index_col=False)
+    except pd.errors.ParserWarning:
+        raise CsvError(f"row {_long_row(path)} has more cells than the header has columns", path=path,
+                       fix="Fix or delete that row (a stray comma?).") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CsvError(f"cannot be parsed as CSV ({detail})", path=path, fix="Restore the file from the LUNA16 download.") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise CsvError(f"lacks the column(s) {', '.join(missing)} (it has {', '.join(map(str, frame.columns))})", path=path,
                        fix=f"Use a LUNA16 CSV with the header {','.join(columns)}.")
+    if "seriesuid" in columns:
+        uids = frame["seriesuid"].astype("string").str.strip()  # a stray space must not make a series unknown
+        _reject(path, (uids.isna() | (uids == "")).to_numpy(), "has no seriesuid")
+        frame["seriesuid"] = uids.astype(object)
     for column in columns[1:]:
         if column == "mal_bool":
             continue
         values = pd.to_numeric(frame[column], errors="coerce")
         bad = np.flatnonzero(values.isna().to_numpy())
         if bad.size:
-            raise CsvError(f"row {bad[0] + 2} has a non-numeric {column} {frame[column].iloc[bad[0]]!r}", path=path,
-                           fix="Fix or delete that row.")
-        frame[column] = values
+            cell = frame[column].iloc[bad[0]]
+            what = f"an empty or NaN {column}" if pd.isna(cell) else f"a non-numeric {column} {cell!r}"
+            raise CsvError(f"row {bad[0] + 2} has {what}", path=path, fix="Fix or delete that row.")
+        frame[column] = values.astype(np.float64)
+        if column in _XYZ:
+            _reject(path, ~np.isfinite(frame[column].to_numpy()), f"has an infinite {column}",
+                    fix="Write the position in world millimetres (finite numbers), or delete that row.")
     return frame
+
+
+def _long_row(path: Path) -> int | str:
+    """The 1-based number of the first row with more cells than the header ("?" if the csv module sees none)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        rows = csv.reader(fh, skipinitialspace=True)
+        width = len(next(rows, []))
+        return next((k for k, row in enumerate(rows, start=2) if len(row) > width), "?")
+
+
+def _reject(path: Path, bad: np.ndarray, what: str, fix: str = "Fix or delete that row.") -> None:
+    """CsvError for the first True of `bad` (a (K,) mask over the data rows), naming its row as a spreadsheet does."""
+    rows = np.flatnonzero(bad)
+    if rows.size:
+        more = f" (and {rows.size - 1} more row(s))" if rows.size > 1 else ""
+        raise CsvError(f"row {rows[0] + 2} {what}{more}", path=path, fix=fix)
 
 
 def _on_disk(frame, path: Path, scans: dict[str, Path], skipped: dict[str, int]):
@@ -273,13 +313,30 @@ def _on_disk(frame, path: Path, scans: dict[str, Path], skipped: dict[str, int])
     return frame[known]
 
 
-def read_nodules(path: Path, scans: dict[str, Path], skipped: dict[str, int], *, malignancy: bool = False) -> tuple[Nodule, ...]:
+def read_nodules(path: Path, scans: dict[str, Path], skipped: dict[str, int], *, malignancy: bool = False,
+                 excluded: bool = False) -> tuple[Nodule, ...]:
+    """Rows of annotations.csv (or its malignancy or excluded variant) whose series is in `scans`.
+
+    diameter_mm must be in (0, MAX_DIAMETER_MM]: a diameter of 0 makes a mark on the centre miss and
+    an infinite one makes every mark hit. `excluded`: annotations_excluded.csv, where a negative
+    diameter (LUNA16 writes -1) means "size unknown" (read as UNKNOWN_DIAMETER_MM when matching).
+    """
     columns = ("seriesuid", *_XYZ, "diameter_mm") + (("mal_bool",) if malignancy else ())
-    frame = _on_disk(read_csv(path, columns), path, scans, skipped)
+    frame = read_csv(path, columns)
+    d = frame["diameter_mm"].to_numpy()
+    unknown = (d < 0) & np.isfinite(d) if excluded else np.zeros(len(d), bool)
+    fix = f"Write the diameter in mm (above 0, at most {MAX_DIAMETER_MM:g})" + (", or -1 for an unknown size" if excluded else "") + "."
+    bad = ~unknown & ~((d > 0) & (d <= MAX_DIAMETER_MM))
+    _reject(path, bad, f"has diameter_mm {_describe(d[bad][0]) if bad.any() else ''}, which is not a nodule's size", fix=fix)
+    frame = _on_disk(frame, path, scans, skipped)
     mal = [_parse_bool(v, path) for v in frame["mal_bool"]] if malignancy else [None] * len(frame)
     xyz = frame[list(_XYZ)].to_numpy(np.float64).tolist()
     return tuple(Nodule(uid, tuple(c), float(d), m)
                  for uid, c, d, m in zip(frame["seriesuid"], xyz, frame["diameter_mm"], mal))
+
+
+def _describe(value: float) -> str:
+    return "infinite" if np.isinf(value) else "zero" if value == 0 else f"{value:g}"
 
 
 def _read_candidates(path: Path, scans: dict[str, Path], nodules: tuple[Nodule, ...], skipped: dict[str, int]) -> tuple[Candidate, ...]:
@@ -288,7 +345,10 @@ def _read_candidates(path: Path, scans: dict[str, Path], nodules: tuple[Nodule, 
     As in "Deep Learning with PyTorch" ch. 10, only a class-1 candidate close to an annotation gets
     its diameter; "close" here means within the annotation's radius of its centre.
     """
-    frame = _on_disk(read_csv(path, ("seriesuid", *_XYZ, "class")), path, scans, skipped)
+    frame = read_csv(path, ("seriesuid", *_XYZ, "class"))
+    _reject(path, ~np.isin(frame["class"].to_numpy(), (0, 1)), "has a class other than 0 or 1",
+            fix="Use 1 for nodules and 0 for non-nodules.")
+    frame = _on_disk(frame, path, scans, skipped)
     by_series: dict[str, list[Nodule]] = {}
     for nodule in nodules:
         by_series.setdefault(nodule.series_uid, []).append(nodule)

@@ -41,6 +41,7 @@ def write_scan_png(volume: CtVolume, result: ScanResult, path: str | Path, *, to
             ax.set_title(f"#{k + 1} slice {i}: p {f.probability:.2f}, {f.diameter_mm:.1f} mm{mal}", color="white", fontsize=8)
         if volume.hu.size:
             ax.imshow(volume.hu[i], cmap="gray", vmin=_WINDOW[0], vmax=_WINDOW[1], interpolation="nearest")
-    fig.suptitle(result.series_uid[-24:] or "scan", color="white", fontsize=9)
+    title = "".join(c if " " <= c <= "~" else "?" for c in result.series_uid[-24:])  # a header's uid may hold any character
+    fig.suptitle(title or "scan", color="white", fontsize=9)
     fig.tight_layout()
     return save_png(fig, path, facecolor="black")

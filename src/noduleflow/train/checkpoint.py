@@ -8,9 +8,8 @@ fsynced, then `os.replace`d: a crash leaves either the old file or the new one, 
 
 from __future__ import annotations
 
-import os
+import errno
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +17,37 @@ import numpy as np
 import torch
 from torch import nn
 
-from noduleflow.errors import CheckpointError
+from noduleflow.errors import CheckpointError, OutputError
+from noduleflow.files import atomic_open, is_torch_write_failure, output_error
 
 FORMAT = 1
 """Checkpoint layout version, stored under "format"."""
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
-    """Write `payload` to `path` atomically (temp file in the same folder + fsync + os.replace)."""
+    """Write `payload` to `path` atomically (`noduleflow.files.atomic_open`: temp file, fsync, rename).
+
+    A write that fails (full disk, permissions) leaves the previous file as it was and no temporary
+    file, and raises `OutputError` naming `path`. torch reports a full disk as a RuntimeError
+    ("PytorchStreamWriter failed writing file", "unexpected pos") rather than an OSError: both become it.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(path, "wb") as f:
             torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as err:
+        raise _unwritten(output_error(err, path), path) from None
+    except RuntimeError as err:
+        if not is_torch_write_failure(err):
+            raise
+        raise _unwritten(output_error(OSError(errno.ENOSPC, "write failed", str(path)), path), path) from None
     return path
+
+
+def _unwritten(err: OutputError, path: Path) -> OutputError:
+    """`err` with what a user of a run folder needs: the previous checkpoint is whole, and how to go on."""
+    keep = f"The previous {path.name} (if any) is unchanged: once there is room, continue with --resume."
+    return OutputError(err.what, path=err.path, fix=f"{err.fix} {keep}")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import torch
 
 from noduleflow.config import OptimConfig, TrainConfig, save_config
 from noduleflow.errors import CheckpointError, NoduleflowError
+from noduleflow.files import atomic_write, output_error, writable_dir
 from noduleflow.train.checkpoint import freeze_blocks, init_from_checkpoint, load_checkpoint, load_model_state
 from noduleflow.train.distributed import barrier, init_distributed, resolve_device
 from noduleflow.train.host import configure_host
@@ -63,6 +64,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, until_epoch: int | None = N
     run_dir = cfg.run_dir
     check_run_dir(run_dir, resume=resume)
     barrier()  # every rank has looked before rank 0 creates the folder
+    if dist.is_main:
+        writable_dir(run_dir)  # a read-only runs folder fails now, not after the first epoch
 
     _seed_everything(cfg.run.seed)  # identical model init on every rank
     parts = build_task(cfg, dist)
@@ -93,7 +96,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, until_epoch: int | None = N
         threshold = trainer.best_threshold
         test = trainer.evaluate(parts.test_loader, partial(parts.metrics_fn, threshold=threshold) if threshold is not None else None)
         if dist.is_main:
-            (run_dir / "test_metrics.json").write_text(json.dumps({"best_epoch": best["best_epoch"], **test}, indent=2) + "\n")
+            path = run_dir / "test_metrics.json"
+            try:
+                atomic_write(path, json.dumps({"best_epoch": best["best_epoch"], **test}, indent=2) + "\n")
+            except OSError as err:
+                raise output_error(err, path) from None
     return RunResult(run_dir, best, test, time.perf_counter() - start)
 
 

@@ -13,41 +13,57 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from noduleflow.errors import OutputError
+from noduleflow.files import atomic_write, output_error, writable_dir
+
 
 class RunLog:
-    """Appends epoch records to metrics.jsonl and TensorBoard; draws curves.png on `close`."""
+    """Keeps metrics.jsonl (rewritten atomically each epoch) and TensorBoard; draws curves.png on `close`."""
 
     def __init__(self, run_dir: str | Path, *, keep_epochs: int = 0):
         """keep_epochs: on resume, records of later epochs (written after the last checkpoint) are dropped."""
         from torch.utils.tensorboard import SummaryWriter
 
-        self.dir = Path(run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = writable_dir(run_dir)
         self.metrics_path = self.dir / "metrics.jsonl"
-        kept = [r for r in read_metrics(self.metrics_path) if r["epoch"] <= keep_epochs]
-        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self._records = [r for r in read_metrics(self.metrics_path) if r["epoch"] <= keep_epochs]
+        self._write_metrics()
         self._tb = SummaryWriter(log_dir=str(self.dir), purge_step=keep_epochs + 1 if keep_epochs else None)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         """One epoch's numbers; NaN (e.g. AUC with one class present) is written as null."""
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(clean) + "\n")
+        self._records.append(clean)
+        self._write_metrics()
         for key, value in clean.items():
             if key != "epoch" and isinstance(value, (int, float)):
                 section = "val" if key.startswith("val_") else "train"
                 self._tb.add_scalar(f"{section}/{key.removeprefix('val_')}", value, record["epoch"])
         self._tb.flush()
 
+    def _write_metrics(self) -> None:
+        """metrics.jsonl rewritten whole (atomically) rather than appended: a full disk cannot leave half a
+        record that a resume would then fail to read."""
+        try:
+            atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self._records))
+        except OSError as err:
+            raise output_error(err, self.metrics_path) from None
+
     def close(self) -> Path | None:
-        """Flush TensorBoard and draw curves.png; returns its path (None before the first epoch)."""
+        """Flush TensorBoard and draw curves.png; returns its path (None before the first epoch, or when it
+        cannot be written: a warning then, since `close` runs while an error, e.g. a full disk, may be on its way)."""
         self._tb.close()
-        return plot_curves(self.metrics_path, self.dir / "curves.png")
+        try:
+            return plot_curves(self.metrics_path, self.dir / "curves.png")
+        except OutputError as err:
+            warnings.warn(f"curves.png not drawn: {err.message}", stacklevel=2)
+            return None
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -55,7 +71,15 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:  # a line cut short by an older version's append on a full disk
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            records.append(record)
+    return records
 
 
 def plot_curves(metrics_path: str | Path, out: str | Path) -> Path | None:

@@ -1,12 +1,13 @@
 """Checkpoints: atomic writes, weights_only reads, clear errors for damaged or incompatible files."""
 
+import errno
 import random
 
 import numpy as np
 import pytest
 import torch
 
-from noduleflow.errors import CheckpointError
+from noduleflow.errors import CheckpointError, OutputError
 from noduleflow.models import create_model
 from noduleflow.train import checkpoint
 from noduleflow.train.checkpoint import (init_from_checkpoint, load_checkpoint, load_model_state, rng_state,
@@ -46,10 +47,46 @@ def test_a_crash_while_writing_keeps_the_old_file(saved, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint.torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full") as err:
         save_checkpoint({"model": {}}, path)
+    assert str(path) in err.value.message and "--resume" in err.value.message
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == ["best.pt"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("failure", [
+    RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/3: file write failed"),
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+    OSError(errno.ENOSPC, "No space left on device"),
+    OSError(errno.EDQUOT, "Disk quota exceeded"),
+])
+def test_a_full_disk_is_one_error_naming_the_file_and_the_old_checkpoint_still_loads(saved, monkeypatch, failure):
+    path, model = saved
+
+    def fill(obj, f):
+        f.write(b"PK\x03\x04 the start of a zip")
+        raise failure
+
+    monkeypatch.setattr(checkpoint.torch, "save", fill)
+    with pytest.raises(OutputError) as err:
+        save_checkpoint({"model": {}, "epoch": 4}, path)
+    assert str(path) in err.value.message and ("space" in err.value.message or "quota" in err.value.message)
+    monkeypatch.undo()
+    payload = load_checkpoint(path)
+    assert payload["epoch"] == 3 and all(torch.equal(payload["model"][k], v) for k, v in model.state_dict().items())
+    assert [p.name for p in path.parent.iterdir()] == ["best.pt"]
+
+
+def test_a_runtime_error_that_is_not_a_write_failure_is_not_hidden(saved, monkeypatch):
+    path, _ = saved
+
+    def bug(obj, f):
+        raise RuntimeError("cannot pickle 'generator' object")
+
+    monkeypatch.setattr(checkpoint.torch, "save", bug)
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        save_checkpoint({"model": {}}, path)
+    assert [p.name for p in path.parent.iterdir()] == ["best.pt"]
 
 
 def test_truncated_file_is_a_checkpoint_error_naming_it(saved):

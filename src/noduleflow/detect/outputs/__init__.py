@@ -21,17 +21,20 @@ from noduleflow.detect.predictor import ScanResult
 from noduleflow.files import safe_name
 
 MARKUPS_DIR, MASKS_DIR, SR_DIR = "markups", "masks", "sr"
-_SCAN_SUFFIXES = (".nii.gz", ".mhd", ".mha", ".nii")
 
 
 def scan_name(result: ScanResult, source: str | Path) -> str:
-    """The file name stem of a scan's outputs: its series uid, else the scan's file name without suffix, made safe."""
+    """The file name stem of a scan's outputs: its series uid (`series_uid`), through `safe_name`."""
+    return safe_name(series_uid(result, source))
+
+
+def series_uid(result: ScanResult, source: str | Path) -> str:
+    """The scan's series uid as written in the results: the header's, else the file name without suffixes."""
+    from noduleflow.data.luna16 import SCAN_SUFFIXES
+
     name = Path(source).name
-    for suffix in _SCAN_SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return safe_name(result.series_uid or name)
+    stem = next((name[: -len(s)] for s in SCAN_SUFFIXES if name.lower().endswith(s) and len(name) > len(s)), name)
+    return result.series_uid or stem or "scan"
 
 
 def write_scan_outputs(out: str | Path, volume: CtVolume, result: ScanResult, source: str | Path) -> list[Path]:
