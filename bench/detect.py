@@ -110,7 +110,7 @@ def main() -> None:
           + ") on this machine, limit 30 min")
 
     out = folder / "out"
-    summary = detect(heldout, run_dir, out, progress=False)
+    summary = detect(heldout, run_dir, out, progress=False, restart=True)  # never a previous build's results
     print(summary.describe())
     report = evaluate(heldout, out / SUBMISSION_CSV, out)
     print(report.describe())
@@ -141,7 +141,7 @@ def compare_runtimes(run_dir: Path, scans: Path, out: Path) -> dict[str, float]:
     """CPM of `detect` on `scans` with each of RUNTIMES (the same run's models: eager, float32 ONNX, int8 U-Net)."""
     cpms = {}
     for runtime in RUNTIMES:
-        summary = detect(scans, run_dir, out / runtime, progress=False, runtime=runtime)
+        summary = detect(scans, run_dir, out / runtime, progress=False, runtime=runtime, restart=True)
         cpms[runtime] = evaluate(scans, out / runtime / SUBMISSION_CSV, out / runtime, bootstrap=0).froc.cpm
         print(f"  --runtime {runtime}: CPM {cpms[runtime]:.4f}; {summary.describe()}")
     return cpms
