@@ -27,24 +27,51 @@ from noduleflow import __version__
 from noduleflow.errors import NoduleflowError
 from noduleflow.serve import render
 from noduleflow.serve.batching import ClassifyBatcher
+from noduleflow.serve.body import multipart_field, read_body, read_patches
 from noduleflow.serve.jobs import JobStore
 from noduleflow.serve.metrics import ServerMetrics
 from noduleflow.serve.settings import ServeSettings
-from noduleflow.serve.uploads import (UploadError, check_container, extract_zip, multipart_field, read_body, read_patches,
-                                      receive_upload)
+from noduleflow.serve.unzip import check_container, extract_zip
+from noduleflow.serve.uploads import UploadError, receive_upload
 from noduleflow.serve.worker import DetectionRunner
 
 log = logging.getLogger("noduleflow")
 STATIC = Path(__file__).parent / "static"
-OPEN_PATHS = ("/healthz", "/readyz", "/")     # answered without a token (and /static/*: the viewer asks for it)
+OPEN_PATHS = ("/healthz", "/readyz", "/")  # answered without a token (and /static/*: the viewer asks for it)
 MAX_CLASSIFY_PATCHES = 1024
-_SCAN_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file"],
-    "properties": {"file": {"type": "string", "format": "binary",
-                            "description": ".mha, .nii.gz, .nii, or .zip of an .mhd + .raw pair or a DICOM series"}}}}}}}
-_NPY_BODY = {"requestBody": {"required": True, "content": {
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description": ".npy (D, H, W) or (N, D, H, W) HU"}},
-    "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}}}}}
+_SCAN_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": ".mha, .nii.gz, .nii, or .zip of an .mhd + .raw pair or a DICOM series",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+_NPY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary", "description": ".npy (D, H, W) or (N, D, H, W) HU"}
+            },
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+            },
+        },
+    }
+}
 
 
 class _Server:
@@ -69,13 +96,17 @@ class _Server:
 
         try:
             self.predictor = Predictor.from_run(self.settings.run, runtime="torch", threads=self.settings.threads)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - becomes a 4xx or a log line
             self.load_error = f"cannot load the detector run {self.settings.run}: {err}"
             log.error("%s", self.load_error)
             return
         s = self.settings
-        self.batcher = ClassifyBatcher(self.predictor.classify_patches, max_batch=s.classify_max_batch,
-                                       max_wait_ms=s.classify_max_wait_ms, on_batch=self.metrics.on_batch)
+        self.batcher = ClassifyBatcher(
+            self.predictor.classify_patches,
+            max_batch=s.classify_max_batch,
+            max_wait_ms=s.classify_max_wait_ms,
+            on_batch=self.metrics.on_batch,
+        )
 
     def ready(self) -> bool:
         return self.batcher is not None and self.runner.ready.is_set() and self.runner.worker_error is None
@@ -101,8 +132,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
         finally:
             await run_in_threadpool(server.stop)
 
-    app = FastAPI(title="noduleflow", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Lung nodule detection in chest CT: upload a scan, poll its job, read its findings and slices.")
+    app = FastAPI(
+        title="noduleflow",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Lung nodule detection in chest CT: upload a scan, poll its job, read its findings and slices.",
+    )
     app.state.server = server
     _install_middleware(app, server)
     _install_handlers(app, server)
@@ -111,9 +148,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
     else:
+
         @app.get("/static/{path:path}", include_in_schema=False)
         async def no_viewer(path: str):
             raise _NotFound("the web viewer is not installed (src/noduleflow/serve/static/ is missing)")
+
     return app
 
 
@@ -128,8 +167,11 @@ def _install_middleware(app: FastAPI, server: _Server) -> None:
         if expected is not None and path not in OPEN_PATHS and not path.startswith("/static/"):
             given = request.headers.get("authorization", "").encode("latin-1", "replace")
             if not hmac.compare_digest(given, expected):
-                response = JSONResponse({"detail": "this server needs a token: send the header 'Authorization: Bearer <token>'"},
-                                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                response = JSONResponse(
+                    {"detail": "this server needs a token: send the header 'Authorization: Bearer <token>'"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
                 _count(server, request, response.status_code, start)
                 return response
         try:
@@ -163,8 +205,12 @@ def _install_handlers(app: FastAPI, server: _Server) -> None:
     async def invalid(request: Request, err: RequestValidationError):
         first = err.errors()[0] if err.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return JSONResponse({"detail": f"{where or 'request'}: {first.get('msg', 'is not valid')}; see /openapi.json for what it takes"},
-                            status_code=422)
+        return JSONResponse(
+            {
+                "detail": f"{where or 'request'}: {first.get('msg', 'is not valid')}; /openapi.json says what it takes"
+            },
+            status_code=422,
+        )
 
 
 def _job_or_404(server: _Server, job_id: str) -> dict:
@@ -183,7 +229,9 @@ def _scan_routes(app: FastAPI, server: _Server) -> None:
     store, runner, settings = server.store, server.runner, server.settings
 
     def queue_full() -> UploadError:
-        return UploadError(429, f"the server's queue is full ({settings.max_queue} scans waiting)", fix="Retry in a minute.")
+        return UploadError(
+            429, f"the server's queue is full ({settings.max_queue} scans waiting)", fix="Retry in a minute."
+        )
 
     @app.post("/v1/scans", status_code=202, openapi_extra=_SCAN_BODY, summary="Upload a scan; detection runs as a job")
     async def upload_scan(request: Request):
@@ -219,9 +267,18 @@ def _scan_routes(app: FastAPI, server: _Server) -> None:
     async def get_scan(job_id: str):
         job = _job_or_404(server, job_id)
         result = store.result(job_id) if job["status"] == "done" else None
-        return {"id": job["id"], "status": job["status"], "filename": job["filename"], "created": job["created"],
-                "error": job["error"], "scan": job["scan"], "findings": None if result is None else result["findings"],
-                "warnings": None if result is None else result["warnings"], "candidates": job["candidates"], "seconds": job["seconds"]}
+        return {
+            "id": job["id"],
+            "status": job["status"],
+            "filename": job["filename"],
+            "created": job["created"],
+            "error": job["error"],
+            "scan": job["scan"],
+            "findings": None if result is None else result["findings"],
+            "warnings": None if result is None else result["warnings"],
+            "candidates": job["candidates"],
+            "seconds": job["seconds"],
+        }
 
     def done_slice(job_id: str, k: int) -> tuple[dict, Path]:
         job = _job_or_404(server, job_id)
@@ -238,13 +295,19 @@ def _scan_routes(app: FastAPI, server: _Server) -> None:
         png = await run_in_threadpool(lambda: render.slice_png(render.load_scan(folder), k, window))
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
-    @app.get("/v1/scans/{job_id}/mask/{k}.png", response_class=Response, summary="Slice k of the candidate mask as an RGBA PNG")
+    @app.get(
+        "/v1/scans/{job_id}/mask/{k}.png",
+        response_class=Response,
+        summary="Slice k of the candidate mask as an RGBA PNG",
+    )
     async def get_mask(job_id: str, k: int):
         job, folder = done_slice(job_id, k)
         png = await run_in_threadpool(render.mask_png, folder, tuple(job["scan"]["shape"]), k)
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
-    @app.delete("/v1/scans/{job_id}", status_code=204, response_class=Response, summary="Stop a job and remove its files")
+    @app.delete(
+        "/v1/scans/{job_id}", status_code=204, response_class=Response, summary="Stop a job and remove its files"
+    )
     async def delete_scan(job_id: str):
         _job_or_404(server, job_id)
         await run_in_threadpool(runner.cancel, job_id)
@@ -265,15 +328,22 @@ def _other_routes(app: FastAPI, server: _Server) -> None:
             body = multipart_field(body, ctype)
         patches = read_patches(body, server.predictor.patch_size(), MAX_CLASSIFY_PATCHES)
         nodule, malignant = await asyncio.wrap_future(server.batcher.submit(patches))
-        return {"nodule": [float(p) for p in nodule], "malignancy": None if malignant is None else [float(p) for p in malignant]}
+        return {
+            "nodule": [float(p) for p in nodule],
+            "malignancy": None if malignant is None else [float(p) for p in malignant],
+        }
 
     @app.get("/v1/model", summary="The served model: run, runtime, patch size")
     async def model():
         if server.predictor is None:
             raise UploadError(503, "the models are still loading", fix="Retry when GET /readyz answers 200.")
         p = server.predictor
-        return {"run": settings.run.name, "runtime": server.runner.runtime or settings.runtime, "patch_size": list(p.patch_size()),
-                "has_malignancy": p.models.malignancy is not None}
+        return {
+            "run": settings.run.name,
+            "runtime": server.runner.runtime or settings.runtime,
+            "patch_size": list(p.patch_size()),
+            "has_malignancy": p.models.malignancy is not None,
+        }
 
     @app.get("/healthz", summary="The process is alive")
     async def healthz():
@@ -284,7 +354,10 @@ def _other_routes(app: FastAPI, server: _Server) -> None:
         if server.ready():
             return {"status": "ready"}
         error = server.load_error or server.runner.worker_error
-        return JSONResponse({"status": "failed" if error else "loading", "detail": error or "the models are still loading"}, status_code=503)
+        return JSONResponse(
+            {"status": "failed" if error else "loading", "detail": error or "the models are still loading"},
+            status_code=503,
+        )
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics():

@@ -14,8 +14,8 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Callable
 
 import numpy as np
 
@@ -26,7 +26,9 @@ Scorer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]  # (N, D, 
 class ClassifyBatcher:
     """Batches calls of `score` (module docstring); `on_batch(patches, requests)` is told each batch's size."""
 
-    def __init__(self, score: Scorer, *, max_batch: int, max_wait_ms: float, on_batch: Callable[[int, int], None] | None = None):
+    def __init__(
+        self, score: Scorer, *, max_batch: int, max_wait_ms: float, on_batch: Callable[[int, int], None] | None = None
+    ):
         self.score, self.max_batch, self.max_wait = score, int(max_batch), max_wait_ms / 1000.0
         self.on_batch = on_batch
         self._queue: queue.Queue = queue.Queue()
@@ -54,7 +56,11 @@ class ClassifyBatcher:
             deadline = time.monotonic() + self.max_wait
             while count < self.max_batch:
                 try:
-                    item = self._queue.get(timeout=max(deadline - time.monotonic(), 0)) if self.max_wait else self._queue.get_nowait()
+                    item = (
+                        self._queue.get(timeout=max(deadline - time.monotonic(), 0))
+                        if self.max_wait
+                        else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
                 if item is None:

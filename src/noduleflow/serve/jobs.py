@@ -49,9 +49,20 @@ class JobStore:
     def create(self, job_id: str, filename: str, scan_path: Path) -> dict:
         """Record a queued job whose scan lies at `scan_path` (inside its folder)."""
         folder = self.root / job_id
-        job = {"id": job_id, "status": "queued", "filename": filename, "created": time.time(), "started": None,
-               "finished": None, "error": None, "input": scan_path.relative_to(folder).as_posix(), "scan": None,
-               "candidates": None, "seconds": None, "attempts": 0}
+        job = {
+            "id": job_id,
+            "status": "queued",
+            "filename": filename,
+            "created": time.time(),
+            "started": None,
+            "finished": None,
+            "error": None,
+            "input": scan_path.relative_to(folder).as_posix(),
+            "scan": None,
+            "candidates": None,
+            "seconds": None,
+            "attempts": 0,
+        }
         atomic_write(folder / "job.json", json.dumps(job))
         return job
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 
 # request latencies: health checks and cached slices take milliseconds, uploads of big scans seconds
@@ -17,18 +23,34 @@ class ServerMetrics:
     def __init__(self, queue_length, job_counts):
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("noduleflow_http_requests", "HTTP requests answered", ("method", "route", "status"), registry=r)
-        self.latency = Histogram("noduleflow_http_request_duration_seconds", "Time to answer an HTTP request", ("method", "route"),
-                                 buckets=_LATENCY, registry=r)
+        self.requests = Counter(
+            "noduleflow_http_requests", "HTTP requests answered", ("method", "route", "status"), registry=r
+        )
+        self.latency = Histogram(
+            "noduleflow_http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            ("method", "route"),
+            buckets=_LATENCY,
+            registry=r,
+        )
         self.queue = Gauge("noduleflow_queue_length", "Scan jobs waiting for the worker", registry=r)
         self.queue.set_function(queue_length)
-        self.job_seconds = Histogram("noduleflow_job_duration_seconds", "Wall time of a finished scan job (queued to done)",
-                                     ("status",), buckets=(1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800), registry=r)
-        self.batch_patches = Histogram("noduleflow_classify_batch_size", "Patches per classifier call of /v1/classify",
-                                       buckets=_BATCH, registry=r)
-        self.batch_requests = Histogram("noduleflow_classify_batch_requests", "Requests answered by one classifier call",
-                                        buckets=_BATCH, registry=r)
-        self.rejected = Counter("noduleflow_uploads_rejected", "Uploads refused, by HTTP status", ("status",), registry=r)
+        self.job_seconds = Histogram(
+            "noduleflow_job_duration_seconds",
+            "Wall time of a finished scan job (queued to done)",
+            ("status",),
+            buckets=(1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+            registry=r,
+        )
+        self.batch_patches = Histogram(
+            "noduleflow_classify_batch_size", "Patches per classifier call of /v1/classify", buckets=_BATCH, registry=r
+        )
+        self.batch_requests = Histogram(
+            "noduleflow_classify_batch_requests", "Requests answered by one classifier call", buckets=_BATCH, registry=r
+        )
+        self.rejected = Counter(
+            "noduleflow_uploads_rejected", "Uploads refused, by HTTP status", ("status",), registry=r
+        )
         r.register(_JobStates(job_counts))
 
     def on_batch(self, patches: int, requests: int) -> None:

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# name -> (centre, width) in HU: lung -1000..400 HU; mediastinum -160..240 HU
+# name -> (centre, width) in HU, the radiologists' usual: lung -1350..150 HU, mediastinum -160..240 HU
 WINDOWS = {"lung": (-600.0, 1500.0), "mediastinum": (40.0, 400.0)}
 MASK_RGBA = (255, 64, 32, 140)  # a translucent orange over the grey slice
 
 
 def save_scan(folder: Path, hu: np.ndarray, mask: np.ndarray | None) -> None:
-    """Write `folder`/scan.npy ((I, R, C) int16) and, when given, `folder`/mask.npy (bits of the (I, R, C) bool mask)."""
+    """Write `folder`/scan.npy ((I, R, C) int16) and, when given, `folder`/mask.npy (the (I, R, C) bool mask's bits)."""
     from noduleflow.files import atomic_open
 
     with atomic_open(folder / "scan.npy", "wb") as fh:
@@ -60,5 +60,7 @@ def mask_png(folder: Path, shape: tuple[int, int, int], k: int) -> bytes:
 
 def _png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=3)  # level 3: a 512 x 512 slice in a few ms, within 10% of level 9's size
+    image.save(
+        buf, format="PNG", compress_level=3
+    )  # level 3: a 512 x 512 slice in a few ms, within 10% of level 9's size
     return buf.getvalue()

@@ -54,17 +54,28 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run", Path(self.run))
-        object.__setattr__(self, "state", Path(self.state) if self.state is not None else Path(self.run) / "serve-state")
+        object.__setattr__(
+            self, "state", Path(self.state) if self.state is not None else Path(self.run) / "serve-state"
+        )
         object.__setattr__(self, "token", self.token or None)
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
-        positive = {"max_upload_mb": self.max_upload_mb, "max_unzipped_mb": self.max_unzipped_mb, "max_zip_entries": self.max_zip_entries,
-                    "max_zip_ratio": self.max_zip_ratio, "max_queue": self.max_queue, "job_timeout_s": self.job_timeout_s,
-                    "upload_idle_s": self.upload_idle_s, "classify_max_batch": self.classify_max_batch,
-                    "max_candidates": self.max_candidates}
+        positive = {
+            "max_upload_mb": self.max_upload_mb,
+            "max_unzipped_mb": self.max_unzipped_mb,
+            "max_zip_entries": self.max_zip_entries,
+            "max_zip_ratio": self.max_zip_ratio,
+            "max_queue": self.max_queue,
+            "job_timeout_s": self.job_timeout_s,
+            "upload_idle_s": self.upload_idle_s,
+            "classify_max_batch": self.classify_max_batch,
+            "max_candidates": self.max_candidates,
+        }
         for name, value in positive.items():
             if not value > 0:
-                raise ConfigError(f"{name} must be positive, got {value}", fix=f"Pass a {name.replace('_', '-')} above 0.")
+                raise ConfigError(
+                    f"{name} must be positive, got {value}", fix=f"Pass a {name.replace('_', '-')} above 0."
+                )
         if self.classify_max_wait_ms < 0 or self.threads < 0:
             raise ConfigError("classify_max_wait_ms and threads must not be negative")
         if not 0 < self.threshold < 1:
@@ -72,12 +83,19 @@ class ServeSettings:
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
         if self.token is None and not is_loopback(self.host):
-            raise ConfigError(f"refusing to serve on {self.host} without a token: anyone on the network could upload scans and read results",
-                              fix=f"Pass --token (or set {TOKEN_ENV}), or bind 127.0.0.1.")
+            raise ConfigError(
+                f"refusing to serve on {self.host} without a token: anyone on the network could upload and read scans",
+                fix=f"Pass --token (or set {TOKEN_ENV}), or bind 127.0.0.1.",
+            )
 
     def predictor_options(self) -> dict:
         """Keyword arguments of the detection worker's `Predictor`."""
-        return {"runtime": self.runtime, "threads": self.threads, "threshold": self.threshold, "max_candidates": self.max_candidates}
+        return {
+            "runtime": self.runtime,
+            "threads": self.threads,
+            "threshold": self.threshold,
+            "max_candidates": self.max_candidates,
+        }
 
     @property
     def max_upload_bytes(self) -> int:
@@ -88,7 +106,7 @@ class ServeSettings:
         return int(self.max_unzipped_mb * 2**20)
 
     @classmethod
-    def from_env(cls, **kwargs) -> "ServeSettings":
+    def from_env(cls, **kwargs) -> ServeSettings:
         """Settings from keyword arguments; the token from $NODULEFLOW_TOKEN when not given."""
         if not kwargs.get("token"):
             kwargs["token"] = os.environ.get(TOKEN_ENV) or None

@@ -30,7 +30,7 @@ def worker_main(conn, run: str, options: dict) -> None:
 
     try:
         predictor = Predictor.from_run(run, **options)
-    except Exception as err:  # reported to the server, which fails jobs with it
+    except Exception as err:  # noqa: BLE001 - reported to the server, which fails jobs with it
         conn.send({"ready": False, "error": f"cannot load the detector run {run}: {err}"})
         return
     conn.send({"ready": True, "runtime": predictor.runtime})
@@ -65,8 +65,12 @@ def run_job(predictor, folder: Path, scan: str) -> dict:
     save_scan(folder, volume.hu, getattr(result, "candidate_mask", None))
     findings = [dict(f.to_dict(), center_irc=[float(v) for v in f.center_irc]) for f in result.findings]
     atomic_write(folder / "result.json", json.dumps({"findings": findings, "warnings": list(result.warnings)}))
-    scan_info = {"seriesuid": volume.series_uid, "shape": list(volume.shape), "spacing_xyz": volume.spacing_xyz.tolist(),
-                 "origin_xyz": volume.origin_xyz.tolist()}
+    scan_info = {
+        "seriesuid": volume.series_uid,
+        "shape": list(volume.shape),
+        "spacing_xyz": volume.spacing_xyz.tolist(),
+        "origin_xyz": volume.origin_xyz.tolist(),
+    }
     return {"scan": scan_info, "candidates": int(result.candidates), "seconds": float(result.seconds)}
 
 
@@ -142,7 +146,7 @@ class DetectionRunner:
                 self.current = job_id
             try:
                 self._run(job_id)
-            except Exception:  # the runner must outlive any one job
+            except Exception:
                 log.exception("job %s failed in the runner", job_id)
                 self._finish(job_id, error="internal error while running the job; see the server log")
             finally:
@@ -174,8 +178,11 @@ class DetectionRunner:
                     return
                 if time.monotonic() - start > self.settings.job_timeout_s:
                     self._restart()
-                    self._finish(job_id, error=f"the job took longer than the server's limit of {self.settings.job_timeout_s:g} s "
-                                               "and was stopped; retry a smaller scan or ask the operator for a larger --job-timeout")
+                    self._finish(
+                        job_id,
+                        error=f"the job took longer than the server's limit of {self.settings.job_timeout_s:g} s "
+                        "and was stopped; retry a smaller scan or ask the operator for a larger --job-timeout",
+                    )
                     return
                 if not proc.is_alive():
                     break
@@ -186,7 +193,9 @@ class DetectionRunner:
             proc.join(5)
             code = proc.exitcode
             self._restart()
-            self._finish(job_id, error=f"the detection worker crashed on this scan (exit code {code}); the server restarted it")
+            self._finish(
+                job_id, error=f"the detection worker crashed on this scan (exit code {code}); the server restarted it"
+            )
             return
         if "error" in reply:
             self._finish(job_id, error=reply["error"])
@@ -194,7 +203,9 @@ class DetectionRunner:
             self._finish(job_id, **reply)
 
     def _finish(self, job_id: str, *, error: str | None = None, **fields) -> None:
-        job = self.store.update(job_id, status="failed" if error else "done", error=error, finished=time.time(), **fields)
+        job = self.store.update(
+            job_id, status="failed" if error else "done", error=error, finished=time.time(), **fields
+        )
         if job is not None and self.on_finish is not None:
             self.on_finish(job)
 
@@ -203,7 +214,9 @@ class DetectionRunner:
         ctx = mp.get_context("spawn")  # never fork a process that holds torch's and ONNX Runtime's threads
         parent, child = ctx.Pipe()
         s = self.settings
-        proc = ctx.Process(target=self.target, args=(child, str(s.run), s.predictor_options()), name="noduleflow-worker", daemon=True)
+        proc = ctx.Process(
+            target=self.target, args=(child, str(s.run), s.predictor_options()), name="noduleflow-worker", daemon=True
+        )
         self._proc = proc  # so that `stop` can kill it while it starts
         try:
             proc.start()
@@ -211,8 +224,11 @@ class DetectionRunner:
             hello = parent.recv()
         except (EOFError, OSError):
             hello = {"ready": False, "error": f"the detection worker exited while starting (exit code {proc.exitcode})"}
-        except Exception as err:  # cannot start a process at all (resources, a main module without a __main__ guard)
-            hello = {"ready": False, "error": f"the detection worker could not start ({type(err).__name__}: {str(err).strip()[:200]})"}
+        except Exception as err:  # noqa: BLE001 - cannot start a process at all (resources, a main module without a __main__ guard)
+            hello = {
+                "ready": False,
+                "error": f"the detection worker could not start ({type(err).__name__}: {str(err).strip()[:200]})",
+            }
         if self._stopping:
             hello = {"ready": False, "error": "the server is stopping"}
         if not hello.get("ready"):

@@ -12,14 +12,26 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from noduleflow.detect.recipe import train_detector  # the one import of the recipe (it may move to noduleflow.recipes)
+from noduleflow.detect.recipe import (
+    train_detector,  # the one import of the recipe (it may move to noduleflow.recipes)
+)
 from noduleflow.serve import ServeSettings, create_app
 from noduleflow.synth import synthesize
 
 TINY = {part: {"run.epochs": 1, "data.num_workers": 0} for part in ("segment", "classify", "malignancy")}
 # small limits, so that the hostile tests stay small; the test scans (69 x 128 x 128 int16) are 2.2 MiB
-LIMITS = {"max_upload_mb": 4.0, "max_unzipped_mb": 8.0, "max_zip_entries": 200, "max_queue": 8, "job_timeout_s": 120.0,
-          "threshold": 0.1, "classify_max_wait_ms": 100.0, "classify_max_batch": 16, "threads": 1, "upload_idle_s": 5.0}
+LIMITS = {
+    "max_upload_mb": 4.0,
+    "max_unzipped_mb": 8.0,
+    "max_zip_entries": 200,
+    "max_queue": 8,
+    "job_timeout_s": 120.0,
+    "threshold": 0.1,
+    "classify_max_wait_ms": 100.0,
+    "classify_max_batch": 16,
+    "threads": 1,
+    "upload_idle_s": 5.0,
+}
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +40,9 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("serve-run")
     data = root / "data"
     synthesize(data, scans=3, seed=2, size="small", scale=0.5, progress=False)
-    result = train_detector(data, run="tiny", runs_dir=root / "runs", scale=0.02, progress=False, threads=2, overrides=TINY)
+    result = train_detector(
+        data, run="tiny", runs_dir=root / "runs", scale=0.02, progress=False, threads=2, overrides=TINY
+    )
     return data, result.run_dir
 
 

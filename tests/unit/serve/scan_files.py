@@ -13,7 +13,7 @@ from PIL import Image
 from noduleflow.ct import CtVolume, read_volume, write_volume
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ct"))  # the DICOM series writer of the ct tests
-from test_dicom import _write_series  # noqa: E402
+from test_dicom import _write_series
 
 FORMATS = ("mha", "nii.gz", "mhd-zip", "dicom-zip")
 
@@ -27,10 +27,26 @@ def upload_file(volume: CtVolume, fmt: str, folder: Path) -> tuple[str, bytes, P
         return path.name, path.read_bytes(), path
     if fmt == "mhd-zip":
         header = write_volume(volume, folder / f"{name}.mhd")
-        return f"{name}.zip", zip_bytes({header.name: header.read_bytes(), header.with_suffix(".raw").name: header.with_suffix(".raw").read_bytes()}), header
+        return (
+            f"{name}.zip",
+            zip_bytes(
+                {
+                    header.name: header.read_bytes(),
+                    header.with_suffix(".raw").name: header.with_suffix(".raw").read_bytes(),
+                }
+            ),
+            header,
+        )
     series = folder / "series"
-    _write_series(series, volume.hu, slopes=[1.0] * len(volume.hu), intercepts=[0.0] * len(volume.hu), direction=np.eye(3),
-                  origin=volume.origin_xyz, series_uid="1.2.826.0.1.3680043.8.498.1")
+    _write_series(
+        series,
+        volume.hu,
+        slopes=[1.0] * len(volume.hu),
+        intercepts=[0.0] * len(volume.hu),
+        direction=np.eye(3),
+        origin=volume.origin_xyz,
+        series_uid="1.2.826.0.1.3680043.8.498.1",
+    )
     return "series.zip", zip_bytes({f"series/{p.name}": p.read_bytes() for p in sorted(series.iterdir())}), series
 
 
@@ -48,7 +64,7 @@ def symlink_zip(name: str, target: str) -> bytes:
     with zipfile.ZipFile(buf, "w") as zf:
         info = zipfile.ZipInfo(name)
         info.create_system = 3  # unix: external_attr holds st_mode
-        info.external_attr = (0o120777 << 16)
+        info.external_attr = 0o120777 << 16
         zf.writestr(info, target)
     return buf.getvalue()
 

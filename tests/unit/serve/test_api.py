@@ -30,8 +30,17 @@ def test_health_model_and_openapi(client):
     model = client.get("/v1/model").json()
     assert model == {"run": "tiny", "runtime": "int8", "patch_size": [16, 32, 32], "has_malignancy": True}
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/v1/scans", "/v1/scans/{job_id}", "/v1/scans/{job_id}/slices/{k}.png", "/v1/scans/{job_id}/mask/{k}.png",
-                 "/v1/classify", "/v1/model", "/healthz", "/readyz", "/metrics"):
+    for path in (
+        "/v1/scans",
+        "/v1/scans/{job_id}",
+        "/v1/scans/{job_id}/slices/{k}.png",
+        "/v1/scans/{job_id}/mask/{k}.png",
+        "/v1/classify",
+        "/v1/model",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
         assert path in paths
     assert "multipart/form-data" in paths["/v1/scans"]["post"]["requestBody"]["content"]
 
@@ -55,7 +64,10 @@ def test_settings_refuse_an_open_bind_without_a_token(monkeypatch, tmp_path):
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     with pytest.raises(ConfigError, match="without a token"):
         ServeSettings(run=tmp_path, host="0.0.0.0")
-    assert ServeSettings(run=tmp_path, host="::1").token is None and ServeSettings(run=tmp_path, host="localhost").host == "localhost"
+    assert (
+        ServeSettings(run=tmp_path, host="::1").token is None
+        and ServeSettings(run=tmp_path, host="localhost").host == "localhost"
+    )
     monkeypatch.setenv(TOKEN_ENV, "from-env")
     assert ServeSettings.from_env(run=tmp_path, host="0.0.0.0").token == "from-env"
     assert ServeSettings(run=tmp_path).state == tmp_path / "serve-state"
@@ -66,8 +78,14 @@ def test_settings_refuse_an_open_bind_without_a_token(monkeypatch, tmp_path):
 def test_cli_refuses_to_bind_openly_without_a_token(trained):
     env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p.endswith("src"))
-    done = subprocess.run([sys.executable, "-m", "noduleflow", "serve", "--run", str(trained[1]), "--host", "0.0.0.0"],
-                          capture_output=True, text=True, env=env, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "noduleflow", "serve", "--run", str(trained[1]), "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: refusing to serve on 0.0.0.0 without a token")
@@ -80,7 +98,9 @@ def test_concurrent_classify_requests_are_batched_and_answered_each_their_own(cl
     answers = [None] * len(patches)
 
     def ask(k):
-        answers[k] = client.post("/v1/classify", content=_npy(patches[k]), headers={"content-type": "application/octet-stream"})
+        answers[k] = client.post(
+            "/v1/classify", content=_npy(patches[k]), headers={"content-type": "application/octet-stream"}
+        )
 
     before = _batches(client)
     threads = [threading.Thread(target=ask, args=(k,)) for k in range(len(patches))]
@@ -100,8 +120,8 @@ def test_concurrent_classify_requests_are_batched_and_answered_each_their_own(cl
 def _batches(client) -> tuple[float, float]:
     """(classifier calls, requests they answered) from /metrics."""
     text = client.get("/metrics").text
-    count = re.search(r"^noduleflow_classify_batch_requests_count (\S+)$", text, re.M)
-    total = re.search(r"^noduleflow_classify_batch_requests_sum (\S+)$", text, re.M)
+    count = re.search(r"^noduleflow_classify_batch_requests_count (\S+)$", text, re.MULTILINE)
+    total = re.search(r"^noduleflow_classify_batch_requests_sum (\S+)$", text, re.MULTILINE)
     return (float(count.group(1)), float(total.group(1))) if count else (0.0, 0.0)
 
 
@@ -118,9 +138,11 @@ def test_metrics_count_requests_queue_jobs_and_batches(client):
     client.get("/v1/scans/0123456789abcdef0123456789abcdef")
     text = client.get("/metrics").text
     assert re.search(r'noduleflow_http_requests_total\{method="GET",route="/healthz",status="200"\} [1-9]', text)
-    assert re.search(r'noduleflow_http_requests_total\{method="GET",route="/v1/scans/\{job_id\}",status="404"\} [1-9]', text)
+    assert re.search(
+        r'noduleflow_http_requests_total\{method="GET",route="/v1/scans/\{job_id\}",status="404"\} [1-9]', text
+    )
     assert 'noduleflow_http_request_duration_seconds_bucket{le="0.001",method="GET",route="/healthz"}' in text
-    assert re.search(r"^noduleflow_queue_length \d", text, re.M)
+    assert re.search(r"^noduleflow_queue_length \d", text, re.MULTILINE)
     for state in ("queued", "running", "done", "failed"):
         assert f'noduleflow_jobs{{state="{state}"}}' in text
     assert "noduleflow_classify_batch_size_bucket" in text

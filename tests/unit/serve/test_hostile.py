@@ -1,11 +1,10 @@
-"""Bad uploads get a 4xx with a clear message, write nothing outside their job's folder, and the server keeps serving."""
+"""Bad uploads get a 4xx with a clear message, write nothing outside their job's folder; the server keeps serving."""
 
 from __future__ import annotations
 
 import asyncio
 import gzip
 import io
-import zipfile
 
 import numpy as np
 import pytest
@@ -34,13 +33,23 @@ def unchanged(client):
     assert client.get("/healthz").json() == {"status": "ok"} and client.get("/readyz").status_code == 200
 
 
-@pytest.mark.parametrize("name, ctype", [("scan.txt", "application/octet-stream"), ("scan.mhd", "application/octet-stream"),
-                                         ("scan.exe", "application/octet-stream"), (".zip", "application/zip"),
-                                         ("scan.mha", "text/html"), ("scan.zip", "image/png")])
+@pytest.mark.parametrize(
+    "name, ctype",
+    [
+        ("scan.txt", "application/octet-stream"),
+        ("scan.mhd", "application/octet-stream"),
+        ("scan.exe", "application/octet-stream"),
+        (".zip", "application/zip"),
+        ("scan.mha", "text/html"),
+        ("scan.zip", "image/png"),
+    ],
+)
 def test_wrong_suffix_or_content_type_is_415(client, unchanged, name, ctype):
     response = post(client, name, b"ObjectType = Image\n", ctype)
     assert response.status_code == 415
-    assert response.json()["detail"].endswith(".") and ("Upload" in response.json()["detail"] or "Send" in response.json()["detail"])
+    assert response.json()["detail"].endswith(".") and (
+        "Upload" in response.json()["detail"] or "Send" in response.json()["detail"]
+    )
 
 
 def test_not_multipart_is_415(client, unchanged):
@@ -60,7 +69,7 @@ def test_oversize_upload_is_413_and_cut_off(client, unchanged):
 
 def test_oversize_without_content_length_is_cut_off_while_streaming(client, unchanged):
     def body():  # chunked transfer: no Content-Length to refuse up front
-        yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.mha\"\r\n\r\n"
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.mha"\r\n\r\n'
         for _ in range(6):
             yield b"\x00" * MIB
         yield b"\r\n--b--\r\n"
@@ -75,7 +84,9 @@ def test_gzip_suffix_without_gzip_and_bad_zip_are_400(client, unchanged):
     assert response.status_code == 400 and "zip" in response.json()["detail"]
 
 
-@pytest.mark.parametrize("member", ["../evil.raw", "a/../../evil.raw", "/etc/evil.raw", "C:\\evil.raw", "..\\evil.raw", "a/.."])
+@pytest.mark.parametrize(
+    "member", ["../evil.raw", "a/../../evil.raw", "/etc/evil.raw", "C:\\evil.raw", "..\\evil.raw", "a/.."]
+)
 def test_zip_slip_is_400_and_writes_nothing_outside(client, unchanged, member, tmp_path):
     root = client.app.state.server.store.root
     response = post(client, "scan.zip", zip_bytes({"scan.mhd": b"ObjectType = Image\n", member: b"x" * 10}))
@@ -126,7 +137,11 @@ def test_corrupt_scan_fails_its_job_with_the_readers_message(client):
     response = post(client, "broken.mha", b"ObjectType = Image\nNDims = 3\nDimSize = 4 4\nElementDataFile = LOCAL\n")
     assert response.status_code == 202
     job = wait_job(client, response.json()["id"])
-    assert job["status"] == "failed" and "broken.mha" in job["error"] and str(client.app.state.server.store.root) not in job["error"]
+    assert (
+        job["status"] == "failed"
+        and "broken.mha" in job["error"]
+        and str(client.app.state.server.store.root) not in job["error"]
+    )
     assert job["findings"] is None
     assert client.get(f"/v1/scans/{job['id']}/slices/0.png").status_code == 404
 
@@ -134,7 +149,8 @@ def test_corrupt_scan_fails_its_job_with_the_readers_message(client):
 def test_mhd_pointing_outside_its_folder_never_returns_other_bytes(client, tmp_path):
     secret = tmp_path / "secret.raw"
     secret.write_bytes(np.arange(64, dtype=np.int16).tobytes())
-    header = f"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\nElementDataFile = {secret}\n".encode()
+    header = f"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\nElementDataFile = {secret}\n"
+    header = header.encode()
     response = post(client, "scan.zip", zip_bytes({"scan.mhd": header}))
     assert response.status_code == 202
     job = wait_job(client, response.json()["id"])
@@ -152,7 +168,9 @@ def test_hostile_member_names_never_escape(client, names):
     if response.status_code == 202:
         folder = root / response.json()["id"]
         assert all(p.resolve().is_relative_to(folder.resolve()) for p in folder.rglob("*"))
-        assert wait_job(client, response.json()["id"])["status"] == "failed"  # no scan in there (a DELETE now would restart the worker)
+        assert (
+            wait_job(client, response.json()["id"])["status"] == "failed"
+        )  # no scan in there (a DELETE now would restart the worker)
         assert client.delete(f"/v1/scans/{response.json()['id']}").status_code == 204
 
 
@@ -181,14 +199,17 @@ def _npy(array) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("body, status, fragment", [
-    (_npy(np.array([{"a": 1}, None], dtype=object)), 400, "pickled"),
-    (b"\x80\x04\x95 a raw pickle", 400, ".npy"),
-    (_npy(np.zeros((3, 4, 5), np.int16)), 422, "patch size"),
-    (_npy(np.zeros((2, 16, 32), np.int16)), 422, "patch size"),
-    (_npy(np.zeros((16, 32, 32), bool)), 422, "dtype"),
-    (_npy(np.full((16, 32, 32), np.nan, np.float32)), 422, "NaN"),
-])
+@pytest.mark.parametrize(
+    "body, status, fragment",
+    [
+        (_npy(np.array([{"a": 1}, None], dtype=object)), 400, "pickled"),
+        (b"\x80\x04\x95 a raw pickle", 400, ".npy"),
+        (_npy(np.zeros((3, 4, 5), np.int16)), 422, "patch size"),
+        (_npy(np.zeros((2, 16, 32), np.int16)), 422, "patch size"),
+        (_npy(np.zeros((16, 32, 32), bool)), 422, "dtype"),
+        (_npy(np.full((16, 32, 32), np.nan, np.float32)), 422, "NaN"),
+    ],
+)
 def test_bad_classify_bodies(client, body, status, fragment):
     response = client.post("/v1/classify", content=body, headers={"content-type": "application/octet-stream"})
     assert response.status_code == status and fragment in response.json()["detail"], response.text
@@ -196,7 +217,7 @@ def test_bad_classify_bodies(client, body, status, fragment):
 
 def test_a_client_that_disconnects_mid_upload_leaves_nothing(client, unchanged):
     """Call the ASGI app directly: one chunk of the body, then the client is gone (uvicorn's http.disconnect)."""
-    head = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mha\"\r\n\r\n" + b"\x00" * 1000
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.mha"\r\n\r\n' + b"\x00" * 1000
     messages = [{"type": "http.request", "body": head, "more_body": True}, {"type": "http.disconnect"}]
     sent = []
 
@@ -206,8 +227,20 @@ def test_a_client_that_disconnects_mid_upload_leaves_nothing(client, unchanged):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/v1/scans", "raw_path": b"/v1/scans", "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
-             "server": ("testserver", 80), "headers": [(b"content-type", b"multipart/form-data; boundary=b")], "state": {}}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/scans",
+        "raw_path": b"/v1/scans",
+        "query_string": b"",
+        "root_path": "",
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+        "headers": [(b"content-type", b"multipart/form-data; boundary=b")],
+        "state": {},
+    }
     asyncio.run(client.app(scope, receive, send))
     assert sent[0]["status"] == 400

@@ -9,7 +9,7 @@ import time
 
 import fake_workers
 import pytest
-from conftest import settings_for, wait_job, wait_ready
+from conftest import wait_job, wait_ready
 from scan_files import read, upload_file
 
 from noduleflow.serve.jobs import JobStore
@@ -72,7 +72,9 @@ def test_cancel_kills_the_running_job_and_drops_queued_ones(tmp_path):
         assert _wait(store, after)["status"] == "done"
     finally:
         runner.stop()
-    assert store.get(running)["status"] == "running" and store.get(queued)["status"] == "queued"  # the DELETE removes them
+    assert (
+        store.get(running)["status"] == "running" and store.get(queued)["status"] == "queued"
+    )  # the DELETE removes them
     assert [j["id"] for j in finished] == [after]
 
 
@@ -104,7 +106,9 @@ def test_full_queue_is_429(make_app, idle_runner, tmp_path):
     assert len(list(client.app.state.server.store.root.iterdir())) == 2
 
 
-def test_a_restarted_server_keeps_finished_jobs_and_reruns_unfinished_ones(client, make_app, idle_runner, scans, tmp_path, trained):
+def test_a_restarted_server_keeps_finished_jobs_and_reruns_unfinished_ones(
+    client, make_app, idle_runner, scans, tmp_path, trained
+):
     # a finished job of the shared server, copied into a new state folder
     volume = read(scans[0])
     name, data, _ = upload_file(volume, "mha", tmp_path / "files")
@@ -159,3 +163,30 @@ def test_a_client_that_leaves_mid_job_does_not_stop_it(client, scans, tmp_path):
         job_id = json.loads(response.read())["id"]
     # no one polls; a different request later finds it done
     assert wait_job(client, job_id)["status"] == "done"
+
+
+def test_a_slow_upload_is_cut_off_with_408(make_app, idle_runner):
+    """A client that stops sending mid-body: 408 after `upload_idle_s`, its partial upload removed."""
+    import asyncio
+
+    client = make_app(upload_idle_s=0.3)
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.mha"\r\n\r\n' + b"\x00" * 100
+    sent, calls = [], []
+
+    async def receive():
+        calls.append(1)
+        if len(calls) == 1:
+            return {"type": "http.request", "body": head, "more_body": True}
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/scans", "raw_path": b"/v1/scans", "query_string": b"", "root_path": "", "state": {},
+             "client": ("127.0.0.1", 1), "server": ("testserver", 80),
+             "headers": [(b"content-type", b"multipart/form-data; boundary=b")]}
+    start = time.monotonic()
+    asyncio.run(client.app(scope, receive, send))
+    assert sent[0]["status"] == 408 and time.monotonic() - start < 3
+    assert not any(client.app.state.server.store.root.iterdir())
