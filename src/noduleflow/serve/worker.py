@@ -26,8 +26,11 @@ _POLL_S = 0.1
 def worker_main(conn, run: str, options: dict) -> None:
     """The worker process: load a Predictor (`options`: its keyword arguments), then answer {"folder", "input"}
     messages with `run_job`'s dict."""
+    import signal
+
     from noduleflow.detect import Predictor
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole process group: the server stops the worker
     try:
         predictor = Predictor.from_run(run, **options)
     except Exception as err:  # noqa: BLE001 - reported to the server, which fails jobs with it
