@@ -91,16 +91,19 @@ class _Server:
         threading.Thread(target=self._load, name="noduleflow-load", daemon=True).start()
 
     def _load(self) -> None:
-        """Load the classifiers for /v1/classify (eager torch: no ONNX export from this process)."""
+        """Load the classifiers for /v1/classify."""
         from noduleflow.detect import Predictor
 
         try:
-            self.predictor = Predictor.from_run(self.settings.run, runtime="torch", threads=self.settings.threads)
+            # a run with exported models (RUN/export/) serves them as the worker does; else eager torch, so that
+            # this process never writes an ONNX export beside the checkpoints while the worker may be writing it
+            s = self.settings
+            runtime = s.runtime if (s.run / "export").is_dir() else "torch"
+            self.predictor = Predictor.from_run(s.run, runtime=runtime, threads=s.threads)
         except Exception as err:  # noqa: BLE001 - becomes a 4xx or a log line
             self.load_error = f"cannot load the detector run {self.settings.run}: {err}"
             log.error("%s", self.load_error)
             return
-        s = self.settings
         self.batcher = ClassifyBatcher(
             self.predictor.classify_patches,
             max_batch=s.classify_max_batch,
@@ -213,6 +216,14 @@ def _install_handlers(app: FastAPI, server: _Server) -> None:
         )
 
 
+def _has_malignancy(predictor) -> bool:
+    """Whether the run has a malignancy model (exported Predictors list their models' contracts; torch ones hold them)."""
+    contracts = getattr(predictor, "contracts", None)
+    if contracts is not None:
+        return "malignancy" in contracts
+    return getattr(predictor.models, "malignancy", None) is not None
+
+
 def _job_or_404(server: _Server, job_id: str) -> dict:
     job = server.store.get(job_id)
     if job is None:
@@ -292,7 +303,10 @@ def _scan_routes(app: FastAPI, server: _Server) -> None:
     @app.get("/v1/scans/{job_id}/slices/{k}.png", response_class=Response, summary="Axial slice k as a grayscale PNG")
     async def get_slice(job_id: str, k: int, window: Literal["lung", "mediastinum"] = "lung"):
         _, folder = done_slice(job_id, k)
-        png = await run_in_threadpool(lambda: render.slice_png(render.load_scan(folder), k, window))
+        try:
+            png = await run_in_threadpool(lambda: render.slice_png(render.load_scan(folder), k, window))
+        except FileNotFoundError:  # deleted between the check and the read
+            raise _NotFound(f"scan job {job_id} was deleted") from None
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get(
@@ -302,7 +316,10 @@ def _scan_routes(app: FastAPI, server: _Server) -> None:
     )
     async def get_mask(job_id: str, k: int):
         job, folder = done_slice(job_id, k)
-        png = await run_in_threadpool(render.mask_png, folder, tuple(job["scan"]["shape"]), k)
+        try:
+            png = await run_in_threadpool(render.mask_png, folder, tuple(job["scan"]["shape"]), k)
+        except FileNotFoundError:  # deleted between the check and the read
+            raise _NotFound(f"scan job {job_id} was deleted") from None
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.delete(
@@ -342,7 +359,7 @@ def _other_routes(app: FastAPI, server: _Server) -> None:
             "run": settings.run.name,
             "runtime": server.runner.runtime or settings.runtime,
             "patch_size": list(p.patch_size()),
-            "has_malignancy": p.models.malignancy is not None,
+            "has_malignancy": _has_malignancy(p),
         }
 
     @app.get("/healthz", summary="The process is alive")

@@ -157,7 +157,11 @@ def test_mhd_pointing_outside_its_folder_never_returns_other_bytes(client, tmp_p
     assert job["status"] == "failed", job  # the reader refuses the path, or cannot find it: never reads the secret
 
 
-@given(names=st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=4))
+# zipfile cuts a name at its first NUL (an empty name cannot be written): such names are not generated
+_MEMBER = st.text(min_size=1, max_size=40).filter(lambda n: n.split("\x00")[0])
+
+
+@given(names=st.lists(_MEMBER, min_size=1, max_size=4))
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_hostile_member_names_never_escape(client, names):
     root = client.app.state.server.store.root

@@ -25,8 +25,9 @@ def test_windows_map_hu_to_grey(cached):
     assert isinstance(scan, np.memmap) and scan.dtype == np.int16 and np.array_equal(scan, hu)
     lung = png(render.slice_png(scan, 1, "lung"))
     soft = png(render.slice_png(scan, 1, "mediastinum"))
-    assert lung.shape == (5, 7) and lung[0, 1] == 59 and lung[2, 3] == 127 and lung[4, 6] == 255  # -1000 HU: dark grey, -600: mid grey
-    assert soft[0, 0] == 127 and soft[2, 3] == 0 and soft[4, 6] == 255                           # 40 HU: mid grey
+    # lung window -1350..150 HU: -1000 dark grey, -600 mid grey; mediastinum -160..240 HU: 40 mid grey
+    assert lung.shape == (5, 7) and lung[0, 1] == 59 and lung[2, 3] == 127 and lung[4, 6] == 255
+    assert soft[0, 0] == 127 and soft[2, 3] == 0 and soft[4, 6] == 255
 
 
 def test_mask_is_opaque_exactly_where_set(cached):
