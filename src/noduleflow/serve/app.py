@@ -217,7 +217,7 @@ def _install_handlers(app: FastAPI, server: _Server) -> None:
 
 
 def _has_malignancy(predictor) -> bool:
-    """Whether the run has a malignancy model (exported Predictors list their models' contracts; torch ones hold them)."""
+    """Whether the run has a malignancy model (exported Predictors list their contracts; torch ones hold the nets)."""
     contracts = getattr(predictor, "contracts", None)
     if contracts is not None:
         return "malignancy" in contracts
