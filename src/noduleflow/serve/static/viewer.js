@@ -373,15 +373,13 @@ async function draw() {
   ctx.imageSmoothingQuality = "high";
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   ctx.drawImage(slice, 0, 0, canvas.width, canvas.height);
-  if (mask) {
-    ctx.globalAlpha = 0.55;
-    ctx.drawImage(mask, 0, 0, canvas.width, canvas.height);
-    ctx.globalAlpha = 1;
-  }
+  if (mask) ctx.drawImage(mask, 0, 0, canvas.width, canvas.height);   // translucent already (its alpha channel)
   const shown = state.showFindings ? findingsOn(k) : [];
   drawFindings(ctx, shown);
   canvas.dataset.slice = k;
   canvas.dataset.loaded = "true";
+  canvas.dataset.window = state.window;
+  canvas.dataset.mask = mask ? "on" : "off";
   const on = shown.length ? `, ${shown.length} finding${shown.length === 1 ? "" : "s"} marked` : "";
   canvas.setAttribute("aria-label", `Axial slice ${k + 1} of ${job.scan.shape[0]}, ${state.window} window${on}`);
 }
