@@ -159,6 +159,47 @@ def detect(
     typer.echo(summary.describe())
 
 
+@app.command()
+def serve(
+    run: Path = typer.Option(..., "--run", help="Detector run folder (as `noduleflow train detector` writes it) whose models answer."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; any but loopback needs --token."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
+    state: Optional[Path] = typer.Option(None, "--state", help="Folder for jobs (uploads, results), kept across restarts; default RUN/serve-state."),
+    token: Optional[str] = typer.Option(None, "--token", help="Bearer token every endpoint but /healthz, /readyz and the viewer needs "
+                                        "(default: $NODULEFLOW_TOKEN; none: loopback only)."),
+    max_upload_mb: float = typer.Option(1024.0, "--max-upload-mb", help="Largest upload accepted (413 above)."),
+    max_queue: int = typer.Option(16, "--max-queue", min=1, help="Scan jobs waiting at most (429 above)."),
+    job_timeout: float = typer.Option(600.0, "--job-timeout", help="Seconds a scan job may run before it is stopped and fails."),
+    classify_max_batch: int = typer.Option(64, "--classify-max-batch", min=1, help="Patches per classifier call when /v1/classify requests are batched."),
+    classify_max_wait_ms: float = typer.Option(10.0, "--classify-max-wait-ms", min=0.0, help="How long a /v1/classify request waits for others to batch with."),
+    runtime: Runtime = typer.Option(Runtime.auto, "--runtime", help="Where the U-Net runs (as for `detect`)."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch/ONNX Runtime per process; 0 keeps their choice."),
+) -> None:
+    """Serve the HTTP API and the web viewer (docs/API.md) on uvicorn: upload scans, poll jobs, classify patches.
+
+    Example: noduleflow serve --run runs/detector   (then open http://127.0.0.1:8000/)
+    """
+    import logging
+
+    from noduleflow.serve import ServeSettings
+
+    settings = ServeSettings.from_env(run=run, host=host, port=port, state=state, token=token, max_upload_mb=max_upload_mb,
+                                      max_queue=max_queue, job_timeout_s=job_timeout, classify_max_batch=classify_max_batch,
+                                      classify_max_wait_ms=classify_max_wait_ms, runtime=runtime.value, threads=threads)
+    if not (run / "segment").is_dir():
+        from noduleflow.errors import CheckpointError
+
+        raise CheckpointError("is not a detector run folder (it has no segment/)", path=run,
+                              fix="Pass the folder `noduleflow train detector DATA --run NAME` wrote (runs/NAME).")
+    import uvicorn
+
+    from noduleflow.serve.app import create_app
+
+    logging.getLogger("noduleflow").addHandler(logging.StreamHandler())
+    logging.getLogger("noduleflow").setLevel(logging.INFO)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
 # ---- noduleflow train <task>: one command per task, all calling noduleflow.train.train ----
 
 from typer.core import TyperGroup  # noqa: E402
