@@ -50,7 +50,9 @@ def detector_run(argv_run: str | None, workdir: Path) -> Path:
     synthesize(data, scans=3, seed=2, size="small", scale=0.5, progress=False)
     overrides = {part: {"run.epochs": 1, "data.num_workers": 0} for part in ("segment", "classify", "malignancy")}
     print(f"no detector run given (argument or NODULEFLOW_BENCH_RUN): training a tiny one into {workdir}")
-    return train_detector(data, run="tiny", runs_dir=workdir / "runs", scale=0.02, progress=False, overrides=overrides).run_dir
+    trained = train_detector(data, run="tiny", runs_dir=workdir / "runs", scale=0.02, progress=False,
+                             overrides=overrides)
+    return trained.run_dir
 
 
 def scan_files(workdir: Path, count: int, seed: int = 5) -> list[Path]:
@@ -72,9 +74,10 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self._log = tempfile.TemporaryFile()
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         kw = {"run": str(self.run), "state": str(self.state), "port": self.port, **self.settings}
-        self.proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, json.dumps(kw)], stdout=self._log, stderr=subprocess.STDOUT)
+        command = [sys.executable, "-c", _LAUNCH, json.dumps(kw)]
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -170,7 +173,7 @@ class LoadResult:
     latency_ms: list[float] = field(default_factory=list)
     ok: list[bool] = field(default_factory=list)
 
-    def extend(self, other: "LoadResult", offset: float = 0.0) -> None:
+    def extend(self, other: LoadResult, offset: float = 0.0) -> None:
         self.done_at += [t + offset for t in other.done_at]
         self.latency_ms += other.latency_ms
         self.ok += other.ok
@@ -185,7 +188,8 @@ class LoadResult:
         return sum(self.ok) / self.seconds if self.seconds > 0 else 0.0
 
     def percentile(self, q: float, since: float = 0.0, until: float = float("inf")) -> float:
-        lat = [ms for t, ms, ok in zip(self.done_at, self.latency_ms, self.ok) if ok and since <= t < until]
+        rows = zip(self.done_at, self.latency_ms, self.ok, strict=True)
+        lat = [ms for t, ms, ok in rows if ok and since <= t < until]
         return float(np.percentile(lat, q)) if lat else float("nan")
 
 
@@ -254,9 +258,11 @@ def classify_check(patches: int):
 def upload(port: int, path: Path) -> tuple[int, dict]:
     """POST `path` to /v1/scans as the multipart field `file`; (status, JSON answer)."""
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
-    status, answer = request(port, "POST", "/v1/scans", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n")
+    body = head.encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    status, answer = request(port, "POST", "/v1/scans", body, headers)
     try:
         return status, json.loads(answer)
     except ValueError:

@@ -33,12 +33,12 @@ WARMUP_S = 3.0  # per server before timing: first calls allocate and pick kernel
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run", nargs="?", help="detector run folder (default: $NODULEFLOW_BENCH_RUN, else train a tiny one)")
+    parser.add_argument("run", nargs="?", help="detector run folder (default: $NODULEFLOW_BENCH_RUN, else a tiny one)")
     parser.add_argument("--seconds", type=float, default=60.0, help="load per server, in seconds (default 60)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--patches", type=int, default=1, help="patches per /v1/classify request (default 1)")
     parser.add_argument("--jobs", type=int, default=3, help="/v1/scans jobs after the load (default 3)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per server (default 1; 0: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per server (0: torch's choice)")
     args = parser.parse_args()
     if args.seconds <= 0 or args.clients < 1 or args.patches < 1 or args.jobs < 0:
         parser.error("--seconds must be positive, --clients and --patches at least 1, --jobs not negative")
@@ -50,7 +50,8 @@ def main() -> None:
         batched = Server(run, work / "state-batched", threads=args.threads)
         eager = Server(run, work / "state-eager", threads=args.threads, classify_max_batch=1, classify_max_wait_ms=0.0)
         with batched, eager:
-            print(f"run {run}; {args.clients} clients, {args.patches} patch(es) a request, {args.seconds:g} s per server")
+            print(f"run {run}; {args.clients} clients, {args.patches} patch(es) a request, "
+                  f"{args.seconds:g} s per server")
             check = classify_check(args.patches)
             payloads = patch_payloads(batched.port, patches=args.patches)
             results = {"batched": LoadResult(0.0), "eager": LoadResult(0.0)}
@@ -58,8 +59,8 @@ def main() -> None:
                 load(server.port, payloads, clients=args.clients, seconds=WARMUP_S, check=check)
             for name in ("batched", "eager", "eager", "batched"):
                 server = batched if name == "batched" else eager
-                results[name].extend(load(server.port, payloads, clients=args.clients, seconds=args.seconds / 2, check=check),
-                                     offset=results[name].seconds)
+                phase = load(server.port, payloads, clients=args.clients, seconds=args.seconds / 2, check=check)
+                results[name].extend(phase, offset=results[name].seconds)
             for name, res in results.items():
                 print(f"{name:8s} {res.rate():8.1f} requests/s ({res.rate() * args.patches:.1f} patches/s), "
                       f"p50 {res.percentile(50):.1f} ms, p99 {res.percentile(99):.1f} ms, {len(res.ok)} requests, "

@@ -23,18 +23,28 @@ import threading
 import time
 from pathlib import Path
 
-from _serving import LoadResult, Server, classify_check, delete_job, detector_run, load, patch_payloads, run_jobs, scan_files
+from _serving import (
+    LoadResult,
+    Server,
+    classify_check,
+    delete_job,
+    detector_run,
+    load,
+    patch_payloads,
+    run_jobs,
+    scan_files,
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run", nargs="?", help="detector run folder (default: $NODULEFLOW_BENCH_RUN, else train a tiny one)")
+    parser.add_argument("run", nargs="?", help="detector run folder (default: $NODULEFLOW_BENCH_RUN, else a tiny one)")
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the soak (default 10)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
-    parser.add_argument("--load", type=float, default=1.0, help="fraction of the measured capacity to send (default 1.0)")
-    parser.add_argument("--warmup", type=float, default=20.0, help="seconds of warm-up that measure the capacity (default 20)")
-    parser.add_argument("--job-every", type=float, default=60.0, help="seconds between scan jobs during the soak (default 60)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server (default 1; 0: torch's choice)")
+    parser.add_argument("--load", type=float, default=1.0, help="fraction of the measured capacity to send")
+    parser.add_argument("--warmup", type=float, default=20.0, help="seconds of warm-up measuring the capacity")
+    parser.add_argument("--job-every", type=float, default=60.0, help="seconds between scan jobs in the soak")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server (0: torch's choice)")
     args = parser.parse_args()
     if args.minutes <= 0 or args.clients < 1 or not 0 < args.load <= 2 or args.warmup <= 0 or args.job_every <= 0:
         parser.error("--minutes, --warmup and --job-every must be positive, --clients at least 1, --load in (0, 2]")
@@ -62,8 +72,8 @@ def _soak(server: Server, scans: list[Path], args) -> tuple[list[int], float]:
         raise SystemExit(f"the server answered no request right during the warm-up ({warm.errors} errors)")
     rate = args.load * capacity
     rss_start, worker_start = server.rss_mb(), server.children_rss_mb()
-    print(f"capacity {capacity:.1f} requests/s over {args.warmup:g} s ({args.clients} clients, p99 {warm.percentile(99):.1f} ms); "
-          f"soaking at {rate:.1f} requests/s for {args.minutes:g} min")
+    print(f"capacity {capacity:.1f} requests/s over {args.warmup:g} s ({args.clients} clients, "
+          f"p99 {warm.percentile(99):.1f} ms); soaking at {rate:.1f} requests/s for {args.minutes:g} min")
     print(f"start: rss {rss_start:.1f} MB (detection worker {worker_start:.1f} MB)")
 
     stop_at = time.monotonic() + args.minutes * 60
@@ -86,14 +96,16 @@ def _soak(server: Server, scans: list[Path], args) -> tuple[list[int], float]:
         soak.extend(part, offset=soak.seconds)
         minute += 1
         first_p99 = part.percentile(99) if first_p99 is None else first_p99
-        print(f"minute {minute}: {part.rate():.1f} requests/s, p50 {part.percentile(50):.1f} ms, p99 {part.percentile(99):.1f} ms, "
-              f"{part.errors} errors, rss {server.rss_mb():.1f} MB (worker {server.children_rss_mb():.1f} MB)")
+        print(f"minute {minute}: {part.rate():.1f} requests/s, p50 {part.percentile(50):.1f} ms, "
+              f"p99 {part.percentile(99):.1f} ms, {part.errors} errors, rss {server.rss_mb():.1f} MB "
+              f"(worker {server.children_rss_mb():.1f} MB)")
     job_thread.join(timeout=120)
     rss_end, worker_end = server.rss_mb(), server.children_rss_mb()
     last_p99 = soak.percentile(99, since=max(soak.seconds - 60, 0))
     print(f"{len(soak.ok)} requests in {soak.seconds / 60:.1f} min ({soak.rate():.1f}/s), {jobs_done[0]} scan jobs")
     print(f"start: rss {rss_start:.1f} MB, p99 {first_p99:.1f} ms (first minute)")
-    print(f"end: rss {rss_end:.1f} MB, p99 {last_p99:.1f} ms (last minute); detection worker {worker_start:.1f} -> {worker_end:.1f} MB")
+    print(f"end: rss {rss_end:.1f} MB, p99 {last_p99:.1f} ms (last minute); "
+          f"detection worker {worker_start:.1f} -> {worker_end:.1f} MB")
     return [warm.errors, soak.errors, job_errors[0]], rss_end - rss_start
 
 

@@ -44,7 +44,8 @@ def detector(tmp_path_factory) -> tuple[Path, Path]:
     synthesize(data, scans=3, seed=2, size="small", scale=0.5, progress=False)
     overrides = {part: {"run.epochs": 1, "data.num_workers": 0} for part in ("segment", "classify", "malignancy")}
     overrides["segment"]["run.epochs"] = 2
-    result = train_detector(data, run="tiny", runs_dir=root / "runs", scale=0.1, progress=False, threads=2, overrides=overrides)
+    result = train_detector(data, run="tiny", runs_dir=root / "runs", scale=0.1, progress=False, threads=2,
+                            overrides=overrides)
     return data, result.run_dir
 
 

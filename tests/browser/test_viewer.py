@@ -29,7 +29,7 @@ def test_upload_then_findings_and_slices(detector, server, browser, get_json, tm
     from noduleflow.ct import read_volume, write_volume
 
     data, run_dir = detector
-    volume = read_volume(sorted(data.glob("subset*/*.mhd"))[0])
+    volume = read_volume(min(data.glob("subset*/*.mhd")))
     scan = write_volume(volume, tmp_path / "chest.mha")
     driver, wait = browser, WebDriverWait(browser, WAIT_S, poll_frequency=0.2)
     driver.get(server + "/")
@@ -38,7 +38,7 @@ def test_upload_then_findings_and_slices(detector, server, browser, get_json, tm
 
     driver.find_element(By.ID, "file").send_keys(str(scan))
     driver.find_element(By.ID, "upload-button").click()
-    wait.until(lambda d: "done" in d.find_element(By.ID, "status").text or "failed" in d.find_element(By.ID, "status").text)
+    wait.until(lambda d: any(word in d.find_element(By.ID, "status").text for word in ("done", "failed")))
     status = driver.find_element(By.ID, "status").text
     assert "chest.mha: done" in status, status
     job_id = driver.execute_script("return decodeURIComponent(location.hash.slice('#job='.length))")
@@ -76,7 +76,8 @@ def test_upload_then_findings_and_slices(detector, server, browser, get_json, tm
     stage.send_keys(Keys.ARROW_DOWN if step == 1 else Keys.ARROW_UP)
     wait.until(lambda d: canvas.get_attribute("data-slice") == str(start + step))
     assert driver.find_element(By.ID, "slice-slider").get_attribute("value") == str(start + step)
-    driver.execute_script("arguments[0].dispatchEvent(new WheelEvent('wheel', {deltaY: -100, bubbles: true, cancelable: true}))", stage)
+    wheel_up = "arguments[0].dispatchEvent(new WheelEvent('wheel', {deltaY: -100, bubbles: true, cancelable: true}))"
+    driver.execute_script(wheel_up, stage)
     wait.until(lambda d: canvas.get_attribute("data-slice") == str(start))
     last = rows[-1]
     last.click()
