@@ -19,6 +19,7 @@ import pytest
 
 CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 CHROMEDRIVER = ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver")
+TOKEN = "browser-test-token"  # the server asks for one, so the test goes through the viewer's token field
 
 
 def _first(paths: tuple[str, ...], name: str) -> str | None:
@@ -64,21 +65,28 @@ def _get_json(url: str, token: str | None = None) -> dict:
 
 
 @pytest.fixture
+def token() -> str:
+    """The bearer token the test server wants."""
+    return TOKEN
+
+
+@pytest.fixture
 def get_json():
-    """GET a URL of the test server and decode its JSON body: get_json(url, token=None) -> dict."""
-    return _get_json
+    """GET a URL of the test server with its token and decode the JSON body: get_json(url) -> dict."""
+    return lambda url: _get_json(url, TOKEN)
 
 
 @pytest.fixture(scope="module")
 def server(detector, tmp_path_factory):
-    """Base URL (http://127.0.0.1:PORT) of the real app under uvicorn in a thread, ready (models loaded)."""
+    """Base URL (http://127.0.0.1:PORT) of the real app under uvicorn in a thread, ready (models loaded),
+    with the bearer token `TOKEN`."""
     import uvicorn
 
     from noduleflow.serve.app import create_app
     from noduleflow.serve.settings import ServeSettings
 
     _, run_dir = detector
-    settings = ServeSettings(run=run_dir, state=tmp_path_factory.mktemp("state"), host="127.0.0.1", threads=2)
+    settings = ServeSettings(run=run_dir, state=tmp_path_factory.mktemp("state"), host="127.0.0.1", threads=2, token=TOKEN)
     sock = _free_socket()
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     app_server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))

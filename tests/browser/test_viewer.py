@@ -21,7 +21,7 @@ def _pixels(element) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(element.screenshot_as_png)).convert("L"), dtype=np.float32)
 
 
-def test_upload_then_findings_and_slices(detector, server, browser, get_json, tmp_path):
+def test_upload_then_findings_and_slices(detector, server, token, browser, get_json, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -34,7 +34,17 @@ def test_upload_then_findings_and_slices(detector, server, browser, get_json, tm
     driver, wait = browser, WebDriverWait(browser, WAIT_S, poll_frequency=0.2)
     driver.get(server + "/")
     assert driver.title == "noduleflow viewer"
+
+    # the server wants a token: the viewer asks for it, says when one is refused, and goes on with the right one
+    field = driver.find_element(By.ID, "token")
+    wait.until(lambda d: field.is_displayed())
+    assert driver.find_element(By.ID, "model-info").text == "Enter the access token to connect."
+    field.send_keys("not-the-token", Keys.ENTER)
+    wait.until(lambda d: "did not accept" in d.find_element(By.ID, "token-label").text and field.is_displayed())
+    field.clear()
+    field.send_keys(token, Keys.ENTER)
     wait.until(lambda d: d.find_element(By.ID, "model-info").text.startswith(f"Model {run_dir.name} "))
+    assert not field.is_displayed()
 
     driver.find_element(By.ID, "file").send_keys(str(scan))
     driver.find_element(By.ID, "upload-button").click()
@@ -92,7 +102,7 @@ def test_upload_then_findings_and_slices(detector, server, browser, get_json, tm
     wait.until(lambda d: "marked" not in canvas.get_attribute("aria-label"))
     plain = _rgb(canvas)
     assert _spread(plain) < 1                                 # a grayscale slice
-    set_voxels = int((_png_array(_get(f"{server}/v1/scans/{job_id}/mask/{target}.png"))[..., 3] > 0).sum())
+    set_voxels = int((_png_array(_get(f"{server}/v1/scans/{job_id}/mask/{target}.png", token))[..., 3] > 0).sum())
     driver.find_element(By.ID, "show-mask").click()
     wait.until(lambda d: d.execute_script("return document.getElementById('slice-canvas').dataset.mask") == "on")
     masked = _rgb(canvas)
@@ -105,8 +115,9 @@ def test_upload_then_findings_and_slices(detector, server, browser, get_json, tm
         assert not tinted.any()
 
 
-def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def _get(url: str, token: str) -> bytes:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
         return response.read()
 
 

@@ -71,10 +71,13 @@ async function getImage(url) {
 
 function askForToken() {
   const form = $("token-form");
-  if (form.hidden) {
-    form.hidden = false;
-    $("token").focus();
-  }
+  if (!form.hidden) return;
+  // a token we already sent was refused: say so rather than ask as if for the first time
+  $("token-label").textContent = sessionStorage.getItem(TOKEN_KEY)
+    ? "The server did not accept that access token. Enter it again:"
+    : "This server needs an access token. Enter it to continue:";
+  form.hidden = false;
+  $("token").focus();
 }
 
 // ---- status line and model ---------------------------------------------------------------------------------------
@@ -255,6 +258,7 @@ function closeJob() {
   const ctx = $("slice-canvas").getContext("2d");
   ctx.clearRect(0, 0, ctx.canvas.width, ctx.canvas.height);
   $("findings").querySelector("tbody").replaceChildren();
+  $("findings").hidden = true;
   $("findings-empty").hidden = true;
   $("scan-info").textContent = "No scan open.";
 }
@@ -285,6 +289,7 @@ function fmt(p) {
 function renderFindings(findings) {
   const body = $("findings").querySelector("tbody");
   body.replaceChildren();
+  $("findings").hidden = findings.length === 0;
   $("findings-empty").hidden = findings.length > 0;
   findings.forEach((f, n) => {
     const slice = Math.round(f.center_irc[0]);
