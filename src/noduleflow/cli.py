@@ -172,6 +172,8 @@ def serve(
     job_timeout: float = typer.Option(600.0, "--job-timeout", help="Seconds a scan job may run before it is stopped and fails."),
     classify_max_batch: int = typer.Option(64, "--classify-max-batch", min=1, help="Patches per classifier call when /v1/classify requests are batched."),
     classify_max_wait_ms: float = typer.Option(10.0, "--classify-max-wait-ms", min=0.0, help="How long a /v1/classify request waits for others to batch with."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Segmentation probability that makes a voxel part of a candidate (as for `detect`)."),
+    max_candidates: int = typer.Option(100, "--max-candidates", min=1, help="Candidates classified per scan at most (as for `detect`)."),
     runtime: Runtime = typer.Option(Runtime.auto, "--runtime", help="Where the U-Net runs (as for `detect`)."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch/ONNX Runtime per process; 0 keeps their choice."),
 ) -> None:
@@ -185,7 +187,8 @@ def serve(
 
     settings = ServeSettings.from_env(run=run, host=host, port=port, state=state, token=token, max_upload_mb=max_upload_mb,
                                       max_queue=max_queue, job_timeout_s=job_timeout, classify_max_batch=classify_max_batch,
-                                      classify_max_wait_ms=classify_max_wait_ms, runtime=runtime.value, threads=threads)
+                                      classify_max_wait_ms=classify_max_wait_ms, threshold=threshold,
+                                      max_candidates=max_candidates, runtime=runtime.value, threads=threads)
     if not (run / "segment").is_dir():
         from noduleflow.errors import CheckpointError
 

@@ -26,6 +26,8 @@ class ServeSettings:
     max_queue: queued scan jobs at most; the next upload gets 429. job_timeout_s: a job running longer is
     stopped (its worker process killed) and fails. upload_idle_s: a client that sends no byte of its
     upload for this long is cut off (408), so slow clients cannot hold the server.
+    threshold / max_candidates: the Predictor's (segmentation probability that makes a candidate voxel;
+    candidates classified per scan at most), as `noduleflow detect` takes them.
     classify_max_batch / classify_max_wait_ms: /v1/classify requests are batched up to this many patches,
     waiting at most this long for more after the first. runtime: where the U-Net runs (`Predictor`).
     threads: torch/ONNX threads per process (0: the libraries' choice).
@@ -45,6 +47,8 @@ class ServeSettings:
     upload_idle_s: float = 30.0
     classify_max_batch: int = 64
     classify_max_wait_ms: float = 10.0
+    threshold: float = 0.5
+    max_candidates: int = 100
     runtime: str = "auto"
     threads: int = 0
 
@@ -56,17 +60,24 @@ class ServeSettings:
             raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         positive = {"max_upload_mb": self.max_upload_mb, "max_unzipped_mb": self.max_unzipped_mb, "max_zip_entries": self.max_zip_entries,
                     "max_zip_ratio": self.max_zip_ratio, "max_queue": self.max_queue, "job_timeout_s": self.job_timeout_s,
-                    "upload_idle_s": self.upload_idle_s, "classify_max_batch": self.classify_max_batch}
+                    "upload_idle_s": self.upload_idle_s, "classify_max_batch": self.classify_max_batch,
+                    "max_candidates": self.max_candidates}
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"{name} must be positive, got {value}", fix=f"Pass a {name.replace('_', '-')} above 0.")
         if self.classify_max_wait_ms < 0 or self.threads < 0:
             raise ConfigError("classify_max_wait_ms and threads must not be negative")
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"threshold must lie between 0 and 1, got {self.threshold}")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
         if self.token is None and not is_loopback(self.host):
             raise ConfigError(f"refusing to serve on {self.host} without a token: anyone on the network could upload scans and read results",
                               fix=f"Pass --token (or set {TOKEN_ENV}), or bind 127.0.0.1.")
+
+    def predictor_options(self) -> dict:
+        """Keyword arguments of the detection worker's `Predictor`."""
+        return {"runtime": self.runtime, "threads": self.threads, "threshold": self.threshold, "max_candidates": self.max_candidates}
 
     @property
     def max_upload_bytes(self) -> int:

@@ -23,12 +23,13 @@ log = logging.getLogger("noduleflow")
 _POLL_S = 0.1
 
 
-def worker_main(conn, run: str, runtime: str, threads: int) -> None:
-    """The worker process: load a Predictor, then answer {"folder", "input"} messages with `run_job`'s dict."""
+def worker_main(conn, run: str, options: dict) -> None:
+    """The worker process: load a Predictor (`options`: its keyword arguments), then answer {"folder", "input"}
+    messages with `run_job`'s dict."""
     from noduleflow.detect import Predictor
 
     try:
-        predictor = Predictor.from_run(run, runtime=runtime, threads=threads)
+        predictor = Predictor.from_run(run, **options)
     except Exception as err:  # reported to the server, which fails jobs with it
         conn.send({"ready": False, "error": f"cannot load the detector run {run}: {err}"})
         return
@@ -73,10 +74,11 @@ class DetectionRunner:
     """One thread that takes job ids from a queue and runs each in the worker process (module docstring).
 
     `pending` holds the ids waiting (what the queue-length limit counts); `current` the one running.
+    `target(conn, run, predictor_options)` is the worker process's function (`worker_main`; tests pass others).
     """
 
-    def __init__(self, settings, store: JobStore, on_finish=None):
-        self.settings, self.store, self.on_finish = settings, store, on_finish
+    def __init__(self, settings, store: JobStore, on_finish=None, target=worker_main):
+        self.settings, self.store, self.on_finish, self.target = settings, store, on_finish, target
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._lock = threading.Lock()
         self.pending: set[str] = set()
@@ -200,7 +202,7 @@ class DetectionRunner:
         ctx = mp.get_context("spawn")  # never fork a process that holds torch's and ONNX Runtime's threads
         parent, child = ctx.Pipe()
         s = self.settings
-        proc = ctx.Process(target=worker_main, args=(child, str(s.run), s.runtime, s.threads), name="noduleflow-worker", daemon=True)
+        proc = ctx.Process(target=self.target, args=(child, str(s.run), s.predictor_options()), name="noduleflow-worker", daemon=True)
         self._proc = proc  # so that `stop` can kill it while it starts
         try:
             proc.start()
