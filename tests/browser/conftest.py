@@ -86,7 +86,8 @@ def server(detector, tmp_path_factory):
     from noduleflow.serve.settings import ServeSettings
 
     _, run_dir = detector
-    settings = ServeSettings(run=run_dir, state=tmp_path_factory.mktemp("state"), host="127.0.0.1", threads=2, token=TOKEN)
+    settings = ServeSettings(run=run_dir, state=tmp_path_factory.mktemp("state"), host="127.0.0.1", threads=2,
+                             token=TOKEN)
     sock = _free_socket()
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     app_server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))

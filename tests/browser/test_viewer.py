@@ -46,6 +46,15 @@ def test_upload_then_findings_and_slices(detector, server, token, browser, get_j
     wait.until(lambda d: d.find_element(By.ID, "model-info").text.startswith(f"Model {run_dir.name} "))
     assert not field.is_displayed()
 
+    # a file the server refuses: its one-sentence reason is shown, nothing is queued
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a scan")
+    driver.find_element(By.ID, "file").send_keys(str(notes))
+    driver.find_element(By.ID, "upload-button").click()
+    wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("Upload failed: "))
+    assert "notes.txt" in driver.find_element(By.ID, "status").text and get_json(f"{server}/v1/scans")["jobs"] == []
+
+    driver.find_element(By.ID, "file").clear()
     driver.find_element(By.ID, "file").send_keys(str(scan))
     driver.find_element(By.ID, "upload-button").click()
     wait.until(lambda d: any(word in d.find_element(By.ID, "status").text for word in ("done", "failed")))
