@@ -21,7 +21,8 @@ def _pixels(element) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(element.screenshot_as_png)).convert("L"), dtype=np.float32)
 
 
-def test_upload_then_findings_and_slices(detector, server, token, browser, get_json, tmp_path):
+def test_upload_then_findings_and_slices(browser, detector, server, token, get_json, tmp_path):
+    """`browser` comes first: without Chromium the test is skipped before the detector is trained."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
