@@ -126,12 +126,11 @@ async function loadJobs() {
     const open = document.createElement("button");
     open.type = "button";
     open.className = "job-open";
-    open.disabled = job.status !== "done";
     open.innerHTML = `<span class="job-name"></span><span class="job-meta"></span>`;
     open.querySelector(".job-name").textContent = job.filename || job.id;
     open.querySelector(".job-meta").textContent = formatTime(job.created);
     open.setAttribute("aria-label", `${job.filename || job.id}, ${STATUS_TEXT[job.status] || job.status}`);
-    open.addEventListener("click", () => openJob(job.id));
+    open.addEventListener("click", () => openJob(job.id, job.filename || job.id));
     const badge = document.createElement("span");
     badge.className = `badge ${job.status}`;
     badge.textContent = STATUS_TEXT[job.status] || job.status;
@@ -235,14 +234,13 @@ async function followJob(id, name) {
 
 // ---- the open scan -------------------------------------------------------------------------------------------------
 
-async function openJob(id) {
+// A done job opens; a failed one says why; a queued or running one is followed and opens when it is done.
+async function openJob(id, name) {
   try {
     const job = await getJson(`/v1/scans/${encodeURIComponent(id)}`);
-    if (job.status !== "done") {
-      setStatus(`That scan is ${job.status}; it opens once it is done.`);
-      return;
-    }
-    showJob(job);
+    if (job.status === "done") showJob(job);
+    else if (job.status === "failed") setStatus(`${job.filename || name}: failed. ${job.error || ""}`, "error");
+    else await followJob(id, job.filename || name);
   } catch (err) {
     setStatus(`Could not open the scan: ${err.message}`, "error");
   }
