@@ -108,7 +108,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
     _install_handlers(app, server)
     _scan_routes(app, server)
     _other_routes(app, server)
-    app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
+    if STATIC.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    else:
+        @app.get("/static/{path:path}", include_in_schema=False)
+        async def no_viewer(path: str):
+            raise _NotFound("the web viewer is not installed (src/noduleflow/serve/static/ is missing)")
     return app
 
 

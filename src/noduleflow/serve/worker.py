@@ -183,6 +183,7 @@ class DetectionRunner:
         except (EOFError, OSError):
             if self._stopping:
                 return
+            proc.join(5)
             code = proc.exitcode
             self._restart()
             self._finish(job_id, error=f"the detection worker crashed on this scan (exit code {code}); the server restarted it")
