@@ -238,8 +238,10 @@ async function followJob(id, name) {
 async function openJob(id, name) {
   try {
     const job = await getJson(`/v1/scans/${encodeURIComponent(id)}`);
-    if (job.status === "done") showJob(job);
-    else if (job.status === "failed") setStatus(`${job.filename || name}: failed. ${job.error || ""}`, "error");
+    if (job.status === "done") {
+      setStatus("");
+      showJob(job);
+    } else if (job.status === "failed") setStatus(`${job.filename || name}: failed. ${job.error || ""}`, "error");
     else await followJob(id, job.filename || name);
   } catch (err) {
     setStatus(`Could not open the scan: ${err.message}`, "error");
