@@ -40,10 +40,7 @@ def detector_run(argv_run: str | None, workdir: Path) -> Path:
     given = argv_run or os.environ.get("NODULEFLOW_BENCH_RUN")
     if given:
         return Path(given)
-    try:  # the recipe is moving from detect/ to recipes/
-        from noduleflow.recipes import train_detector
-    except ImportError:
-        from noduleflow.detect.recipe import train_detector
+    from noduleflow.recipes.detector import train_detector
     from noduleflow.synth import synthesize
 
     data = workdir / "train-data"

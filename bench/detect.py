@@ -16,8 +16,8 @@ pass --retrain to train the detector again even though a complete one is cached 
    43 of those 50 patients' nodules imaged at full resolution (ground glass 6 of 11 instead of 3),
    and the whole recipe reached CPM 0.82 (46 of 52 found; 27.2 min) on the held-out seed, 0.83
    (27.6 min) with the classifier's patches in mm, 0.87 (27.1 min) mining 36 instead of 19 scans and
-   keeping the classifier's last epoch (`detect.recipe`, `detect.mining`).
-   Why 80: mining is capped by voxels (`detect.mining`), the rest of the recipe is sized in samples,
+   keeping the classifier's last epoch (`recipes.detector`, `recipes.mining`).
+   Why 80: mining is capped by voxels (`recipes.mining`), the rest of the recipe is sized in samples,
    so more scans cost synthesis and disk (80 scans and their cache: about 20 GB), not training time.
    Why 30 held-out: 52 nodules; the printed 95% interval shows the noise that is left.
 2. The default recipe (`noduleflow train detector`) into <bench>/detect/runs/detector-full, or the cached

@@ -34,10 +34,7 @@ def detector(tmp_path_factory) -> tuple[Path, Path]:
     near 0.2, under the Predictor's 0.5 threshold, so it finds nothing and the findings list would stay empty.
     Two segmentation epochs at scale 0.1 find a few candidates on every one of these scans.
     """
-    try:  # the one import of the recipe in tests/browser (it moves from detect/ to recipes/)
-        from noduleflow.recipes import train_detector
-    except ImportError:
-        from noduleflow.detect.recipe import train_detector
+    from noduleflow.recipes.detector import train_detector
     from noduleflow.synth import synthesize
 
     root = tmp_path_factory.mktemp("viewer")

@@ -171,7 +171,7 @@ def find_scans(root: str | Path) -> tuple[dict[str, Path], dict[str, int]]:
 def load_index(root: str | Path, *, extra_candidates: Iterable[str | Path] = (), extra_weight: int = 1) -> Luna16Index:
     """Read the CSVs of a LUNA16-layout folder and join them, keeping only the series on disk.
 
-    extra_candidates: more CSVs in candidates.csv's format (e.g. mined by `detect.mining`), whose
+    extra_candidates: more CSVs in candidates.csv's format (e.g. mined by `recipes.mining`), whose
     rows are appended to candidates.csv's and joined to the annotations the same way, each with
     `weight` = extra_weight.
     """

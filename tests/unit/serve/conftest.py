@@ -15,10 +15,7 @@ from fastapi.testclient import TestClient
 from noduleflow.serve import ServeSettings, create_app
 from noduleflow.synth import synthesize
 
-try:  # the one import of the recipe: main moved it to noduleflow.recipes
-    from noduleflow.recipes.detector import train_detector
-except ImportError:
-    from noduleflow.detect.recipe import train_detector
+from noduleflow.recipes.detector import train_detector
 
 TINY = {part: {"run.epochs": 1, "data.num_workers": 0} for part in ("segment", "classify", "malignancy")}
 # small limits, so that the hostile tests stay small; the test scans (69 x 128 x 128 int16) are 2.2 MiB

@@ -13,10 +13,7 @@ from PIL import Image
 from noduleflow.ct import CtVolume, read_volume, write_volume
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ct"))  # the DICOM series writer of the ct tests
-try:  # main keeps the writer in dicom_helpers
-    from dicom_helpers import write_series as _write_series
-except ImportError:
-    from test_dicom import _write_series
+from dicom_helpers import write_series as _write_series  # noqa: E402  (found through the path above)
 
 FORMATS = ("mha", "nii.gz", "mhd-zip", "dicom-zip")
 
