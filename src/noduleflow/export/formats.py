@@ -12,7 +12,6 @@ import contextlib
 import inspect
 import io
 import logging
-import os
 import tempfile
 import warnings
 from collections.abc import Iterable
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from noduleflow.files import atomic_path
 
 
 def dynamic_shapes(model: torch.nn.Module, example: torch.Tensor, multiple: int | None) -> dict:
@@ -48,36 +49,23 @@ def _quiet(*loggers: str):
             logger.setLevel(level)
 
 
-def _replace(tmp: Path, path: Path) -> Path:
-    os.replace(tmp, path)
-    return path
-
-
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str | Path, *, multiple: int | None = None) -> Path:
     """Write eval-mode `model` as ONNX (torch.onnx dynamo exporter, one file, weights inside) to `path`, atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with torch.inference_mode(False), _quiet("torch.onnx", "torch.export", "onnxscript"):
-            program = torch.onnx.export(model.eval(), (example,), dynamo=True, external_data=False, verbose=False,
-                                        dynamic_shapes=dynamic_shapes(model, example, multiple))
+    with torch.inference_mode(False), _quiet("torch.onnx", "torch.export", "onnxscript"):
+        program = torch.onnx.export(model.eval(), (example,), dynamo=True, external_data=False, verbose=False,
+                                    dynamic_shapes=dynamic_shapes(model, example, multiple))
+    with atomic_path(path) as tmp:
         program.save(str(tmp))
-        return _replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    return Path(path)
 
 
 def export_pt2(model: torch.nn.Module, example: torch.Tensor, path: str | Path, *, multiple: int | None = None) -> Path:
     """Write eval-mode `model` as a `torch.export` program (.pt2, loaded by `torch.export.load(path).module()`)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")  # torch.export.save warns about names not ending in .pt2
-    try:
-        with torch.inference_mode(False), _quiet("torch.export"):
-            program = torch.export.export(model.eval(), (example,), dynamic_shapes=dynamic_shapes(model, example, multiple))
+    with torch.inference_mode(False), _quiet("torch.export"):
+        program = torch.export.export(model.eval(), (example,), dynamic_shapes=dynamic_shapes(model, example, multiple))
+    with atomic_path(path, suffix=".tmp.pt2") as tmp:  # torch.export.save warns about names not ending in .pt2
         torch.export.save(program, str(tmp))
-        return _replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    return Path(path)
 
 
 def quantize_onnx(source: str | Path, target: str | Path, inputs: Iterable[np.ndarray]) -> Path:
@@ -106,17 +94,16 @@ def quantize_onnx(source: str | Path, target: str | Path, inputs: Iterable[np.nd
             return next(feeds, None)
 
     with tempfile.TemporaryDirectory() as folder:
-        prepared, tmp = Path(folder) / "prepared.onnx", target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        prepared = Path(folder) / "prepared.onnx"
         root = logging.getLogger()  # onnxruntime.quantization logs through the root logger
         level = root.level
         root.setLevel(logging.ERROR)
         try:
-            with _quiet("onnxruntime"):
+            with _quiet("onnxruntime"), atomic_path(target) as tmp:
                 quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # dynamic sizes: ONNX's own inference
                 quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                 calibrate_method=CalibrationMethod.MinMax)
-            return _replace(tmp, target)
+            return target
         finally:
             root.setLevel(level)
-            tmp.unlink(missing_ok=True)

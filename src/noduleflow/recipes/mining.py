@@ -29,14 +29,13 @@ them in `detect`.
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 from rich.progress import track
 
 from noduleflow.data.luna16 import on_findings
-
+from noduleflow.files import atomic_open
 
 MINE_VOXELS = 2.5e9  # scan voxels mined at most: about 4.5 minutes (module docstring)
 
@@ -80,12 +79,10 @@ def mine_candidates(data: str | Path, segment_run: str | Path, out_csv: str | Pa
         rows += [(uid, *map(float, p), int(h)) for p, h in zip(xyz, hit)]
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_csv.with_name(f".{out_csv.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_open(out_csv) as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(("seriesuid", "coordX", "coordY", "coordZ", "class"))
         writer.writerows((uid, f"{x:.3f}", f"{y:.3f}", f"{z:.3f}", cls) for uid, x, y, z, cls in rows)
-    os.replace(tmp, out_csv)
     return {"scans": len(uids), "of": len(index.series_uids), "candidates": len(rows), "positives": int(np.sum([r[4] for r in rows]))}
 
 

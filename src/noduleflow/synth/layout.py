@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from noduleflow.ct import CtVolume, write_volume
 from noduleflow.errors import NoduleflowError
+from noduleflow.files import atomic_write
 from noduleflow.synth.plan import ScanPlan
 
 ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
@@ -69,11 +70,8 @@ def write_csvs(out: Path, rows: dict[str, list[list]]) -> dict[str, Path]:
 
 
 def write_atomic(path: Path, data: bytes) -> Path:
-    """Write bytes to `path` through a temporary file in the same folder and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
+    """Write bytes to `path` through a temporary file in the same folder and a rename (`files.atomic_write`)."""
+    return atomic_write(path, data)
 
 
 def write_scan(out: Path, volume: CtVolume, mhd: Path, key: str, rows: dict) -> dict:

@@ -7,15 +7,13 @@ would be: LPS -> RAS flip of the first two axes, sform and qform both "scanner".
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from noduleflow.ct import CtVolume
 from noduleflow.ct.nifti import write_nifti
+from noduleflow.files import atomic_path
 
 
 def write_mask(volume: CtVolume, mask: np.ndarray, path: str | Path) -> Path:
@@ -30,15 +28,6 @@ def write_mask(volume: CtVolume, mask: np.ndarray, path: str | Path) -> Path:
         raise ValueError(f"the candidate mask's shape {mask.shape} is not the scan's {volume.shape} (I, R, C)")
     labels = CtVolume(mask.astype(np.int16), volume.origin_xyz, volume.spacing_xyz, volume.direction, volume.series_uid)
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=f".tmp{suffix}") as tmp:
         write_nifti(labels, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     return path
