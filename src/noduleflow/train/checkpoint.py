@@ -19,8 +19,9 @@ from torch import nn
 
 from noduleflow.errors import CheckpointError, OutputError
 from noduleflow.files import atomic_open, is_torch_write_failure, output_error
+from noduleflow.models.weights import FORMAT, load_model_state
+from noduleflow.models.weights import read_checkpoint as load_checkpoint
 
-FORMAT = 1
 """Checkpoint layout version, stored under "format"."""
 
 
@@ -48,22 +49,6 @@ def _unwritten(err: OutputError, path: Path) -> OutputError:
     """`err` with what a user of a run folder needs: the previous checkpoint is whole, and how to go on."""
     keep = f"The previous {path.name} (if any) is unchanged: once there is room, continue with --resume."
     return OutputError(err.what, path=err.path, fix=f"{err.fix} {keep}")
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a noduleflow checkpoint (CPU tensors); a missing, corrupt or foreign file raises `CheckpointError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError("checkpoint not found", path=path, fix="Point to a run folder or a .pt file that exists.")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
-        detail = (str(err).splitlines() or ["empty file"])[0][:120]  # some errors (an empty file's) carry no message
-        raise CheckpointError(f"cannot read checkpoint ({type(err).__name__}: {detail})", path=path,
-                              fix="The file is truncated or not a checkpoint; use last.pt/best.pt of a finished run or retrain.") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
-        raise CheckpointError("not a noduleflow checkpoint", path=path, fix="Use best.pt or last.pt from a runs/<name>/ folder.")
-    return payload
 
 
 def resolve_checkpoint(source: str | Path, name: str = "best.pt") -> Path:
@@ -97,20 +82,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_model_state(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, *, strict: bool = True) -> None:
-    """`module.load_state_dict(state)`, turning missing keys or shape mismatches into `CheckpointError` naming `path`."""
-    own = module.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
-    missing = [k for k in own if k not in state] if strict else []
-    unexpected = [k for k in state if k not in own]
-    if wrong or missing or unexpected:
-        detail = "; ".join(filter(None, [f"shape {wrong[0]}" if wrong else "", f"missing {missing[0]}" if missing else "",
-                                         f"unexpected {unexpected[0]}" if unexpected else ""]))
-        raise CheckpointError(f"weights do not fit model {type(module).__name__} ({detail})", path=path,
-                              fix="Use a checkpoint trained with the same model name, width and depth.")
-    module.load_state_dict(state, strict=strict)
 
 
 def init_from_checkpoint(module: nn.Module, source: str | Path, *, finetune_depth: int) -> Path:
