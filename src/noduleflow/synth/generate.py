@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import numbers
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -142,6 +143,18 @@ def _make_scan(job: _Job) -> dict:
     return {"index": job.index, "rows": record["rows"], "written": volume is not None, "preview": str(png) if png else None}
 
 
+def _start_method() -> str:
+    """"fork" while this process runs a single thread (workers inherit its imports: no second of imports each),
+    else "forkserver": a fork copies the locks other threads hold (ONNX Runtime's or OpenMP's pools, after a
+    `detect` in the same process), and a child that needs one waits forever."""
+    methods = multiprocessing.get_all_start_methods()
+    tasks = Path("/proc/self/task")
+    threads = len(os.listdir(tasks)) if tasks.is_dir() else threading.active_count()
+    if "fork" in methods and threads == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
 def _run(jobs: list[_Job], workers: int | None, show: bool) -> list[dict]:
     """Run `_make_scan` over jobs with a progress bar, in a process pool when more than one worker is useful.
 
@@ -162,8 +175,7 @@ def _run(jobs: list[_Job], workers: int | None, show: bool) -> list[dict]:
                 results.append(_make_scan(job))
                 progress.advance(task)
         return results
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(_start_method())) as pool:
         futures = [pool.submit(_make_scan, job) for job in jobs]  # the first submit starts every worker
         results = []
         with progress:

@@ -55,3 +55,20 @@ def test_an_output_folder_that_cannot_be_written_is_refused(tmp_path):
             synthesize(locked / "data", scans=1)
     finally:
         locked.chmod(0o700)
+
+
+def test_workers_are_not_forked_while_other_threads_run():
+    """A fork copies the locks other threads hold (ONNX Runtime's pools after a detect): with a second thread
+    alive the synth workers start from a fork server instead; alone, the process forks (cheaper)."""
+    import threading
+
+    from noduleflow.synth.generate import _start_method
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert _start_method() in ("forkserver", "spawn")
+    finally:
+        stop.set()
+        other.join()
