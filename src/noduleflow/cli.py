@@ -136,7 +136,7 @@ def detect(
     source: Path = typer.Argument(..., help="A scan (.mhd, .mha, .nii, .nii.gz), a DICOM series folder, or a LUNA16 folder (its subset*/ scans)."),
     run: Path = typer.Option(..., "--run", help="Detector run folder holding segment/, classify/ and optionally malignancy/ "
                              "(each a run of `noduleflow train`), as `noduleflow train detector DATA --run NAME` writes it to runs/NAME."),
-    out: Path = typer.Option(Path("detections"), "--out", "-o", help="Folder for submission.csv, detections.json and png/<seriesuid>.png."),
+    out: Path = typer.Option(Path("detections"), "--out", "-o", help="Folder for submission.csv, detections.json and the per-scan png/, markups/, masks/ and sr/ files."),
     threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Segmentation probability that makes a voxel part of a candidate."),
     max_candidates: int = typer.Option(100, "--max-candidates", min=1, help="Candidates classified per scan at most (the segmentation's most confident; LUNA16 scores 100 marks per scan)."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads of the models; 0 keeps the runtime's choice."),
@@ -152,7 +152,7 @@ def detect(
     """Find nodules: lung field -> U-Net segmentation -> connected components -> nodule classifier -> malignancy.
 
     Writes OUT/submission.csv (LUNA16: seriesuid,coordX,coordY,coordZ,probability), OUT/detections.json
-    (with malignancy and diameter) and a PNG per scan, updated as each scan finishes; score them with `noduleflow evaluate`.
+    (with malignancy and diameter), and per scan a PNG, 3D Slicer markups, the candidate mask (.nii.gz) and, for a DICOM series, a DICOM SR, updated as each scan finishes; score them with `noduleflow evaluate`.
     A scan that cannot be read is reported and skipped, and the command exits 2 at the end naming it.
     Example: noduleflow detect data/synth --run runs/detector -o runs/detector/detections
     """
