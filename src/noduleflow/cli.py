@@ -152,7 +152,8 @@ def detect(
     """Find nodules: lung field -> U-Net segmentation -> connected components -> nodule classifier -> malignancy.
 
     Writes OUT/submission.csv (LUNA16: seriesuid,coordX,coordY,coordZ,probability), OUT/detections.json
-    (with malignancy and diameter), and per scan a PNG, 3D Slicer markups, the candidate mask (.nii.gz) and, for a DICOM series, a DICOM SR, updated as each scan finishes; score them with `noduleflow evaluate`.
+    (with malignancy and diameter), and per scan a PNG, 3D Slicer markups, the candidate mask (.nii.gz) and, for
+    a DICOM series, a DICOM SR, updated as each scan finishes; score them with `noduleflow evaluate`.
     A scan that cannot be read is reported and skipped, and the command exits 2 at the end naming it.
     Example: noduleflow detect data/synth --run runs/detector -o runs/detector/detections
     """
