@@ -4,12 +4,14 @@ Run: .venv/bin/python bench/serve.py [RUN] [--seconds 60] [--clients 8] [--patch
 RUN (or $NODULEFLOW_BENCH_RUN) is a detector run folder; without one a tiny detector is trained into a temp
 folder first (a minute or two), so `make bench` works on a fresh clone. Traffic goes to 127.0.0.1 only.
 
-1. Two servers over the same run, each in its own process on 127.0.0.1 and a free port, one torch thread
-   each (--threads: on this 2-core machine shared with other work, two threads per server fighting for the
+1. Two servers over the same run, each in its own process on 127.0.0.1 and a free port, one thread each
+   (--threads: on this 2-core machine shared with other work, two threads per server fighting for the
    cores made a one-patch call several times slower than one thread, and the timings noisy):
-   - batched: the server's request batching (`serve.batching`: up to classify_max_batch patches per model
-     call, waiting at most classify_max_wait_ms for more after the first request);
-   - eager: one request per model call (classify_max_batch 1, classify_max_wait_ms 0).
+   - batched: the server as `noduleflow serve` runs it, with its request batching (`serve.batching`: up to
+     classify_max_batch patches per model call, waiting at most classify_max_wait_ms for more after the first
+     request);
+   - eager: the baseline, a model served as a PyTorch user first would: eager PyTorch (`--runtime torch`),
+     one request per model call (classify_max_batch 1, classify_max_wait_ms 0).
 2. `--clients` threads POST one .npy of `--patches` random HU patches (the classifier's patch size) each,
    next request as soon as the last is answered, to one server and then the other, alternating in four
    phases (batched, eager, eager, batched; `--seconds` per server in all) so that a change in this shared
@@ -47,33 +49,34 @@ def main() -> None:
         work = Path(tmp)
         run = detector_run(args.run, work)
         scans = scan_files(work, args.jobs) if args.jobs else []
-        batched = Server(run, work / "state-batched", threads=args.threads)
-        eager = Server(run, work / "state-eager", threads=args.threads, classify_max_batch=1, classify_max_wait_ms=0.0)
-        with batched, eager:
+        servers = {"batched": Server(run, work / "state-batched", threads=args.threads),
+                   "eager": Server(run, work / "state-eager", threads=args.threads, classify_max_batch=1,
+                                   classify_max_wait_ms=0.0, runtime="torch")}
+        batched = servers["batched"]
+        with batched, servers["eager"]:
             print(f"run {run}; {args.clients} clients, {args.patches} patch(es) a request, "
                   f"{args.seconds:g} s per server")
             check = classify_check(args.patches)
             payloads = patch_payloads(batched.port, patches=args.patches)
-            results = {"batched": LoadResult(0.0), "eager": LoadResult(0.0)}
-            for server in (batched, eager):
+            results = {name: LoadResult(0.0) for name in servers}
+            for server in servers.values():
                 load(server.port, payloads, clients=args.clients, seconds=WARMUP_S, check=check)
             for name in ("batched", "eager", "eager", "batched"):
-                server = batched if name == "batched" else eager
-                phase = load(server.port, payloads, clients=args.clients, seconds=args.seconds / 2, check=check)
+                phase = load(servers[name].port, payloads, clients=args.clients, seconds=args.seconds / 2, check=check)
                 results[name].extend(phase, offset=results[name].seconds)
             for name, res in results.items():
-                print(f"{name:8s} {res.rate():8.1f} requests/s ({res.rate() * args.patches:.1f} patches/s), "
+                print(f"{name:9s} {res.rate():8.1f} requests/s ({res.rate() * args.patches:.1f} patches/s), "
                       f"p50 {res.percentile(50):.1f} ms, p99 {res.percentile(99):.1f} ms, {len(res.ok)} requests, "
                       f"{res.errors} errors")
             jobs, job_errors = run_jobs(batched.port, scans)
             for job in jobs:
                 print(f"job {job['filename']} {job['scan']['shape']}: {len(job['findings'])} findings, "
                       f"{job['seconds']:.1f} s detection, {job['wall_s']:.1f} s from upload to done")
-            status = batched.proc.poll(), eager.proc.poll()
+            status = tuple(server.proc.poll() for server in servers.values())
         if any(s is not None for s in status):
             print(f"a server died during the bench (exit {status})")
             job_errors += 1
-    errors = results["batched"].errors + results["eager"].errors + job_errors
+    errors = sum(res.errors for res in results.values()) + job_errors
     print(f"errors {errors}")
     print(f"p99_ms {results['batched'].percentile(99):.1f}")
     print(f"ratio_batched_vs_eager {results['batched'].rate() / max(results['eager'].rate(), 1e-9):.2f}")

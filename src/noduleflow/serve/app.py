@@ -95,10 +95,13 @@ class _Server:
         from noduleflow.detect import Predictor
 
         try:
-            # a run with exported models (RUN/export/) serves them as the worker does; else eager torch, so that
-            # this process never writes an ONNX export beside the checkpoints while the worker may be writing it
+            # eager torch with its batches by default: a batch of patches costs eager PyTorch little more than
+            # one (per-call overhead), while ONNX Runtime's classifier gained nothing from batching here
+            # (docs/decisions.md); an explicit --runtime onnx|int8 (a torch-free deployment) or a run that holds
+            # only RUN/export/ is served from the exports
             s = self.settings
-            runtime = s.runtime if (s.run / "export").is_dir() else "torch"
+            has_weights = (s.run / "classify" / "best.pt").is_file()
+            runtime = "torch" if s.runtime in ("auto", "torch") and has_weights else s.runtime
             self.predictor = Predictor.from_run(s.run, runtime=runtime, threads=s.threads)
         except Exception as err:  # noqa: BLE001 - becomes a 4xx or a log line
             self.load_error = f"cannot load the detector run {self.settings.run}: {err}"
