@@ -10,7 +10,6 @@ import csv
 import errno
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import ClassVar
@@ -21,7 +20,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from noduleflow import files as files_module
-from noduleflow.cli import main
 from noduleflow.ct import CtVolume, write_volume
 from noduleflow.detect import pipeline
 from noduleflow.detect.pipeline import DETECTIONS_JSON, SUBMISSION_CSV, detect
@@ -279,28 +277,20 @@ def test_a_disk_that_fills_keeps_the_finished_scans_files_whole(data, run, tmp_p
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
-def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["noduleflow", *map(str, args)])
-    with pytest.raises(SystemExit) as stop:
-        main()
-    captured = capsys.readouterr()
-    return stop.value.code, captured.out, captured.err
-
-
-def test_cli_a_bad_scan_exits_2_with_one_error_line_after_writing_the_others(data, run, tmp_path, monkeypatch, capsys):
+def test_cli_a_bad_scan_exits_2_with_one_error_line_after_writing_the_others(data, run, tmp_path, run_cli):
     (data / "subset0" / "broken.mhd").write_text("ObjectType = Image\n")
-    code, out, err = _cli(monkeypatch, capsys, "detect", data, "--run", run, "-o", tmp_path / "out")
+    code, out, err = run_cli("detect", data, "--run", run, "-o", tmp_path / "out")
     assert code == 2 and (out + err).count("error:") == 1 and err.startswith("error:") and "Traceback" not in out + err
     assert "broken.mhd" in err and "1 of 4 scan(s) failed" in err
     assert [r["seriesuid"] for r in _rows(tmp_path / "out")] == UIDS
 
 
-def test_cli_one_bad_scan_is_its_own_error_line_and_no_old_result_is_left(data, run, tmp_path, monkeypatch, capsys):
+def test_cli_one_bad_scan_is_its_own_error_line_and_no_old_result_is_left(data, run, tmp_path, run_cli):
     out = tmp_path / "out"
     detect(data, run, out, progress=False)
     bad = tmp_path / "scan.mha"
     bad.write_text("garbage")
-    code, stdout, err = _cli(monkeypatch, capsys, "detect", bad, "--run", run, "-o", out)
+    code, stdout, err = run_cli("detect", bad, "--run", run, "-o", out)
     assert code == 2 and (stdout + err).count("error:") == 1 and err.startswith(f"error: {bad}: ") and err.count("\n") == 1
     assert _rows(out) == [] and _doc(out)["failed"] == {str(bad): err[len("error: "):].strip()}
     assert list((out / "png").iterdir()) == []
@@ -308,30 +298,30 @@ def test_cli_one_bad_scan_is_its_own_error_line_and_no_old_result_is_left(data, 
 
 @pytest.mark.parametrize("code_, words", [(errno.EACCES, "permission denied"), (errno.ENOSPC, "no space left"),
                                           (errno.EROFS, "read-only"), (errno.ENOTDIR, "not a folder")])
-def test_cli_an_unwritable_out_is_one_error_line(data, run, tmp_path, monkeypatch, capsys, code_, words):
+def test_cli_an_unwritable_out_is_one_error_line(data, run, tmp_path, monkeypatch, code_, words, run_cli):
     _deny(monkeypatch, code_)
-    code, _, err = _cli(monkeypatch, capsys, "detect", data, "--run", run, "-o", tmp_path / "out")
+    code, _, err = run_cli("detect", data, "--run", run, "-o", tmp_path / "out")
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], err
     assert str(tmp_path / "out") in lines[0]
 
 
-def test_cli_an_os_error_the_library_did_not_name_is_still_one_line(data, run, tmp_path, monkeypatch, capsys):
+def test_cli_an_os_error_the_library_did_not_name_is_still_one_line(data, run, tmp_path, monkeypatch, run_cli):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
 
     monkeypatch.setattr(pipeline, "detect", full)
     monkeypatch.setattr("noduleflow.detect.detect", full)
-    code, _, err = _cli(monkeypatch, capsys, "detect", data, "--run", run, "-o", tmp_path / "out")
+    code, _, err = run_cli("detect", data, "--run", run, "-o", tmp_path / "out")
     assert code == 2 and err.strip().count("\n") == 0 and "no space left" in err and str(tmp_path / "x") in err
 
 
-def test_cli_restart_redoes_every_scan(data, run, tmp_path, monkeypatch, capsys, fake):
-    assert _cli(monkeypatch, capsys, "detect", data, "--run", run, "-o", tmp_path / "out")[0] in (0, None)
+def test_cli_restart_redoes_every_scan(data, run, tmp_path, fake, run_cli):
+    assert run_cli("detect", data, "--run", run, "-o", tmp_path / "out")[0] in (0, None)
     fake.calls = []
-    assert _cli(monkeypatch, capsys, "detect", data, "--run", run, "-o", tmp_path / "out")[0] in (0, None)
+    assert run_cli("detect", data, "--run", run, "-o", tmp_path / "out")[0] in (0, None)
     assert fake.calls == []
-    assert _cli(monkeypatch, capsys, "detect", data, "--run", run, "-o", tmp_path / "out", "--restart")[0] in (0, None)
+    assert run_cli("detect", data, "--run", run, "-o", tmp_path / "out", "--restart")[0] in (0, None)
     assert fake.calls == UIDS
 
 
@@ -365,10 +355,10 @@ def _dicom_series(folder: Path, series_uid: str) -> Path:
 
 
 @pytest.mark.parametrize("uid", ["../../../x", "/abs/x"])
-def test_a_dicom_series_uid_that_is_a_path_writes_inside_out(run, tmp_path, monkeypatch, capsys, uid):
+def test_a_dicom_series_uid_that_is_a_path_writes_inside_out(run, tmp_path, uid, run_cli):
     series = _dicom_series(tmp_path / "series", uid)
     out = tmp_path / "a" / "b" / "out"
-    code, _, err = _cli(monkeypatch, capsys, "detect", series, "--run", run, "-o", out)
+    code, _, err = run_cli("detect", series, "--run", run, "-o", out)
     assert code in (0, None), err
     written = [p for p in tmp_path.rglob("*") if p.is_file() and "series" not in p.parts and "run" not in p.parts]
     assert written and all(p.resolve().is_relative_to(out.resolve()) for p in written), written

@@ -6,12 +6,10 @@ from __future__ import annotations
 import errno
 import json
 import os
-import sys
 
 import pytest
 
 from noduleflow import files as files_module
-from noduleflow.cli import main
 from noduleflow.config import resolve_config
 from noduleflow.errors import OutputError
 from noduleflow.train import checkpoint, train
@@ -19,14 +17,6 @@ from noduleflow.train.checkpoint import load_checkpoint
 from noduleflow.train.runlog import read_metrics
 
 FLAGS = ["--classes", "0,1", "--epochs", "2", "--batch-size", "64", "--workers", "0", "--threads", "1", "--no-progress"]
-
-
-def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["noduleflow", *map(str, args)])
-    with pytest.raises(SystemExit) as stop:
-        main()
-    captured = capsys.readouterr()
-    return stop.value.code, captured.out, captured.err
 
 
 def _full_disk_after(monkeypatch, saves: int, failure: BaseException) -> list:
@@ -48,9 +38,9 @@ def _full_disk_after(monkeypatch, saves: int, failure: BaseException) -> list:
     RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/7: file write failed"),
     OSError(errno.ENOSPC, "No space left on device"),
 ], ids=["torch", "os"])
-def test_a_disk_that_fills_in_epoch_2_is_one_error_line_and_epoch_1_resumes(tmp_path, monkeypatch, capsys, failure):
+def test_a_disk_that_fills_in_epoch_2_is_one_error_line_and_epoch_1_resumes(tmp_path, monkeypatch, failure, run_cli):
     _full_disk_after(monkeypatch, 2, failure)  # epoch 1 writes last.pt and best.pt; epoch 2's last.pt fails
-    code, _, err = _cli(monkeypatch, capsys, "train", "digits", *FLAGS, "--set", f"run.runs_dir={tmp_path}", "--run", "r")
+    code, _, err = run_cli("train", "digits", *FLAGS, "--set", f"run.runs_dir={tmp_path}", "--run", "r")
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
     assert str(tmp_path / "r" / "last.pt") in lines[0] and "space" in lines[0] and "--resume" in lines[0]
@@ -63,31 +53,31 @@ def test_a_disk_that_fills_in_epoch_2_is_one_error_line_and_epoch_1_resumes(tmp_
 
 
 @pytest.mark.parametrize("code_, words", [(errno.EACCES, "permission denied"), (errno.EROFS, "read-only")])
-def test_an_unwritable_runs_folder_fails_before_training(tmp_path, monkeypatch, capsys, code_, words):
+def test_an_unwritable_runs_folder_fails_before_training(tmp_path, monkeypatch, code_, words, run_cli):
     def refuse(*args, **kwargs):
         raise OSError(code_, os.strerror(code_))
 
     monkeypatch.setattr(files_module.tempfile, "mkstemp", refuse)
     saved = _full_disk_after(monkeypatch, 0, AssertionError("no checkpoint may be attempted"))
-    code, out, err = _cli(monkeypatch, capsys, "train", "digits", *FLAGS, "--set", f"run.runs_dir={tmp_path}", "--run", "r")
+    code, out, err = run_cli("train", "digits", *FLAGS, "--set", f"run.runs_dir={tmp_path}", "--run", "r")
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and words in lines[0] and str(tmp_path / "r") in lines[0], err
     assert saved == [] and "epoch" not in out
 
 
-def test_a_runs_folder_that_is_a_file_is_one_error_line(tmp_path, monkeypatch, capsys):
+def test_a_runs_folder_that_is_a_file_is_one_error_line(tmp_path, run_cli):
     (tmp_path / "runs").write_text("not a folder")
-    code, _, err = _cli(monkeypatch, capsys, "train", "digits", *FLAGS, "--set", f"run.runs_dir={tmp_path / 'runs'}", "--run", "r")
+    code, _, err = run_cli("train", "digits", *FLAGS, "--set", f"run.runs_dir={tmp_path / 'runs'}", "--run", "r")
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and str(tmp_path / "runs") in err, err
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_a_read_only_runs_folder_fails_before_training(tmp_path, monkeypatch, capsys):
+def test_a_read_only_runs_folder_fails_before_training(tmp_path, run_cli):
     runs = tmp_path / "runs"
     runs.mkdir()
     runs.chmod(0o555)
     try:
-        code, _, err = _cli(monkeypatch, capsys, "train", "digits", *FLAGS, "--set", f"run.runs_dir={runs}", "--run", "r")
+        code, _, err = run_cli("train", "digits", *FLAGS, "--set", f"run.runs_dir={runs}", "--run", "r")
     finally:
         runs.chmod(0o755)
     assert code == 2 and err.count("\n") == 1 and "permission denied" in err

@@ -1,4 +1,4 @@
-"""Fixtures shared by the end-to-end tests."""
+"""Fixtures shared by every test."""
 
 from __future__ import annotations
 
