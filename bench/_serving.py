@@ -47,8 +47,9 @@ def detector_run(argv_run: str | None, workdir: Path) -> Path:
     synthesize(data, scans=3, seed=2, size="small", scale=0.5, progress=False)
     overrides = {part: {"run.epochs": 1, "data.num_workers": 0} for part in ("segment", "classify", "malignancy")}
     print(f"no detector run given (argument or NODULEFLOW_BENCH_RUN): training a tiny one into {workdir}")
-    trained = train_detector(data, run="tiny", runs_dir=workdir / "runs", scale=0.02, progress=False,
-                             overrides=overrides)
+    trained = train_detector(
+        data, run="tiny", runs_dir=workdir / "runs", scale=0.02, progress=False, overrides=overrides
+    )
     return trained.run_dir
 
 
@@ -131,8 +132,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-            timeout: float = 60, conn: http.client.HTTPConnection | None = None) -> tuple[int, bytes]:
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict | None = None,
+    timeout: float = 60,
+    conn: http.client.HTTPConnection | None = None,
+) -> tuple[int, bytes]:
     """One request to 127.0.0.1:`port` (a fresh connection unless `conn` is given); (status, body)."""
     own = conn is None
     conn = conn or http.client.HTTPConnection(HOST, port, timeout=timeout)
@@ -190,8 +198,16 @@ class LoadResult:
         return float(np.percentile(lat, q)) if lat else float("nan")
 
 
-def load(port: int, payloads: list[bytes], *, clients: int, seconds: float, rate: float | None = None,
-         path: str = "/v1/classify", check=None) -> LoadResult:
+def load(
+    port: int,
+    payloads: list[bytes],
+    *,
+    clients: int,
+    seconds: float,
+    rate: float | None = None,
+    path: str = "/v1/classify",
+    check=None,
+) -> LoadResult:
     """`clients` threads POST `payloads` (in turn) to 127.0.0.1:`port``path` for `seconds`, each on one kept-alive
     connection. rate: total requests per second, spread evenly over the clients (None: each sends its next request
     as soon as the last is answered: the capacity). check(status, body) -> bool says whether an answer is right
@@ -215,8 +231,14 @@ def load(port: int, payloads: list[bytes], *, clients: int, seconds: float, rate
             if t0 >= deadline:
                 break
             try:
-                status, body = request(port, "POST", path, payloads[(k + n) % len(payloads)],
-                                       {"Content-Type": "application/octet-stream"}, conn=conn)
+                status, body = request(
+                    port,
+                    "POST",
+                    path,
+                    payloads[(k + n) % len(payloads)],
+                    {"Content-Type": "application/octet-stream"},
+                    conn=conn,
+                )
                 ok = check(status, body)
             except (OSError, http.client.HTTPException):
                 ok = False
@@ -255,8 +277,10 @@ def classify_check(patches: int):
 def upload(port: int, path: Path) -> tuple[int, dict]:
     """POST `path` to /v1/scans as the multipart field `file`; (status, JSON answer)."""
     boundary = uuid.uuid4().hex
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n")
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    )
     body = head.encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
     headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
     status, answer = request(port, "POST", "/v1/scans", body, headers)

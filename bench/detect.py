@@ -106,8 +106,11 @@ def main() -> None:
     if exported_runtime(run_dir) != "int8":  # a detector cached before `noduleflow export` existed
         print(export_run(run_dir, formats=EXPORT_FORMATS, data=train_data).describe())
     budget = json.loads((run_dir / TRAINING_JSON).read_text())["seconds"]
-    print(f"training budget: {sum(budget.values()) / 60:.1f} min (" + ", ".join(f"{k} {v / 60:.1f}" for k, v in budget.items())
-          + ") on this machine, limit 30 min")
+    print(
+        f"training budget: {sum(budget.values()) / 60:.1f} min ("
+        + ", ".join(f"{k} {v / 60:.1f}" for k, v in budget.items())
+        + ") on this machine, limit 30 min"
+    )
 
     out = folder / "out"
     summary = detect(heldout, run_dir, out, progress=False, restart=True)  # never a previous build's results
@@ -115,13 +118,19 @@ def main() -> None:
     report = evaluate(heldout, out / SUBMISSION_CSV, out)
     print(report.describe())
     sens = ", ".join(f"{s:.2f}" for s in report.froc.sensitivities)
-    print(f"sensitivity at 1/8..8 FPs per scan: {sens}; CPM 95% interval {report.froc.cpm_ci[0]:.3f}-{report.froc.cpm_ci[1]:.3f}")
+    print(
+        f"sensitivity at 1/8..8 FPs per scan: {sens}; CPM 95% interval {report.froc.cpm_ci[0]:.3f}-{report.froc.cpm_ci[1]:.3f}"
+    )
 
     ours, base = _time_both(run_dir, scan_sources(timed), rounds=TIMED_ROUNDS)
-    print(f"timed on {TIMED_SCANS} small held-out scans ({TIMED_ROUNDS} rounds): noduleflow {np.mean(ours):.2f} s/scan, baseline {np.mean(base):.2f} s/scan")
+    print(
+        f"timed on {TIMED_SCANS} small held-out scans ({TIMED_ROUNDS} rounds): noduleflow {np.mean(ours):.2f} s/scan, baseline {np.mean(base):.2f} s/scan"
+    )
     ours_full, base_full = _time_both(run_dir, scan_sources(heldout)[:TIMED_FULL])
-    print(f"timed on {TIMED_FULL} full-resolution held-out scans: noduleflow {np.mean(ours_full):.2f} s/scan, "
-          f"baseline {np.mean(base_full):.2f} s/scan, ratio {np.mean(base_full) / np.mean(ours_full):.2f}")
+    print(
+        f"timed on {TIMED_FULL} full-resolution held-out scans: noduleflow {np.mean(ours_full):.2f} s/scan, "
+        f"baseline {np.mean(base_full):.2f} s/scan, ratio {np.mean(base_full) / np.mean(ours_full):.2f}"
+    )
     cpms = compare_runtimes(run_dir, heldout, folder / "out-runtimes")
     speeds = time_runtimes(run_dir, scan_sources(timed), rounds=TIMED_ROUNDS)
     print("runtime   cpm     vs torch   s/scan (small)")
@@ -182,9 +191,11 @@ def _time_both(run_dir: Path, paths: list[Path], rounds: int = 1) -> tuple[list[
             n_base = _baseline(baseline_models, volume)
             base[r, k] = time.perf_counter() - start
             if r == rounds - 1:
-                print(f"  {volume.series_uid[-12:]} {volume.shape}: noduleflow {np.median(ours[:, k]):.1f} s ({found.candidates} "
-                      f"candidates), baseline {np.median(base[:, k]):.1f} s ({n_base} candidates)"
-                      + (f", medians of {rounds} rounds" if rounds > 1 else ""))
+                print(
+                    f"  {volume.series_uid[-12:]} {volume.shape}: noduleflow {np.median(ours[:, k]):.1f} s ({found.candidates} "
+                    f"candidates), baseline {np.median(base[:, k]):.1f} s ({n_base} candidates)"
+                    + (f", medians of {rounds} rounds" if rounds > 1 else "")
+                )
     return list(np.median(ours, axis=0)), list(np.median(base, axis=0))
 
 
@@ -194,16 +205,26 @@ def _baseline(models, volume) -> int:
     hu, (n_i, n_r, n_c), context = volume.hu, volume.shape, models.context
     probs = np.zeros(hu.shape, np.float32)
     for i in range(0, n_i, 4):
-        batch = [hu_to_unit(crop_box(hu, (j - context, 0, 0), (2 * context + 1, n_r, n_c))) for j in range(i, min(i + 4, n_i))]
-        x = torch.from_numpy(np.stack(batch))                                  # (4, 7, R, C)
-        probs[i:i + len(batch)] = torch.sigmoid(models.segment(x)[:, 0]).numpy()
+        batch = [
+            hu_to_unit(crop_box(hu, (j - context, 0, 0), (2 * context + 1, n_r, n_c)))
+            for j in range(i, min(i + 4, n_i))
+        ]
+        x = torch.from_numpy(np.stack(batch))  # (4, 7, R, C)
+        probs[i : i + len(batch)] = torch.sigmoid(models.segment(x)[:, 0]).numpy()
     # the book's groupSegmentationOutput: erode the mask once, label it, HU-weighted centres over the whole volume
     clean = ndimage.binary_erosion(probs > 0.5, iterations=1)
     labels, count = ndimage.label(clean)
-    centers = np.asarray(ndimage.center_of_mass(hu.clip(-1000, 1000) + 1001, labels=labels, index=np.arange(1, count + 1)))
-    size, size_mm = input_size_of(models.classify), models.patch_mm.get("classify")  # patches as the classifier was trained on
+    centers = np.asarray(
+        ndimage.center_of_mass(hu.clip(-1000, 1000) + 1001, labels=labels, index=np.arange(1, count + 1))
+    )
+    size, size_mm = (
+        input_size_of(models.classify),
+        models.patch_mm.get("classify"),
+    )  # patches as the classifier was trained on
     for center in centers.reshape(-1, 3):
-        x = torch.from_numpy(hu_to_unit(crop_patch(hu, center, size, size_mm, volume.spacing_irc)))[None, None]  # (1, 1, *size)
+        x = torch.from_numpy(hu_to_unit(crop_patch(hu, center, size, size_mm, volume.spacing_irc)))[
+            None, None
+        ]  # (1, 1, *size)
         if torch.softmax(models.classify(x), 1)[0, 1] > 0.5 and models.malignancy is not None:
             models.malignancy(x)
     return count

@@ -35,8 +35,8 @@ import numpy as np
 
 SCANS, SEED, BATCH, WORKERS = 8, 0, 32, 2
 PATCH = (32, 48, 48)
-POOL = 384                    # distinct candidates; passes draw from them in random order, as epochs do
-N_FAST, N_NAIVE = 3072, 96    # patches per timed pass: noduleflow and diskcache; the naive baseline
+POOL = 384  # distinct candidates; passes draw from them in random order, as epochs do
+N_FAST, N_NAIVE = 3072, 96  # patches per timed pass: noduleflow and diskcache; the naive baseline
 
 
 def main() -> None:
@@ -47,29 +47,43 @@ def main() -> None:
     data = _synthetic_data()
     started = time.perf_counter()
     summary = prepare(data, workers=WORKERS, progress=False)
-    print(f"data: {data} ({SCANS} scans), cache ready in {time.perf_counter() - started:.1f} s "
-          f"({len(summary.built)} built, {len(summary.skipped)} already cached)")
+    print(
+        f"data: {data} ({SCANS} scans), cache ready in {time.perf_counter() - started:.1f} s "
+        f"({len(summary.built)} built, {len(summary.skipped)} already cached)"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         index = load_index(data)
     rng = np.random.default_rng(SEED)
     distinct = rng.choice(len(index.candidates), min(POOL, len(index.candidates)), replace=False)
-    samples = [(c.series_uid, c.center_xyz, int(c.is_nodule)) for c in (index.candidates[i] for i in rng.choice(distinct, N_FAST))]
+    samples = [
+        (c.series_uid, c.center_xyz, int(c.is_nodule))
+        for c in (index.candidates[i] for i in rng.choice(distinct, N_FAST))
+    ]
     scans = {uid: str(path) for uid, path in index.scans.items()}
     _check_same_patches(summary.cache.root, scans, samples[:4])
 
     results = {}
-    for name, args in [("noduleflow", (str(summary.cache.root), samples)), ("naive", (scans, samples[:N_NAIVE])),
-                       ("diskcache", (scans, samples))]:
+    for name, args in [
+        ("noduleflow", (str(summary.cache.root), samples)),
+        ("naive", (scans, samples[:N_NAIVE])),
+        ("diskcache", (scans, samples)),
+    ]:
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:  # a fresh process: its own peak RSS
             results[name] = pool.submit(_measure, name, *args).result()
         rate, rss_main, rss_worker, note = results[name]
-        print(f"{name:>10}: {rate:9.1f} patches/s   peak RSS: main {rss_main:4.0f} MB, each of {WORKERS} workers "
-              f"<= {rss_worker:4.0f} MB{note}")
+        print(
+            f"{name:>10}: {rate:9.1f} patches/s   peak RSS: main {rss_main:4.0f} MB, each of {WORKERS} workers "
+            f"<= {rss_worker:4.0f} MB{note}"
+        )
 
     int16_bytes, cache_bytes = summary.scan_bytes, summary.cache_bytes
-    print(f"cache size: {cache_bytes / 1e6:.1f} MB = {cache_bytes / int16_bytes:.4f}x the int16 scans ({int16_bytes / 1e6:.1f} MB)")
-    print(f"this bench process: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (getrusage)")
+    print(
+        f"cache size: {cache_bytes / 1e6:.1f} MB = {cache_bytes / int16_bytes:.4f}x the int16 scans ({int16_bytes / 1e6:.1f} MB)"
+    )
+    print(
+        f"this bench process: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (getrusage)"
+    )
     fast, naive, dc = (results[k][0] for k in ("noduleflow", "naive", "diskcache"))
     print(f"ratio_vs_naive {fast / naive:.1f}")
     print(f"ratio_vs_diskcache {fast / dc:.1f}")
@@ -77,7 +91,10 @@ def main() -> None:
 
 def _synthetic_data() -> Path:
     """8 small synthetic scans in the LUNA16 layout, generated once and kept for later runs."""
-    folder = Path(os.environ.get("NODULEFLOW_BENCH_DIR", Path(tempfile.gettempdir()) / "noduleflow-bench")) / f"loader-{SCANS}-{SEED}"
+    folder = (
+        Path(os.environ.get("NODULEFLOW_BENCH_DIR", Path(tempfile.gettempdir()) / "noduleflow-bench"))
+        / f"loader-{SCANS}-{SEED}"
+    )
     done = folder / ".complete"
     if not done.exists():
         from noduleflow.synth import synthesize
@@ -114,8 +131,8 @@ def _noduleflow_rate(cache_root: str, samples: list) -> float:
     candidates = [Candidate(uid, xyz, bool(label)) for uid, xyz, label in samples]
     dataset = CandidatePatches(ScanCache(cache_root), candidates, size=PATCH)
     loader = make_loader(dataset, BATCH, workers=WORKERS)
-    _timed(loader)                                     # first pass: page cache and workers warm
-    return max(_timed(loader), _timed(loader))         # best of two warm passes, as for diskcache
+    _timed(loader)  # first pass: page cache and workers warm
+    return max(_timed(loader), _timed(loader))  # best of two warm passes, as for diskcache
 
 
 def _diskcache_rate(scans: dict, samples: list) -> tuple[float, str]:
@@ -124,8 +141,8 @@ def _diskcache_rate(scans: dict, samples: list) -> tuple[float, str]:
         started = time.perf_counter()
         _timed(_loader(_DiskcachePatches(scans, sorted(set(samples)), folder)))  # the book's prepcache: by series
         cold = time.perf_counter() - started
-        loader = _loader(_DiskcachePatches(scans, samples, folder))          # training order, every crop cached
-        rate = max(_timed(loader), _timed(loader))                             # best of two warm passes
+        loader = _loader(_DiskcachePatches(scans, samples, folder))  # training order, every crop cached
+        rate = max(_timed(loader), _timed(loader))  # best of two warm passes
         del loader
         size = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
         return rate, f"   (filling it took {cold:.1f} s; diskcache holds {size / 1e6:.0f} MB)"
@@ -171,10 +188,14 @@ def _check_same_patches(cache_root: Path, scans: dict, samples: list) -> None:
 
     from noduleflow.data import Candidate, CandidatePatches, ScanCache
 
-    ours = CandidatePatches(ScanCache(cache_root), [Candidate(u, x, bool(l)) for u, x, l in samples], size=PATCH)
+    ours = CandidatePatches(
+        ScanCache(cache_root), [Candidate(u, x, bool(label)) for u, x, label in samples], size=PATCH
+    )
     folder = tempfile.mkdtemp(prefix="noduleflow-bench-check-")
     try:
-        for i, (naive, book) in enumerate(zip(_NaivePatches(scans, samples), _DiskcachePatches(scans, samples, folder))):
+        for i, (naive, book) in enumerate(
+            zip(_NaivePatches(scans, samples), _DiskcachePatches(scans, samples, folder))
+        ):
             if not (torch.equal(ours[i][0], naive[0]) and torch.allclose(ours[i][0], book[0], rtol=0, atol=1e-6)):
                 sys.exit(f"patch {i} differs between the approaches: the benchmark would compare different work")
     finally:
@@ -239,12 +260,18 @@ class _DiskcachePatches:
         import torch
 
         if self._get is None:
-            raw_cache = diskcache.FanoutCache(self.folder, shards=64, timeout=1, size_limit=3e11)  # the book's util/disk.py
-            self._get = raw_cache.memoize(name="getCtRawCandidate", typed=True)(functools.partial(_book_raw_candidate, self.scans))
+            raw_cache = diskcache.FanoutCache(
+                self.folder, shards=64, timeout=1, size_limit=3e11
+            )  # the book's util/disk.py
+            self._get = raw_cache.memoize(name="getCtRawCandidate", typed=True)(
+                functools.partial(_book_raw_candidate, self.scans)
+            )
         uid, xyz, label = self.samples[i]
         candidate_a, center_irc = self._get(uid, tuple(xyz), PATCH)
         candidate_t = torch.from_numpy(candidate_a).to(torch.float32).unsqueeze(0)
-        candidate_t = candidate_t / 1000.0  # the one step the book leaves to its model: scale to [-1, 1] like the others
+        candidate_t = (
+            candidate_t / 1000.0
+        )  # the one step the book leaves to its model: scale to [-1, 1] like the others
         pos_t = torch.tensor([not label, label], dtype=torch.long)
         return candidate_t, pos_t, uid, torch.tensor(center_irc)
 

@@ -49,13 +49,22 @@ def main() -> None:
         work = Path(tmp)
         run = detector_run(args.run, work)
         scans = scan_files(work, args.jobs) if args.jobs else []
-        servers = {"batched": Server(run, work / "state-batched", threads=args.threads),
-                   "eager": Server(run, work / "state-eager", threads=args.threads, classify_max_batch=1,
-                                   classify_max_wait_ms=0.0, runtime="torch")}
+        servers = {
+            "batched": Server(run, work / "state-batched", threads=args.threads),
+            "eager": Server(
+                run,
+                work / "state-eager",
+                threads=args.threads,
+                classify_max_batch=1,
+                classify_max_wait_ms=0.0,
+                runtime="torch",
+            ),
+        }
         batched = servers["batched"]
         with batched, servers["eager"]:
-            print(f"run {run}; {args.clients} clients, {args.patches} patch(es) a request, "
-                  f"{args.seconds:g} s per server")
+            print(
+                f"run {run}; {args.clients} clients, {args.patches} patch(es) a request, {args.seconds:g} s per server"
+            )
             check = classify_check(args.patches)
             payloads = patch_payloads(batched.port, patches=args.patches)
             results = {name: LoadResult(0.0) for name in servers}
@@ -65,13 +74,17 @@ def main() -> None:
                 phase = load(servers[name].port, payloads, clients=args.clients, seconds=args.seconds / 2, check=check)
                 results[name].extend(phase, offset=results[name].seconds)
             for name, res in results.items():
-                print(f"{name:9s} {res.rate():8.1f} requests/s ({res.rate() * args.patches:.1f} patches/s), "
-                      f"p50 {res.percentile(50):.1f} ms, p99 {res.percentile(99):.1f} ms, {len(res.ok)} requests, "
-                      f"{res.errors} errors")
+                print(
+                    f"{name:9s} {res.rate():8.1f} requests/s ({res.rate() * args.patches:.1f} patches/s), "
+                    f"p50 {res.percentile(50):.1f} ms, p99 {res.percentile(99):.1f} ms, {len(res.ok)} requests, "
+                    f"{res.errors} errors"
+                )
             jobs, job_errors = run_jobs(batched.port, scans)
             for job in jobs:
-                print(f"job {job['filename']} {job['scan']['shape']}: {len(job['findings'])} findings, "
-                      f"{job['seconds']:.1f} s detection, {job['wall_s']:.1f} s from upload to done")
+                print(
+                    f"job {job['filename']} {job['scan']['shape']}: {len(job['findings'])} findings, "
+                    f"{job['seconds']:.1f} s detection, {job['wall_s']:.1f} s from upload to done"
+                )
             status = tuple(server.proc.poll() for server in servers.values())
         if any(s is not None for s in status):
             print(f"a server died during the bench (exit {status})")

@@ -72,8 +72,10 @@ def _soak(server: Server, scans: list[Path], args) -> tuple[list[int], float]:
         raise SystemExit(f"the server answered no request right during the warm-up ({warm.errors} errors)")
     rate = args.load * capacity
     rss_start, worker_start = server.rss_mb(), server.children_rss_mb()
-    print(f"capacity {capacity:.1f} requests/s over {args.warmup:g} s ({args.clients} clients, "
-          f"p99 {warm.percentile(99):.1f} ms); soaking at {rate:.1f} requests/s for {args.minutes:g} min")
+    print(
+        f"capacity {capacity:.1f} requests/s over {args.warmup:g} s ({args.clients} clients, "
+        f"p99 {warm.percentile(99):.1f} ms); soaking at {rate:.1f} requests/s for {args.minutes:g} min"
+    )
     print(f"start: rss {rss_start:.1f} MB (detection worker {worker_start:.1f} MB)")
 
     stop_at = time.monotonic() + args.minutes * 60
@@ -96,16 +98,20 @@ def _soak(server: Server, scans: list[Path], args) -> tuple[list[int], float]:
         soak.extend(part, offset=soak.seconds)
         minute += 1
         first_p99 = part.percentile(99) if first_p99 is None else first_p99
-        print(f"minute {minute}: {part.rate():.1f} requests/s, p50 {part.percentile(50):.1f} ms, "
-              f"p99 {part.percentile(99):.1f} ms, {part.errors} errors, rss {server.rss_mb():.1f} MB "
-              f"(worker {server.children_rss_mb():.1f} MB)")
+        print(
+            f"minute {minute}: {part.rate():.1f} requests/s, p50 {part.percentile(50):.1f} ms, "
+            f"p99 {part.percentile(99):.1f} ms, {part.errors} errors, rss {server.rss_mb():.1f} MB "
+            f"(worker {server.children_rss_mb():.1f} MB)"
+        )
     job_thread.join(timeout=120)
     rss_end, worker_end = server.rss_mb(), server.children_rss_mb()
     last_p99 = soak.percentile(99, since=max(soak.seconds - 60, 0))
     print(f"{len(soak.ok)} requests in {soak.seconds / 60:.1f} min ({soak.rate():.1f}/s), {jobs_done[0]} scan jobs")
     print(f"start: rss {rss_start:.1f} MB, p99 {first_p99:.1f} ms (first minute)")
-    print(f"end: rss {rss_end:.1f} MB, p99 {last_p99:.1f} ms (last minute); "
-          f"detection worker {worker_start:.1f} -> {worker_end:.1f} MB")
+    print(
+        f"end: rss {rss_end:.1f} MB, p99 {last_p99:.1f} ms (last minute); "
+        f"detection worker {worker_start:.1f} -> {worker_end:.1f} MB"
+    )
     return [warm.errors, soak.errors, job_errors[0]], rss_end - rss_start
 
 

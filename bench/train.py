@@ -59,7 +59,7 @@ def _volume_and_centres(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, 
 def _crop(volume: np.ndarray, centre: np.ndarray) -> np.ndarray:
     """The book's getRawCandidate in short: cut, clip HU to [-1000, 1000], scale to [-1, 1] float32."""
     lo = centre - np.array(PATCH) // 2
-    chunk = volume[lo[0]:lo[0] + PATCH[0], lo[1]:lo[1] + PATCH[1], lo[2]:lo[2] + PATCH[2]]
+    chunk = volume[lo[0] : lo[0] + PATCH[0], lo[1] : lo[1] + PATCH[1], lo[2] : lo[2] + PATCH[2]]
     return np.clip(chunk, -1000, 1000).astype(np.float32) / 1000.0
 
 
@@ -149,28 +149,62 @@ def _baseline(volume, centres, labels, batch: int, steps: int, device: torch.dev
 BOOK_MODEL = {"model.name": "nodule_classifier", "model.width": 8, "model.depth": 4}
 
 
-def _noduleflow(volume, centres, labels, batch: int, steps: int, model: dict | None = None, *,
-               device: torch.device = torch.device("cpu"), amp: str = "auto") -> float:
+def _noduleflow(
+    volume,
+    centres,
+    labels,
+    batch: int,
+    steps: int,
+    model: dict | None = None,
+    *,
+    device: torch.device = torch.device("cpu"),
+    amp: str = "auto",
+) -> float:
     """Samples/s that `Trainer` itself reports for its second epoch of `steps` batches (the first warms up).
 
     model: config overrides of the architecture (default: the book's, as the baseline); None takes the
     classify preset (nodule_net), which is fed the centre 16 x 32 x 32 of each patch.
     """
     torch.manual_seed(0)
-    cfg = resolve_config("classify", overrides={"data.root": "in-memory", "data.batch_size": batch, "run.epochs": 2,
-                                                "run.progress": False, "run.threads": 0, "run.amp": amp, **(model or {})})
+    cfg = resolve_config(
+        "classify",
+        overrides={
+            "data.root": "in-memory",
+            "data.batch_size": batch,
+            "run.epochs": 2,
+            "run.progress": False,
+            "run.threads": 0,
+            "run.amp": amp,
+            **(model or {}),
+        },
+    )
     configure_host(device, cfg.run.threads)
     data = _CachedBatches(volume, centres, labels)
     size = input_size_of(create_model(cfg.model.name, width=cfg.model.width, depth=cfg.model.depth))
     lo = [(a - b) // 2 for a, b in zip(PATCH, size)]
-    data.patches = data.patches[:, :, lo[0]:lo[0] + size[0], lo[1]:lo[1] + size[1], lo[2]:lo[2] + size[2]].contiguous()
-    order = BatchSampler(RandomSampler(range(steps * batch), generator=torch.Generator().manual_seed(0)), batch, drop_last=True)
+    data.patches = data.patches[
+        :, :, lo[0] : lo[0] + size[0], lo[1] : lo[1] + size[1], lo[2] : lo[2] + size[2]
+    ].contiguous()
+    order = BatchSampler(
+        RandomSampler(range(steps * batch), generator=torch.Generator().manual_seed(0)), batch, drop_last=True
+    )
     train_loader = DataLoader(data, batch_size=None, sampler=order)
     val_loader = DataLoader(data, batch_size=None, sampler=[list(range(batch))])
-    wrapped = wrap_model(create_model(cfg.model.name, width=cfg.model.width, depth=cfg.model.depth), device=device,
-                         channels_last=cfg.run.channels_last, compile=cfg.run.compile, amp=cfg.run.amp)
-    trainer = Trainer(wrapped, torch.nn.CrossEntropyLoss(), build_optimizer(cfg.optim, wrapped.module), train_loader,
-                      val_loader, config=cfg)
+    wrapped = wrap_model(
+        create_model(cfg.model.name, width=cfg.model.width, depth=cfg.model.depth),
+        device=device,
+        channels_last=cfg.run.channels_last,
+        compile=cfg.run.compile,
+        amp=cfg.run.amp,
+    )
+    trainer = Trainer(
+        wrapped,
+        torch.nn.CrossEntropyLoss(),
+        build_optimizer(cfg.optim, wrapped.module),
+        train_loader,
+        val_loader,
+        config=cfg,
+    )
     trainer.fit()
     return trainer.history[-1]["samples_per_s"]
 
@@ -179,11 +213,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=4, help="timed batches per side")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads for both sides (default 1, see the module docstring; 0: PyTorch's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for both sides (default 1, see the module docstring; 0: PyTorch's default)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: where both sides train")
-    parser.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
-                        help="noduleflow side's run.amp (the baseline is always fp32)")
+    parser.add_argument(
+        "--amp",
+        default="auto",
+        choices=["auto", "off", "bf16", "fp16"],
+        help="noduleflow side's run.amp (the baseline is always fp32)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -197,15 +239,22 @@ def main() -> None:
     ours = _noduleflow(volume, centres, labels, batch, steps, BOOK_MODEL, device=device, amp=args.amp)
     default = _noduleflow(volume, centres, labels, batch, steps, None, device=device, amp=args.amp)
 
-    name, precision = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", str(dtype).removeprefix("torch.")
-    print(f"{name}, threads {torch.get_num_threads()}, batch {batch}, {steps} timed steps per side, torch {torch.__version__}, "
-          f"noduleflow side in {precision}")
+    name, precision = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        str(dtype).removeprefix("torch."),
+    )
+    print(
+        f"{name}, threads {torch.get_num_threads()}, batch {batch}, {steps} timed steps per side, torch {torch.__version__}, "
+        f"noduleflow side in {precision}"
+    )
     print(f"matmul peak ({precision:8s})  {peak / 1e9:8.1f} GFLOP/s")
     print(f"model forward+backward      {flops / 1e9:8.2f} GFLOP/sample")
     print(f"baseline (book loop)        {base:8.2f} samples/s  {base * flops / 1e9:6.1f} GFLOP/s")
     print(f"noduleflow (Trainer path)   {ours:8.2f} samples/s  {ours * flops / 1e9:6.1f} GFLOP/s")
-    print(f"noduleflow's default classifier (nodule_net, 16x32x32 patches, another model): {default:.2f} samples/s, "
-          f"{default / base:.1f}x the baseline")
+    print(
+        f"noduleflow's default classifier (nodule_net, 16x32x32 patches, another model): {default:.2f} samples/s, "
+        f"{default / base:.1f}x the baseline"
+    )
     print(f"mfu {ours * flops / peak:.3f}")
     print(f"ratio_vs_baseline {ours / base:.2f}")
 

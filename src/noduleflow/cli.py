@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import sys
 import warnings
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from noduleflow import __version__
 from noduleflow.errors import NoduleflowError
@@ -34,7 +34,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool | None = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Find and classify lung nodules in chest CT scans.
 
@@ -44,12 +46,22 @@ def _root(
 
 @app.command()
 def synth(
-    out: Path = typer.Argument(..., help="Folder to write the LUNA16 layout into (subsetN/*.mhd, annotations.csv, candidates.csv, ...)."),
+    out: Path = typer.Argument(
+        ..., help="Folder to write the LUNA16 layout into (subsetN/*.mhd, annotations.csv, candidates.csv, ...)."
+    ),
     scans: int = typer.Option(10, "--scans", "-n", min=1, help="Number of scans to generate."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed writes the same bytes."),
-    size: str = typer.Option("small", "--size", help="'small' (about 256x256 in-plane, for tests and the demo) or 'full' (512x512, like real scanners)."),
-    subsets: int = typer.Option(0, "--subsets", help="Number of subsetN folders (LUNA16 has 10); 0 picks min(scans, 10)."),
-    preview: bool = typer.Option(False, "--preview", help="Also write preview/<seriesuid>.png with slices through each nodule."),
+    size: str = typer.Option(
+        "small",
+        "--size",
+        help="'small' (about 256x256 in-plane, for tests and the demo) or 'full' (512x512, like real scanners).",
+    ),
+    subsets: int = typer.Option(
+        0, "--subsets", help="Number of subsetN folders (LUNA16 has 10); 0 picks min(scans, 10)."
+    ),
+    preview: bool = typer.Option(
+        False, "--preview", help="Also write preview/<seriesuid>.png with slices through each nodule."
+    ),
 ) -> None:
     """Write synthetic chest CT scans with nodules, vessels and ribs in the LUNA16 layout.
 
@@ -63,11 +75,19 @@ def synth(
 
 @app.command()
 def prepare(
-    data: Path = typer.Argument(..., help="LUNA16-layout folder (subsetN/*.mhd), e.g. the output of `noduleflow synth`."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Cache folder; default DATA/.noduleflow-cache."),
-    spacing: Optional[str] = typer.Option(None, "--spacing", help="Resample every scan to X,Y,Z mm, e.g. 0.7,0.7,1.25; default: keep each scan's spacing."),
-    workers: int = typer.Option(0, "--workers", "-j", help="Scans built in parallel processes; 0 = one per CPU core (at most 8)."),
-    verify: bool = typer.Option(False, "--verify", help="Re-hash cached entries instead of trusting their sizes (reads them in full)."),
+    data: Path = typer.Argument(
+        ..., help="LUNA16-layout folder (subsetN/*.mhd), e.g. the output of `noduleflow synth`."
+    ),
+    cache: Path | None = typer.Option(None, "--cache", help="Cache folder; default DATA/.noduleflow-cache."),
+    spacing: str | None = typer.Option(
+        None, "--spacing", help="Resample every scan to X,Y,Z mm, e.g. 0.7,0.7,1.25; default: keep each scan's spacing."
+    ),
+    workers: int = typer.Option(
+        0, "--workers", "-j", help="Scans built in parallel processes; 0 = one per CPU core (at most 8)."
+    ),
+    verify: bool = typer.Option(
+        False, "--verify", help="Re-hash cached entries instead of trusting their sizes (reads them in full)."
+    ),
 ) -> None:
     """Read each scan once into a memory-mapped cache (int16 HU + lung mask) for fast training.
 
@@ -75,7 +95,8 @@ def prepare(
     A scan that cannot be read is skipped with a warning; the others are cached, then the command exits 2 naming each.
     Example: noduleflow prepare data/synth --workers 4
     """
-    from noduleflow.data.prepare_cache import parse_spacing, prepare as prepare_cache
+    from noduleflow.data.prepare_cache import parse_spacing
+    from noduleflow.data.prepare_cache import prepare as prepare_cache
 
     summary = prepare_cache(data, cache=cache, spacing_xyz=parse_spacing(spacing), workers=workers, verify=verify)
     typer.echo(summary.describe())
@@ -83,10 +104,20 @@ def prepare(
 
 @app.command()
 def evaluate(
-    data: Path = typer.Argument(..., help="LUNA16-layout folder with annotations.csv (annotations_excluded.csv optional); its subset*/ scans, or its seriesuids.csv, are the scans scored."),
-    submission: Path = typer.Argument(..., help="submission.csv with columns seriesuid, coordX, coordY, coordZ (world mm), probability and optionally malignancy; or a detections JSON."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for froc.json and froc.png; default: the submission's folder."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Resamplings of the scans for the 95% intervals; 0 skips them."),
+    data: Path = typer.Argument(
+        ...,
+        help="LUNA16-layout folder with annotations.csv (annotations_excluded.csv optional); its subset*/ scans, or its seriesuids.csv, are the scans scored.",
+    ),
+    submission: Path = typer.Argument(
+        ...,
+        help="submission.csv with columns seriesuid, coordX, coordY, coordZ (world mm), probability and optionally malignancy; or a detections JSON.",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Folder for froc.json and froc.png; default: the submission's folder."
+    ),
+    bootstrap: int = typer.Option(
+        1000, "--bootstrap", min=0, help="Resamplings of the scans for the 95% intervals; 0 skips them."
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed of the bootstrap."),
 ) -> None:
     """Score detections as the LUNA16 challenge does: FROC, CPM (mean sensitivity at 1/8..8 false positives per scan) and its 95% interval.
@@ -107,9 +138,16 @@ def evaluate(
 def demo(
     out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the demo's data, runs and results."),
     scans: int = typer.Option(12, "--scans", min=2, help="Synthetic training scans to generate."),
-    held_out: int = typer.Option(3, "--held-out", min=1, help="Synthetic held-out scans (another seed) to detect on and score."),
+    held_out: int = typer.Option(
+        3, "--held-out", min=1, help="Synthetic held-out scans (another seed) to detect on and score."
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed of the synthetic data and the training."),
-    scale: float = typer.Option(0.25, "--scale", min=0.001, help="Fraction of the default detector recipe's training (1.0: about 28 minutes on 2 cores)."),
+    scale: float = typer.Option(
+        0.25,
+        "--scale",
+        min=0.001,
+        help="Fraction of the default detector recipe's training (1.0: about 28 minutes on 2 cores).",
+    ),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch; 0 keeps PyTorch's choice."),
 ) -> None:
     """Run the whole pipeline on built-in synthetic CT: synthesize, train, detect, evaluate.
@@ -122,7 +160,7 @@ def demo(
     run_demo(out, scans=scans, held_out=held_out, seed=seed, scale=scale, threads=threads)
 
 
-class Runtime(str, Enum):
+class Runtime(StrEnum):
     """Where `detect` runs the models (see noduleflow.detect.runtime)."""
 
     auto = "auto"
@@ -133,21 +171,51 @@ class Runtime(str, Enum):
 
 @app.command()
 def detect(
-    source: Path = typer.Argument(..., help="A scan (.mhd, .mha, .nii, .nii.gz), a DICOM series folder, or a LUNA16 folder (its subset*/ scans)."),
-    run: Path = typer.Option(..., "--run", help="Detector run folder holding segment/, classify/ and optionally malignancy/ "
-                             "(each a run of `noduleflow train`), as `noduleflow train detector DATA --run NAME` writes it to runs/NAME."),
-    out: Path = typer.Option(Path("detections"), "--out", "-o", help="Folder for submission.csv, detections.json and the per-scan png/, markups/, masks/ and sr/ files."),
-    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Segmentation probability that makes a voxel part of a candidate."),
-    max_candidates: int = typer.Option(100, "--max-candidates", min=1, help="Candidates classified per scan at most (the segmentation's most confident; LUNA16 scores 100 marks per scan)."),
+    source: Path = typer.Argument(
+        ..., help="A scan (.mhd, .mha, .nii, .nii.gz), a DICOM series folder, or a LUNA16 folder (its subset*/ scans)."
+    ),
+    run: Path = typer.Option(
+        ...,
+        "--run",
+        help="Detector run folder holding segment/, classify/ and optionally malignancy/ "
+        "(each a run of `noduleflow train`), as `noduleflow train detector DATA --run NAME` writes it to runs/NAME.",
+    ),
+    out: Path = typer.Option(
+        Path("detections"),
+        "--out",
+        "-o",
+        help="Folder for submission.csv, detections.json and the per-scan png/, markups/, masks/ and sr/ files.",
+    ),
+    threshold: float = typer.Option(
+        0.5, "--threshold", min=0.0, max=1.0, help="Segmentation probability that makes a voxel part of a candidate."
+    ),
+    max_candidates: int = typer.Option(
+        100,
+        "--max-candidates",
+        min=1,
+        help="Candidates classified per scan at most (the segmentation's most confident; LUNA16 scores 100 marks per scan).",
+    ),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads of the models; 0 keeps the runtime's choice."),
-    runtime: Runtime = typer.Option(Runtime.auto, "--runtime", help="Where the models run. onnx: the run's float32 exports under "
-                                    "ONNX Runtime, without torch; int8: the same with the U-Net in int8 (faster, about the same "
-                                    "findings); both read RUN/export/ (`noduleflow export RUN`, which `train detector` runs); "
-                                    "torch: eager PyTorch from the best.pt files; auto: int8 or onnx when the run has exports, else torch."),
-    mirror: bool = typer.Option(True, "--mirror/--no-mirror", help="Average the nodule classifier over each patch and its mirror "
-                                "image (CPM 0.84 instead of 0.83 on the bench; one more classifier pass per candidate)."),
-    restart: bool = typer.Option(False, "--restart", help="Redo every scan. Without it, a rerun with the same run and settings "
-                                 "keeps the scans OUT already holds results for (an interrupted or partly failed job goes on)."),
+    runtime: Runtime = typer.Option(
+        Runtime.auto,
+        "--runtime",
+        help="Where the models run. onnx: the run's float32 exports under "
+        "ONNX Runtime, without torch; int8: the same with the U-Net in int8 (faster, about the same "
+        "findings); both read RUN/export/ (`noduleflow export RUN`, which `train detector` runs); "
+        "torch: eager PyTorch from the best.pt files; auto: int8 or onnx when the run has exports, else torch.",
+    ),
+    mirror: bool = typer.Option(
+        True,
+        "--mirror/--no-mirror",
+        help="Average the nodule classifier over each patch and its mirror "
+        "image (CPM 0.84 instead of 0.83 on the bench; one more classifier pass per candidate).",
+    ),
+    restart: bool = typer.Option(
+        False,
+        "--restart",
+        help="Redo every scan. Without it, a rerun with the same run and settings "
+        "keeps the scans OUT already holds results for (an interrupted or partly failed job goes on).",
+    ),
 ) -> None:
     """Find nodules: lung field -> U-Net segmentation -> connected components -> nodule classifier -> malignancy.
 
@@ -159,12 +227,21 @@ def detect(
     """
     from noduleflow.detect.pipeline import detect as run_detect
 
-    summary = run_detect(source, run, out, threshold=threshold, max_candidates=max_candidates, threads=threads,
-                         runtime=runtime.value, mirror=mirror, restart=restart)
+    summary = run_detect(
+        source,
+        run,
+        out,
+        threshold=threshold,
+        max_candidates=max_candidates,
+        threads=threads,
+        runtime=runtime.value,
+        mirror=mirror,
+        restart=restart,
+    )
     typer.echo(summary.describe())
 
 
-class ExportFormat(str, Enum):
+class ExportFormat(StrEnum):
     """What `noduleflow export` writes (see noduleflow.export)."""
 
     onnx = "onnx"
@@ -175,12 +252,25 @@ class ExportFormat(str, Enum):
 
 @app.command("export")
 def export(
-    run: Path = typer.Argument(..., help="Detector run folder (segment/, classify/, optionally malignancy/), as `train detector` writes it."),
-    format_: list[ExportFormat] = typer.Option([ExportFormat.all], "--format", "-f", help="onnx (float32, every model), int8 (the "
-                                               "U-Net, calibrated on training scans), pt2 (torch.export programs), or all; repeatable."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Scans (LUNA16 layout) for the parity checks and the int8 calibration; "
-                                        "default: the run's training data (segment/config.yaml's data.root)."),
-    force: bool = typer.Option(False, "--force", help="Export again even the files whose manifest entry is intact and current."),
+    run: Path = typer.Argument(
+        ..., help="Detector run folder (segment/, classify/, optionally malignancy/), as `train detector` writes it."
+    ),
+    format_: list[ExportFormat] = typer.Option(
+        [ExportFormat.all],
+        "--format",
+        "-f",
+        help="onnx (float32, every model), int8 (the "
+        "U-Net, calibrated on training scans), pt2 (torch.export programs), or all; repeatable.",
+    ),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="Scans (LUNA16 layout) for the parity checks and the int8 calibration; "
+        "default: the run's training data (segment/config.yaml's data.root).",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Export again even the files whose manifest entry is intact and current."
+    ),
 ) -> None:
     """Export every model of a detector run to RUN/export/ with a manifest.json (input contract, checksum, parity).
 
@@ -198,21 +288,45 @@ def export(
 
 @app.command()
 def serve(
-    run: Path = typer.Option(..., "--run", help="Detector run folder (as `noduleflow train detector` writes it) whose models answer."),
+    run: Path = typer.Option(
+        ..., "--run", help="Detector run folder (as `noduleflow train detector` writes it) whose models answer."
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; any but loopback needs --token."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
-    state: Optional[Path] = typer.Option(None, "--state", help="Folder for jobs (uploads, results), kept across restarts; default RUN/serve-state."),
-    token: Optional[str] = typer.Option(None, "--token", help="Bearer token every endpoint but /healthz, /readyz and the viewer needs "
-                                        "(default: $NODULEFLOW_TOKEN; none: loopback only)."),
+    state: Path | None = typer.Option(
+        None, "--state", help="Folder for jobs (uploads, results), kept across restarts; default RUN/serve-state."
+    ),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        help="Bearer token every endpoint but /healthz, /readyz and the viewer needs "
+        "(default: $NODULEFLOW_TOKEN; none: loopback only).",
+    ),
     max_upload_mb: float = typer.Option(1024.0, "--max-upload-mb", help="Largest upload accepted (413 above)."),
     max_queue: int = typer.Option(16, "--max-queue", min=1, help="Scan jobs waiting at most (429 above)."),
-    job_timeout: float = typer.Option(600.0, "--job-timeout", help="Seconds a scan job may run before it is stopped and fails."),
-    classify_max_batch: int = typer.Option(64, "--classify-max-batch", min=1, help="Patches per classifier call when /v1/classify requests are batched."),
-    classify_max_wait_ms: float = typer.Option(10.0, "--classify-max-wait-ms", min=0.0, help="How long a /v1/classify request waits for others to batch with."),
-    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Segmentation probability that makes a voxel part of a candidate (as for `detect`)."),
-    max_candidates: int = typer.Option(100, "--max-candidates", min=1, help="Candidates classified per scan at most (as for `detect`)."),
+    job_timeout: float = typer.Option(
+        600.0, "--job-timeout", help="Seconds a scan job may run before it is stopped and fails."
+    ),
+    classify_max_batch: int = typer.Option(
+        64, "--classify-max-batch", min=1, help="Patches per classifier call when /v1/classify requests are batched."
+    ),
+    classify_max_wait_ms: float = typer.Option(
+        10.0, "--classify-max-wait-ms", min=0.0, help="How long a /v1/classify request waits for others to batch with."
+    ),
+    threshold: float = typer.Option(
+        0.5,
+        "--threshold",
+        min=0.0,
+        max=1.0,
+        help="Segmentation probability that makes a voxel part of a candidate (as for `detect`).",
+    ),
+    max_candidates: int = typer.Option(
+        100, "--max-candidates", min=1, help="Candidates classified per scan at most (as for `detect`)."
+    ),
     runtime: Runtime = typer.Option(Runtime.auto, "--runtime", help="Where the U-Net runs (as for `detect`)."),
-    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch/ONNX Runtime per process; 0 keeps their choice."),
+    threads: int = typer.Option(
+        0, "--threads", min=0, help="CPU threads for torch/ONNX Runtime per process; 0 keeps their choice."
+    ),
 ) -> None:
     """Serve the HTTP API and the web viewer (docs/API.md) on uvicorn: upload scans, poll jobs, classify patches.
 
@@ -222,15 +336,30 @@ def serve(
 
     from noduleflow.serve import ServeSettings
 
-    settings = ServeSettings.from_env(run=run, host=host, port=port, state=state, token=token, max_upload_mb=max_upload_mb,
-                                      max_queue=max_queue, job_timeout_s=job_timeout, classify_max_batch=classify_max_batch,
-                                      classify_max_wait_ms=classify_max_wait_ms, threshold=threshold,
-                                      max_candidates=max_candidates, runtime=runtime.value, threads=threads)
+    settings = ServeSettings.from_env(
+        run=run,
+        host=host,
+        port=port,
+        state=state,
+        token=token,
+        max_upload_mb=max_upload_mb,
+        max_queue=max_queue,
+        job_timeout_s=job_timeout,
+        classify_max_batch=classify_max_batch,
+        classify_max_wait_ms=classify_max_wait_ms,
+        threshold=threshold,
+        max_candidates=max_candidates,
+        runtime=runtime.value,
+        threads=threads,
+    )
     if not (run / "segment").is_dir():
         from noduleflow.errors import CheckpointError
 
-        raise CheckpointError("is not a detector run folder (it has no segment/)", path=run,
-                              fix="Pass the folder `noduleflow train detector DATA --run NAME` wrote (runs/NAME).")
+        raise CheckpointError(
+            "is not a detector run folder (it has no segment/)",
+            path=run,
+            fix="Pass the folder `noduleflow train detector DATA --run NAME` wrote (runs/NAME).",
+        )
     import uvicorn
 
     from noduleflow.serve.app import create_app
@@ -242,9 +371,7 @@ def serve(
 
 # ---- noduleflow train <task>: one command per task, all calling noduleflow.train.train ----
 
-from typer.core import TyperGroup  # noqa: E402
-
-from noduleflow.config import field_help  # noqa: E402  (light: yaml only, no torch)
+from noduleflow.config import field_help  # noqa: E402 - here with the train commands that use it; light (yaml only, no torch)
 
 
 class _TaskGroup(TyperGroup):
@@ -259,16 +386,19 @@ class _TaskGroup(TyperGroup):
 
 
 train_app = typer.Typer(
-    cls=_TaskGroup, no_args_is_help=True,
+    cls=_TaskGroup,
+    no_args_is_help=True,
     help="Train a model. Each run writes runs/<name>/: config.yaml, last.pt, best.pt, metrics.jsonl, TensorBoard events, curves.png.\n\n"
-         "Multi-process: torchrun --nproc_per_node=N -m noduleflow train digits ...",
+    "Multi-process: torchrun --nproc_per_node=N -m noduleflow train digits ...",
 )
 app.add_typer(train_app, name="train")
 
 _CONFIG = typer.Option(None, "--config", "-c", help="YAML recipe (e.g. configs/debug.yaml) over the task's defaults.")
 _EPOCHS = typer.Option(None, "--epochs", min=1, help=field_help("run.epochs"))
 _RUN = typer.Option(None, "--run", help=field_help("run.name"))
-_RESUME = typer.Option(False, "--resume", help="Continue the run folder's last.pt with its saved config.yaml (flags still apply).")
+_RESUME = typer.Option(
+    False, "--resume", help="Continue the run folder's last.pt with its saved config.yaml (flags still apply)."
+)
 _BATCH = typer.Option(None, "--batch-size", min=1, help=field_help("data.batch_size"))
 _LR = typer.Option(None, "--lr", help=field_help("optim.lr"))
 _WORKERS = typer.Option(None, "--workers", min=0, help=field_help("data.num_workers"))
@@ -277,10 +407,12 @@ _SEED = typer.Option(None, "--seed", help=field_help("run.seed"))
 _THREADS = typer.Option(None, "--threads", min=0, help=field_help("run.threads"))
 _PROGRESS = typer.Option(None, "--progress/--no-progress", help=field_help("run.progress"))
 _SET = typer.Option(None, "--set", help="Any config key, repeatable: --set optim.scheduler=none --set run.patience=3.")
-_DATA = typer.Argument(..., help="LUNA16-layout folder prepared with `noduleflow prepare` (or synthetic: `noduleflow synth`).")
+_DATA = typer.Argument(
+    ..., help="LUNA16-layout folder prepared with `noduleflow prepare` (or synthetic: `noduleflow synth`)."
+)
 
 
-def _run_training(task: str, flags: dict, sets: Optional[list[str]], config: Optional[Path], resume: bool) -> None:
+def _run_training(task: str, flags: dict, sets: list[str] | None, config: Path | None, resume: bool) -> None:
     """Flags -> dotted overrides -> resolved config -> `noduleflow.train.train`; rank 0 prints the summary."""
     import os
 
@@ -300,17 +432,36 @@ def _run_training(task: str, flags: dict, sets: Optional[list[str]], config: Opt
 
 
 def _common(epochs, run, batch_size, lr, workers, device, seed, threads, progress) -> dict:
-    return {"run.epochs": epochs, "run.name": run, "data.batch_size": batch_size, "optim.lr": lr, "data.num_workers": workers,
-            "run.device": device, "run.seed": seed, "run.threads": threads, "run.progress": progress}
+    return {
+        "run.epochs": epochs,
+        "run.name": run,
+        "data.batch_size": batch_size,
+        "optim.lr": lr,
+        "data.num_workers": workers,
+        "run.device": device,
+        "run.seed": seed,
+        "run.threads": threads,
+        "run.progress": progress,
+    }
 
 
 @train_app.command("digits")
 def train_digits(
-    classes: Optional[str] = typer.Option(None, "--classes", help="Digits to tell apart, e.g. 0,1 (ones versus zeros); default all ten."),
-    config: Optional[Path] = _CONFIG, epochs: Optional[int] = _EPOCHS, run: Optional[str] = _RUN, resume: bool = _RESUME,
-    batch_size: Optional[int] = _BATCH, lr: Optional[float] = _LR, workers: Optional[int] = _WORKERS,
-    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, threads: Optional[int] = _THREADS, progress: Optional[bool] = _PROGRESS,
-    set_: Optional[list[str]] = _SET,
+    classes: str | None = typer.Option(
+        None, "--classes", help="Digits to tell apart, e.g. 0,1 (ones versus zeros); default all ten."
+    ),
+    config: Path | None = _CONFIG,
+    epochs: int | None = _EPOCHS,
+    run: str | None = _RUN,
+    resume: bool = _RESUME,
+    batch_size: int | None = _BATCH,
+    lr: float | None = _LR,
+    workers: int | None = _WORKERS,
+    device: str | None = _DEVICE,
+    seed: int | None = _SEED,
+    threads: int | None = _THREADS,
+    progress: bool | None = _PROGRESS,
+    set_: list[str] | None = _SET,
 ) -> None:
     """Train the small 2D CNN on scikit-learn's 1,797 real 8x8 handwritten digits; tests best.pt on a held-out split.
 
@@ -323,16 +474,27 @@ def train_digits(
         try:
             flags["data.classes"] = [int(c) for c in classes.split(",") if c.strip()]
         except ValueError:
-            raise ConfigError(f"--classes {classes!r} is not a comma-separated list of digits", fix="Write e.g. --classes 0,1.") from None
+            raise ConfigError(
+                f"--classes {classes!r} is not a comma-separated list of digits", fix="Write e.g. --classes 0,1."
+            ) from None
     _run_training("digits", flags, set_, config, resume)
 
 
 @train_app.command("classify")
 def train_classify(
-    data: Path = _DATA, config: Optional[Path] = _CONFIG, epochs: Optional[int] = _EPOCHS, run: Optional[str] = _RUN,
-    resume: bool = _RESUME, batch_size: Optional[int] = _BATCH, lr: Optional[float] = _LR, workers: Optional[int] = _WORKERS,
-    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, threads: Optional[int] = _THREADS, progress: Optional[bool] = _PROGRESS,
-    set_: Optional[list[str]] = _SET,
+    data: Path = _DATA,
+    config: Path | None = _CONFIG,
+    epochs: int | None = _EPOCHS,
+    run: str | None = _RUN,
+    resume: bool = _RESUME,
+    batch_size: int | None = _BATCH,
+    lr: float | None = _LR,
+    workers: int | None = _WORKERS,
+    device: str | None = _DEVICE,
+    seed: int | None = _SEED,
+    threads: int | None = _THREADS,
+    progress: bool | None = _PROGRESS,
+    set_: list[str] | None = _SET,
 ) -> None:
     """Train the 3D nodule classifier on LUNA16 candidate patches (nodule vs. not), split by series.
 
@@ -345,28 +507,51 @@ def train_classify(
 @train_app.command("malignancy")
 def train_malignancy(
     data: Path = _DATA,
-    init: Path = typer.Option(..., "--init", help="Classifier run folder (its best.pt) or checkpoint file to fine-tune from."),
-    finetune_depth: Optional[int] = typer.Option(None, "--finetune-depth", min=0, help=field_help("model.finetune_depth")),
-    config: Optional[Path] = _CONFIG, epochs: Optional[int] = _EPOCHS, run: Optional[str] = _RUN, resume: bool = _RESUME,
-    batch_size: Optional[int] = _BATCH, lr: Optional[float] = _LR, workers: Optional[int] = _WORKERS,
-    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, threads: Optional[int] = _THREADS, progress: Optional[bool] = _PROGRESS,
-    set_: Optional[list[str]] = _SET,
+    init: Path = typer.Option(
+        ..., "--init", help="Classifier run folder (its best.pt) or checkpoint file to fine-tune from."
+    ),
+    finetune_depth: int | None = typer.Option(None, "--finetune-depth", min=0, help=field_help("model.finetune_depth")),
+    config: Path | None = _CONFIG,
+    epochs: int | None = _EPOCHS,
+    run: str | None = _RUN,
+    resume: bool = _RESUME,
+    batch_size: int | None = _BATCH,
+    lr: float | None = _LR,
+    workers: int | None = _WORKERS,
+    device: str | None = _DEVICE,
+    seed: int | None = _SEED,
+    threads: int | None = _THREADS,
+    progress: bool | None = _PROGRESS,
+    set_: list[str] | None = _SET,
 ) -> None:
     """Fine-tune a nodule classifier run into a malignant-vs-benign classifier on annotated nodules.
 
     Example: noduleflow train malignancy data/synth --init runs/classify --finetune-depth 2
     """
-    flags = {**_common(epochs, run, batch_size, lr, workers, device, seed, threads, progress), "data.root": str(data),
-             "model.init": str(init), "model.finetune_depth": finetune_depth}
+    flags = {
+        **_common(epochs, run, batch_size, lr, workers, device, seed, threads, progress),
+        "data.root": str(data),
+        "model.init": str(init),
+        "model.finetune_depth": finetune_depth,
+    }
     _run_training("malignancy", flags, set_, config, resume)
 
 
 @train_app.command("segment")
 def train_segment(
-    data: Path = _DATA, config: Optional[Path] = _CONFIG, epochs: Optional[int] = _EPOCHS, run: Optional[str] = _RUN,
-    resume: bool = _RESUME, batch_size: Optional[int] = _BATCH, lr: Optional[float] = _LR, workers: Optional[int] = _WORKERS,
-    device: Optional[str] = _DEVICE, seed: Optional[int] = _SEED, threads: Optional[int] = _THREADS, progress: Optional[bool] = _PROGRESS,
-    set_: Optional[list[str]] = _SET,
+    data: Path = _DATA,
+    config: Path | None = _CONFIG,
+    epochs: int | None = _EPOCHS,
+    run: str | None = _RUN,
+    resume: bool = _RESUME,
+    batch_size: int | None = _BATCH,
+    lr: float | None = _LR,
+    workers: int | None = _WORKERS,
+    device: str | None = _DEVICE,
+    seed: int | None = _SEED,
+    threads: int | None = _THREADS,
+    progress: bool | None = _PROGRESS,
+    set_: list[str] | None = _SET,
 ) -> None:
     """Train the 2D U-Net (7 context slices in) that marks nodule voxels, with a recall-weighted Dice loss.
 
@@ -379,11 +564,24 @@ def train_segment(
 @train_app.command("detector")
 def train_detector(
     data: Path = _DATA,
-    run: str = typer.Option("detector", "--run", help="Name of the detector run folder under --runs-dir (holds segment/, classify/, malignancy/)."),
+    run: str = typer.Option(
+        "detector",
+        "--run",
+        help="Name of the detector run folder under --runs-dir (holds segment/, classify/, malignancy/).",
+    ),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Folder that holds the run folders."),
     seed: int = typer.Option(0, "--seed", help="Seed of every part (the same split by series for all)."),
-    scale: float = typer.Option(1.0, "--scale", min=0.001, help="Multiplies the samples per epoch of the recipe: 0.05 for a smoke test, 2 for a longer run."),
-    malignancy: bool = typer.Option(True, "--malignancy/--no-malignancy", help="Also fine-tune the malignancy classifier (when the data has labels)."),
+    scale: float = typer.Option(
+        1.0,
+        "--scale",
+        min=0.001,
+        help="Multiplies the samples per epoch of the recipe: 0.05 for a smoke test, 2 for a longer run.",
+    ),
+    malignancy: bool = typer.Option(
+        True,
+        "--malignancy/--no-malignancy",
+        help="Also fine-tune the malignancy classifier (when the data has labels).",
+    ),
     threads: int = typer.Option(0, "--threads", min=0, help=field_help("run.threads")),
     progress: bool = typer.Option(True, "--progress/--no-progress", help=field_help("run.progress")),
 ) -> None:
@@ -394,7 +592,16 @@ def train_detector(
     """
     from noduleflow.recipes.detector import train_detector as train_all
 
-    result = train_all(data, run=run, runs_dir=runs_dir, seed=seed, scale=scale, malignancy=malignancy, threads=threads, progress=progress)
+    result = train_all(
+        data,
+        run=run,
+        runs_dir=runs_dir,
+        seed=seed,
+        scale=scale,
+        malignancy=malignancy,
+        threads=threads,
+        progress=progress,
+    )
     typer.echo(result.describe())
 
 
@@ -416,7 +623,9 @@ def main() -> None:
         if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
             message = output_error(err, action="cannot access").message
         elif is_torch_write_failure(err):
-            message = "cannot write a file: the disk is probably full. Free some space or write to another disk, then rerun."
+            message = (
+                "cannot write a file: the disk is probably full. Free some space or write to another disk, then rerun."
+            )
         else:
             raise
         typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)

@@ -66,8 +66,10 @@ from noduleflow.metrics.froc import (
 
 _XYZ = ("coordX", "coordY", "coordZ")
 _SUBMISSION_COLUMNS = ("seriesuid", *_XYZ, "probability")
-_JSON_FIX = ('Write {"scans": [{"seriesuid": ..., "findings": [{"coordX": .., "coordY": .., "coordZ": .., '
-             '"probability": ..}]}]} (see `noduleflow evaluate --help`).')
+_JSON_FIX = (
+    'Write {"scans": [{"seriesuid": ..., "findings": [{"coordX": .., "coordY": .., "coordZ": .., '
+    '"probability": ..}]}]} (see `noduleflow evaluate --help`).'
+)
 _RATE_LABELS = ("1/8", "1/4", "1/2", "1", "2", "4", "8")
 
 
@@ -88,10 +90,14 @@ class Evaluation:
     def describe(self) -> str:
         """Counts, the malignancy AUC and the files written, a line each (printed under `table`)."""
         r, m = self.froc, self.froc.matching
-        lines = [f"{r.n_scans} scans (from {self.series_from}), {r.n_nodules} nodules: {m.n_hits} hit, "
-                 f"{m.n_false_positives} false positives, {m.n_ignored} marks on excluded findings ignored"]
+        lines = [
+            f"{r.n_scans} scans (from {self.series_from}), {r.n_nodules} nodules: {m.n_hits} hit, "
+            f"{m.n_false_positives} false positives, {m.n_ignored} marks on excluded findings ignored"
+        ]
         if m.n_dropped:
-            lines.append(f"{m.n_dropped} marks beyond the top {m.max_marks} of their scan were dropped, as the LUNA16 script drops them")
+            lines.append(
+                f"{m.n_dropped} marks beyond the top {m.max_marks} of their scan were dropped, as the LUNA16 script drops them"
+            )
         if self.malignancy is not None:
             mal = self.malignancy
             auc = "undefined (needs both classes)" if math.isnan(mal.auc) else f"{mal.auc:.3f}"
@@ -103,7 +109,7 @@ class Evaluation:
         """A rich table: the sensitivity at each of the seven FP rates and the CPM, with intervals."""
         from rich.table import Table
 
-        r, m = self.froc, self.froc.matching
+        r, _m = self.froc, self.froc.matching
         pct = f"{r.confidence:.0%} CI" if r.bootstrap else "CI (no bootstrap)"
         table = Table(title="LUNA16 FROC", title_justify="left")
         table.add_column("FPs/scan", justify="right")
@@ -116,16 +122,26 @@ class Evaluation:
         return table
 
 
-def evaluate(data: str | Path, submission: str | Path, out: str | Path | None = None, *, bootstrap: int = 1000,
-             seed: int = 0, max_marks: int = MAX_MARKS) -> Evaluation:
+def evaluate(
+    data: str | Path,
+    submission: str | Path,
+    out: str | Path | None = None,
+    *,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    max_marks: int = MAX_MARKS,
+) -> Evaluation:
     """Score `submission` on the scans of `data`; write OUT/froc.json and OUT/froc.png."""
     data, submission = Path(data), Path(submission)
     marks = read_submission(submission)
     series, series_from = _series(data)
     nodules, excluded = _annotations(data, series)
     if not nodules:
-        warnings.warn(f"{data / 'annotations.csv'}: no nodule in the {len(series)} scan(s) scored, so every sensitivity and "
-                      "the CPM are undefined (NaN); check that the annotations belong to these scans", stacklevel=2)
+        warnings.warn(
+            f"{data / 'annotations.csv'}: no nodule in the {len(series)} scan(s) scored, so every sensitivity and "
+            "the CPM are undefined (NaN); check that the annotations belong to these scans",
+            stacklevel=2,
+        )
     _check_series(marks, series, submission)
     out = writable_dir(out if out is not None else submission.parent)  # before the bootstrap, not after it
     result = froc(marks, nodules, series, excluded=excluded, max_marks=max_marks, bootstrap=bootstrap, seed=seed)
@@ -149,8 +165,11 @@ def read_submission(path: str | Path) -> list[Mark]:
     """The marks of a submission CSV (optional `malignancy` column) or of a detections JSON."""
     path = Path(path)
     if not path.is_file():
-        raise CsvError("is a folder, not a file" if path.is_dir() else "does not exist", path=path,
-                       fix="Pass the submission CSV (or detections JSON) that `noduleflow detect` wrote.")
+        raise CsvError(
+            "is a folder, not a file" if path.is_dir() else "does not exist",
+            path=path,
+            fix="Pass the submission CSV (or detections JSON) that `noduleflow detect` wrote.",
+        )
     if path.suffix.lower() == ".json":
         return read_detections(path)
     import pandas as pd
@@ -159,21 +178,32 @@ def read_submission(path: str | Path) -> list[Mark]:
     values = frame[list(_SUBMISSION_COLUMNS[1:])].to_numpy(np.float64)  # (K, 4); read_csv checked the coordinates
     bad = np.flatnonzero(~((values[:, 3] >= 0) & (values[:, 3] <= 1)))
     if bad.size:
-        raise CsvError(f"row {bad[0] + 2} has probability {values[bad[0], 3]:g}, outside [0, 1]", path=path,
-                       fix="Write each mark's probability as a number from 0 to 1.")
+        raise CsvError(
+            f"row {bad[0] + 2} has probability {values[bad[0], 3]:g}, outside [0, 1]",
+            path=path,
+            fix="Write each mark's probability as a number from 0 to 1.",
+        )
     malignancy = [None] * len(frame)
     if "malignancy" in frame.columns:
         numbers = pd.to_numeric(frame["malignancy"], errors="coerce")
         wrong = np.flatnonzero((numbers.isna() & frame["malignancy"].notna()).to_numpy())
         if wrong.size:
-            raise CsvError(f"row {wrong[0] + 2} has a non-numeric malignancy {frame['malignancy'].iloc[wrong[0]]!r}", path=path,
-                           fix="Write a probability in [0, 1], or leave the cell empty.")
+            raise CsvError(
+                f"row {wrong[0] + 2} has a non-numeric malignancy {frame['malignancy'].iloc[wrong[0]]!r}",
+                path=path,
+                fix="Write a probability in [0, 1], or leave the cell empty.",
+            )
         outside = np.flatnonzero((numbers.notna() & ~numbers.between(0, 1)).to_numpy())
         if outside.size:
-            raise CsvError(f"row {outside[0] + 2} has malignancy {numbers.iloc[outside[0]]:g}, outside [0, 1]", path=path,
-                           fix="Write a probability in [0, 1], or leave the cell empty.")
+            raise CsvError(
+                f"row {outside[0] + 2} has malignancy {numbers.iloc[outside[0]]:g}, outside [0, 1]",
+                path=path,
+                fix="Write a probability in [0, 1], or leave the cell empty.",
+            )
         malignancy = [None if math.isnan(v) else float(v) for v in numbers]
-    return [Mark(uid, (x, y, z), p, mal) for uid, (x, y, z, p), mal in zip(frame["seriesuid"], values.tolist(), malignancy)]
+    return [
+        Mark(uid, (x, y, z), p, mal) for uid, (x, y, z, p), mal in zip(frame["seriesuid"], values.tolist(), malignancy)
+    ]
 
 
 def read_detections(path: str | Path) -> list[Mark]:
@@ -188,12 +218,19 @@ def read_detections(path: str | Path) -> list[Mark]:
     if not isinstance(scans, list):
         raise CsvError('has no "scans" list at the top', path=path, fix=_JSON_FIX)
     if doc.get("complete") is False:
-        warnings.warn(f"{path}: written by a `noduleflow detect` run that has not finished (or had scans fail); "
-                      "scans without results count their nodules as missed", stacklevel=3)
+        warnings.warn(
+            f"{path}: written by a `noduleflow detect` run that has not finished (or had scans fail); "
+            "scans without results count their nodules as missed",
+            stacklevel=3,
+        )
     marks = []
     for i, scan in enumerate(scans):
         findings = scan.get("findings") if isinstance(scan, dict) else None
-        if not isinstance(findings, list) or not isinstance(scan.get("seriesuid"), str) or not scan["seriesuid"].strip():
+        if (
+            not isinstance(findings, list)
+            or not isinstance(scan.get("seriesuid"), str)
+            or not scan["seriesuid"].strip()
+        ):
             raise CsvError(f'scans[{i}] lacks a "seriesuid" string or a "findings" list', path=path, fix=_JSON_FIX)
         for j, finding in enumerate(findings):
             try:
@@ -203,13 +240,20 @@ def read_detections(path: str | Path) -> list[Mark]:
                 x, y, z, p = (float(v) for v in numbers[:4])
                 mal = None if numbers[4] is None else float(numbers[4])
             except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
-                raise CsvError(f"scans[{i}].findings[{j}] lacks a numeric coordX, coordY, coordZ or probability "
-                               "(or has a non-numeric malignancy)", path=path, fix=_JSON_FIX) from None
+                raise CsvError(
+                    f"scans[{i}].findings[{j}] lacks a numeric coordX, coordY, coordZ or probability "
+                    "(or has a non-numeric malignancy)",
+                    path=path,
+                    fix=_JSON_FIX,
+                ) from None
             if not all(math.isfinite(v) for v in (x, y, z)):
                 raise CsvError(f"scans[{i}].findings[{j}] holds a non-finite coordinate", path=path, fix=_JSON_FIX)
             if not (0 <= p <= 1 and (mal is None or 0 <= mal <= 1)):
-                raise CsvError(f"scans[{i}].findings[{j}] has a probability or malignancy outside [0, 1]", path=path,
-                               fix="Write probabilities as numbers from 0 to 1 (malignancy may be null).")
+                raise CsvError(
+                    f"scans[{i}].findings[{j}] has a probability or malignancy outside [0, 1]",
+                    path=path,
+                    fix="Write probabilities as numbers from 0 to 1 (malignancy may be null).",
+                )
             marks.append(Mark(scan["seriesuid"].strip(), (x, y, z), p, mal))
     return marks
 
@@ -221,12 +265,24 @@ def plot_froc(result: FrocResult, path: str | Path) -> Path:
     fig = Figure(figsize=(6.4, 4.8), dpi=120)
     ax = fig.subplots()
     if result.bootstrap:
-        ax.fill_between(BAND_FPS, result.band_lower, result.band_upper, color="tab:blue", alpha=0.2, lw=0,
-                        label=f"{result.confidence:.0%} bootstrap band ({result.bootstrap} resamplings)")
+        ax.fill_between(
+            BAND_FPS,
+            result.band_lower,
+            result.band_upper,
+            color="tab:blue",
+            alpha=0.2,
+            lw=0,
+            label=f"{result.confidence:.0%} bootstrap band ({result.bootstrap} resamplings)",
+        )
     inside = (result.fps > FP_RATES[0]) & (result.fps < FP_RATES[-1])  # the curve's own points, steps and all
     ends = np.interp([FP_RATES[0], FP_RATES[-1]], result.fps, result.sensitivity)
-    ax.plot(np.r_[FP_RATES[0], result.fps[inside], FP_RATES[-1]], np.r_[ends[0], result.sensitivity[inside], ends[1]],
-            color="tab:blue", lw=2, label="FROC")
+    ax.plot(
+        np.r_[FP_RATES[0], result.fps[inside], FP_RATES[-1]],
+        np.r_[ends[0], result.sensitivity[inside], ends[1]],
+        color="tab:blue",
+        lw=2,
+        label="FROC",
+    )
     ax.plot(FP_RATES, result.sensitivities, "o", color="tab:red", clip_on=False, label="CPM operating points")
     ax.set_xscale("log", base=2)
     ax.set_xlim(FP_RATES[0], FP_RATES[-1])
@@ -234,7 +290,11 @@ def plot_froc(result: FrocResult, path: str | Path) -> Path:
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("average false positives per scan")
     ax.set_ylabel("sensitivity")
-    ci = "" if math.isnan(result.cpm_ci[0]) else f" ({result.confidence:.0%} CI {result.cpm_ci[0]:.3f}-{result.cpm_ci[1]:.3f})"
+    ci = (
+        ""
+        if math.isnan(result.cpm_ci[0])
+        else f" ({result.confidence:.0%} CI {result.cpm_ci[0]:.3f}-{result.cpm_ci[1]:.3f})"
+    )
     ax.set_title(f"LUNA16 FROC: CPM {result.cpm:.3f}{ci}", fontsize=11)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
@@ -253,7 +313,11 @@ def _series(data: Path) -> tuple[tuple[str, ...], str]:
         uids = [line.split(",")[0].strip() for line in text.splitlines() if line.strip()]
         uids = [u for u in uids if u != "seriesuid"]
         if not uids:
-            raise CsvError("lists no series", path=listed, fix="Write one series UID a line, or delete it to score the scans under subset*/.")
+            raise CsvError(
+                "lists no series",
+                path=listed,
+                fix="Write one series UID a line, or delete it to score the scans under subset*/.",
+            )
         return tuple(dict.fromkeys(uids)), listed.name
     scans, _ = find_scans(data)
     if scans:
@@ -261,8 +325,11 @@ def _series(data: Path) -> tuple[tuple[str, ...], str]:
     named = set(read_csv(require_file(data, "annotations.csv"), ("seriesuid",))["seriesuid"])
     if (data / "candidates.csv").is_file():
         named |= set(read_csv(data / "candidates.csv", ("seriesuid",))["seriesuid"])
-    warnings.warn(f"{data}: no seriesuids.csv and no scans under subset*/; scoring the {len(named)} series named in the CSVs "
-                  "(a scan named in none of them is not counted in FPs per scan)", stacklevel=3)
+    warnings.warn(
+        f"{data}: no seriesuids.csv and no scans under subset*/; scoring the {len(named)} series named in the CSVs "
+        "(a scan named in none of them is not counted in FPs per scan)",
+        stacklevel=3,
+    )
     return tuple(sorted(named)), "annotations.csv + candidates.csv"
 
 
@@ -278,8 +345,12 @@ def _annotations(data: Path, series: tuple[str, ...]) -> tuple[list[Nodule], lis
         for row in read_nodules(malignancy_csv, keep, skipped, malignancy=True):
             by_series.setdefault(row.series_uid, []).append(row)
         # the rows need not be those of annotations.csv: join each nodule to the row whose sphere holds its centre
-        nodules = [n._replace(malignant=getattr(nearest(list(n.center_xyz), by_series.get(n.series_uid, ())), "malignant", None))
-                   for n in nodules]
+        nodules = [
+            n._replace(
+                malignant=getattr(nearest(list(n.center_xyz), by_series.get(n.series_uid, ())), "malignant", None)
+            )
+            for n in nodules
+        ]
     return nodules, excluded
 
 
@@ -290,10 +361,15 @@ def _check_series(marks: list[Mark], series: tuple[str, ...], submission: Path) 
     if not unknown:
         return
     if len(unknown) == len(marks):
-        raise CsvError(f"none of its {len(set(unknown))} series is among the {len(series)} scans scored "
-                       f"(first: {unknown[0]})", path=submission, fix="Pass the data folder the submission was made for.")
-    warnings.warn(f"{submission}: {len(unknown)} mark(s) of {len(set(unknown))} series not among the scans scored "
-                  "were left out", stacklevel=3)
+        raise CsvError(
+            f"none of its {len(set(unknown))} series is among the {len(series)} scans scored (first: {unknown[0]})",
+            path=submission,
+            fix="Pass the data folder the submission was made for.",
+        )
+    warnings.warn(
+        f"{submission}: {len(unknown)} mark(s) of {len(set(unknown))} series not among the scans scored were left out",
+        stacklevel=3,
+    )
 
 
 def _interval(lo: float, hi: float) -> str:

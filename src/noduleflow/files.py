@@ -22,8 +22,9 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from noduleflow.errors import OutputError
 
@@ -91,7 +92,10 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
 
 _WRITE_ERRORS = {  # errno -> (what went wrong, the fix)
     errno.EACCES: ("permission denied", "Write to a folder you own (e.g. pass another -o), or change its permissions."),
-    errno.EPERM: ("operation not permitted", "Write to a folder you own (e.g. pass another -o), or change its permissions."),
+    errno.EPERM: (
+        "operation not permitted",
+        "Write to a folder you own (e.g. pass another -o), or change its permissions.",
+    ),
     errno.ENOSPC: ("no space left on the disk", "Free some space or write to another disk, then rerun."),
     errno.EDQUOT: ("the disk quota is exceeded", "Free some space or write to another disk, then rerun."),
     errno.EROFS: ("the file system is read-only", "Write to a folder on a writable disk (e.g. pass another -o)."),
@@ -106,7 +110,9 @@ WRITE_ERRNOS = frozenset(_WRITE_ERRORS)
 def is_torch_write_failure(err: BaseException) -> bool:
     """Whether `err` is how `torch.save` reports a failed write: a RuntimeError, not an OSError, on a full disk."""
     text = str(err)
-    return isinstance(err, RuntimeError) and any(s in text for s in ("PytorchStreamWriter failed", "file write failed", "unexpected pos"))
+    return isinstance(err, RuntimeError) and any(
+        s in text for s in ("PytorchStreamWriter failed", "file write failed", "unexpected pos")
+    )
 
 
 def output_error(err: OSError, path: str | os.PathLike | None = None, *, action: str = "cannot write") -> OutputError:
@@ -130,7 +136,9 @@ def writable_dir(path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise OutputError("is a file, not a folder", path=path, fix="Pass a folder (it is created if missing), or move the file away.")
+        raise OutputError(
+            "is a file, not a folder", path=path, fix="Pass a folder (it is created if missing), or move the file away."
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)

@@ -42,8 +42,9 @@ def detector(tmp_path_factory) -> tuple[Path, Path]:
     synthesize(data, scans=3, seed=2, size="small", scale=0.5, progress=False)
     overrides = {part: {"run.epochs": 1, "data.num_workers": 0} for part in ("segment", "classify", "malignancy")}
     overrides["segment"]["run.epochs"] = 2
-    result = train_detector(data, run="tiny", runs_dir=root / "runs", scale=0.1, progress=False, threads=2,
-                            overrides=overrides)
+    result = train_detector(
+        data, run="tiny", runs_dir=root / "runs", scale=0.1, progress=False, threads=2, overrides=overrides
+    )
     return data, result.run_dir
 
 
@@ -83,8 +84,9 @@ def server(detector, tmp_path_factory):
     from noduleflow.serve.settings import ServeSettings
 
     _, run_dir = detector
-    settings = ServeSettings(run=run_dir, state=tmp_path_factory.mktemp("state"), host="127.0.0.1", threads=2,
-                             token=TOKEN)
+    settings = ServeSettings(
+        run=run_dir, state=tmp_path_factory.mktemp("state"), host="127.0.0.1", threads=2, token=TOKEN
+    )
     sock = _free_socket()
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     app_server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
@@ -117,8 +119,16 @@ def browser():
         pytest.skip("Chromium or chromedriver is missing: apt-get install chromium chromium-driver (.ci/run does)")
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,900",
-                 "--force-device-scale-factor=1", "--no-first-run", "--disable-extensions"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,900",
+        "--force-device-scale-factor=1",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     driver.set_page_load_timeout(30)

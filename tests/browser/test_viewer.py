@@ -108,10 +108,10 @@ def test_upload_then_findings_and_slices(browser, detector, server, token, get_j
     # the candidate mask overlay tints exactly what the server's mask PNG sets (nothing where it sets nothing)
     driver.find_element(By.CSS_SELECTOR, ".preset[data-window=lung]").click()
     wait.until(lambda d: "lung window" in canvas.get_attribute("aria-label"))
-    driver.find_element(By.ID, "show-findings").click()      # circles off: only slice and mask remain
+    driver.find_element(By.ID, "show-findings").click()  # circles off: only slice and mask remain
     wait.until(lambda d: "marked" not in canvas.get_attribute("aria-label"))
     plain = _rgb(canvas)
-    assert _spread(plain) < 1                                 # a grayscale slice
+    assert _spread(plain) < 1  # a grayscale slice
     set_voxels = int((_png_array(_get(f"{server}/v1/scans/{job_id}/mask/{target}.png", token))[..., 3] > 0).sum())
     driver.find_element(By.ID, "show-mask").click()
     wait.until(lambda d: d.execute_script("return document.getElementById('slice-canvas').dataset.mask") == "on")
@@ -120,7 +120,7 @@ def test_upload_then_findings_and_slices(browser, detector, server, token, get_j
     if set_voxels:
         voxels = volume.shape[1] * volume.shape[2]
         assert 0.25 * set_voxels / voxels < tinted.mean() < 4 * set_voxels / voxels + 0.01, (tinted.mean(), set_voxels)
-        assert _spread(masked[tinted][None]) > 10            # the overlay is coloured where it tints
+        assert _spread(masked[tinted][None]) > 10  # the overlay is coloured where it tints
     else:
         assert not tinted.any()
 

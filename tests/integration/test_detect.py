@@ -15,7 +15,9 @@ from noduleflow.recipes.detector import MINED_CSV, TRAINING_JSON, train_detector
 from noduleflow.synth import synthesize
 
 runner = CliRunner()
-TINY = {part: {"run.epochs": 1, "data.num_workers": 0} for part in ("segment", "classify", "malignancy")}  # no worker start-up
+TINY = {
+    part: {"run.epochs": 1, "data.num_workers": 0} for part in ("segment", "classify", "malignancy")
+}  # no worker start-up
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,9 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("detect")
     data = root / "data"
     synthesize(data, scans=3, seed=2, size="small", scale=0.5, progress=False)
-    result = train_detector(data, run="tiny", runs_dir=root / "runs", scale=0.02, progress=False, threads=2, overrides=TINY)
+    result = train_detector(
+        data, run="tiny", runs_dir=root / "runs", scale=0.02, progress=False, threads=2, overrides=TINY
+    )
     return data, result.run_dir
 
 
@@ -34,14 +38,22 @@ def test_recipe_writes_every_part_and_its_budget(trained):
     for part in ("segment", "classify", "malignancy"):
         assert (run_dir / part / "best.pt").is_file() and (run_dir / part / "config.yaml").is_file()
     budget = json.loads((run_dir / TRAINING_JSON).read_text())["seconds"]
-    assert set(budget) == {"segment", "mine", "classify", "malignancy", "export"} and all(s > 0 for s in budget.values())
-    manifest = json.loads((run_dir / "export" / "manifest.json").read_text())   # what detect runs by default
-    assert {(m["part"], m["format"]) for m in manifest["models"]} == {("segment", "onnx"), ("segment", "int8"),
-                                                                      ("classify", "onnx"), ("malignancy", "onnx")}
+    assert set(budget) == {"segment", "mine", "classify", "malignancy", "export"} and all(
+        s > 0 for s in budget.values()
+    )
+    manifest = json.loads((run_dir / "export" / "manifest.json").read_text())  # what detect runs by default
+    assert {(m["part"], m["format"]) for m in manifest["models"]} == {
+        ("segment", "onnx"),
+        ("segment", "int8"),
+        ("classify", "onnx"),
+        ("malignancy", "onnx"),
+    }
     int8 = run_dir / "export" / "segment.int8.onnx"
     assert int8.stat().st_mtime <= (run_dir / MINED_CSV).stat().st_mtime  # made before mining, which runs it too
     classify = (run_dir / "classify" / "config.yaml").read_text()
-    assert str(run_dir / MINED_CSV) in classify and (run_dir / MINED_CSV).read_text().startswith("seriesuid,coordX,coordY,coordZ,class\n")
+    assert str(run_dir / MINED_CSV) in classify and (run_dir / MINED_CSV).read_text().startswith(
+        "seriesuid,coordX,coordY,coordZ,class\n"
+    )
 
 
 def test_detect_folder_then_evaluate_both_outputs(trained, tmp_path):
@@ -59,7 +71,9 @@ def test_detect_folder_then_evaluate_both_outputs(trained, tmp_path):
     findings = [f for s in doc["scans"] for f in s["findings"]]
     assert len(findings) == len(rows) and all(0 <= f["malignancy"] <= 1 and f["diameter_mm"] > 0 for f in findings)
     for name in ("submission.csv", "detections.json"):
-        scored = runner.invoke(app, ["evaluate", str(data), str(out / name), "--bootstrap", "0", "-o", str(tmp_path / name)])
+        scored = runner.invoke(
+            app, ["evaluate", str(data), str(out / name), "--bootstrap", "0", "-o", str(tmp_path / name)]
+        )
         assert scored.exit_code == 0, scored.output
         assert 0.0 <= json.loads((tmp_path / name / "froc.json").read_text())["cpm"] <= 1.0
 
@@ -68,9 +82,13 @@ def test_detect_one_nifti_scan(trained, tmp_path):
     data, run_dir = trained
     volume = read_volume(next(data.glob("subset*/*.mhd")))
     scan = write_volume(volume, tmp_path / "chest.nii.gz")
-    result = runner.invoke(app, ["detect", str(scan), "--run", str(run_dir), "-o", str(tmp_path / "out"), "--no-mirror"])
+    result = runner.invoke(
+        app, ["detect", str(scan), "--run", str(run_dir), "-o", str(tmp_path / "out"), "--no-mirror"]
+    )
     assert result.exit_code == 0, result.output
-    assert [s["seriesuid"] for s in json.loads((tmp_path / "out" / "detections.json").read_text())["scans"]] == ["chest"]
+    assert [s["seriesuid"] for s in json.loads((tmp_path / "out" / "detections.json").read_text())["scans"]] == [
+        "chest"
+    ]
     assert (tmp_path / "out" / "png" / "chest.png").is_file()
 
 
@@ -99,9 +117,16 @@ def test_a_bad_scan_among_good_ones_keeps_their_results_and_a_rerun_finishes_the
     assert "broken.mhd" in result.exception.message and "1 of 4 scan(s) failed" in result.exception.message
     scans = sorted(p.stem for p in data.glob("subset*/*.mhd"))
     doc = json.loads((out / "detections.json").read_text())
-    assert sorted(s["seriesuid"] for s in doc["scans"]) == scans and doc["complete"] is False and list(doc["failed"]) == [str(bad)]
+    assert (
+        sorted(s["seriesuid"] for s in doc["scans"]) == scans
+        and doc["complete"] is False
+        and list(doc["failed"]) == [str(bad)]
+    )
     assert sorted(p.stem for p in (out / "png").glob("*.png")) == scans  # the older run's PNG is gone
     bad.unlink()
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
-    assert "3 scan(s) kept from the previous run" in again.output and json.loads((out / "detections.json").read_text())["complete"]
+    assert (
+        "3 scan(s) kept from the previous run" in again.output
+        and json.loads((out / "detections.json").read_text())["complete"]
+    )

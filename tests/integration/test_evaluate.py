@@ -39,7 +39,12 @@ def test_the_annotations_as_submission_score_one(run_cli, data, truth, tmp_path)
     assert "CPM" in out and "1.000-1.000" in out
     report = json.loads((tmp_path / "eval" / "froc.json").read_text())
     assert (report["cpm"], report["cpm_ci"], report["sensitivities"]) == (1.0, [1.0, 1.0], [1.0] * 7)
-    assert (report["scans"], report["nodules"], report["hits"], report["false_positives"]) == (2, len(truth), len(truth), 0)
+    assert (report["scans"], report["nodules"], report["hits"], report["false_positives"]) == (
+        2,
+        len(truth),
+        len(truth),
+        0,
+    )
     assert report["series_from"] == "subset*/"
     assert report["malignancy"]["auc"] == 1.0 and report["malignancy"]["nodules"] == len(truth)
     assert (tmp_path / "eval" / "froc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -65,10 +70,30 @@ def test_a_detections_json_beside_the_submission_never_changes_its_score(run_cli
     code, _, err = run_cli("evaluate", str(data), str(sub), "--bootstrap", "0", "-o", str(tmp_path / "alone"))
     assert code == 0, err
     # an older run's detections.json (every nodule found, malignancy inverted), or a half-written one
-    (tmp_path / "detections.json").write_text("{\"scans\": [" if beside == "broken" else json.dumps({"scans": [
-        {"seriesuid": uid, "findings": [{"coordX": r.coordX, "coordY": r.coordY, "coordZ": r.coordZ, "probability": 0.9,
-                                         "malignancy": 1.0 - r.mal_bool} for r in rows.itertuples()]}
-        for uid, rows in truth.groupby("seriesuid")]}))
+    (tmp_path / "detections.json").write_text(
+        '{"scans": ['
+        if beside == "broken"
+        else json.dumps(
+            {
+                "scans": [
+                    {
+                        "seriesuid": uid,
+                        "findings": [
+                            {
+                                "coordX": r.coordX,
+                                "coordY": r.coordY,
+                                "coordZ": r.coordZ,
+                                "probability": 0.9,
+                                "malignancy": 1.0 - r.mal_bool,
+                            }
+                            for r in rows.itertuples()
+                        ],
+                    }
+                    for uid, rows in truth.groupby("seriesuid")
+                ]
+            }
+        )
+    )
     code, _, err = run_cli("evaluate", str(data), str(sub), "--bootstrap", "0", "-o", str(tmp_path / "beside"))
     assert code == 0, err
     alone, with_json = (json.loads((tmp_path / name / "froc.json").read_text()) for name in ("alone", "beside"))
@@ -98,12 +123,21 @@ def test_marks_of_unknown_series_are_warned_and_counted(run_cli, data, truth, tm
     assert (report["unlisted_marks"], report["cpm"]) == (2, 1.0)
 
 
-@pytest.mark.parametrize("text, words", [
-    ("seriesuid,coordX,coordY,coordZ\n1.2,0,0,0\n", ["submission.csv", "probability"]),
-    ("seriesuid,coordX,coordY,coordZ,probability\n{uid},1,2,3,high\n", ["submission.csv", "row 2", "probability", "'high'"]),
-    ("seriesuid,coordX,coordY,coordZ,probability\n1.2.3.unknown,1,2,3,0.5\n", ["submission.csv", "none of its 1 series"]),
-    ("", ["submission.csv", "cannot be parsed"]),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("seriesuid,coordX,coordY,coordZ\n1.2,0,0,0\n", ["submission.csv", "probability"]),
+        (
+            "seriesuid,coordX,coordY,coordZ,probability\n{uid},1,2,3,high\n",
+            ["submission.csv", "row 2", "probability", "'high'"],
+        ),
+        (
+            "seriesuid,coordX,coordY,coordZ,probability\n1.2.3.unknown,1,2,3,0.5\n",
+            ["submission.csv", "none of its 1 series"],
+        ),
+        ("", ["submission.csv", "cannot be parsed"]),
+    ],
+)
 def test_a_malformed_submission_is_one_error_line(run_cli, data, truth, tmp_path, text, words):
     sub = tmp_path / "submission.csv"
     sub.write_text(text.format(uid=truth["seriesuid"].iloc[0]))

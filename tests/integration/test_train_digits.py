@@ -6,7 +6,6 @@ import json
 import pytest
 
 
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     return tmp_path_factory.mktemp("runs")
@@ -72,8 +71,11 @@ def test_incompatible_init_checkpoint(run_cli, runs):
     other = runs / "ten" / "best.pt"  # digits_cnn of width 32 (from test_all_ten_digits_learn)
     if not other.exists():
         pytest.skip("needs the run of test_all_ten_digits_learn")
-    line = _one_error_line(*_train(run_cli, runs, "--run", "init", "--set", f"model.init={other}",
-                                   "--set", "model.width=16", "--epochs", "1"))
+    line = _one_error_line(
+        *_train(
+            run_cli, runs, "--run", "init", "--set", f"model.init={other}", "--set", "model.width=16", "--epochs", "1"
+        )
+    )
     assert str(other) in line and "do not fit" in line
 
 

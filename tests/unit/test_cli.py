@@ -50,7 +50,9 @@ def test_user_error_prints_one_line_and_exits_2(tmp_path) -> None:
     not_a_folder.write_text("x")
     proc = subprocess.run(
         [sys.executable, "-m", "noduleflow", "synth", str(not_a_folder), "--scans", "1"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -60,14 +62,23 @@ def test_user_error_prints_one_line_and_exits_2(tmp_path) -> None:
 
 
 def test_bad_flag_exits_2_without_traceback() -> None:
-    proc = subprocess.run([sys.executable, "-m", "noduleflow", "synth", "out", "--scans", "0"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "noduleflow", "synth", "out", "--scans", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "--scans" in proc.stderr
 
 
 def test_an_unknown_detect_runtime_exits_2_naming_the_choices(tmp_path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "noduleflow", "detect", str(tmp_path), "--run", str(tmp_path), "--runtime", "tensorrt"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "noduleflow", "detect", str(tmp_path), "--run", str(tmp_path), "--runtime", "tensorrt"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--runtime" in proc.stderr and "onnx" in proc.stderr and "torch" in proc.stderr

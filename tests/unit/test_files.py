@@ -11,12 +11,16 @@ from hypothesis import strategies as st
 from noduleflow.files import atomic_open, atomic_write, safe_name
 
 
-@pytest.mark.parametrize("uid", ["1.3.6.1.4.1.14519.5.2.1.6279.6001.100225287222365663678666836860", "scan_01-a.b", "x"])
+@pytest.mark.parametrize(
+    "uid", ["1.3.6.1.4.1.14519.5.2.1.6279.6001.100225287222365663678666836860", "scan_01-a.b", "x"]
+)
 def test_plain_identifiers_pass_unchanged(uid: str) -> None:
     assert safe_name(uid) == uid
 
 
-@pytest.mark.parametrize("uid", ["..", ".", "", "../../../x", "/abs/x", "a/b", "a\\b", ".hidden", "x" * 129, "a\x00b", "é"])
+@pytest.mark.parametrize(
+    "uid", ["..", ".", "", "../../../x", "/abs/x", "a/b", "a\\b", ".hidden", "x" * 129, "a\x00b", "é"]
+)
 def test_identifiers_that_could_name_another_place_are_hashed(uid: str) -> None:
     name = safe_name(uid)
     assert name.startswith("id-") and len(name) == 27 and name == safe_name(uid)

@@ -28,8 +28,15 @@ def test_a_file_where_a_folder_should_be(tmp_path, make):
     assert (tmp_path / "f").read_text() == "x"
 
 
-@pytest.mark.parametrize("code, words", [(errno.EACCES, "permission denied"), (errno.EROFS, "read-only"),
-                                         (errno.ENOSPC, "no space left"), (errno.EDQUOT, "quota")])
+@pytest.mark.parametrize(
+    "code, words",
+    [
+        (errno.EACCES, "permission denied"),
+        (errno.EROFS, "read-only"),
+        (errno.ENOSPC, "no space left"),
+        (errno.EDQUOT, "quota"),
+    ],
+)
 def test_an_unwritable_folder_names_itself_and_the_fix(tmp_path, monkeypatch, code, words):
     def refuse(*args, **kwargs):
         raise OSError(code, os.strerror(code))

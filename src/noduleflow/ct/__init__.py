@@ -9,6 +9,13 @@ from noduleflow.ct.resample import resample
 from noduleflow.ct.volume import CtVolume
 
 __all__ = [
-    "CtVolume", "read_volume", "write_volume", "resample", "lung_mask", "to_hu_int16",
-    "irc_to_xyz", "xyz_to_irc", "xyz_to_irc_float",
+    "CtVolume",
+    "read_volume",
+    "write_volume",
+    "resample",
+    "lung_mask",
+    "to_hu_int16",
+    "irc_to_xyz",
+    "xyz_to_irc",
+    "xyz_to_irc_float",
 ]

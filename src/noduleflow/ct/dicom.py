@@ -52,11 +52,18 @@ def read_dicom_series(folder: str | Path) -> CtVolume:
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
-        raise ScanError("is an empty folder, not a DICOM series", path=folder, fix="Point at the folder that holds the series' slice files")
+        raise ScanError(
+            "is an empty folder, not a DICOM series",
+            path=folder,
+            fix="Point at the folder that holds the series' slice files",
+        )
     slices = [(f, ds) for f in files if (ds := _read_slice(f)) is not None]
     if not slices:
-        raise ScanError(f"holds {len(files)} files but no DICOM image file", path=folder,
-                        fix="Point at the folder that holds the series' slice files, or pass one scan file (.mhd, .mha, .nii, .nii.gz)")
+        raise ScanError(
+            f"holds {len(files)} files but no DICOM image file",
+            path=folder,
+            fix="Point at the folder that holds the series' slice files, or pass one scan file (.mhd, .mha, .nii, .nii.gz)",
+        )
     series = sorted({str(ds.get("SeriesInstanceUID", "")) for _, ds in slices})
     if len(series) > 1:
         raise ScanError(f"mixes {len(series)} DICOM series: {', '.join(series)}", path=folder, fix=_ONE_SERIES_FIX)
@@ -75,8 +82,9 @@ def read_dicom_series(folder: str | Path) -> CtVolume:
     hu, clipped = _stack_hu(slices, size)
     slice_mm = float(np.linalg.norm(step))
     direction = np.column_stack([col_dir, row_dir, step / slice_mm])
-    volume = checked_volume(hu, positions[0], [col_mm, row_mm, slice_mm], direction, series[0] or folder.name,
-                            path=folder)
+    volume = checked_volume(
+        hu, positions[0], [col_mm, row_mm, slice_mm], direction, series[0] or folder.name, path=folder
+    )
     modalities = sorted({str(ds.get("Modality", "") or "") for _, ds in slices} - {""})
     not_ct = next((m for m in modalities if m.upper() != "CT"), None)
     warn_if_not_ct(volume.hu, folder, clipped=clipped, modality=not_ct)
@@ -101,18 +109,32 @@ def _read_slice(path: Path) -> pydicom.Dataset | None:
     try:
         ds = pydicom.dcmread(path, force=not marked)
         has_pixels = "PixelData" in ds
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, IndexError, OverflowError,
-            NotImplementedError) as err:
+    except (
+        InvalidDicomError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        IndexError,
+        OverflowError,
+        NotImplementedError,
+    ) as err:
         if not marked:
             return None
-        raise ScanError(f"is a damaged DICOM file ({str(err)[:200]})", path=path,
-                        fix="Copy or export the file again, or remove it from the folder") from None
+        raise ScanError(
+            f"is a damaged DICOM file ({str(err)[:200]})",
+            path=path,
+            fix="Copy or export the file again, or remove it from the folder",
+        ) from None
     except OSError as err:
         raise ScanError(f"cannot be read ({err})", path=path, fix="Check the file's permissions") from None
     if not has_pixels:
         if marked and _is_image(ds):  # an image file cut short: skipping it would silently drop a slice
-            raise ScanError("is a DICOM image file without its pixel data (truncated?)", path=path,
-                            fix="Copy or export the file again, or remove it from the folder")
+            raise ScanError(
+                "is a DICOM image file without its pixel data (truncated?)",
+                path=path,
+                fix="Copy or export the file again, or remove it from the folder",
+            )
         return None
     if not marked:
         if any(tag not in ds for tag in ("SOPClassUID", *_REQUIRED_TAGS)):
@@ -148,29 +170,43 @@ def _slice_geometry(path: Path, ds: pydicom.Dataset):
     position (3,))."""
     missing = [tag for tag in _REQUIRED_TAGS if tag not in ds]
     if missing:
-        raise ScanError(f"lacks the DICOM tags {', '.join(missing)} that place a CT slice in the world", path=path,
-                        fix=_EXPORT_FIX)
+        raise ScanError(
+            f"lacks the DICOM tags {', '.join(missing)} that place a CT slice in the world", path=path, fix=_EXPORT_FIX
+        )
     frames = _values(ds, "NumberOfFrames", 1, path, kind=int)[0] if ds.get("NumberOfFrames") not in (None, "") else 1
     if frames != 1:
-        raise ScanError(f"is a multi-frame DICOM file (NumberOfFrames = {frames}), which noduleflow does not read",
-                        path=path, fix="Convert the series to .nii.gz (e.g. with dcm2niix) and read that")
+        raise ScanError(
+            f"is a multi-frame DICOM file (NumberOfFrames = {frames}), which noduleflow does not read",
+            path=path,
+            fix="Convert the series to .nii.gz (e.g. with dcm2niix) and read that",
+        )
     samples = _values(ds, "SamplesPerPixel", 1, path, kind=int)[0] if "SamplesPerPixel" in ds else 1
     if samples != 1:
-        raise ScanError(f"has {samples} samples per pixel (colour); a CT slice has 1", path=path,
-                        fix="Pass a CT series")
+        raise ScanError(
+            f"has {samples} samples per pixel (colour); a CT slice has 1", path=path, fix="Pass a CT series"
+        )
     size = tuple(_values(ds, tag, 1, path, kind=int)[0] for tag in ("Rows", "Columns"))
     if min(size) < 1:
         raise ScanError(f"has {size[0]} rows and {size[1]} columns", path=path, fix=_EXPORT_FIX)
     iop = np.asarray(_values(ds, "ImageOrientationPatient", 6, path))
     col_dir, row_dir = iop[:3], iop[3:]
-    if (abs(np.linalg.norm(col_dir) - 1) > _COSINE_ATOL or abs(np.linalg.norm(row_dir) - 1) > _COSINE_ATOL
-            or abs(col_dir @ row_dir) > _COSINE_ATOL):
-        raise ScanError(f"has ImageOrientationPatient = {iop.tolist()}, not two perpendicular unit vectors", path=path,
-                        fix=_EXPORT_FIX)
+    if (
+        abs(np.linalg.norm(col_dir) - 1) > _COSINE_ATOL
+        or abs(np.linalg.norm(row_dir) - 1) > _COSINE_ATOL
+        or abs(col_dir @ row_dir) > _COSINE_ATOL
+    ):
+        raise ScanError(
+            f"has ImageOrientationPatient = {iop.tolist()}, not two perpendicular unit vectors",
+            path=path,
+            fix=_EXPORT_FIX,
+        )
     spacing = _values(ds, "PixelSpacing", 2, path)
     if not all(MIN_SPACING_MM <= v <= MAX_SPACING_MM for v in spacing):
-        raise ScanError(f"has PixelSpacing = {spacing} mm, outside {MIN_SPACING_MM} to {MAX_SPACING_MM} mm", path=path,
-                        fix=_EXPORT_FIX)
+        raise ScanError(
+            f"has PixelSpacing = {spacing} mm, outside {MIN_SPACING_MM} to {MAX_SPACING_MM} mm",
+            path=path,
+            fix=_EXPORT_FIX,
+        )
     position = np.asarray(_values(ds, "ImagePositionPatient", 3, path))
     return size, (col_dir / np.linalg.norm(col_dir), row_dir / np.linalg.norm(row_dir)), tuple(spacing), position
 
@@ -181,14 +217,25 @@ def _check_consistent(slices: list[tuple[Path, pydicom.Dataset]], geometry: list
     size0, dirs0, spacing0, _ = geometry[0]
     for (f, _), (size, dirs, spacing, _) in zip(slices[1:], geometry[1:]):
         if size != size0:
-            raise ScanError(f"has inconsistent slice sizes: {f0.name} is {size0[0]}x{size0[1]} but {f.name} is {size[0]}x{size[1]} (rows x columns)",
-                            path=folder, fix=f"Remove the slices that do not belong to the series; {_ONE_SERIES_FIX.lower()}")
+            raise ScanError(
+                f"has inconsistent slice sizes: {f0.name} is {size0[0]}x{size0[1]} but {f.name} is {size[0]}x{size[1]} (rows x columns)",
+                path=folder,
+                fix=f"Remove the slices that do not belong to the series; {_ONE_SERIES_FIX.lower()}",
+            )
         if not np.allclose(np.concatenate(dirs), np.concatenate(dirs0), atol=_GEOMETRY_ATOL):
-            raise ScanError(f"has slices with different orientations: {f0.name} and {f.name} (ImageOrientationPatient)",
-                            path=folder, fix=_ONE_SERIES_FIX)
+            raise ScanError(
+                f"has slices with different orientations: {f0.name} and {f.name} (ImageOrientationPatient)",
+                path=folder,
+                fix=_ONE_SERIES_FIX,
+            )
         if not np.allclose(spacing, spacing0, atol=_GEOMETRY_ATOL):
-            raise ScanError(f"has slices with different pixel spacings: {f0.name} and {f.name} (PixelSpacing)",
-                            path=folder, fix=_ONE_SERIES_FIX)
+            raise ScanError(
+                f"has slices with different pixel spacings: {f0.name} and {f.name} (PixelSpacing)",
+                path=folder,
+                fix=_ONE_SERIES_FIX,
+            )
+
+
 def _slice_step(positions: np.ndarray, files: list[Path], folder: Path) -> np.ndarray:
     """The (3,) world mm step from one slice to the next, checked to be even across the series.
 
@@ -196,17 +243,27 @@ def _slice_step(positions: np.ndarray, files: list[Path], folder: Path) -> np.nd
     """
     n = len(positions)
     if n < 2:
-        raise ScanError("holds a single slice; a CT volume needs at least two", path=folder, fix="Point at a folder with the whole series")
+        raise ScanError(
+            "holds a single slice; a CT volume needs at least two",
+            path=folder,
+            fix="Point at a folder with the whole series",
+        )
     gaps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
     if np.any(gaps < _GEOMETRY_ATOL):
         k = int(np.argmin(gaps))
-        raise ScanError(f"has two slices at the same position: {files[k].name} and {files[k + 1].name}", path=folder,
-                        fix="The folder mixes acquisitions (phases, echoes or a repeated scan): keep one slice per position")
+        raise ScanError(
+            f"has two slices at the same position: {files[k].name} and {files[k + 1].name}",
+            path=folder,
+            fix="The folder mixes acquisitions (phases, echoes or a repeated scan): keep one slice per position",
+        )
     step = (positions[-1] - positions[0]) / (n - 1)
     off_line = np.linalg.norm(positions - (positions[0] + np.arange(n)[:, None] * step), axis=1)
     if off_line.max() > _GAP_RTOL * np.linalg.norm(step):
-        raise ScanError(f"has unevenly spaced slices (gaps from {gaps.min():.3f} to {gaps.max():.3f} mm): a slice is missing or misplaced",
-                        path=folder, fix="Export the complete series again")
+        raise ScanError(
+            f"has unevenly spaced slices (gaps from {gaps.min():.3f} to {gaps.max():.3f} mm): a slice is missing or misplaced",
+            path=folder,
+            fix="Export the complete series again",
+        )
     return step
 
 
@@ -244,8 +301,12 @@ def _stored_pixels(path: Path, ds: pydicom.Dataset, size: tuple[int, int]) -> np
     rows, cols = size
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     bits = int(ds.get("BitsStored", 16) or 16)
-    if (ds.file_meta.get("TransferSyntaxUID") in _RAW_LITTLE_ENDIAN and int(ds.get("BitsAllocated", 0) or 0) == 16
-            and 1 <= bits <= 16 and len(ds.PixelData) >= 2 * rows * cols):
+    if (
+        ds.file_meta.get("TransferSyntaxUID") in _RAW_LITTLE_ENDIAN
+        and int(ds.get("BitsAllocated", 0) or 0) == 16
+        and 1 <= bits <= 16
+        and len(ds.PixelData) >= 2 * rows * cols
+    ):
         raw = np.frombuffer(ds.PixelData, dtype="<u2", count=rows * cols).reshape(rows, cols)
         if bits < 16:
             raw = raw & np.uint16((1 << bits) - 1)
@@ -256,9 +317,15 @@ def _stored_pixels(path: Path, ds: pydicom.Dataset, size: tuple[int, int]) -> np
     try:
         pixels = ds.pixel_array
     except Exception as err:  # noqa: BLE001 - pydicom and its plugins raise many types for undecodable pixel data
-        raise ScanError(f"has pixel data that cannot be decoded ({str(err)[:200]})", path=path,
-                        fix="Install a decoder (pip install pylibjpeg pylibjpeg-libjpeg) or decompress the series (gdcmconv --raw)") from None
+        raise ScanError(
+            f"has pixel data that cannot be decoded ({str(err)[:200]})",
+            path=path,
+            fix="Install a decoder (pip install pylibjpeg pylibjpeg-libjpeg) or decompress the series (gdcmconv --raw)",
+        ) from None
     if pixels.shape != (rows, cols) or pixels.dtype.kind not in "iuf":
-        raise ScanError(f"decodes to {pixels.dtype} pixels of shape {pixels.shape}, not one {rows}x{cols} slice",
-                        path=path, fix=_EXPORT_FIX)
+        raise ScanError(
+            f"decodes to {pixels.dtype} pixels of shape {pixels.shape}, not one {rows}x{cols} slice",
+            path=path,
+            fix=_EXPORT_FIX,
+        )
     return pixels

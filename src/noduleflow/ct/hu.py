@@ -58,8 +58,9 @@ def count_clipped(values: np.ndarray) -> int:
         return int(np.count_nonzero((a < INT16_MIN - 0.5) | (a >= INT16_MAX + 0.5)))
 
 
-def read_hu_slices(stream: BinaryIO, dtype: np.dtype, shape_irc: tuple[int, int, int], *, slope: float = 1.0,
-                   inter: float = 0.0) -> tuple[np.ndarray, int, int]:
+def read_hu_slices(
+    stream: BinaryIO, dtype: np.dtype, shape_irc: tuple[int, int, int], *, slope: float = 1.0, inter: float = 0.0
+) -> tuple[np.ndarray, int, int]:
     """(I, R, C) int16 HU read from `stream`, as `slope * stored + inter`, converted one slice at a time.
 
     stream: an open binary file positioned at the first voxel, which holds the voxels of `dtype`
@@ -128,8 +129,13 @@ def warn_if_not_ct(hu: np.ndarray, path, *, clipped: int = 0, modality: str | No
         reasons.append(f"{clipped} voxel(s) lay outside int16 and were clipped to {INT16_MIN}..{INT16_MAX}")
     # air fills large regions, so every 16th voxel finds it, 16 times faster than the whole array
     if hu.size and int(hu[:, ::4, ::4].min()) > _AIR_BELOW_HU:
-        reasons.append(f"no voxel is below {_AIR_BELOW_HU} HU, where air is in every CT "
-                       "(is it MR, or stored values without their rescale?)")
+        reasons.append(
+            f"no voxel is below {_AIR_BELOW_HU} HU, where air is in every CT "
+            "(is it MR, or stored values without their rescale?)"
+        )
     if reasons:
-        _log.warning("%s: does not look like a CT scan in Hounsfield units: %s; results on it will not mean much",
-                     path, "; ".join(reasons))
+        _log.warning(
+            "%s: does not look like a CT scan in Hounsfield units: %s; results on it will not mean much",
+            path,
+            "; ".join(reasons),
+        )

@@ -34,8 +34,15 @@ _IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
 _SECOND_LUNG_FRACTION = 0.2
 
 
-def lung_mask(volume: CtVolume, *, threshold_hu: int = -400, closing_mm: float = 10.0, min_lung_ml: float = 10.0,
-              max_hole_mm: float = 50.0, step: int = 1) -> np.ndarray:
+def lung_mask(
+    volume: CtVolume,
+    *,
+    threshold_hu: int = -400,
+    closing_mm: float = 10.0,
+    min_lung_ml: float = 10.0,
+    max_hole_mm: float = 50.0,
+    step: int = 1,
+) -> np.ndarray:
     """(I, R, C) bool mask of the lungs of `volume`; all False if no lung is found (the caller decides).
 
     threshold_hu: voxels below it are air or lung.
@@ -49,9 +56,16 @@ def lung_mask(volume: CtVolume, *, threshold_hu: int = -400, closing_mm: float =
         (what `detect` uses: it only needs to know where lung is, to a few voxels).
     """
     if step > 1:
-        coarse = CtVolume(np.ascontiguousarray(volume.hu[:, ::step, ::step]), volume.origin_xyz,
-                          volume.spacing_xyz * [step, step, 1], volume.direction, volume.series_uid)
-        small = lung_mask(coarse, threshold_hu=threshold_hu, closing_mm=closing_mm, min_lung_ml=min_lung_ml, max_hole_mm=max_hole_mm)
+        coarse = CtVolume(
+            np.ascontiguousarray(volume.hu[:, ::step, ::step]),
+            volume.origin_xyz,
+            volume.spacing_xyz * [step, step, 1],
+            volume.direction,
+            volume.series_uid,
+        )
+        small = lung_mask(
+            coarse, threshold_hu=threshold_hu, closing_mm=closing_mm, min_lung_ml=min_lung_ml, max_hole_mm=max_hole_mm
+        )
         _, n_r, n_c = volume.shape
         return np.repeat(np.repeat(small, step, axis=1), step, axis=2)[:, :n_r, :n_c]
     air = volume.hu < threshold_hu

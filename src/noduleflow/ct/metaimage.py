@@ -23,9 +23,18 @@ from noduleflow.ct.volume import CtVolume, check_voxel_count, checked_volume
 from noduleflow.errors import ScanError
 
 ELEMENT_TYPES = {
-    "MET_CHAR": "i1", "MET_UCHAR": "u1", "MET_SHORT": "i2", "MET_USHORT": "u2",
-    "MET_INT": "i4", "MET_UINT": "u4", "MET_LONG": "i4", "MET_ULONG": "u4",
-    "MET_LONG_LONG": "i8", "MET_ULONG_LONG": "u8", "MET_FLOAT": "f4", "MET_DOUBLE": "f8",
+    "MET_CHAR": "i1",
+    "MET_UCHAR": "u1",
+    "MET_SHORT": "i2",
+    "MET_USHORT": "u2",
+    "MET_INT": "i4",
+    "MET_UINT": "u4",
+    "MET_LONG": "i4",
+    "MET_ULONG": "u4",
+    "MET_LONG_LONG": "i8",
+    "MET_ULONG_LONG": "u8",
+    "MET_FLOAT": "f4",
+    "MET_DOUBLE": "f8",
 }
 """MetaIO element type -> numpy dtype (without byte order); MetaIO's LONG is 4 bytes."""
 
@@ -57,20 +66,22 @@ def write_metaimage(volume: CtVolume, path: str | Path) -> Path:
     path = Path(path)
     local = path.suffix.lower() == ".mha"
     data_name = "LOCAL" if local else path.with_suffix(".raw").name
-    header = "\n".join([
-        "ObjectType = Image",
-        "NDims = 3",
-        "BinaryData = True",
-        "BinaryDataByteOrderMSB = False",
-        "CompressedData = False",
-        f"TransformMatrix = {_floats(volume.direction.T.ravel())}",
-        f"Offset = {_floats(volume.origin_xyz)}",
-        f"ElementSpacing = {_floats(volume.spacing_xyz)}",
-        "DimSize = {} {} {}".format(*volume.shape[::-1]),
-        "ElementType = MET_SHORT",
-        f"ElementDataFile = {data_name}",
-        "",
-    ]).encode("ascii")
+    header = "\n".join(
+        [
+            "ObjectType = Image",
+            "NDims = 3",
+            "BinaryData = True",
+            "BinaryDataByteOrderMSB = False",
+            "CompressedData = False",
+            f"TransformMatrix = {_floats(volume.direction.T.ravel())}",
+            f"Offset = {_floats(volume.origin_xyz)}",
+            f"ElementSpacing = {_floats(volume.spacing_xyz)}",
+            "DimSize = {} {} {}".format(*volume.shape[::-1]),
+            "ElementType = MET_SHORT",
+            f"ElementDataFile = {data_name}",
+            "",
+        ]
+    ).encode("ascii")
     pixels = np.ascontiguousarray(volume.hu, dtype="<i2")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
@@ -99,7 +110,9 @@ def _read_header(path: Path) -> tuple[dict[str, str], int]:
             continue
         key, sep, value = line.partition("=")
         if not sep or not key.strip():
-            raise ScanError(f"is not a MetaImage header: line {line[:60]!r} is not 'Key = value'", path=path, fix=_REWRITE_FIX)
+            raise ScanError(
+                f"is not a MetaImage header: line {line[:60]!r} is not 'Key = value'", path=path, fix=_REWRITE_FIX
+            )
         fields[key.strip()] = value.strip()
         if key.strip() == "ElementDataFile":
             return fields, offset
@@ -123,8 +136,9 @@ def _parse_header(fields: dict[str, str], path: Path) -> dict:
         except (ValueError, OverflowError):
             values = []
         if len(values) != count or not all(math.isfinite(v) for v in values):
-            raise ScanError(f"header key {key} = {text[:80]!r} is not {count} {kind.__name__} values", path=path,
-                            fix=_REWRITE_FIX)
+            raise ScanError(
+                f"header key {key} = {text[:80]!r} is not {count} {kind.__name__} values", path=path, fix=_REWRITE_FIX
+            )
         return values if kind is int else np.asarray(values, dtype=np.float64)  # ints stay Python ints: no overflow
 
     def flag(key: str, default: str) -> bool:
@@ -134,48 +148,83 @@ def _parse_header(fields: dict[str, str], path: Path) -> dict:
         return text.lower() in ("true", "1")
 
     if fields.get("ObjectType", "Image") != "Image":
-        raise ScanError(f"holds a MetaIO {fields['ObjectType']!r} object, not an Image", path=path, fix="Pass an image file")
+        raise ScanError(
+            f"holds a MetaIO {fields['ObjectType']!r} object, not an Image", path=path, fix="Pass an image file"
+        )
     ndims = numbers("NDims", get("NDims"), 1, int)[0]
     if ndims != 3:
         raise ScanError(f"is a {ndims}D image (NDims = {ndims}); a CT volume is 3D", path=path, fix="Pass a 3D scan")
     dims = numbers("DimSize", get("DimSize"), 3, int)
     spacing = numbers("ElementSpacing", get("ElementSpacing", "ElementSize"), 3, float)
     origin = numbers("Offset", get("Offset", "Origin", "Position", default="0 0 0"), 3, float)
-    matrix = numbers("TransformMatrix", get("TransformMatrix", "Rotation", "Orientation", default="1 0 0 0 1 0 0 0 1"), 9, float)
+    matrix = numbers(
+        "TransformMatrix", get("TransformMatrix", "Rotation", "Orientation", default="1 0 0 0 1 0 0 0 1"), 9, float
+    )
     direction = matrix.reshape(3, 3).T  # MetaIO lists the matrix column by column
     if any(n <= 0 for n in dims):
         raise ScanError(f"header key DimSize = {get('DimSize')!r} has a size below 1", path=path, fix=_REWRITE_FIX)
     check_voxel_count(dims, path=path, what="header key DimSize")
     if np.any(spacing <= 0):
-        raise ScanError(f"header key ElementSpacing = {get('ElementSpacing', 'ElementSize')!r} is not positive millimetres", path=path, fix=_REWRITE_FIX)
+        raise ScanError(
+            f"header key ElementSpacing = {get('ElementSpacing', 'ElementSize')!r} is not positive millimetres",
+            path=path,
+            fix=_REWRITE_FIX,
+        )
     if abs(np.linalg.det(direction)) < 1e-6:
-        raise ScanError(f"header key TransformMatrix = {get('TransformMatrix', 'Rotation', 'Orientation')!r} is not invertible", path=path, fix=_REWRITE_FIX)
+        raise ScanError(
+            f"header key TransformMatrix = {get('TransformMatrix', 'Rotation', 'Orientation')!r} is not invertible",
+            path=path,
+            fix=_REWRITE_FIX,
+        )
     element_type = get("ElementType")
     if element_type not in ELEMENT_TYPES:
-        raise ScanError(f"header has an unknown ElementType {element_type!r}", path=path,
-                        fix=f"Use one of {', '.join(ELEMENT_TYPES)} (CT scans are MET_SHORT)")
+        raise ScanError(
+            f"header has an unknown ElementType {element_type!r}",
+            path=path,
+            fix=f"Use one of {', '.join(ELEMENT_TYPES)} (CT scans are MET_SHORT)",
+        )
     channels = fields.get("ElementNumberOfChannels", "1")
     if channels != "1":
-        raise ScanError(f"has {channels} channels per voxel (ElementNumberOfChannels); a CT volume has 1", path=path, fix="Pass a single-channel scan")
+        raise ScanError(
+            f"has {channels} channels per voxel (ElementNumberOfChannels); a CT volume has 1",
+            path=path,
+            fix="Pass a single-channel scan",
+        )
     if not flag("BinaryData", "True"):
-        raise ScanError("stores its pixels as text (BinaryData = False), which noduleflow does not read", path=path,
-                        fix="Convert it to binary, e.g. with SimpleITK: sitk.WriteImage(sitk.ReadImage(p), 'scan.mha')")
+        raise ScanError(
+            "stores its pixels as text (BinaryData = False), which noduleflow does not read",
+            path=path,
+            fix="Convert it to binary, e.g. with SimpleITK: sitk.WriteImage(sitk.ReadImage(p), 'scan.mha')",
+        )
     msb = flag("BinaryDataByteOrderMSB", fields.get("ElementByteOrderMSB", "False"))
     data_file = get("ElementDataFile")
     if not data_file:
-        raise ScanError("header key ElementDataFile is empty, so there are no pixels to read", path=path,
-                        fix="Write the data file's name after 'ElementDataFile =' (LOCAL: pixels follow the header)")
+        raise ScanError(
+            "header key ElementDataFile is empty, so there are no pixels to read",
+            path=path,
+            fix="Write the data file's name after 'ElementDataFile =' (LOCAL: pixels follow the header)",
+        )
     if data_file.split()[0] == "LIST" or "%" in data_file:
-        raise ScanError(f"splits its pixels over several files (ElementDataFile = {data_file!r}), which noduleflow does not read", path=path,
-                        fix="Merge them into one file, e.g. with SimpleITK: sitk.WriteImage(sitk.ReadImage(p), 'scan.mha')")
+        raise ScanError(
+            f"splits its pixels over several files (ElementDataFile = {data_file!r}), which noduleflow does not read",
+            path=path,
+            fix="Merge them into one file, e.g. with SimpleITK: sitk.WriteImage(sitk.ReadImage(p), 'scan.mha')",
+        )
     header_size = numbers("HeaderSize", fields.get("HeaderSize", "0"), 1, int)[0]
     if header_size < -1:
-        raise ScanError(f"header key HeaderSize = {header_size} is negative (only -1, 'the pixels end the file', "
-                        "is allowed)", path=path, fix=_REWRITE_FIX)
+        raise ScanError(
+            f"header key HeaderSize = {header_size} is negative (only -1, 'the pixels end the file', is allowed)",
+            path=path,
+            fix=_REWRITE_FIX,
+        )
     return {
-        "dims_xyz": dims, "spacing": spacing, "origin": origin, "direction": direction,
+        "dims_xyz": dims,
+        "spacing": spacing,
+        "origin": origin,
+        "direction": direction,
         "dtype": np.dtype(ELEMENT_TYPES[element_type]).newbyteorder(">" if msb else "<"),
-        "element_type": element_type, "compressed": flag("CompressedData", "False"),
+        "element_type": element_type,
+        "compressed": flag("CompressedData", "False"),
         "header_size": header_size,
         "data_file": data_file,
     }
@@ -191,9 +240,11 @@ def _data_path(meta: dict, path: Path) -> Path:
     name = meta["data_file"]
     if name == "LOCAL":
         return path
-    outside = ScanError(f"names the data file {name[:200]!r} (ElementDataFile), which is not a file in the header's "
-                        "own folder", path=path,
-                        fix="Move the data file next to the header and write its name, e.g. 'ElementDataFile = a.raw'")
+    outside = ScanError(
+        f"names the data file {name[:200]!r} (ElementDataFile), which is not a file in the header's own folder",
+        path=path,
+        fix="Move the data file next to the header and write its name, e.g. 'ElementDataFile = a.raw'",
+    )
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if not parts or parts[0] == "/" or ".." in parts or re.match(r"^[A-Za-z]:", name) or "\0" in name:
         raise outside
@@ -202,8 +253,11 @@ def _data_path(meta: dict, path: Path) -> Path:
     if not data_path.is_relative_to(folder) or data_path == folder:
         raise outside
     if not data_path.is_file():
-        raise ScanError(f"names the data file {name!r} (ElementDataFile), which does not exist next to it", path=path,
-                        fix=f"Put {data_path.name} in {data_path.parent}, or correct ElementDataFile")
+        raise ScanError(
+            f"names the data file {name!r} (ElementDataFile), which does not exist next to it",
+            path=path,
+            fix=f"Put {data_path.name} in {data_path.parent}, or correct ElementDataFile",
+        )
     return data_path
 
 
@@ -263,21 +317,33 @@ def _read_pixels(meta: dict, path: Path, header_bytes: int) -> tuple[np.ndarray,
                 hu, clipped, read = read_hu_slices(stream, meta["dtype"], shape_irc)
                 extra = len(stream.read(1))
             except zlib.error as err:
-                raise ScanError(f"holds compressed pixels that do not decompress ({err})", path=data_path,
-                                fix="The file is damaged or truncated: copy or download it again") from None
+                raise ScanError(
+                    f"holds compressed pixels that do not decompress ({err})",
+                    path=data_path,
+                    fix="The file is damaged or truncated: copy or download it again",
+                ) from None
             if read + extra != expected:
                 size = f"{read} bytes" if read < expected else "more bytes"
-                raise ScanError(f"decompresses to {size}, but {what} needs {expected}", path=data_path,
-                                fix="The pixels and the header do not belong together: copy or download the scan again")
+                raise ScanError(
+                    f"decompresses to {size}, but {what} needs {expected}",
+                    path=data_path,
+                    fix="The pixels and the header do not belong together: copy or download the scan again",
+                )
             return hu, clipped
         # HeaderSize = -1 means "the pixels are the last bytes of the file"
         skip = max(available - expected, 0) if meta["header_size"] == -1 else meta["header_size"]
         if available - skip != expected:
-            raise ScanError(f"holds {available - skip} bytes of pixels, but {what} needs {expected}", path=data_path,
-                            fix="The file is truncated or belongs to another header: copy or download the scan again")
+            raise ScanError(
+                f"holds {available - skip} bytes of pixels, but {what} needs {expected}",
+                path=data_path,
+                fix="The file is truncated or belongs to another header: copy or download the scan again",
+            )
         f.seek(start + skip)
         hu, clipped, read = read_hu_slices(f, meta["dtype"], shape_irc)
     if read != expected:  # the file shrank while being read
-        raise ScanError(f"holds {read} bytes of pixels, but {what} needs {expected}", path=data_path,
-                        fix="The file is truncated: copy or download the scan again")
+        raise ScanError(
+            f"holds {read} bytes of pixels, but {what} needs {expected}",
+            path=data_path,
+            fix="The file is truncated: copy or download the scan again",
+        )
     return hu, clipped

@@ -50,25 +50,35 @@ def read_nifti(path: str | Path) -> CtVolume:
     header = _read_header(path, compressed)
     shape = tuple(int(n) for n in header.get_data_shape())
     if len(shape) < 3 or any(n != 1 for n in shape[3:]):
-        raise ScanError(f"is a {len(shape)}D image of shape {shape}; a CT volume is 3D", path=path,
-                        fix="Pass a 3D scan (split a 4D series into one file per volume)")
+        raise ScanError(
+            f"is a {len(shape)}D image of shape {shape}; a CT volume is 3D",
+            path=path,
+            fix="Pass a 3D scan (split a 4D series into one file per volume)",
+        )
     check_voxel_count(shape[:3], path=path, what="the image size in its header (dim)")
     try:
         dtype = header.get_data_dtype()
     except (HeaderDataError, KeyError) as err:
-        raise ScanError(f"has an unknown datatype code ({err})", path=path,
-                        fix="Convert it to an integer or float NIfTI image") from None
+        raise ScanError(
+            f"has an unknown datatype code ({err})", path=path, fix="Convert it to an integer or float NIfTI image"
+        ) from None
     if dtype.kind not in "iuf" or dtype.fields is not None or dtype.itemsize > 8:
-        raise ScanError(f"holds {dtype} voxels (complex, RGB or another non-scalar type), not CT values", path=path,
-                        fix="Convert it to a single-channel integer or float image")
+        raise ScanError(
+            f"holds {dtype} voxels (complex, RGB or another non-scalar type), not CT values",
+            path=path,
+            fix="Convert it to a single-channel integer or float image",
+        )
     try:
         slope, inter = header.get_slope_inter()
     except HeaderDataError as err:  # e.g. an infinite scl_slope
         raise ScanError(f"has an unusable scaling ({err})", path=path, fix=_SCALING_FIX) from None
     slope, inter = 1.0 if slope is None else float(slope), 0.0 if inter is None else float(inter)
     if not (math.isfinite(slope) and math.isfinite(inter)):
-        raise ScanError(f"has a non-finite scaling scl_slope = {slope}, scl_inter = {inter}", path=path,
-                        fix="Set scl_slope to 1 and scl_inter to 0, or to the scaling of its values")
+        raise ScanError(
+            f"has a non-finite scaling scl_slope = {slope}, scl_inter = {inter}",
+            path=path,
+            fix="Set scl_slope to 1 and scl_inter to 0, or to the scaling of its values",
+        )
     try:
         with np.errstate(invalid="ignore", over="ignore"):  # a NaN or inf header is reported below, not warned about
             lps = _RAS_TO_LPS @ _world_affine(header)
@@ -79,7 +89,11 @@ def read_nifti(path: str | Path) -> CtVolume:
     scaled = lps[:3, :3]
     spacing = np.linalg.norm(scaled, axis=0)
     if np.any(spacing <= 0) or abs(np.linalg.det(scaled)) < 1e-9 * max(float(np.prod(spacing)), 1e-300):
-        raise ScanError(f"has a degenerate affine {lps[:3].tolist()}", path=path, fix="Set a valid sform or qform, e.g. with nibabel")
+        raise ScanError(
+            f"has a degenerate affine {lps[:3].tolist()}",
+            path=path,
+            fix="Set a valid sform or qform, e.g. with nibabel",
+        )
     offset = float(header["vox_offset"])
     if not (math.isfinite(offset) and header.sizeof_hdr <= offset < 2**40):
         raise ScanError(f"has vox_offset = {offset}, which does not point past its header", path=path, fix=_DAMAGED_FIX)
@@ -101,31 +115,47 @@ def _read_header(path: Path, compressed: bool):
             size = f.read(4)
             f.seek(0)
             if len(size) < 4 or {int.from_bytes(size, "little"), int.from_bytes(size, "big")}.isdisjoint({348, 540}):
-                raise ScanError("is not a readable NIfTI file: its first 4 bytes are not a NIfTI header size "
-                                "(348 or 540)", path=path, fix="Check that the file is complete and really NIfTI")
+                raise ScanError(
+                    "is not a readable NIfTI file: its first 4 bytes are not a NIfTI header size (348 or 540)",
+                    path=path,
+                    fix="Check that the file is complete and really NIfTI",
+                )
             nifti1 = 348 in (int.from_bytes(size, "little"), int.from_bytes(size, "big"))
             header = (nib.Nifti1Header if nifti1 else nib.Nifti2Header).from_fileobj(f, check=True)
     except (HeaderDataError, OSError, EOFError, ValueError, zlib.error) as err:
         if isinstance(err, OSError) and err.errno is not None:
             raise  # permissions, a vanished file: read_volume says so
-        raise ScanError(f"is not a readable NIfTI file ({str(err)[:200]})", path=path,
-                        fix="Check that the file is complete and really NIfTI") from None
+        raise ScanError(
+            f"is not a readable NIfTI file ({str(err)[:200]})",
+            path=path,
+            fix="Check that the file is complete and really NIfTI",
+        ) from None
     if header["magic"].item() not in (b"n+1", b"n+2"):
-        raise ScanError(f"has the NIfTI magic {header['magic'].item()!r}, not that of a single .nii file "
-                        "('n+1' or 'n+2')", path=path,
-                        fix="Convert the .hdr/.img pair (or Analyze file) to .nii.gz, e.g. with nibabel or SimpleITK")
+        raise ScanError(
+            f"has the NIfTI magic {header['magic'].item()!r}, not that of a single .nii file ('n+1' or 'n+2')",
+            path=path,
+            fix="Convert the .hdr/.img pair (or Analyze file) to .nii.gz, e.g. with nibabel or SimpleITK",
+        )
     return header
 
 
-def _read_voxels(path: Path, compressed: bool, offset: int, dtype: np.dtype, shape_irc: tuple[int, int, int],
-                 slope: float, inter: float):
+def _read_voxels(
+    path: Path,
+    compressed: bool,
+    offset: int,
+    dtype: np.dtype,
+    shape_irc: tuple[int, int, int],
+    slope: float,
+    inter: float,
+):
     """(hu (I, R, C) int16, clipped count). NIfTI stores x (C) fastest, then y (R), then z (I), so each
     z slice is one contiguous (R, C) block."""
     expected = math.prod(shape_irc) * dtype.itemsize
     voxels = f"its header's {' x '.join(map(str, shape_irc[::-1]))} {dtype} voxels need {expected}"
     if not compressed and path.stat().st_size - offset != expected:
-        raise ScanError(f"holds {path.stat().st_size - offset} bytes of voxels, but {voxels}", path=path,
-                        fix=_DAMAGED_FIX)
+        raise ScanError(
+            f"holds {path.stat().st_size - offset} bytes of voxels, but {voxels}", path=path, fix=_DAMAGED_FIX
+        )
     opener = gzip.open if compressed else open
     try:
         with opener(path, "rb") as f:

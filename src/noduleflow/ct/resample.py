@@ -31,25 +31,39 @@ def resample(volume: CtVolume, spacing_xyz: float | ArrayLike, order: int = 1) -
     if spacing.ndim == 0:
         spacing = np.full(3, float(spacing))
     if spacing.shape != (3,) or not spacing_in_range(spacing):
-        raise ConfigError(f"resample spacing must be one or three millimetre values (X, Y, Z) from {MIN_SPACING_MM} to "
-                          f"{MAX_SPACING_MM}, got {np.asarray(spacing_xyz).tolist()}",
-                          fix="Pass e.g. --spacing 1.0 or --spacing 0.7 0.7 1.25")
+        raise ConfigError(
+            f"resample spacing must be one or three millimetre values (X, Y, Z) from {MIN_SPACING_MM} to "
+            f"{MAX_SPACING_MM}, got {np.asarray(spacing_xyz).tolist()}",
+            fix="Pass e.g. --spacing 1.0 or --spacing 0.7 0.7 1.25",
+        )
     if order not in range(6):
-        raise ConfigError(f"resample order must be an integer from 0 to 5, got {order!r}", fix="Use 1 (trilinear) unless you need another")
+        raise ConfigError(
+            f"resample order must be an integer from 0 to 5, got {order!r}",
+            fix="Use 1 (trilinear) unless you need another",
+        )
     if np.array_equal(spacing, volume.spacing_xyz):
         return volume
     old_shape = np.asarray(volume.shape, dtype=np.float64)
     scale = spacing[::-1] / volume.spacing_irc  # old voxels per new voxel, (I, R, C)
     new_shape_float = np.maximum(1, np.round(old_shape / scale))
     if float(np.prod(new_shape_float)) > MAX_VOXELS:  # as floats, before an int64 can overflow or memory is taken
-        raise ConfigError(f"resampling {volume.series_uid or 'a scan'} ({' x '.join(map(str, volume.shape))} voxels of "
-                          f"{volume.spacing_irc.tolist()} mm, I R C) to {spacing.tolist()} mm (X Y Z) would make "
-                          f"{float(np.prod(new_shape_float)):.3g} voxels, more than the {MAX_VOXELS} noduleflow "
-                          "handles",
-                          fix="Choose a coarser spacing, e.g. --spacing 0.7,0.7,1.25")
+        raise ConfigError(
+            f"resampling {volume.series_uid or 'a scan'} ({' x '.join(map(str, volume.shape))} voxels of "
+            f"{volume.spacing_irc.tolist()} mm, I R C) to {spacing.tolist()} mm (X Y Z) would make "
+            f"{float(np.prod(new_shape_float)):.3g} voxels, more than the {MAX_VOXELS} noduleflow "
+            "handles",
+            fix="Choose a coarser spacing, e.g. --spacing 0.7,0.7,1.25",
+        )
     new_shape = new_shape_float.astype(np.int64)
     offset = (old_shape - 1) / 2 - scale * (new_shape - 1) / 2  # old fractional index of new voxel (0, 0, 0)
     # integer output is rounded to nearest by scipy; orders > 1 overshoot, so go through float32 then clip
-    hu = ndimage.affine_transform(volume.hu, scale, offset=offset, output_shape=tuple(int(n) for n in new_shape),
-                                  output=np.int16 if order <= 1 else np.float32, order=order, mode="nearest")
+    hu = ndimage.affine_transform(
+        volume.hu,
+        scale,
+        offset=offset,
+        output_shape=tuple(int(n) for n in new_shape),
+        output=np.int16 if order <= 1 else np.float32,
+        order=order,
+        mode="nearest",
+    )
     return CtVolume(to_hu_int16(hu), volume.irc_to_xyz(offset), spacing, volume.direction, series_uid=volume.series_uid)

@@ -50,7 +50,9 @@ class CtVolume:
         if hu.ndim != 3:
             raise ValueError(f"CtVolume.hu must be 3D (I, R, C), got shape {hu.shape}")
         if hu.dtype != np.int16:
-            raise ValueError(f"CtVolume.hu must be int16 Hounsfield units, got {hu.dtype}; convert with np.clip(...).astype(np.int16)")
+            raise ValueError(
+                f"CtVolume.hu must be int16 Hounsfield units, got {hu.dtype}; convert with np.clip(...).astype(np.int16)"
+            )
         origin = np.asarray(self.origin_xyz, dtype=np.float64).reshape(3)
         spacing = np.asarray(self.spacing_xyz, dtype=np.float64).reshape(3)
         direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
@@ -107,12 +109,17 @@ def check_voxel_count(shape, *, path, what: str) -> None:
     for n in sizes:
         count *= n
     if any(n < 1 for n in sizes):
-        raise ScanError(f"{what} has a size below 1 ({' x '.join(map(str, sizes))})", path=path,
-                        fix="The header is damaged: export the scan again")
+        raise ScanError(
+            f"{what} has a size below 1 ({' x '.join(map(str, sizes))})",
+            path=path,
+            fix="The header is damaged: export the scan again",
+        )
     if count > MAX_VOXELS:
-        raise ScanError(f"{what} is {' x '.join(map(str, sizes))} = {count} voxels, more than the {MAX_VOXELS} "
-                        "noduleflow reads", path=path,
-                        fix="The header is damaged, or the volume is not a CT scan: export the scan again")
+        raise ScanError(
+            f"{what} is {' x '.join(map(str, sizes))} = {count} voxels, more than the {MAX_VOXELS} noduleflow reads",
+            path=path,
+            fix="The header is damaged, or the volume is not a CT scan: export the scan again",
+        )
 
 
 def checked_volume(hu: np.ndarray, origin_xyz, spacing_xyz, direction, series_uid: str, *, path) -> CtVolume:
@@ -126,10 +133,17 @@ def checked_volume(hu: np.ndarray, origin_xyz, spacing_xyz, direction, series_ui
     if not np.all(np.isfinite(origin)):
         raise ScanError(f"places the volume at a non-finite origin {origin.tolist()} mm", path=path, fix=fix)
     if not spacing_in_range(spacing):
-        raise ScanError(f"has a voxel size of {spacing.tolist()} mm, outside {MIN_SPACING_MM} to {MAX_SPACING_MM} mm",
-                        path=path, fix=fix)
-    if (not np.all(np.isfinite(matrix)) or np.any(np.abs(np.linalg.norm(matrix, axis=0) - 1) > _UNIT_ATOL)
-            or abs(np.linalg.det(matrix)) < _MIN_ABS_DET):
-        raise ScanError(f"has a direction matrix {np.round(matrix, 6).tolist()} that is not a rotation", path=path,
-                        fix=fix)
+        raise ScanError(
+            f"has a voxel size of {spacing.tolist()} mm, outside {MIN_SPACING_MM} to {MAX_SPACING_MM} mm",
+            path=path,
+            fix=fix,
+        )
+    if (
+        not np.all(np.isfinite(matrix))
+        or np.any(np.abs(np.linalg.norm(matrix, axis=0) - 1) > _UNIT_ATOL)
+        or abs(np.linalg.det(matrix)) < _MIN_ABS_DET
+    ):
+        raise ScanError(
+            f"has a direction matrix {np.round(matrix, 6).tolist()} that is not a rotation", path=path, fix=fix
+        )
     return CtVolume(hu, origin, spacing, matrix, series_uid=series_uid)

@@ -11,13 +11,24 @@ from importlib import import_module
 
 _EXPORTS = {
     "Augment": "augment",
-    "CachedScan": "cache", "LungMask": "cache", "ScanCache": "cache",
-    "CandidatePatches": "datasets", "MalignancySamples": "datasets", "PatchDataset": "datasets",
-    "BalancedSampler": "loaders", "make_loader": "loaders",
-    "Candidate": "luna16", "Luna16Index": "luna16", "Nodule": "luna16", "Split": "luna16",
-    "load_index": "luna16", "split_series": "luna16",
-    "PrepareSummary": "prepare_cache", "prepare": "prepare_cache",
-    "SegmentationCrops": "segmentation", "SegmentationSlices": "segmentation",
+    "CachedScan": "cache",
+    "LungMask": "cache",
+    "ScanCache": "cache",
+    "CandidatePatches": "datasets",
+    "MalignancySamples": "datasets",
+    "PatchDataset": "datasets",
+    "BalancedSampler": "loaders",
+    "make_loader": "loaders",
+    "Candidate": "luna16",
+    "Luna16Index": "luna16",
+    "Nodule": "luna16",
+    "Split": "luna16",
+    "load_index": "luna16",
+    "split_series": "luna16",
+    "PrepareSummary": "prepare_cache",
+    "prepare": "prepare_cache",
+    "SegmentationCrops": "segmentation",
+    "SegmentationSlices": "segmentation",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -52,7 +52,9 @@ class Augment:
         """
         batched = image.dim() == self.spatial_dims + 2
         if not batched and image.dim() != self.spatial_dims + 1:
-            raise ValueError(f"expected (C, *spatial) or (B, C, *spatial) with {self.spatial_dims} spatial dims, got {tuple(image.shape)}")
+            raise ValueError(
+                f"expected (C, *spatial) or (B, C, *spatial) with {self.spatial_dims} spatial dims, got {tuple(image.shape)}"
+            )
         x = image if batched else image[None]
         m = None if mask is None else (mask if batched else mask[None])
         x, m = self.batch(x, m, generator)
@@ -63,15 +65,17 @@ class Augment:
     def batch(self, x: torch.Tensor, mask: torch.Tensor | None = None, generator: torch.Generator | None = None):
         """(B, C, *spatial) -> (image, mask or None), each sample with its own random transform."""
         b, s = x.shape[0], self.spatial_dims
-        flips = torch.rand(b, s, generator=generator) < 0.5                         # (B, S)
+        flips = torch.rand(b, s, generator=generator) < 0.5  # (B, S)
         flips[:, [a for a in range(s) if a not in self.flip_axes]] = False
         if self.rotate_deg or self.scale or self.offset_vox:
-            theta = self._theta(x.shape[2:], flips, generator).to(x)                 # (B, S, S + 1)
-            x, mask = _resample(x, theta, self.pad, "bilinear"), None if mask is None else \
-                _resample(mask.float(), theta, 0.0, "nearest").to(mask.dtype)
+            theta = self._theta(x.shape[2:], flips, generator).to(x)  # (B, S, S + 1)
+            x, mask = (
+                _resample(x, theta, self.pad, "bilinear"),
+                None if mask is None else _resample(mask.float(), theta, 0.0, "nearest").to(mask.dtype),
+            )
         else:
             for a in range(s):
-                f = flips[:, a].view(-1, *[1] * (x.dim() - 1)).to(x.device)          # (B, 1, ...)
+                f = flips[:, a].view(-1, *[1] * (x.dim() - 1)).to(x.device)  # (B, 1, ...)
                 x = torch.where(f, x.flip(2 + a), x)
                 if mask is not None:
                     mask = torch.where(f, mask.flip(2 + a), mask)
@@ -82,17 +86,17 @@ class Augment:
     def _theta(self, spatial: torch.Size, flips: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """(B, S, S + 1) affine matrices in affine_grid's (x, y[, z]) = (W, H[, D]) axis order."""
         b, s = flips.shape[0], self.spatial_dims
-        u = lambda *shape: torch.rand(*shape, generator=generator, dtype=torch.float64) * 2 - 1  # noqa: E731, U(-1, 1)
+        u = lambda *shape: torch.rand(*shape, generator=generator, dtype=torch.float64) * 2 - 1  # noqa: E731 - a one-line U(-1, 1) sampler
         angle = u(b) * math.radians(self.rotate_deg)
         zoom = 1 + u(b) * self.scale
         theta = torch.zeros(b, s, s + 1, dtype=torch.float64)
         theta[:, :s, :s] = torch.eye(s, dtype=torch.float64)
         cos, sin = torch.cos(angle), torch.sin(angle)
         theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos  # in the W-H plane
-        sign = torch.where(flips.flip(1), -1.0, 1.0).double()                         # (B, S) in W, H, D order
+        sign = torch.where(flips.flip(1), -1.0, 1.0).double()  # (B, S) in W, H, D order
         theta[:, :, :s] = theta[:, :, :s] * sign[:, None, :] / zoom[:, None, None]
-        size = torch.tensor(list(spatial)[::-1], dtype=torch.float64)                 # (S,) W, H, D voxels
-        theta[:, :, s] = u(b, s) * self.offset_vox * 2 / size                          # voxels -> [-1, 1] units
+        size = torch.tensor(list(spatial)[::-1], dtype=torch.float64)  # (S,) W, H, D voxels
+        theta[:, :, s] = u(b, s) * self.offset_vox * 2 / size  # voxels -> [-1, 1] units
         return theta.float()
 
 

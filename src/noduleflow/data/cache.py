@@ -37,17 +37,31 @@ import json
 import os
 import shutil
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from noduleflow.ct import geometry
 from noduleflow.ct.volume import CtVolume
 from noduleflow.data.cache_files import (  # noqa: F401 (check_writable and source_key are part of this module's API)
-    CACHE_VERSION, ENTRY_JSON, FORMAT, HU_NPY, MASK_NPZ, TMP, atomic_write_hashed, changed_source,
-    check_writable, file_problem, fsync_dir, hash_bytes, manifest_checksum, npy_header, read_manifest, source_key,
+    CACHE_VERSION,
+    ENTRY_JSON,
+    FORMAT,
+    HU_NPY,
+    MASK_NPZ,
+    TMP,
+    atomic_write_hashed,
+    changed_source,
+    check_writable,
+    file_problem,
+    fsync_dir,
+    hash_bytes,
+    manifest_checksum,
+    npy_header,
+    read_manifest,
+    source_key,
     write_error,
 )
 from noduleflow.errors import CacheError
@@ -75,19 +89,19 @@ class LungMask:
 
     def __init__(self, shape: Sequence[int], lo: Sequence[int], packed: np.ndarray, width: int):
         self.shape = tuple(int(s) for s in shape)
-        self.lo = np.asarray(lo, dtype=np.int64).reshape(3)       # first voxel (I, R, C) of the box
-        self.packed = np.asarray(packed, dtype=np.uint8)          # (Ib, Rb, ceil(Cb / 8)), bits along C
+        self.lo = np.asarray(lo, dtype=np.int64).reshape(3)  # first voxel (I, R, C) of the box
+        self.packed = np.asarray(packed, dtype=np.uint8)  # (Ib, Rb, ceil(Cb / 8)), bits along C
         self.box_shape = np.array([*self.packed.shape[:2], width], dtype=np.int64)  # (Ib, Rb, Cb)
 
     @classmethod
-    def from_array(cls, mask: np.ndarray) -> "LungMask":
+    def from_array(cls, mask: np.ndarray) -> LungMask:
         """(I, R, C) bool -> packed form (an empty mask keeps an empty box)."""
         mask = np.asarray(mask, dtype=bool)
         nz = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
         if any(n.size == 0 for n in nz):
             return cls(mask.shape, (0, 0, 0), np.zeros((0, 0, 0), np.uint8), 0)
         lo, hi = np.array([n[0] for n in nz]), np.array([n[-1] + 1 for n in nz])
-        box = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        box = mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
         return cls(mask.shape, lo, np.packbits(box, axis=-1), int(hi[2] - lo[2]))
 
     @property
@@ -99,7 +113,7 @@ class LungMask:
         out = np.zeros(self.shape, dtype=bool)
         if not self.empty:
             (i, r, c), (di, dr, dc) = self.lo, self.box_shape
-            out[i:i + di, r:r + dr, c:c + dc] = np.unpackbits(self.packed, axis=-1, count=int(dc)).astype(bool)
+            out[i : i + di, r : r + dr, c : c + dc] = np.unpackbits(self.packed, axis=-1, count=int(dc)).astype(bool)
         return out
 
     def contains(self, irc: np.ndarray) -> np.ndarray:
@@ -150,15 +164,16 @@ class CachedScan:
         """
         path = self.path / MASK_NPZ
         try:
-            if not path.is_file():                                 # gone, or a folder or FIFO (would block)
+            if not path.is_file():  # gone, or a folder or FIFO (would block)
                 raise ValueError("it is not a regular file")
             data = path.read_bytes()
             if self.mask_blake2b is not None and hash_bytes(data) != self.mask_blake2b:
                 raise ValueError("it fails its checksum")
             return _parse_mask(data, self.shape)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-            raise CacheError(f"the lung mask of series {self.series_uid} is unreadable ({err})", path=path,
-                             fix=_REBUILD) from err
+            raise CacheError(
+                f"the lung mask of series {self.series_uid} is unreadable ({err})", path=path, fix=_REBUILD
+            ) from err
 
     def volume(self) -> CtVolume:
         """A `CtVolume` over the memmap (no copy)."""
@@ -232,20 +247,33 @@ class ScanCache:
         """Open a trusted entry read-only; a missing, damaged or stale one raises `CacheError` with the fix."""
         problem = self.problem(series_uid)
         if problem is not None:
-            raise CacheError(f"has no usable entry for series {series_uid} ({problem})", path=self.dir,
-                             fix=_REBUILD.replace("rebuild", "build" if problem == "missing" else "rebuild"))
+            raise CacheError(
+                f"has no usable entry for series {series_uid} ({problem})",
+                path=self.dir,
+                fix=_REBUILD.replace("rebuild", "build" if problem == "missing" else "rebuild"),
+            )
         entry = self.entry_dir(series_uid)
         try:
             manifest = read_manifest(entry / ENTRY_JSON)
-            hu = np.load(entry / HU_NPY, mmap_mode="r").view(np.ndarray)  # a plain view: np.memmap's slicing runs Python code
+            hu = np.load(entry / HU_NPY, mmap_mode="r").view(
+                np.ndarray
+            )  # a plain view: np.memmap's slicing runs Python code
             if hu.dtype != np.int16 or list(hu.shape) != manifest["shape"]:
                 raise ValueError(f"it holds a {hu.dtype} array of shape {hu.shape}, expected int16 {manifest['shape']}")
             geometry_ = [np.asarray(manifest[k], dtype=np.float64) for k in ("origin_xyz", "spacing_xyz", "direction")]
-            return CachedScan(series_uid, entry, hu, geometry_[0].reshape(3), geometry_[1].reshape(3),
-                              geometry_[2].reshape(3, 3), manifest["files"][MASK_NPZ]["blake2b"])
-        except (OSError, ValueError, KeyError, TypeError) as err:   # changed between the check and the load
-            raise CacheError(f"the entry of series {series_uid} is unreadable ({err})", path=entry,
-                             fix=_REBUILD) from err
+            return CachedScan(
+                series_uid,
+                entry,
+                hu,
+                geometry_[0].reshape(3),
+                geometry_[1].reshape(3),
+                geometry_[2].reshape(3, 3),
+                manifest["files"][MASK_NPZ]["blake2b"],
+            )
+        except (OSError, ValueError, KeyError, TypeError) as err:  # changed between the check and the load
+            raise CacheError(
+                f"the entry of series {series_uid} is unreadable ({err})", path=entry, fix=_REBUILD
+            ) from err
 
     @contextlib.contextmanager
     def lock(self, series_uid: str):
@@ -277,8 +305,9 @@ class ScanCache:
             _HELD.pop(path, None)
             os.close(fd)
 
-    def write(self, volume: CtVolume, mask: np.ndarray, key: str, source: dict | None = None,
-              series_uid: str | None = None) -> int:
+    def write(
+        self, volume: CtVolume, mask: np.ndarray, key: str, source: dict | None = None, series_uid: str | None = None
+    ) -> int:
         """Store `volume` (and its (I, R, C) bool lung `mask`) as the entry of `series_uid` (default volume.series_uid).
 
         source: `source_key`'s description; its files' size and mtime_ns are what `open` compares.
@@ -291,20 +320,26 @@ class ScanCache:
         try:
             with self.lock(uid):
                 if entry.is_symlink() or (entry.exists() and not entry.is_dir()):
-                    entry.unlink()                                # a stray file where the entry belongs
+                    entry.unlink()  # a stray file where the entry belongs
                 entry.mkdir(parents=True, exist_ok=True)
-                _remove(entry / ENTRY_JSON)                       # incomplete from here until the manifest lands
+                _remove(entry / ENTRY_JSON)  # incomplete from here until the manifest lands
                 for stale in [entry / HU_NPY, entry / MASK_NPZ, *entry.glob(f".*{TMP}*")]:
-                    _remove(stale)                                # under the lock: a dead writer's, or damage
+                    _remove(stale)  # under the lock: a dead writer's, or damage
                 hu = np.ascontiguousarray(volume.hu)
                 files = {HU_NPY: atomic_write_hashed(entry / HU_NPY, lambda f: np.lib.format.write_array(f, hu))}
                 files[HU_NPY].update(npy_header(entry / HU_NPY))
                 files[MASK_NPZ] = atomic_write_hashed(entry / MASK_NPZ, lambda f: f.write(_mask_bytes(mask)))
                 fsync_dir(entry)  # the data renames are durable before the manifest can be
                 manifest = {
-                    "version": CACHE_VERSION, "format": FORMAT, "series_uid": uid, "key": key, "source": source,
-                    "shape": list(volume.shape), "origin_xyz": volume.origin_xyz.tolist(),
-                    "spacing_xyz": volume.spacing_xyz.tolist(), "direction": volume.direction.ravel().tolist(),
+                    "version": CACHE_VERSION,
+                    "format": FORMAT,
+                    "series_uid": uid,
+                    "key": key,
+                    "source": source,
+                    "shape": list(volume.shape),
+                    "origin_xyz": volume.origin_xyz.tolist(),
+                    "spacing_xyz": volume.spacing_xyz.tolist(),
+                    "direction": volume.direction.ravel().tolist(),
                     "files": files,
                 }
                 manifest["checksum"] = manifest_checksum(manifest)

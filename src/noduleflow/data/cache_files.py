@@ -13,8 +13,8 @@ import io
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -22,9 +22,9 @@ from noduleflow.errors import CacheError
 
 CACHE_VERSION = 1
 ENTRY_JSON, HU_NPY, MASK_NPZ = "entry.json", "hu.npy", "lung_mask.npz"
-TMP = ".tmp-"   # in every temporary file's name, followed by the writer's pid
+TMP = ".tmp-"  # in every temporary file's name, followed by the writer's pid
 SAMPLE_BLOCKS = 16
-FORMAT = 2      # entry.json's layout: 2 added the source stats, the npy header hash and the self-checksum
+FORMAT = 2  # entry.json's layout: 2 added the source stats, the npy header hash and the self-checksum
 
 
 def check_writable(folder: Path) -> None:
@@ -70,7 +70,7 @@ def source_key(path: Path, root: Path, spacing_xyz: Sequence[float] | None) -> t
 
 def read_manifest(path: Path) -> dict:
     """entry.json, checked: ValueError when it is not JSON or fails its checksum, KeyError for an older layout."""
-    if path.exists() and not path.is_file():                       # a folder or a FIFO (reading one would block)
+    if path.exists() and not path.is_file():  # a folder or a FIFO (reading one would block)
         raise ValueError("it is not a regular file")
     manifest = json.loads(path.read_bytes())
     if not isinstance(manifest, dict):
@@ -112,13 +112,13 @@ def file_problem(path: Path, meta: dict, verify: bool) -> str | None:
     size = path.stat().st_size
     if size != meta["bytes"]:
         return f"has {size} bytes, expected {meta['bytes']}"
-    if "header_bytes" in meta:                                     # hu.npy: its header, byte for byte
+    if "header_bytes" in meta:  # hu.npy: its header, byte for byte
         with open(path, "rb") as f:
             if hash_bytes(f.read(meta["header_bytes"])) != meta["header_blake2b"]:
                 return "has a damaged header"
         if _sample_hash(path, meta["header_bytes"], size) != meta["sample_blake2b"]:
             return "holds other voxels than were written (sampled blocks differ)"
-    if (verify or path.name == MASK_NPZ) and hash_file(path) != meta["blake2b"]:   # the mask is a few KB
+    if (verify or path.name == MASK_NPZ) and hash_file(path) != meta["blake2b"]:  # the mask is a few KB
         return "fails its checksum"
     return None
 
@@ -127,12 +127,15 @@ def npy_header(path: Path) -> dict:
     """{'header_bytes', 'header_blake2b', 'sample_blake2b'} of an .npy file: its header, and a sample of its data."""
     with open(path, "rb") as f:
         head = f.read(12)
-    major = np.lib.format.read_magic(io.BytesIO(head))[0]      # magic, version, then a 2- (v1) or 4-byte length
+    major = np.lib.format.read_magic(io.BytesIO(head))[0]  # magic, version, then a 2- (v1) or 4-byte length
     size = 10 + int.from_bytes(head[8:10], "little") if major == 1 else 12 + int.from_bytes(head[8:12], "little")
     with open(path, "rb") as f:
         header = f.read(size)
-    return {"header_bytes": size, "header_blake2b": hash_bytes(header),
-            "sample_blake2b": _sample_hash(path, size, path.stat().st_size)}
+    return {
+        "header_bytes": size,
+        "header_blake2b": hash_bytes(header),
+        "sample_blake2b": _sample_hash(path, size, path.stat().st_size),
+    }
 
 
 def _sample_hash(path: Path, start: int, end: int) -> str:
@@ -202,7 +205,11 @@ def hash_file(path: Path) -> str:
 
 def write_error(folder: Path, err: OSError) -> CacheError:
     if err.errno == errno.ENOSPC:
-        return CacheError("the disk is full: the cache entry was not written and its partial files were removed", path=folder,
-                          fix="Free disk space or pass --cache on a disk with room (the cache needs about the size of the scans), then rerun.")
-    return CacheError(f"cannot be written ({err.strerror or err})", path=folder,
-                      fix="Pass --cache with a folder you can write to.")
+        return CacheError(
+            "the disk is full: the cache entry was not written and its partial files were removed",
+            path=folder,
+            fix="Free disk space or pass --cache on a disk with room (the cache needs about the size of the scans), then rerun.",
+        )
+    return CacheError(
+        f"cannot be written ({err.strerror or err})", path=folder, fix="Pass --cache with a folder you can write to."
+    )

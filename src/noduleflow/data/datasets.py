@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -73,8 +73,11 @@ def locate(scans: OpenScans, records: Sequence[Candidate | Nodule], what: str) -
         rounded = np.floor(centers[rows] + 0.5)
         inside[rows] = np.all((rounded >= 0) & (rounded < scan.shape), axis=1)
     if not inside.all():
-        warnings.warn(f"skipped {int((~inside).sum())} {what} whose centre lies outside its scan's volume "
-                      "(check that the CSV belongs to these scans)", stacklevel=3)
+        warnings.warn(
+            f"skipped {int((~inside).sum())} {what} whose centre lies outside its scan's volume "
+            "(check that the CSV belongs to these scans)",
+            stacklevel=3,
+        )
     return centers, inside
 
 
@@ -86,9 +89,17 @@ class PatchDataset(Dataset):
     transform: applied to each (1, D, H, W) tensor (e.g. `noduleflow.data.augment.RandomAffine`).
     """
 
-    def __init__(self, cache: ScanCache, records: Sequence[Candidate | Nodule], labels: Sequence[int], *,
-                 size: Sequence[int] = DEFAULT_PATCH, size_mm: Sequence[float] | None = None,
-                 transform: Transform | None = None, what: str = "records"):
+    def __init__(
+        self,
+        cache: ScanCache,
+        records: Sequence[Candidate | Nodule],
+        labels: Sequence[int],
+        *,
+        size: Sequence[int] = DEFAULT_PATCH,
+        size_mm: Sequence[float] | None = None,
+        transform: Transform | None = None,
+        what: str = "records",
+    ):
         if len(records) != len(labels):
             raise ValueError(f"{len(records)} records but {len(labels)} labels")
         if len(size) != 3 or min(size) < 1:
@@ -99,9 +110,9 @@ class PatchDataset(Dataset):
         self.transform = transform
         centers, inside = locate(self.scans, records, what)
         self.records = tuple(r for r, keep in zip(records, inside) if keep)
-        self.labels = np.asarray(labels, dtype=np.int64)[inside]           # (N,)
-        self.centers_irc = centers[inside]                                  # (N, 3) fractional voxels
-        rounded = np.floor(self.centers_irc + 0.5).astype(np.int64)          # (N, 3) centre voxels
+        self.labels = np.asarray(labels, dtype=np.int64)[inside]  # (N,)
+        self.centers_irc = centers[inside]  # (N, 3) fractional voxels
+        rounded = np.floor(self.centers_irc + 0.5).astype(np.int64)  # (N, 3) centre voxels
         # each patch's first voxel as plain ints: crops run thousands of times a second, numpy scalars cost
         self._corners = [tuple(c) for c in (rounded - np.asarray(self.size) // 2).tolist()]
 
@@ -125,7 +136,7 @@ class PatchDataset(Dataset):
         crop_box(self.scans(self.records[index].series_uid).hu, self._corners[index], self.size, out)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        patch = torch.from_numpy(hu_to_unit(self.patch_hu(index)))[None]   # (1, D, H, W)
+        patch = torch.from_numpy(hu_to_unit(self.patch_hu(index)))[None]  # (1, D, H, W)
         if self.transform is not None:
             patch = self.transform(patch)
         return patch, torch.tensor(self.labels[index]), torch.tensor(index)
@@ -156,8 +167,9 @@ class CandidatePatches(PatchDataset):
         """A `BalancedSampler` as `PatchDataset`'s, drawing each candidate `Candidate.weight` times as often."""
         from noduleflow.data.loaders import BalancedSampler
 
-        return BalancedSampler(self.labels, balance, num_samples=num_samples, seed=seed,
-                               weights=[c.weight for c in self.records])
+        return BalancedSampler(
+            self.labels, balance, num_samples=num_samples, seed=seed, weights=[c.weight for c in self.records]
+        )
 
 
 class MalignancySamples(PatchDataset):

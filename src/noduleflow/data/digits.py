@@ -25,7 +25,9 @@ class DigitsDataset(Dataset):
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, augment: bool = False):
-        self.images = torch.from_numpy(np.asarray(images, dtype=np.float32) / 16.0).reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
+        self.images = torch.from_numpy(np.asarray(images, dtype=np.float32) / 16.0).reshape(
+            -1, 1, IMAGE_SIZE, IMAGE_SIZE
+        )
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.augment = augment
 
@@ -37,7 +39,7 @@ class DigitsDataset(Dataset):
         if self.augment:
             dy, dx = torch.randint(0, 3, (2,)).tolist()
             padded = torch.nn.functional.pad(image, (1, 1, 1, 1))  # (1, 10, 10)
-            image = padded[:, dy:dy + IMAGE_SIZE, dx:dx + IMAGE_SIZE]
+            image = padded[:, dy : dy + IMAGE_SIZE, dx : dx + IMAGE_SIZE]
         return image, self.labels[index]
 
 
@@ -51,8 +53,14 @@ class DigitSplits:
     classes: tuple[int, ...]
 
 
-def load_digit_splits(classes: tuple[int, ...] = (), *, val_fraction: float = 0.15, test_fraction: float = 0.15,
-                      seed: int = 0, augment: bool = True) -> DigitSplits:
+def load_digit_splits(
+    classes: tuple[int, ...] = (),
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    augment: bool = True,
+) -> DigitSplits:
     """Split the digits (all ten, or only `classes`, e.g. (0, 1)) by class-stratified sampling.
 
     Only the training set augments. With `classes=(3, 5)`, digit 3 becomes label 0 and 5 label 1.
@@ -70,8 +78,12 @@ def load_digit_splits(classes: tuple[int, ...] = (), *, val_fraction: float = 0.
     labels = lookup[digits]  # digit -> its index in `keep`
     test = None
     if test_fraction > 0:
-        images, test_x, labels, test_y = train_test_split(images, labels, test_size=test_fraction, stratify=labels, random_state=seed)
+        images, test_x, labels, test_y = train_test_split(
+            images, labels, test_size=test_fraction, stratify=labels, random_state=seed
+        )
         test = DigitsDataset(test_x, test_y)
     val_share = val_fraction / (1 - test_fraction)
-    train_x, val_x, train_y, val_y = train_test_split(images, labels, test_size=val_share, stratify=labels, random_state=seed)
+    train_x, val_x, train_y, val_y = train_test_split(
+        images, labels, test_size=val_share, stratify=labels, random_state=seed
+    )
     return DigitSplits(DigitsDataset(train_x, train_y, augment=augment), DigitsDataset(val_x, val_y), test, keep)

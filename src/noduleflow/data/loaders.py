@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -39,21 +39,37 @@ class BalancedSampler(Sampler[int]):
     initialised); each rank gets a contiguous block of the epoch's sequence, which keeps the ratio.
     """
 
-    def __init__(self, labels: Sequence[int], balance: int = 1, *, num_samples: int | None = None, seed: int = 0,
-                 num_replicas: int | None = None, rank: int | None = None, weights: Sequence[int] | None = None):
+    def __init__(
+        self,
+        labels: Sequence[int],
+        balance: int = 1,
+        *,
+        num_samples: int | None = None,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        weights: Sequence[int] | None = None,
+    ):
         labels = np.asarray(labels)
         repeats = np.ones(len(labels), np.int64) if weights is None else np.asarray(weights, np.int64)
         if repeats.shape != labels.shape or (repeats < 1).any():
             raise ValueError(f"weights must be {len(labels)} positive integers, one per label")
         self.positives, self.negatives = (np.repeat(np.flatnonzero(labels == c), repeats[labels == c]) for c in (1, 0))
         if balance < 0:
-            raise ConfigError(f"balance={balance} is negative", fix="Use 0 (no balancing) or a positive negatives-per-positive ratio.")
+            raise ConfigError(
+                f"balance={balance} is negative", fix="Use 0 (no balancing) or a positive negatives-per-positive ratio."
+            )
         if balance and (len(self.positives) == 0 or len(self.negatives) == 0):
-            raise ConfigError(f"balance={balance} needs both labels, but there are {len(self.positives)} positives "
-                              f"and {len(self.negatives)} negatives", fix="Use balance=0, or a split holding scans with and without nodules.")
+            raise ConfigError(
+                f"balance={balance} needs both labels, but there are {len(self.positives)} positives "
+                f"and {len(self.negatives)} negatives",
+                fix="Use balance=0, or a split holding scans with and without nodules.",
+            )
         if num_replicas is None or rank is None:
             dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-            num_replicas = num_replicas if num_replicas is not None else (torch.distributed.get_world_size() if dist else 1)
+            num_replicas = (
+                num_replicas if num_replicas is not None else (torch.distributed.get_world_size() if dist else 1)
+            )
             rank = rank if rank is not None else (torch.distributed.get_rank() if dist else 0)
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} must lie in [0, {num_replicas})")
@@ -77,16 +93,27 @@ class BalancedSampler(Sampler[int]):
             return iter(order[slots % len(order)].tolist())
         pos, neg = rng.permutation(self.positives), rng.permutation(self.negatives)
         period = self.balance + 1
-        n_pos = slots // period + 1                          # positives up to and including this slot
+        n_pos = slots // period + 1  # positives up to and including this slot
         is_pos = slots % period == 0
         out = np.where(is_pos, pos[(n_pos - 1) % len(pos)], neg[(slots - n_pos) % len(neg)])
         return iter(out.tolist())
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, workers: int = 0, shuffle: bool = False, seed: int = 0,
-                sampler: Sampler | None = None, distributed: bool = False, drop_last: bool = False,
-                pin_memory: bool | None = None, persistent_workers: bool = True, prefetch_factor: int | None = None,
-                collate_fn: Callable | None = None) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    workers: int = 0,
+    shuffle: bool = False,
+    seed: int = 0,
+    sampler: Sampler | None = None,
+    distributed: bool = False,
+    drop_last: bool = False,
+    pin_memory: bool | None = None,
+    persistent_workers: bool = True,
+    prefetch_factor: int | None = None,
+    collate_fn: Callable | None = None,
+) -> DataLoader:
     """A DataLoader with seeded, persistent workers; batches are (patches, labels, indices) for patch datasets.
 
     shuffle: a new order each epoch, the same for the same seed (ignored when `sampler` is given).
@@ -99,17 +126,32 @@ def make_loader(dataset: Dataset, batch_size: int, *, workers: int = 0, shuffle:
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} is not positive", fix="Use a batch size of 1 or more, e.g. 32.")
     if workers < 0:
-        raise ConfigError(f"workers={workers} is negative", fix="Use 0 (load in this process) or a positive worker count.")
+        raise ConfigError(
+            f"workers={workers} is negative", fix="Use 0 (load in this process) or a positive worker count."
+        )
     if sampler is None and distributed:
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
     generator = torch.Generator().manual_seed(seed)
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
     prefetch_factor = (prefetch_factor or 2) if workers > 0 else None
-    common = dict(num_workers=workers, pin_memory=pin_memory, worker_init_fn=_seed_worker, generator=generator,
-                  persistent_workers=persistent_workers and workers > 0, prefetch_factor=prefetch_factor)
+    common = dict(
+        num_workers=workers,
+        pin_memory=pin_memory,
+        worker_init_fn=_seed_worker,
+        generator=generator,
+        persistent_workers=persistent_workers and workers > 0,
+        prefetch_factor=prefetch_factor,
+    )
     if not (getattr(dataset, "batchable", False) and collate_fn is None):
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
-                          drop_last=drop_last, collate_fn=collate_fn, **common)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
+            drop_last=drop_last,
+            collate_fn=collate_fn,
+            **common,
+        )
     if sampler is None:
         sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     # slots: the batches in flight, the one being handed out, the one the caller's loop still holds, one spare

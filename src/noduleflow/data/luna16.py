@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -103,7 +104,9 @@ class Luna16Index:
         present = sorted(set(self.folds.values()))
         for fold in (val_fold, test_fold):
             if fold is not None and fold not in present:
-                raise CsvError(f"there is no subset{fold} folder with scans", path=self.root, fix=f"Pick a fold among {present}.")
+                raise CsvError(
+                    f"there is no subset{fold} folder with scans", path=self.root, fix=f"Pick a fold among {present}."
+                )
         if val_fold == test_fold:
             raise ValueError(f"val_fold and test_fold must differ, got {val_fold} for both")
         train, val, test = [], [], []
@@ -122,8 +125,9 @@ class Luna16Index:
         chosen = tuple(c for c in self.candidates if c.series_uid in keep)
         if keep_excluded or not self.excluded:
             return chosen
-        on_excluded = on_findings([c.series_uid for c in chosen], np.array([c.center_xyz for c in chosen]).reshape(-1, 3),
-                                  self.excluded)
+        on_excluded = on_findings(
+            [c.series_uid for c in chosen], np.array([c.center_xyz for c in chosen]).reshape(-1, 3), self.excluded
+        )
         return tuple(c for c, on in zip(chosen, on_excluded) if c.is_nodule or not on)
 
     def nodules_of(self, series_uids: Iterable[str]) -> tuple[Nodule, ...]:
@@ -141,9 +145,9 @@ def on_findings(series_uids: Sequence[str], points_xyz: np.ndarray, findings: Se
     for uid, rows in by_series.items():
         mine = [f for f in findings if f.series_uid == uid]
         if mine:
-            centres = np.array([f.center_xyz for f in mine])                                  # (F, 3)
+            centres = np.array([f.center_xyz for f in mine])  # (F, 3)
             radius = np.array([f.diameter_mm if f.diameter_mm >= 0 else UNKNOWN_DIAMETER_MM for f in mine]) / 2  # (F,)
-            d2 = ((points_xyz[rows, None, :] - centres[None]) ** 2).sum(-1)                     # (n, F)
+            d2 = ((points_xyz[rows, None, :] - centres[None]) ** 2).sum(-1)  # (n, F)
             hit[rows] = (d2 < radius**2).any(axis=1)
     return hit
 
@@ -152,7 +156,9 @@ def find_scans(root: str | Path) -> tuple[dict[str, Path], dict[str, int]]:
     """Scan files under `root`/subset*/ -> ({series UID: path}, {series UID: subset number})."""
     root = Path(root)
     if not root.is_dir():
-        raise ScanError("is not a folder", path=root, fix="Pass the LUNA16 data folder (holding subset0/, annotations.csv, ...).")
+        raise ScanError(
+            "is not a folder", path=root, fix="Pass the LUNA16 data folder (holding subset0/, annotations.csv, ...)."
+        )
     scans: dict[str, Path] = {}
     folds: dict[str, int] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and _SUBSET.match(p.name)):
@@ -161,8 +167,11 @@ def find_scans(root: str | Path) -> tuple[dict[str, Path], dict[str, int]]:
             if uid is None:
                 continue
             if uid in scans:
-                raise ScanError(f"series {uid} lies in two places: {scans[uid]} and {path}", path=root,
-                                fix="Keep one copy of each scan.")
+                raise ScanError(
+                    f"series {uid} lies in two places: {scans[uid]} and {path}",
+                    path=root,
+                    fix="Keep one copy of each scan.",
+                )
             scans[uid] = path
             folds[uid] = int(_SUBSET.match(folder.name).group(1))  # type: ignore[union-attr]
     return scans, folds
@@ -178,8 +187,11 @@ def load_index(root: str | Path, *, extra_candidates: Iterable[str | Path] = (),
     root = Path(root)
     scans, folds = find_scans(root)
     if not scans:
-        raise ScanError("holds no scans under subset*/", path=root,
-                        fix="Download LUNA16 into it (subset0/ ... subset9/) or run `noduleflow synth` into it.")
+        raise ScanError(
+            "holds no scans under subset*/",
+            path=root,
+            fix="Download LUNA16 into it (subset0/ ... subset9/) or run `noduleflow synth` into it.",
+        )
     skipped: dict[str, int] = {}
 
     annotations = read_nodules(require_file(root, "annotations.csv"), scans, skipped)
@@ -190,13 +202,21 @@ def load_index(root: str | Path, *, extra_candidates: Iterable[str | Path] = (),
     candidates = _read_candidates(_candidates_csv(root), scans, nodules, skipped)
     for path in map(Path, extra_candidates):
         if not path.is_file():
-            raise CsvError("is missing", path=path, fix="Each data.extra_candidates entry must be a CSV with the columns "
-                           "seriesuid,coordX,coordY,coordZ,class (as candidates.csv).")
-        candidates += tuple(c._replace(weight=int(extra_weight)) for c in _read_candidates(path, scans, nodules, skipped))
+            raise CsvError(
+                "is missing",
+                path=path,
+                fix="Each data.extra_candidates entry must be a CSV with the columns "
+                "seriesuid,coordX,coordY,coordZ,class (as candidates.csv).",
+            )
+        candidates += tuple(
+            c._replace(weight=int(extra_weight)) for c in _read_candidates(path, scans, nodules, skipped)
+        )
     return Luna16Index(root, scans, folds, candidates, nodules, excluded, skipped)
 
 
-def split_series(series_uids: Iterable[str], *, val_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 0) -> Split:
+def split_series(
+    series_uids: Iterable[str], *, val_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 0
+) -> Split:
     """Shuffle the series with `seed` and cut them into train / val / test.
 
     Deterministic: the sorted UIDs are permuted by `np.random.default_rng(seed)`, so the split does
@@ -204,13 +224,15 @@ def split_series(series_uids: Iterable[str], *, val_fraction: float = 0.1, test_
     that still leaves one for training.
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) and sum below 1")
+        raise ValueError(
+            f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) and sum below 1"
+        )
     uids = sorted(set(series_uids))
     order = [uids[i] for i in np.random.default_rng(seed).permutation(len(uids))]
     n_val, n_test = (_count(len(uids), f) for f in (val_fraction, test_fraction))
     while n_val + n_test >= len(uids) and n_val + n_test > 0:
         n_val, n_test = (n_val - 1, n_test) if n_val >= n_test else (n_val, n_test - 1)
-    val, test, train = order[:n_val], order[n_val:n_val + n_test], order[n_val + n_test:]
+    val, test, train = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
     return Split(tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test)))
 
 
@@ -229,7 +251,11 @@ def _series_uid(path: Path) -> str | None:
 def require_file(root: Path, name: str) -> Path:
     path = root / name
     if not path.is_file():
-        raise CsvError("is missing", path=path, fix="Put the LUNA16 CSVs next to the subset*/ folders (or rerun `noduleflow synth`).")
+        raise CsvError(
+            "is missing",
+            path=path,
+            fix="Put the LUNA16 CSVs next to the subset*/ folders (or rerun `noduleflow synth`).",
+        )
     return path
 
 
@@ -255,15 +281,23 @@ def read_csv(path: Path, columns: tuple[str, ...]):
             warnings.simplefilter("error", pd.errors.ParserWarning)
             frame = pd.read_csv(path, dtype={"seriesuid": str}, skipinitialspace=True, index_col=False)
     except pd.errors.ParserWarning:
-        raise CsvError(f"row {_long_row(path)} has more cells than the header has columns", path=path,
-                       fix="Fix or delete that row (a stray comma?).") from None
+        raise CsvError(
+            f"row {_long_row(path)} has more cells than the header has columns",
+            path=path,
+            fix="Fix or delete that row (a stray comma?).",
+        ) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
         detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise CsvError(f"cannot be parsed as CSV ({detail})", path=path, fix="Restore the file from the LUNA16 download.") from None
+        raise CsvError(
+            f"cannot be parsed as CSV ({detail})", path=path, fix="Restore the file from the LUNA16 download."
+        ) from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise CsvError(f"lacks the column(s) {', '.join(missing)} (it has {', '.join(map(str, frame.columns))})", path=path,
-                       fix=f"Use a LUNA16 CSV with the header {','.join(columns)}.")
+        raise CsvError(
+            f"lacks the column(s) {', '.join(missing)} (it has {', '.join(map(str, frame.columns))})",
+            path=path,
+            fix=f"Use a LUNA16 CSV with the header {','.join(columns)}.",
+        )
     if "seriesuid" in columns:
         uids = frame["seriesuid"].astype("string").str.strip()  # a stray space must not make a series unknown
         _reject(path, (uids.isna() | (uids == "")).to_numpy(), "has no seriesuid")
@@ -279,8 +313,12 @@ def read_csv(path: Path, columns: tuple[str, ...]):
             raise CsvError(f"row {bad[0] + 2} has {what}", path=path, fix="Fix or delete that row.")
         frame[column] = values.astype(np.float64)
         if column in _XYZ:
-            _reject(path, ~np.isfinite(frame[column].to_numpy()), f"has an infinite {column}",
-                    fix="Write the position in world millimetres (finite numbers), or delete that row.")
+            _reject(
+                path,
+                ~np.isfinite(frame[column].to_numpy()),
+                f"has an infinite {column}",
+                fix="Write the position in world millimetres (finite numbers), or delete that row.",
+            )
     return frame
 
 
@@ -308,13 +346,17 @@ def _on_disk(frame, path: Path, scans: dict[str, Path], skipped: dict[str, int])
     if not known.all():
         n_rows, n_series = int((~known).sum()), frame["seriesuid"][~known].nunique()
         skipped[path.name] = n_rows
-        warnings.warn(f"{path}: skipped {n_rows} row(s) of {n_series} series not found under subset*/ "
-                      "(expected when only some subsets are on disk)", stacklevel=4)
+        warnings.warn(
+            f"{path}: skipped {n_rows} row(s) of {n_series} series not found under subset*/ "
+            "(expected when only some subsets are on disk)",
+            stacklevel=4,
+        )
     return frame[known]
 
 
-def read_nodules(path: Path, scans: dict[str, Path], skipped: dict[str, int], *, malignancy: bool = False,
-                 excluded: bool = False) -> tuple[Nodule, ...]:
+def read_nodules(
+    path: Path, scans: dict[str, Path], skipped: dict[str, int], *, malignancy: bool = False, excluded: bool = False
+) -> tuple[Nodule, ...]:
     """Rows of annotations.csv (or its malignancy or excluded variant) whose series is in `scans`.
 
     diameter_mm must be in (0, MAX_DIAMETER_MM]: a diameter of 0 makes a mark on the centre miss and
@@ -325,29 +367,42 @@ def read_nodules(path: Path, scans: dict[str, Path], skipped: dict[str, int], *,
     frame = read_csv(path, columns)
     d = frame["diameter_mm"].to_numpy()
     unknown = (d < 0) & np.isfinite(d) if excluded else np.zeros(len(d), bool)
-    fix = f"Write the diameter in mm (above 0, at most {MAX_DIAMETER_MM:g})" + (", or -1 for an unknown size" if excluded else "") + "."
+    fix = (
+        f"Write the diameter in mm (above 0, at most {MAX_DIAMETER_MM:g})"
+        + (", or -1 for an unknown size" if excluded else "")
+        + "."
+    )
     bad = ~unknown & ~((d > 0) & (d <= MAX_DIAMETER_MM))
-    _reject(path, bad, f"has diameter_mm {_describe(d[bad][0]) if bad.any() else ''}, which is not a nodule's size", fix=fix)
+    _reject(
+        path, bad, f"has diameter_mm {_describe(d[bad][0]) if bad.any() else ''}, which is not a nodule's size", fix=fix
+    )
     frame = _on_disk(frame, path, scans, skipped)
     mal = [_parse_bool(v, path) for v in frame["mal_bool"]] if malignancy else [None] * len(frame)
     xyz = frame[list(_XYZ)].to_numpy(np.float64).tolist()
-    return tuple(Nodule(uid, tuple(c), float(d), m)
-                 for uid, c, d, m in zip(frame["seriesuid"], xyz, frame["diameter_mm"], mal))
+    return tuple(
+        Nodule(uid, tuple(c), float(d), m) for uid, c, d, m in zip(frame["seriesuid"], xyz, frame["diameter_mm"], mal)
+    )
 
 
 def _describe(value: float) -> str:
     return "infinite" if np.isinf(value) else "zero" if value == 0 else f"{value:g}"
 
 
-def _read_candidates(path: Path, scans: dict[str, Path], nodules: tuple[Nodule, ...], skipped: dict[str, int]) -> tuple[Candidate, ...]:
+def _read_candidates(
+    path: Path, scans: dict[str, Path], nodules: tuple[Nodule, ...], skipped: dict[str, int]
+) -> tuple[Candidate, ...]:
     """Candidates with the diameter (and malignancy) of the nearest annotation for class-1 rows.
 
     As in "Deep Learning with PyTorch" ch. 10, only a class-1 candidate close to an annotation gets
     its diameter; "close" here means within the annotation's radius of its centre.
     """
     frame = read_csv(path, ("seriesuid", *_XYZ, "class"))
-    _reject(path, ~np.isin(frame["class"].to_numpy(), (0, 1)), "has a class other than 0 or 1",
-            fix="Use 1 for nodules and 0 for non-nodules.")
+    _reject(
+        path,
+        ~np.isin(frame["class"].to_numpy(), (0, 1)),
+        "has a class other than 0 or 1",
+        fix="Use 1 for nodules and 0 for non-nodules.",
+    )
     frame = _on_disk(frame, path, scans, skipped)
     by_series: dict[str, list[Nodule]] = {}
     for nodule in nodules:
@@ -356,7 +411,9 @@ def _read_candidates(path: Path, scans: dict[str, Path], nodules: tuple[Nodule, 
     out = []
     for uid, center, cls in zip(frame["seriesuid"], xyz.tolist(), frame["class"].to_numpy()):
         if cls not in (0, 1):
-            raise CsvError(f"has class {cls} for series {uid}", path=path, fix="Use 1 for nodules and 0 for non-nodules.")
+            raise CsvError(
+                f"has class {cls} for series {uid}", path=path, fix="Use 1 for nodules and 0 for non-nodules."
+            )
         if cls == 0:
             out.append(Candidate(uid, tuple(center), False))
             continue

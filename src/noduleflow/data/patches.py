@@ -6,7 +6,7 @@ copies only the voxels a patch needs.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -34,20 +34,26 @@ def crop_box(hu: np.ndarray, lo_irc: Sequence[int], size: Sequence[int], out: np
         out = np.empty((d, h, w), dtype=hu.dtype)
     n_i, n_r, n_c = hu.shape
     if i0 >= 0 and r0 >= 0 and c0 >= 0 and i0 + d <= n_i and r0 + h <= n_r and c0 + w <= n_c:
-        out[...] = hu[i0:i0 + d, r0:r0 + h, c0:c0 + w]
+        out[...] = hu[i0 : i0 + d, r0 : r0 + h, c0 : c0 + w]
         return out
     out.fill(AIR_HU)
     lo, hi = np.array([i0, r0, c0]), np.array([i0 + d, r0 + h, c0 + w])
     src_lo, src_hi = np.maximum(lo, 0), np.minimum(hi, hu.shape)
     if np.all(src_hi > src_lo):
         dst_lo, dst_hi = src_lo - lo, src_hi - lo
-        out[dst_lo[0]:dst_hi[0], dst_lo[1]:dst_hi[1], dst_lo[2]:dst_hi[2]] = \
-            hu[src_lo[0]:src_hi[0], src_lo[1]:src_hi[1], src_lo[2]:src_hi[2]]
+        out[dst_lo[0] : dst_hi[0], dst_lo[1] : dst_hi[1], dst_lo[2] : dst_hi[2]] = hu[
+            src_lo[0] : src_hi[0], src_lo[1] : src_hi[1], src_lo[2] : src_hi[2]
+        ]
     return out
 
 
-def crop_mm(hu: np.ndarray, center_irc: Sequence[float], size: Sequence[int], size_mm: Sequence[float],
-            spacing_irc: Sequence[float]) -> np.ndarray:
+def crop_mm(
+    hu: np.ndarray,
+    center_irc: Sequence[float],
+    size: Sequence[int],
+    size_mm: Sequence[float],
+    spacing_irc: Sequence[float],
+) -> np.ndarray:
     """A patch of `size` voxels spanning `size_mm` (I, R, C order) around a fractional voxel centre.
 
     Resamples with trilinear interpolation, so patches from scans of any spacing cover the same
@@ -56,13 +62,15 @@ def crop_mm(hu: np.ndarray, center_irc: Sequence[float], size: Sequence[int], si
     scipy's map_coordinates on a 16 x 32 x 32 patch, which matters when training draws thousands.
     """
     size = np.asarray(size, np.int64)
-    step = np.asarray(size_mm, np.float64) / size / np.asarray(spacing_irc, np.float64)  # source voxels per output voxel
+    step = (
+        np.asarray(size_mm, np.float64) / size / np.asarray(spacing_irc, np.float64)
+    )  # source voxels per output voxel
     axes = [c + (np.arange(n) - (n - 1) / 2) * s for c, n, s in zip(np.asarray(center_irc, np.float64), size, step)]
     lo = np.array([np.floor(a.min()) for a in axes], dtype=np.int64)
     hi = np.array([np.floor(a.max()) for a in axes], dtype=np.int64) + 2
     out = crop_box(hu, lo, hi - lo)  # only the voxels the grid touches, in hu's dtype: float32 from the first blend on
     for axis, (a, first) in enumerate(zip(axes, lo)):
-        pos = a - first                                  # positions inside the block, in [0, block size - 1)
+        pos = a - first  # positions inside the block, in [0, block size - 1)
         below = np.floor(pos).astype(np.int64)
         frac = (pos - below).astype(np.float32).reshape([-1 if k == axis else 1 for k in range(3)])
         base = np.take(out, below, axis=axis).astype(np.float32, copy=False)
@@ -70,8 +78,13 @@ def crop_mm(hu: np.ndarray, center_irc: Sequence[float], size: Sequence[int], si
     return out
 
 
-def crop_patch(hu: np.ndarray, center_irc: Sequence[float], size: Sequence[int], size_mm: Sequence[float] | None = None,
-               spacing_irc: Sequence[float] | None = None) -> np.ndarray:
+def crop_patch(
+    hu: np.ndarray,
+    center_irc: Sequence[float],
+    size: Sequence[int],
+    size_mm: Sequence[float] | None = None,
+    spacing_irc: Sequence[float] | None = None,
+) -> np.ndarray:
     """A classifier's patch around a fractional voxel centre, as its training datasets cut it (`PatchDataset`):
     `size` voxels centred on the nearest voxel, or, with `size_mm`, resampled to span those mm (`crop_mm`)."""
     if size_mm is None:
@@ -91,8 +104,14 @@ def hu_to_unit(hu: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def sphere_mask(shape: Sequence[int], origin_irc: Sequence[int], centers_irc: np.ndarray, radii_mm: Sequence[float],
-                spacing_xyz: Sequence[float], direction: np.ndarray) -> np.ndarray:
+def sphere_mask(
+    shape: Sequence[int],
+    origin_irc: Sequence[int],
+    centers_irc: np.ndarray,
+    radii_mm: Sequence[float],
+    spacing_xyz: Sequence[float],
+    direction: np.ndarray,
+) -> np.ndarray:
     """(D, H, W) bool: voxels of the block starting at `origin_irc` within a nodule's radius.
 
     centers_irc: (N, 3) fractional voxel centres; radii_mm: (N,). Distances are measured in world
@@ -113,7 +132,7 @@ def sphere_mask(shape: Sequence[int], origin_irc: Sequence[int], centers_irc: np
         if np.any(hi <= lo):
             continue
         idx = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")  # 3 x (d, h, w)
-        delta = np.stack(idx, -1) + origin - center                                     # (d, h, w, 3) voxels
-        world = delta @ step.T                                                          # (d, h, w, 3) mm
-        out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= (world ** 2).sum(-1) <= radius ** 2
+        delta = np.stack(idx, -1) + origin - center  # (d, h, w, 3) voxels
+        world = delta @ step.T  # (d, h, w, 3) mm
+        out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] |= (world**2).sum(-1) <= radius**2
     return out

@@ -19,18 +19,18 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Sequence
 
 from noduleflow.data.cache import DEFAULT_CACHE_NAME, ScanCache, check_writable, source_key
 from noduleflow.data.luna16 import find_scans
 from noduleflow.errors import CacheError, ConfigError, NoduleflowError, ScanError
 
-_BUILT, _CACHED = "built", "cached"   # what _build did, when it did not fail
+_BUILT, _CACHED = "built", "cached"  # what _build did, when it did not fail
 
 
 @dataclass
@@ -39,19 +39,21 @@ class PrepareSummary:
 
     cache: ScanCache
     built: list[str] = field(default_factory=list)
-    rebuilt: dict[str, str] = field(default_factory=dict)   # series UID -> why the old entry was unusable
+    rebuilt: dict[str, str] = field(default_factory=dict)  # series UID -> why the old entry was unusable
     skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)     # scan file -> why it could not be read
+    failed: dict[str, str] = field(default_factory=dict)  # scan file -> why it could not be read
     cache_bytes: int = 0
-    scan_bytes: int = 0                                      # int16 voxels x 2 of the cached arrays
+    scan_bytes: int = 0  # int16 voxels x 2 of the cached arrays
     seconds: float = 0.0
 
     def describe(self) -> str:
         total = len(self.built) + len(self.skipped)
         ratio = f" ({self.cache_bytes / self.scan_bytes:.4f}x the int16 scans)" if self.scan_bytes else ""
-        return (f"prepared {total} scan(s) in {self.seconds:.1f} s: {len(self.built)} built "
-                f"({len(self.rebuilt)} of them rebuilt), {len(self.skipped)} already cached -> {self.cache.dir}, "
-                f"{self.cache_bytes / 1e6:.1f} MB{ratio}" + (f"; {len(self.failed)} unreadable" if self.failed else ""))
+        return (
+            f"prepared {total} scan(s) in {self.seconds:.1f} s: {len(self.built)} built "
+            f"({len(self.rebuilt)} of them rebuilt), {len(self.skipped)} already cached -> {self.cache.dir}, "
+            f"{self.cache_bytes / 1e6:.1f} MB{ratio}" + (f"; {len(self.failed)} unreadable" if self.failed else "")
+        )
 
 
 def parse_spacing(text: str | None) -> tuple[float, float, float] | None:
@@ -66,14 +68,22 @@ def parse_spacing(text: str | None) -> tuple[float, float, float] | None:
     except ValueError:
         values = ()
     if len(values) != 3 or not spacing_in_range(values):
-        raise ConfigError(f"--spacing {text!r} is not three millimetre values from {MIN_SPACING_MM} to "
-                          f"{MAX_SPACING_MM}",
-                          fix="Write it as X,Y,Z in mm, e.g. --spacing 0.7,0.7,1.25 (or leave it out to keep each scan's spacing).")
+        raise ConfigError(
+            f"--spacing {text!r} is not three millimetre values from {MIN_SPACING_MM} to {MAX_SPACING_MM}",
+            fix="Write it as X,Y,Z in mm, e.g. --spacing 0.7,0.7,1.25 (or leave it out to keep each scan's spacing).",
+        )
     return values  # type: ignore[return-value]
 
 
-def prepare(data: str | Path, *, cache: str | Path | None = None, spacing_xyz: Sequence[float] | None = None,
-            workers: int = 0, progress: bool = True, verify: bool = False) -> PrepareSummary:
+def prepare(
+    data: str | Path,
+    *,
+    cache: str | Path | None = None,
+    spacing_xyz: Sequence[float] | None = None,
+    workers: int = 0,
+    progress: bool = True,
+    verify: bool = False,
+) -> PrepareSummary:
     """Cache every scan under `data`/subset*/ into `cache` (default `data`/.noduleflow-cache).
 
     workers: processes that build entries in parallel; 0 picks min(cpu count, 8), 1 builds in this
@@ -85,8 +95,11 @@ def prepare(data: str | Path, *, cache: str | Path | None = None, spacing_xyz: S
     data = Path(data)
     scans, _ = find_scans(data)
     if not scans:
-        raise ScanError("holds no scans under subset*/", path=data,
-                        fix="Download LUNA16 into it (subset0/ ... subset9/) or run `noduleflow synth` into it.")
+        raise ScanError(
+            "holds no scans under subset*/",
+            path=data,
+            fix="Download LUNA16 into it (subset0/ ... subset9/) or run `noduleflow synth` into it.",
+        )
     if workers < 0:
         raise ConfigError(f"--workers {workers} is negative", fix="Use 0 (one per CPU core) or a positive count.")
     store = ScanCache(data / DEFAULT_CACHE_NAME if cache is None else cache, spacing_xyz=spacing_xyz)
@@ -114,7 +127,7 @@ def prepare(data: str | Path, *, cache: str | Path | None = None, spacing_xyz: S
         for uid, path, why in _run(jobs, workers):
             if why == _BUILT:
                 summary.built.append(uid)
-            elif why == _CACHED:                                   # another prepare built it meanwhile
+            elif why == _CACHED:  # another prepare built it meanwhile
                 summary.rebuilt.pop(uid, None)
                 summary.skipped.append(uid)
             else:
@@ -123,7 +136,7 @@ def prepare(data: str | Path, *, cache: str | Path | None = None, spacing_xyz: S
             bar.advance(task)
 
     for uid in summary.built + summary.skipped:
-        with store.lock(uid):                                      # not while another prepare rewrites it
+        with store.lock(uid):  # not while another prepare rewrites it
             entry = store.open(uid)
         summary.scan_bytes += entry.hu.size * 2
         summary.cache_bytes += sum(p.stat().st_size for p in entry.path.iterdir())
@@ -131,10 +144,12 @@ def prepare(data: str | Path, *, cache: str | Path | None = None, spacing_xyz: S
     if summary.failed:
         names = sorted(os.path.relpath(p, data) for p in summary.failed)
         listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-        raise ScanError(f"{len(names)} scan(s) could not be read and are not cached: {listed} "
-                        f"({summary.describe()})", path=data,
-                        fix="Repair or remove them (the warnings above say why each failed), then rerun "
-                        "`noduleflow prepare`; the scans already cached are kept.")
+        raise ScanError(
+            f"{len(names)} scan(s) could not be read and are not cached: {listed} ({summary.describe()})",
+            path=data,
+            fix="Repair or remove them (the warnings above say why each failed), then rerun "
+            "`noduleflow prepare`; the scans already cached are kept.",
+        )
     return summary
 
 
@@ -150,8 +165,9 @@ def _run(jobs: list[tuple], workers: int):
         for job in jobs:
             yield _build(*job)
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(os.getpid(),)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(os.getpid(),)
+    ) as pool:
         pending = {pool.submit(_build, *job) for job in jobs}
         try:
             while pending:
@@ -159,10 +175,13 @@ def _run(jobs: list[tuple], workers: int):
                 for future in done:
                     yield future.result()
         except BrokenProcessPool as err:
-            raise CacheError("a worker process died while building the cache: out of memory, or a script of yours "
-                             "that calls noduleflow lacks `if __name__ == \"__main__\":` (workers are spawned and re-import it)",
-                             path=jobs[0][1], fix="Rerun `noduleflow prepare` with fewer --workers (finished entries are kept), "
-                             "or put your script's code under `if __name__ == \"__main__\":`.") from err
+            raise CacheError(
+                "a worker process died while building the cache: out of memory, or a script of yours "
+                'that calls noduleflow lacks `if __name__ == "__main__":` (workers are spawned and re-import it)',
+                path=jobs[0][1],
+                fix="Rerun `noduleflow prepare` with fewer --workers (finished entries are kept), "
+                'or put your script\'s code under `if __name__ == "__main__":`.',
+            ) from err
         finally:
             for future in pending:
                 future.cancel()
@@ -184,7 +203,7 @@ def _die_with_parent(parent_pid: int) -> None:
     reaper's pid once the parent is gone. A temporary file the worker leaves is cleaned by the next writer.
     """
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # 1 = PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
@@ -196,8 +215,9 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="noduleflow-parent-watch", daemon=True).start()
 
 
-def _build(uid: str, path: str, cache_root: str, spacing_xyz, key: str, source: dict,
-           verify: bool) -> tuple[str, str, str]:
+def _build(
+    uid: str, path: str, cache_root: str, spacing_xyz, key: str, source: dict, verify: bool
+) -> tuple[str, str, str]:
     """Read, (resample), mask and store one scan under the entry's lock; runs in a worker process.
 
     Returns (uid, path, _BUILT), (uid, path, _CACHED) when another `prepare` on this cache built the
@@ -232,13 +252,31 @@ def _build_locked(store: ScanCache, uid: str, path: str, key: str, source: dict)
 
 
 def _progress_bar(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class _Rate(ProgressColumn):
         def render(self, task) -> Text:
             # completed / elapsed: rich's windowed speed jumps when several workers finish at once
-            return Text(f"{task.completed / task.elapsed:.2f} scans/s" if task.completed and task.elapsed else "- scans/s")
+            return Text(
+                f"{task.completed / task.elapsed:.2f} scans/s" if task.completed and task.elapsed else "- scans/s"
+            )
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
-                    TextColumn("eta"), TimeRemainingColumn(), TimeElapsedColumn(), disable=not enabled)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TimeElapsedColumn(),
+        disable=not enabled,
+    )

@@ -20,7 +20,8 @@ old batches first), otherwise when the pass's iterator is garbage (its workers h
 from __future__ import annotations
 
 import weakref
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,8 +34,12 @@ def ring_loader(dataset, batch_sampler: BatchSampler, batch_size: int, slots: in
     """A DataLoader over a `batchable` patch dataset whose batches are cut into `slots` shared slots."""
     ring = torch.empty((slots, batch_size, 1, *dataset.size), dtype=torch.float32).share_memory_()  # (S, B, 1, D, H, W)
     pool = _SlotPool(slots)
-    return _RingLoader(_RingPatches(dataset, ring), batch_sampler=_SlottedBatches(batch_sampler, pool),
-                       collate_fn=_as_is, **loader_kwargs)
+    return _RingLoader(
+        _RingPatches(dataset, ring),
+        batch_sampler=_SlottedBatches(batch_sampler, pool),
+        collate_fn=_as_is,
+        **loader_kwargs,
+    )
 
 
 class _SlotPool:
@@ -43,7 +48,7 @@ class _SlotPool:
     def __init__(self, slots: int):
         self.busy = [False] * slots
         self.owner: dict[int, set[int]] = {}  # slot in flight -> the `taken` set of the pass that sent it
-        self.latest: set[int] = set()          # the `taken` set of the newest pass
+        self.latest: set[int] = set()  # the `taken` set of the newest pass
 
     def new_pass(self) -> set[int]:
         self.latest = set()
@@ -125,7 +130,7 @@ class _RingPatches(Dataset):
 
     def __init__(self, dataset, ring: torch.Tensor):
         self.dataset, self.ring = dataset, ring
-        self._hu = np.empty(dataset.size, dtype=np.int16)               # (D, H, W) scratch, per process
+        self._hu = np.empty(dataset.size, dtype=np.int16)  # (D, H, W) scratch, per process
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -142,11 +147,13 @@ class _RingPatches(Dataset):
     def __getitems__(self, batch: _SlotBatch) -> _RingBatch:
         own = batch.slot < 0
         out = np.empty((len(batch), 1, *self.dataset.size), np.float32) if own else self.ring[batch.slot].numpy()
-        for row, index in enumerate(batch):                              # out: (B, 1, D, H, W)
+        for row, index in enumerate(batch):  # out: (B, 1, D, H, W)
             self.dataset.crop_into(index, self._hu)
             hu_to_unit(self._hu, out=out[row, 0])
         index = np.asarray(batch, dtype=np.int64)
-        return _RingBatch(batch.slot, len(batch), self.dataset.labels[index], index, torch.from_numpy(out) if own else None)
+        return _RingBatch(
+            batch.slot, len(batch), self.dataset.labels[index], index, torch.from_numpy(out) if own else None
+        )
 
 
 class _RingLoader(DataLoader):
@@ -157,7 +164,9 @@ class _RingLoader(DataLoader):
         return self.batch_sampler.sampler
 
     @sampler.setter
-    def sampler(self, _value) -> None:  # DataLoader.__init__ assigns a placeholder; the batch sampler holds the real one
+    def sampler(
+        self, _value
+    ) -> None:  # DataLoader.__init__ assigns a placeholder; the batch sampler holds the real one
         pass
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -167,7 +176,7 @@ class _RingLoader(DataLoader):
         self._previous_pass = taken = pool.latest
         if self.persistent_workers:
             if previous is not None and previous is not taken:
-                pool.release(previous)                    # the reset inside super().__iter__() drained its batches
+                pool.release(previous)  # the reset inside super().__iter__() drained its batches
         else:
             weakref.finalize(batches, pool.release, taken)  # runs after the iterator's __del__ has joined its workers
         for batch in batches:
@@ -182,8 +191,12 @@ class _RingLoader(DataLoader):
             pool.hand_out(batch.slot, None)
             return patches
         # a tensor of its own (not a view of `ring`), so that the caller's views keep it, and the slot, alive
-        patches = torch.empty(0).set_(ring.untyped_storage(), ring.storage_offset() + batch.slot * ring.stride(0),
-                                      (batch.size, *ring.shape[2:]), ring.stride()[1:])
+        patches = torch.empty(0).set_(
+            ring.untyped_storage(),
+            ring.storage_offset() + batch.slot * ring.stride(0),
+            (batch.size, *ring.shape[2:]),
+            ring.stride()[1:],
+        )
         pool.hand_out(batch.slot, patches)
         return patches
 

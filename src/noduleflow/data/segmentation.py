@@ -15,7 +15,7 @@ spatial_dims=3 gives image (1, D, H, W) and mask (1, D, H, W). Images are HU / 1
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,10 +36,10 @@ class NoduleMasks:
         self.scans, self.hu_threshold = scans, float(hu_threshold)
         centers, inside = locate(scans, nodules, "nodules")
         self.nodules = tuple(n for n, keep in zip(nodules, inside) if keep)
-        self.centers_irc = centers[inside]                                   # (N, 3) fractional voxels
+        self.centers_irc = centers[inside]  # (N, 3) fractional voxels
         self._rows: dict[str, np.ndarray] = {}
         for i, nodule in enumerate(self.nodules):
-            self._rows.setdefault(nodule.series_uid, []).append(i)           # type: ignore[arg-type]
+            self._rows.setdefault(nodule.series_uid, []).append(i)  # type: ignore[arg-type]
         self._rows = {uid: np.asarray(rows) for uid, rows in self._rows.items()}
 
     def block(self, series_uid: str, lo_irc: Sequence[int], size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -63,10 +63,21 @@ class SegmentationCrops(Dataset):
     RNG (seeded per worker by `make_loader`). Returns (image, mask, index).
     """
 
-    def __init__(self, cache: ScanCache, nodules: Sequence[Nodule], series_uids: Sequence[str] | None = None, *,
-                 spatial_dims: int = 2, crop: Sequence[int] | None = None, context: int = 3, jitter: int = 16,
-                 lung_fraction: float = 0.5, samples_per_epoch: int | None = None, hu_threshold: float = NODULE_MIN_HU,
-                 transform: Callable | None = None):
+    def __init__(
+        self,
+        cache: ScanCache,
+        nodules: Sequence[Nodule],
+        series_uids: Sequence[str] | None = None,
+        *,
+        spatial_dims: int = 2,
+        crop: Sequence[int] | None = None,
+        context: int = 3,
+        jitter: int = 16,
+        lung_fraction: float = 0.5,
+        samples_per_epoch: int | None = None,
+        hu_threshold: float = NODULE_MIN_HU,
+        transform: Callable | None = None,
+    ):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         crop = tuple(crop or ((64, 64) if spatial_dims == 2 else (32, 64, 64)))
@@ -83,7 +94,9 @@ class SegmentationCrops(Dataset):
         n_nodules = len(self.masks.nodules)
         if samples_per_epoch is None:
             samples_per_epoch = round(n_nodules / (1 - lung_fraction)) if n_nodules else len(series)
-        self.n_nodule_samples = min(round(samples_per_epoch * (1 - lung_fraction)), samples_per_epoch) if n_nodules else 0
+        self.n_nodule_samples = (
+            min(round(samples_per_epoch * (1 - lung_fraction)), samples_per_epoch) if n_nodules else 0
+        )
         self.samples_per_epoch = int(samples_per_epoch)
 
     def __len__(self) -> int:
@@ -100,9 +113,9 @@ class SegmentationCrops(Dataset):
         hu, mask = self.masks.block(uid, center - self.block_size // 2, self.block_size)
         image = torch.from_numpy(hu_to_unit(hu))
         if self.spatial_dims == 2:
-            image, mask = image, mask[self.context][None]                    # (2k + 1, H, W), (1, H, W)
+            image, mask = image, mask[self.context][None]  # (2k + 1, H, W), (1, H, W)
         else:
-            image, mask = image[None], mask[None]                            # (1, D, H, W) each
+            image, mask = image[None], mask[None]  # (1, D, H, W) each
         mask = torch.from_numpy(np.ascontiguousarray(mask))
         if self.transform is not None:
             image, mask = self.transform(image, mask)
@@ -129,8 +142,15 @@ class SegmentationSlices(Dataset):
     `keys[index]` is (series UID, slice). `volume(uid)` gives a whole scan for 3D models.
     """
 
-    def __init__(self, cache: ScanCache, nodules: Sequence[Nodule], series_uids: Sequence[str], *,
-                 context: int = 3, hu_threshold: float = NODULE_MIN_HU):
+    def __init__(
+        self,
+        cache: ScanCache,
+        nodules: Sequence[Nodule],
+        series_uids: Sequence[str],
+        *,
+        context: int = 3,
+        hu_threshold: float = NODULE_MIN_HU,
+    ):
         self.scans = OpenScans(cache)
         keep = set(series_uids)
         self.masks = NoduleMasks(self.scans, [n for n in nodules if n.series_uid in keep], hu_threshold)

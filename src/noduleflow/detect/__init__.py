@@ -12,11 +12,25 @@ runtimes (`Predictor.from_run(run, runtime="onnx")`) detection runs without torc
 from importlib import import_module
 
 _EXPORTS = {
-    "DetectorModels": "models", "load_detector": "models",
-    "DetectSummary": "pipeline", "detect": "pipeline", "write_results": "pipeline",
-    "Finding": "predictor", "Predictor": "predictor", "ScanResult": "predictor",
+    "DetectorModels": "models",
+    "load_detector": "models",
+    "DetectSummary": "pipeline",
+    "detect": "pipeline",
+    "write_results": "pipeline",
+    "Finding": "predictor",
+    "Predictor": "predictor",
+    "ScanResult": "predictor",
 }
-__all__ = ["DetectSummary", "DetectorModels", "Finding", "Predictor", "ScanResult", "detect", "load_detector", "write_results"]
+__all__ = [
+    "DetectSummary",
+    "DetectorModels",
+    "Finding",
+    "Predictor",
+    "ScanResult",
+    "detect",
+    "load_detector",
+    "write_results",
+]
 
 
 def __getattr__(name: str):

@@ -40,11 +40,17 @@ class Components:
     def __len__(self) -> int:
         return len(self.voxels)
 
-    def take(self, keep: np.ndarray) -> "Components":
+    def take(self, keep: np.ndarray) -> Components:
         """The components selected by a boolean mask or an index array."""
-        return replace(self, centers_irc=self.centers_irc[keep], voxels=self.voxels[keep], volume_mm3=self.volume_mm3[keep],
-                       diameter_mm=self.diameter_mm[keep], peak=self.peak[keep],
-                       labels=None if self.labels is None else self.labels[keep])
+        return replace(
+            self,
+            centers_irc=self.centers_irc[keep],
+            voxels=self.voxels[keep],
+            volume_mm3=self.volume_mm3[keep],
+            diameter_mm=self.diameter_mm[keep],
+            peak=self.peak[keep],
+            labels=None if self.labels is None else self.labels[keep],
+        )
 
     def mask(self, shape: tuple[int, ...]) -> np.ndarray:
         """(I, R, C) bool: True at the voxels of these components (all False when they carry no voxels)."""
@@ -62,20 +68,27 @@ def find_components(probs: np.ndarray, spacing_xyz, *, threshold: float = 0.5, m
     """
     probs = np.asarray(probs)
     mask = probs if probs.dtype == bool else probs > threshold
-    marked = np.nonzero(mask)                                                     # 3 x (m,), in raster order
-    n, label = _label_marked(marked, mask.shape)                                  # label: (m,) in 0..n-1
-    weights = probs[marked].astype(np.float64)                                    # (m,)
+    marked = np.nonzero(mask)  # 3 x (m,), in raster order
+    n, label = _label_marked(marked, mask.shape)  # label: (m,) in 0..n-1
+    weights = probs[marked].astype(np.float64)  # (m,)
     voxels = np.bincount(label, minlength=n)
     total = np.bincount(label, weights, minlength=n)
-    xyz = np.stack(marked, axis=1).astype(np.float64)                             # (m, 3)
+    xyz = np.stack(marked, axis=1).astype(np.float64)  # (m, 3)
     weighted = np.stack([np.bincount(label, weights * xyz[:, a], minlength=n) for a in range(3)], axis=1)
-    plain = np.stack([np.bincount(label, xyz[:, a], minlength=n) for a in range(3)], axis=1) / np.maximum(voxels, 1)[:, None]
+    plain = (
+        np.stack([np.bincount(label, xyz[:, a], minlength=n) for a in range(3)], axis=1)
+        / np.maximum(voxels, 1)[:, None]
+    )
     positive = total > 0
     centers = np.where(positive[:, None], weighted / np.where(positive, total, 1)[:, None], plain)
     peak = np.full(n, -np.inf)
     np.maximum.at(peak, label, weights)
-    found = replace(_components(centers, voxels, spacing_xyz, peak.astype(np.float32)), labels=np.arange(n), marked=marked,
-                    marked_labels=label)
+    found = replace(
+        _components(centers, voxels, spacing_xyz, peak.astype(np.float32)),
+        labels=np.arange(n),
+        marked=marked,
+        marked_labels=label,
+    )
     return found.take(voxels >= min_voxels)
 
 
@@ -89,8 +102,8 @@ def _label_marked(marked: tuple[np.ndarray, ...], shape: tuple[int, ...]) -> tup
     m = len(marked[0])
     if m == 0:
         return 0, np.zeros(0, np.int64)
-    padded = np.array(shape) + 2                             # a neighbour's index never wraps into another row
-    index = np.ravel_multi_index(tuple(i + 1 for i in marked), padded)          # (m,) increasing
+    padded = np.array(shape) + 2  # a neighbour's index never wraps into another row
+    index = np.ravel_multi_index(tuple(i + 1 for i in marked), padded)  # (m,) increasing
     rows, cols = [], []
     for step in _FORWARD @ np.array([padded[1] * padded[2], padded[2], 1]):
         j = np.minimum(np.searchsorted(index, index + step), m - 1)
@@ -98,7 +111,9 @@ def _label_marked(marked: tuple[np.ndarray, ...], shape: tuple[int, ...]) -> tup
         rows.append(np.flatnonzero(linked))
         cols.append(j[linked])
     rows, cols = np.concatenate(rows), np.concatenate(cols)
-    n, label = connected_components(sparse.coo_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(m, m)), directed=False)
+    n, label = connected_components(
+        sparse.coo_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(m, m)), directed=False
+    )
     first = np.full(n, m)
     np.minimum.at(first, label, np.arange(m))
     rank = np.empty(n, np.int64)
@@ -110,5 +125,10 @@ def _components(centers_irc: np.ndarray, voxels: np.ndarray, spacing_xyz, peak: 
     """Components from centres and voxel counts: volume = voxels x voxel mm^3, diameter of the sphere of that volume."""
     voxel_mm3 = float(np.prod(np.asarray(spacing_xyz, dtype=np.float64)))
     volume = np.asarray(voxels, dtype=np.float64) * voxel_mm3
-    return Components(np.asarray(centers_irc, np.float64).reshape(-1, 3), np.asarray(voxels, np.int64), volume,
-                      np.cbrt(6 * volume / np.pi), np.asarray(peak, np.float32))
+    return Components(
+        np.asarray(centers_irc, np.float64).reshape(-1, 3),
+        np.asarray(voxels, np.int64),
+        volume,
+        np.cbrt(6 * volume / np.pi),
+        np.asarray(peak, np.float32),
+    )

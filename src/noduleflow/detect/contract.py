@@ -56,7 +56,7 @@ class InputContract:
         """HU (any shape) -> float32 in [-1, 1] through this model's window."""
         low, high = self.hu_window
         if (low, high) == (HU_MIN, HU_MAX):
-            return hu_to_unit(np.asarray(hu))                  # the training pipeline's own (fast int16) path
+            return hu_to_unit(np.asarray(hu))  # the training pipeline's own (fast int16) path
         mid, half = (low + high) / 2, (high - low) / 2
         return ((np.clip(np.asarray(hu, np.float32), low, high) - mid) / half).astype(np.float32)
 
@@ -65,9 +65,14 @@ class InputContract:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> InputContract:
-        return cls(kind=str(data["kind"]), hu_window=tuple(float(v) for v in data["hu_window"]), context=int(data["context"]),
-                   multiple=int(data["multiple"]), patch_size=tuple(int(v) for v in data["patch_size"]),
-                   patch_mm=tuple(float(v) for v in data["patch_mm"]))
+        return cls(
+            kind=str(data["kind"]),
+            hu_window=tuple(float(v) for v in data["hu_window"]),
+            context=int(data["context"]),
+            multiple=int(data["multiple"]),
+            patch_size=tuple(int(v) for v in data["patch_size"]),
+            patch_mm=tuple(float(v) for v in data["patch_mm"]),
+        )
 
 
 @dataclass(frozen=True)

@@ -55,11 +55,17 @@ class DetectorModels:
 
     def contracts(self) -> dict[str, InputContract]:
         """The input contract of each model present (see `detect.contract`)."""
-        found = {"segment": InputContract("segment", context=self.context, multiple=2 ** (getattr(self.segment, "depth", 3) - 1))}
+        found = {
+            "segment": InputContract(
+                "segment", context=self.context, multiple=2 ** (getattr(self.segment, "depth", 3) - 1)
+            )
+        }
         for part in PARTS[1:]:
             model = getattr(self, part)
             if model is not None:
-                found[part] = InputContract("patch", patch_size=input_size_of(model), patch_mm=tuple(self.patch_mm.get(part, ())))
+                found[part] = InputContract(
+                    "patch", patch_size=input_size_of(model), patch_mm=tuple(self.patch_mm.get(part, ()))
+                )
         return found
 
 
@@ -76,16 +82,28 @@ def load_detector(run_dir: str | Path) -> DetectorModels:
     configs = {part: load_config(run_dir / part / "config.yaml") for part in present}
     models = {part: load_part(run_dir / part, part, configs[part]) if part in present else None for part in PARTS}
     patch_mm = {part: cfg.data.patch_mm for part, cfg in configs.items() if part != "segment" and cfg.data.patch_mm}
-    return DetectorModels(models["segment"], models["classify"], models["malignancy"], run_dir, run_dir / "segment" / "best.pt",
-                          patch_mm, configs["segment"].data.context)
+    return DetectorModels(
+        models["segment"],
+        models["classify"],
+        models["malignancy"],
+        run_dir,
+        run_dir / "segment" / "best.pt",
+        patch_mm,
+        configs["segment"].data.context,
+    )
 
 
 def load_segmentation(segment_run: str | Path) -> DetectorModels:
     """The U-Net of one segment run folder alone (best.pt), for a segmentation-only `Predictor` (mining, export)."""
     segment_run = Path(segment_run)
-    context = load_config(segment_run / "config.yaml").data.context if (segment_run / "config.yaml").is_file() else DEFAULT_CONTEXT
-    return DetectorModels(load_part(segment_run, "segment"), None, None, segment_run.parent, segment_run / "best.pt",
-                          context=context)
+    context = (
+        load_config(segment_run / "config.yaml").data.context
+        if (segment_run / "config.yaml").is_file()
+        else DEFAULT_CONTEXT
+    )
+    return DetectorModels(
+        load_part(segment_run, "segment"), None, None, segment_run.parent, segment_run / "best.pt", context=context
+    )
 
 
 def fuse_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
@@ -97,7 +115,9 @@ def fuse_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     for seq in [m for m in module.modules() if isinstance(m, torch.nn.Sequential)]:
         for k in range(len(seq) - 1):
             conv, bn = seq[k], seq[k + 1]
-            if isinstance(conv, (torch.nn.Conv2d, torch.nn.Conv3d)) and isinstance(bn, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+            if isinstance(conv, (torch.nn.Conv2d, torch.nn.Conv3d)) and isinstance(
+                bn, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+            ):
                 seq[k], seq[k + 1] = fuse_conv_bn_eval(conv.eval(), bn.eval()), torch.nn.Identity()
     return module
 
@@ -116,9 +136,12 @@ def load_part(sub: Path, part: str, cfg: TrainConfig | None = None) -> torch.nn.
 
 def _fix(run_dir: Path, part: str) -> str:
     parent, name = run_dir.parent, run_dir.name
-    return (f"Train the detector with `noduleflow train detector DATA --run {name} --runs-dir {parent}`, or this part alone with "
-            f"`noduleflow train {part} DATA --set run.runs_dir={run_dir} --run {part}`"
-            + (" --init <classify run>" if part == "malignancy" else "") + ".")
+    return (
+        f"Train the detector with `noduleflow train detector DATA --run {name} --runs-dir {parent}`, or this part alone with "
+        f"`noduleflow train {part} DATA --set run.runs_dir={run_dir} --run {part}`"
+        + (" --init <classify run>" if part == "malignancy" else "")
+        + "."
+    )
 
 
 class TorchNet:
@@ -137,13 +160,15 @@ class TorchNet:
         self.memory_format: torch.memory_format | None = None
         convs = [m for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
         if convs:
-            self.memory_format = torch.channels_last if isinstance(convs[0], torch.nn.Conv2d) else torch.channels_last_3d
+            self.memory_format = (
+                torch.channels_last if isinstance(convs[0], torch.nn.Conv2d) else torch.channels_last_3d
+            )
             self.module.to(memory_format=self.memory_format)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         with torch.inference_mode(), _torch_threads(self.threads):
             x = np.ascontiguousarray(x, dtype=np.float32)
-            t = torch.from_numpy(x if x.flags.writeable else x.copy())            # torch refuses read-only arrays
+            t = torch.from_numpy(x if x.flags.writeable else x.copy())  # torch refuses read-only arrays
             if self.memory_format is not None and t.dim() == (4 if self.memory_format == torch.channels_last else 5):
                 t = t.contiguous(memory_format=self.memory_format)
             return self.module(t).float().numpy()
@@ -165,6 +190,11 @@ def _torch_threads(threads: int):
 
 def torch_nets(models: DetectorModels, *, threads: int = 0) -> Nets:
     """`models` as eager-PyTorch `Nets` (the Predictor's runtime "torch")."""
-    nets = {part: None if getattr(models, part) is None else TorchNet(getattr(models, part), threads=threads) for part in PARTS}
-    files = {part: str(models.run_dir / part / "best.pt") for part in PARTS if models.run_dir and nets[part] is not None}
+    nets = {
+        part: None if getattr(models, part) is None else TorchNet(getattr(models, part), threads=threads)
+        for part in PARTS
+    }
+    files = {
+        part: str(models.run_dir / part / "best.pt") for part in PARTS if models.run_dir and nets[part] is not None
+    }
     return Nets(nets["segment"], nets["classify"], nets["malignancy"], models.contracts(), "torch", files)

@@ -38,10 +38,15 @@ from noduleflow.detect.outputs import MARKUPS_DIR, MASKS_DIR, SR_DIR, scan_name,
 from noduleflow.detect.predictor import Predictor, ScanResult
 from noduleflow.detect.render import write_scan_png
 from noduleflow.errors import CheckpointError, ConfigError, NoduleflowError, OutputError, ScanError
-from noduleflow.files import atomic_open, output_error, safe_name, writable_dir
+from noduleflow.files import atomic_open, output_error, writable_dir
 
 SUBMISSION_CSV, DETECTIONS_JSON, PNG_DIR = "submission.csv", "detections.json", "png"
-PER_SCAN_DIRS = (PNG_DIR, MARKUPS_DIR, MASKS_DIR, SR_DIR)  # folders of OUT that hold only per-scan files `_write_scan` wrote: a fresh job empties them
+PER_SCAN_DIRS = (
+    PNG_DIR,
+    MARKUPS_DIR,
+    MASKS_DIR,
+    SR_DIR,
+)  # folders of OUT that hold only per-scan files `_write_scan` wrote: a fresh job empties them
 _FORMAT = 2  # of detections.json: 2 added settings, complete, failed and per-scan source and files
 _LISTED_FAILURES = 3  # failed scans named in the final error (all are printed as they fail)
 log = logging.getLogger("noduleflow")
@@ -61,10 +66,12 @@ class DetectSummary:
         findings = sum(len(r.findings) for r in self.results)
         warned = sum(bool(r.warnings) for r in self.results)
         per_scan = sum(r.seconds for r in self.results) / max(n, 1)
-        return (f"detected {findings} finding(s) in {n} scan(s) in {self.seconds:.1f} s ({per_scan:.1f} s per scan)"
-                + (f", {self.reused} scan(s) kept from the previous run (--restart redoes them)" if self.reused else "")
-                + (f", {warned} scan(s) with warnings" if warned else "")
-                + f" -> {self.out / SUBMISSION_CSV}, {self.out / DETECTIONS_JSON}, {self.out / PNG_DIR}/")
+        return (
+            f"detected {findings} finding(s) in {n} scan(s) in {self.seconds:.1f} s ({per_scan:.1f} s per scan)"
+            + (f", {self.reused} scan(s) kept from the previous run (--restart redoes them)" if self.reused else "")
+            + (f", {warned} scan(s) with warnings" if warned else "")
+            + f" -> {self.out / SUBMISSION_CSV}, {self.out / DETECTIONS_JSON}, {self.out / PNG_DIR}/"
+        )
 
 
 def scan_sources(source: str | Path) -> list[Path]:
@@ -73,17 +80,32 @@ def scan_sources(source: str | Path) -> list[Path]:
 
     source = Path(source)
     if not source.exists():
-        raise ScanError("does not exist", path=source, fix="Pass a scan (.mhd/.mha/.nii/.nii.gz), a DICOM folder or a LUNA16 folder.")
+        raise ScanError(
+            "does not exist",
+            path=source,
+            fix="Pass a scan (.mhd/.mha/.nii/.nii.gz), a DICOM folder or a LUNA16 folder.",
+        )
     if source.is_dir() and any(p.is_dir() and p.name.startswith("subset") for p in source.iterdir()):
         scans, _ = find_scans(source)
         if not scans:
-            raise ScanError("holds subset*/ folders but no scans in them", path=source, fix="Check the download, or pass one scan file.")
+            raise ScanError(
+                "holds subset*/ folders but no scans in them",
+                path=source,
+                fix="Check the download, or pass one scan file.",
+            )
         return list(scans.values())
     return [source]
 
 
-def detect(source: str | Path, run: str | Path, out: str | Path, *, progress: bool = True, restart: bool = False,
-           **predictor_kwargs) -> DetectSummary:
+def detect(
+    source: str | Path,
+    run: str | Path,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    restart: bool = False,
+    **predictor_kwargs,
+) -> DetectSummary:
     """Detect nodules in every scan of `source` with the detector run folder `run`; write OUT (module docstring).
 
     restart: redo every scan even when OUT holds results of a run with the same settings.
@@ -96,8 +118,14 @@ def detect(source: str | Path, run: str | Path, out: str | Path, *, progress: bo
     predictor = Predictor.from_run(run, **predictor_kwargs)
     job = DetectionsFile.begin(out, _settings(run, predictor_kwargs), paths, restart=restart)
     results, failed = [], {}
-    with Progress(TextColumn("[bold]detect"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[scan]}"),
-                  TimeElapsedColumn(), disable=not progress) as bar:
+    with Progress(
+        TextColumn("[bold]detect"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[scan]}"),
+        TimeElapsedColumn(),
+        disable=not progress,
+    ) as bar:
         task = bar.add_task("scans", total=len(paths), scan="", completed=len(job.entries))
         for path in paths:
             if job.has(path):
@@ -114,15 +142,20 @@ def detect(source: str | Path, run: str | Path, out: str | Path, *, progress: bo
                     predictor = None  # (see below)
                     raise  # nothing else to go on with: the scan's own error is the one line
                 failed[path] = err.what
-                bar.console.print(f"[yellow]warning:[/yellow] skipped {escape(err.message)}", highlight=False, soft_wrap=True)
+                bar.console.print(
+                    f"[yellow]warning:[/yellow] skipped {escape(err.message)}", highlight=False, soft_wrap=True
+                )
                 bar.advance(task)
                 continue
             files = _write_scan(out, volume, result, path)
             job.add(path, result, files)  # submission.csv and detections.json now hold this scan
             for text in result.warnings:
                 bar.console.print(f"[yellow]warning:[/yellow] {escape(text)}", highlight=False, soft_wrap=True)
-            bar.console.print(f"{escape(result.series_uid[-24:])}: {len(result.findings)} finding(s) from {result.candidates} "
-                              f"candidate(s) in {result.seconds:.1f} s", highlight=False)
+            bar.console.print(
+                f"{escape(result.series_uid[-24:])}: {len(result.findings)} finding(s) from {result.candidates} "
+                f"candidate(s) in {result.seconds:.1f} s",
+                highlight=False,
+            )
             results.append(result)
             bar.advance(task)
     job.finish()
@@ -132,9 +165,12 @@ def detect(source: str | Path, run: str | Path, out: str | Path, *, progress: bo
     if failed:
         names = "; ".join(f"{p.name} ({reason})" for p, reason in list(failed.items())[:_LISTED_FAILURES])
         more = f"; and {len(failed) - _LISTED_FAILURES} more" if len(failed) > _LISTED_FAILURES else ""
-        raise ScanError(f"{len(failed)} of {len(paths)} scan(s) failed and have no results: {names}{more}", path=out,
-                        fix=f"The other scans' results are in {SUBMISSION_CSV} and {DETECTIONS_JSON}; fix or remove the failed "
-                            "scans and rerun the same command (finished scans are skipped).")
+        raise ScanError(
+            f"{len(failed)} of {len(paths)} scan(s) failed and have no results: {names}{more}",
+            path=out,
+            fix=f"The other scans' results are in {SUBMISSION_CSV} and {DETECTIONS_JSON}; fix or remove the failed "
+            "scans and rerun the same command (finished scans are skipped).",
+        )
     return DetectSummary(out, tuple(results), time.perf_counter() - start, reused=job.reused)
 
 
@@ -165,7 +201,9 @@ def _write_scan(out: Path, volume: CtVolume, result: ScanResult, source: Path) -
 def _settings(run: str | Path, predictor_kwargs: dict) -> dict:
     """What decides a scan's results: the run folder, its models (size and time of each best.pt), the predictor's settings."""
     run = Path(run).resolve()
-    models = {p.relative_to(run).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(run.glob("*/best.pt"))}
+    models = {
+        p.relative_to(run).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(run.glob("*/best.pt"))
+    }
     kwargs = {k: v for k, v in sorted(predictor_kwargs.items()) if k != "threads"}  # threads change speed, not results
     return json.loads(json.dumps({"run": str(run), "models": models, "predictor": kwargs}, default=str))
 
@@ -190,8 +228,11 @@ class DetectionsFile:
         order = [_key(p) for p in sources]
         wanted = set(order)
         same = not restart and previous.get("settings") == settings
-        kept = {e["source"]: e for e in previous.get("scans", []) if same and e["source"] in wanted
-                and all((out / f).is_file() for f in e["files"])}
+        kept = {
+            e["source"]: e
+            for e in previous.get("scans", [])
+            if same and e["source"] in wanted and all((out / f).is_file() for f in e["files"])
+        }
         keep_files = {(out / f).resolve() for e in kept.values() for f in e["files"]}
         stale = [out / f for e in previous.get("scans", []) for f in e["files"]]
         stale += [p for folder in PER_SCAN_DIRS if (out / folder).is_dir() for p in (out / folder).iterdir()]
@@ -224,9 +265,18 @@ class DetectionsFile:
         """submission.csv and detections.json of the scans finished so far, each replaced atomically."""
         entries = [self.entries[s] for s in self.order if s in self.entries]
         rows = [("seriesuid", "coordX", "coordY", "coordZ", "probability")]
-        rows += [(e["seriesuid"], *(f"{f[k]:.3f}" for k in ("coordX", "coordY", "coordZ")), f"{f['probability']:.6f}")
-                 for e in entries for f in e["findings"]]
-        doc = {"format": _FORMAT, "settings": self.settings, "complete": complete, "failed": self.failed, "scans": entries}
+        rows += [
+            (e["seriesuid"], *(f"{f[k]:.3f}" for k in ("coordX", "coordY", "coordZ")), f"{f['probability']:.6f}")
+            for e in entries
+            for f in e["findings"]
+        ]
+        doc = {
+            "format": _FORMAT,
+            "settings": self.settings,
+            "complete": complete,
+            "failed": self.failed,
+            "scans": entries,
+        }
         # detections.json last: a crash between the two leaves a json that does not yet claim the scan,
         # so a rerun redoes it and rewrites both
         _write_text(self.out / SUBMISSION_CSV, lambda fh: csv.writer(fh, lineterminator="\n").writerows(rows))
@@ -248,9 +298,15 @@ def _key(source: Path) -> str:
 
 def _entry(source: str, result: ScanResult, files: list[str]) -> dict:
     """One scan's detections.json entry: everything submission.csv and the summary are made of."""
-    return {"seriesuid": series_uid(result, Path(source)), "source": source, "files": files, "candidates": result.candidates,
-            "seconds": round(result.seconds, 3), "warnings": list(result.warnings),
-            "findings": [f.to_dict() for f in result.findings]}
+    return {
+        "seriesuid": series_uid(result, Path(source)),
+        "source": source,
+        "files": files,
+        "candidates": result.candidates,
+        "seconds": round(result.seconds, 3),
+        "warnings": list(result.warnings),
+        "findings": [f.to_dict() for f in result.findings],
+    }
 
 
 def _write_text(path: Path, write) -> None:
@@ -274,7 +330,11 @@ def _read_previous(path: Path) -> dict:
         if doc.get("format") != _FORMAT or not isinstance(doc.get("settings"), dict):
             raise ValueError("another format")
         for e in doc["scans"]:  # what `begin` and `write` rely on
-            if not (isinstance(e["seriesuid"], str) and isinstance(e["source"], str) and all(isinstance(f, str) for f in e["files"])):
+            if not (
+                isinstance(e["seriesuid"], str)
+                and isinstance(e["source"], str)
+                and all(isinstance(f, str) for f in e["files"])
+            ):
                 raise ValueError("a scan entry of the wrong type")
             for f in e["findings"]:
                 if not all(isinstance(f[k], (int, float)) for k in ("coordX", "coordY", "coordZ", "probability")):

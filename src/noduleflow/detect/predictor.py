@@ -61,8 +61,16 @@ class Finding:
     def to_dict(self) -> dict:
         """The finding as `detections.json` writes it (see `noduleflow.evaluate`)."""
         x, y, z = self.center_xyz
-        return {"coordX": x, "coordY": y, "coordZ": z, "probability": self.probability, "malignancy": self.malignancy,
-                "diameter_mm": self.diameter_mm, "classifier": self.classifier, "segmentation": self.segmentation}
+        return {
+            "coordX": x,
+            "coordY": y,
+            "coordZ": z,
+            "probability": self.probability,
+            "malignancy": self.malignancy,
+            "diameter_mm": self.diameter_mm,
+            "classifier": self.classifier,
+            "segmentation": self.segmentation,
+        }
 
 
 @dataclass
@@ -99,9 +107,21 @@ class Predictor:
     over the patch and its mirror image (module docstring); False: the patch alone.
     """
 
-    def __init__(self, models, *, threshold: float = 0.5, min_voxels: int = 2, max_candidates: int = 100,
-                 batch: int = 8, restrict_to_lung: bool = True, lung_margin: int = 3, window_margin: int = 4, threads: int = 0,
-                 runtime: str = "auto", mirror: bool = True):
+    def __init__(
+        self,
+        models,
+        *,
+        threshold: float = 0.5,
+        min_voxels: int = 2,
+        max_candidates: int = 100,
+        batch: int = 8,
+        restrict_to_lung: bool = True,
+        lung_margin: int = 3,
+        window_margin: int = 4,
+        threads: int = 0,
+        runtime: str = "auto",
+        mirror: bool = True,
+    ):
         self.threshold, self.min_voxels, self.mirror = float(threshold), int(min_voxels), bool(mirror)
         self.lung_margin, self.window_margin = int(lung_margin), int(window_margin)
         self.max_candidates, self.batch, self.restrict_to_lung = int(max_candidates), int(batch), restrict_to_lung
@@ -157,8 +177,14 @@ class Predictor:
     def segment(self, volume: CtVolume, lung: np.ndarray) -> np.ndarray:
         """(I, R, C) float32 nodule probabilities (0 outside the segmented windows)."""
         contract = self.contracts["segment"]
-        return segment_windows(self.nets.segment, volume.hu, self.windows(volume, lung), context=contract.context,
-                               batch=self.batch, to_unit=contract.to_unit)
+        return segment_windows(
+            self.nets.segment,
+            volume.hu,
+            self.windows(volume, lung),
+            context=contract.context,
+            batch=self.batch,
+            to_unit=contract.to_unit,
+        )
 
     def candidates(self, volume: CtVolume, lung: np.ndarray) -> Components:
         """Steps 2-3 (module docstring): the segmentation's components near lung, highest peak first, at most `max_candidates`."""
@@ -166,9 +192,16 @@ class Predictor:
         comps = find_components(probs, volume.spacing_xyz, threshold=self.threshold, min_voxels=self.min_voxels)
         rounded = np.clip(np.floor(comps.centers_irc + 0.5).astype(np.int64), 0, np.array(volume.shape) - 1)
         m = self.lung_margin
-        comps = comps.take(np.array([lung[max(i - m, 0):i + m + 1, max(r - m, 0):r + m + 1, max(c - m, 0):c + m + 1].any()
-                                     for i, r, c in rounded.tolist()], dtype=bool))
-        return comps.take(np.argsort(-comps.peak, kind="stable")[:self.max_candidates])
+        comps = comps.take(
+            np.array(
+                [
+                    lung[max(i - m, 0) : i + m + 1, max(r - m, 0) : r + m + 1, max(c - m, 0) : c + m + 1].any()
+                    for i, r, c in rounded.tolist()
+                ],
+                dtype=bool,
+            )
+        )
+        return comps.take(np.argsort(-comps.peak, kind="stable")[: self.max_candidates])
 
     def _detect(self, volume: CtVolume, lung: np.ndarray) -> tuple[list[Finding], int, np.ndarray]:
         comps = self.candidates(volume, lung)
@@ -177,10 +210,18 @@ class Predictor:
         nodule, malignant = self._classify(volume, comps.centers_irc)
         score = nodule * comps.peak
         xyz = volume.irc_to_xyz(comps.centers_irc).reshape(-1, 3)
-        findings = [Finding(tuple(map(float, xyz[i])), tuple(map(float, comps.centers_irc[i])), float(score[i]),
-                            None if malignant is None else float(malignant[i]), float(comps.diameter_mm[i]), float(comps.peak[i]),
-                            float(nodule[i]))
-                    for i in range(len(comps))]
+        findings = [
+            Finding(
+                tuple(map(float, xyz[i])),
+                tuple(map(float, comps.centers_irc[i])),
+                float(score[i]),
+                None if malignant is None else float(malignant[i]),
+                float(comps.diameter_mm[i]),
+                float(comps.peak[i]),
+                float(nodule[i]),
+            )
+            for i in range(len(comps))
+        ]
         return sorted(findings, key=lambda f: -f.probability), len(comps), comps.mask(volume.shape)
 
     def _classify(self, volume: CtVolume, centers_irc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -198,9 +239,15 @@ class Predictor:
         `patch_mm` when it was trained on patches sized in mm.
         """
         size, size_mm, spacing_irc = self.patch_size(part), self.contracts[part].patch_mm or None, volume.spacing_irc
-        out = [self.score_patches(part, np.stack([crop_patch(volume.hu, c, size, size_mm, spacing_irc)
-                                                   for c in centers_irc[b:b + 4 * self.batch]]))  # (B, D, H, W)
-               for b in range(0, len(centers_irc), 4 * self.batch)]
+        out = [
+            self.score_patches(
+                part,
+                np.stack(
+                    [crop_patch(volume.hu, c, size, size_mm, spacing_irc) for c in centers_irc[b : b + 4 * self.batch]]
+                ),
+            )  # (B, D, H, W)
+            for b in range(0, len(centers_irc), 4 * self.batch)
+        ]
         return np.concatenate(out)
 
     def patch_size(self, part: str = "classify") -> tuple[int, ...]:
@@ -217,10 +264,10 @@ class Predictor:
         net = self.nets.net(part)
         if net is None:
             raise ValueError(f"this Predictor has no {part} model")
-        x = self.contracts[part].to_unit(np.asarray(patches_hu))[:, None]           # (B, 1, D, H, W)
+        x = self.contracts[part].to_unit(np.asarray(patches_hu))[:, None]  # (B, 1, D, H, W)
         mirror = self.mirror and part == "classify"
         if mirror:
-            x = np.concatenate([x, x[:, :, ::-1, ::-1, ::-1]])                     # (2B, 1, D, H, W)
+            x = np.concatenate([x, x[:, :, ::-1, ::-1, ::-1]])  # (2B, 1, D, H, W)
         p = softmax1(net(np.ascontiguousarray(x)))
         return p.reshape(2, -1).mean(0) if mirror else p
 
@@ -249,6 +296,8 @@ def _nets_of(models, runtime: str, threads: int) -> Nets:
 
         return torch_nets(models, threads=threads)
     if models.run_dir is None:
-        raise ValueError(f"runtime {runtime!r} runs a run folder's exports, and these models have none; use runtime 'torch'")
+        raise ValueError(
+            f"runtime {runtime!r} runs a run folder's exports, and these models have none; use runtime 'torch'"
+        )
     parts = tuple(part for part in ("segment", "classify", "malignancy") if getattr(models, part) is not None)
     return load_exported(models.run_dir, runtime, parts=parts, threads=threads)

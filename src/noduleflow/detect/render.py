@@ -36,12 +36,25 @@ def write_scan_png(volume: CtVolume, result: ScanResult, path: str | Path, *, to
             f = shown[k]
             i, r, c = (float(v) for v in f.center_irc)
             i = int(np.clip(round(i), 0, volume.shape[0] - 1))
-            ax.add_patch(Ellipse((c, r), f.diameter_mm / col_mm + 4, f.diameter_mm / row_mm + 4, fill=False, color="red", linewidth=1.2))
+            ax.add_patch(
+                Ellipse(
+                    (c, r),
+                    f.diameter_mm / col_mm + 4,
+                    f.diameter_mm / row_mm + 4,
+                    fill=False,
+                    color="red",
+                    linewidth=1.2,
+                )
+            )
             mal = "" if f.malignancy is None else f", malignant {f.malignancy:.2f}"
-            ax.set_title(f"#{k + 1} slice {i}: p {f.probability:.2f}, {f.diameter_mm:.1f} mm{mal}", color="white", fontsize=8)
+            ax.set_title(
+                f"#{k + 1} slice {i}: p {f.probability:.2f}, {f.diameter_mm:.1f} mm{mal}", color="white", fontsize=8
+            )
         if volume.hu.size:
             ax.imshow(volume.hu[i], cmap="gray", vmin=_WINDOW[0], vmax=_WINDOW[1], interpolation="nearest")
-    title = "".join(c if " " <= c <= "~" else "?" for c in result.series_uid[-24:])  # a header's uid may hold any character
+    title = "".join(
+        c if " " <= c <= "~" else "?" for c in result.series_uid[-24:]
+    )  # a header's uid may hold any character
     fig.suptitle(title or "scan", color="white", fontsize=9)
     fig.tight_layout()
     return save_png(fig, path, facecolor="black")

@@ -42,8 +42,11 @@ class OrtNet:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own Fail / InvalidProtobuf / RuntimeException types
-            raise CheckpointError(f"cannot be loaded by ONNX Runtime ({type(err).__name__})", path=path,
-                                  fix="Re-export with `noduleflow export RUN`, or detect with `--runtime torch`.") from None
+            raise CheckpointError(
+                f"cannot be loaded by ONNX Runtime ({type(err).__name__})",
+                path=path,
+                fix="Re-export with `noduleflow export RUN`, or detect with `--runtime torch`.",
+            ) from None
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -69,8 +72,11 @@ def load_exported(run_dir: str | Path, runtime: str, *, parts: tuple[str, ...] =
     run_dir = Path(run_dir)
     doc = read_manifest(run_dir)
     if doc is None:
-        raise CheckpointError(f"has no exported models ({EXPORT_DIR}/{MANIFEST_NAME})", path=run_dir,
-                              fix=f"Run `noduleflow export {run_dir}` first, or detect with `--runtime torch`.")
+        raise CheckpointError(
+            f"has no exported models ({EXPORT_DIR}/{MANIFEST_NAME})",
+            path=run_dir,
+            fix=f"Run `noduleflow export {run_dir}` first, or detect with `--runtime torch`.",
+        )
     nets: dict[str, OrtNet | None] = dict.fromkeys(PARTS)
     contracts: dict[str, InputContract] = {}
     files: dict[str, str] = {}
@@ -79,9 +85,16 @@ def load_exported(run_dir: str | Path, runtime: str, *, parts: tuple[str, ...] =
         entry = next((e for fmt in order if (e := find_entry(doc, part, fmt)) is not None), None)
         if entry is None:
             if part in ("segment", "classify"):
-                raise CheckpointError(f"has no {runtime} export of its {part} model", path=run_dir / EXPORT_DIR / MANIFEST_NAME,
-                                      fix=f"Run `noduleflow export {run_dir} --format {runtime}`, or detect with `--runtime torch`.")
+                raise CheckpointError(
+                    f"has no {runtime} export of its {part} model",
+                    path=run_dir / EXPORT_DIR / MANIFEST_NAME,
+                    fix=f"Run `noduleflow export {run_dir} --format {runtime}`, or detect with `--runtime torch`.",
+                )
             continue  # a detector without malignancy (or its export) reports none, as with --runtime torch
         path = verified_file(run_dir, entry)
-        nets[part], contracts[part], files[part] = OrtNet(path, threads=threads), InputContract.from_dict(entry["input"]), str(path)
+        nets[part], contracts[part], files[part] = (
+            OrtNet(path, threads=threads),
+            InputContract.from_dict(entry["input"]),
+            str(path),
+        )
     return Nets(nets["segment"], nets["classify"], nets["malignancy"], contracts, runtime, files)

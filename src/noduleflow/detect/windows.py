@@ -33,8 +33,11 @@ class Window:
 
     def target(self, shape) -> tuple[slice, slice, slice]:
         """The part of an (I, R, C) array of `shape` this window predicts."""
-        return (slice(self.i0, self.i1), slice(max(self.r0, 0), min(self.r0 + self.h, shape[1])),
-                slice(max(self.c0, 0), min(self.c0 + self.w, shape[2])))
+        return (
+            slice(self.i0, self.i1),
+            slice(max(self.r0, 0), min(self.r0 + self.h, shape[1])),
+            slice(max(self.c0, 0), min(self.c0 + self.w, shape[2])),
+        )
 
 
 def lung_windows(lung: np.ndarray, *, chunk: int = 8, margin: int = 8, multiple: int = 4) -> list[Window]:
@@ -46,13 +49,17 @@ def lung_windows(lung: np.ndarray, *, chunk: int = 8, margin: int = 8, multiple:
     slices = np.flatnonzero(lung.any(axis=(1, 2)))
     runs = np.split(slices, np.flatnonzero(np.diff(slices) > 1) + 1) if len(slices) else []  # consecutive lung slices
     windows = []
-    for i0, i1 in ((int(run[s]), int(run[min(s + chunk, len(run)) - 1]) + 1) for run in runs for s in range(0, len(run), chunk)):
-        block = lung[i0:i1]                                                   # (n, R, C)
+    for i0, i1 in (
+        (int(run[s]), int(run[min(s + chunk, len(run)) - 1]) + 1) for run in runs for s in range(0, len(run), chunk)
+    ):
+        block = lung[i0:i1]  # (n, R, C)
         cols = np.flatnonzero(block.any(axis=(0, 1)))
         for group in np.split(cols, np.flatnonzero(np.diff(cols) > 2 * (margin + multiple)) + 1):
-            rows = np.flatnonzero(block[:, :, group[0]:group[-1] + 1].any(axis=(0, 2)))
-            (r0, h), (c0, w) = (_span(max(a[0] - margin, 0), min(a[-1] + 1 + margin, n), multiple)
-                                for a, n in ((rows, lung.shape[1]), (group, lung.shape[2])))
+            rows = np.flatnonzero(block[:, :, group[0] : group[-1] + 1].any(axis=(0, 2)))
+            (r0, h), (c0, w) = (
+                _span(max(a[0] - margin, 0), min(a[-1] + 1 + margin, n), multiple)
+                for a, n in ((rows, lung.shape[1]), (group, lung.shape[2]))
+            )
             windows.append(Window(i0, i1, r0, c0, h, w))
     return windows
 
@@ -63,8 +70,15 @@ def full_windows(shape, *, chunk: int = 16, multiple: int = 4) -> list[Window]:
     return [Window(i, min(i + chunk, shape[0]), r0, c0, h, w) for i in range(0, shape[0], chunk)]
 
 
-def segment_windows(net: Callable[[np.ndarray], np.ndarray], hu: np.ndarray, windows: list[Window], *, context: int,
-                    batch: int = 16, to_unit: Callable[[np.ndarray], np.ndarray] = hu_to_unit) -> np.ndarray:
+def segment_windows(
+    net: Callable[[np.ndarray], np.ndarray],
+    hu: np.ndarray,
+    windows: list[Window],
+    *,
+    context: int,
+    batch: int = 16,
+    to_unit: Callable[[np.ndarray], np.ndarray] = hu_to_unit,
+) -> np.ndarray:
     """(I, R, C) float32 nodule probabilities of the (I, R, C) int16 `hu` scan: sigmoid of `net` in each window.
 
     net: (B, 2 * context + 1, h, w) float32 -> (B, 1, h, w) logits, numpy in and out (`detect.contract.Net`).
@@ -78,23 +92,29 @@ def segment_windows(net: Callable[[np.ndarray], np.ndarray], hu: np.ndarray, win
         n = win.i1 - win.i0
         out = np.empty((n, win.h, win.w), dtype=np.float32)
         for b, x in window_inputs(hu, win, context=context, batch=batch, to_unit=to_unit):
-            out[b:b + len(x)] = sigmoid(net(x)[:, 0])                              # (m, h, w)
+            out[b : b + len(x)] = sigmoid(net(x)[:, 0])  # (m, h, w)
         target = win.target(hu.shape)
         rows, cols = target[1], target[2]
-        probs[target] = out[:, rows.start - win.r0:rows.stop - win.r0, cols.start - win.c0:cols.stop - win.c0]
+        probs[target] = out[:, rows.start - win.r0 : rows.stop - win.r0, cols.start - win.c0 : cols.stop - win.c0]
     return probs
 
 
-def window_inputs(hu: np.ndarray, win: Window, *, context: int, batch: int = 16,
-                  to_unit: Callable[[np.ndarray], np.ndarray] = hu_to_unit):
+def window_inputs(
+    hu: np.ndarray,
+    win: Window,
+    *,
+    context: int,
+    batch: int = 16,
+    to_unit: Callable[[np.ndarray], np.ndarray] = hu_to_unit,
+):
     """Yield (first slice offset b, (m, 2 * context + 1, h, w) contiguous float32 array): the U-Net's input for
     `win`'s slices, `batch` at a time."""
     n, depth = win.i1 - win.i0, 2 * context + 1
     block = crop_box(hu, (win.i0 - context, win.r0, win.c0), (n + 2 * context, win.h, win.w))
-    stack = to_unit(block)                                                          # (n + 2k, h, w)
-    views = np.lib.stride_tricks.sliding_window_view(stack, depth, axis=0)          # (n, h, w, 2k + 1), no copy
+    stack = to_unit(block)  # (n + 2k, h, w)
+    views = np.lib.stride_tricks.sliding_window_view(stack, depth, axis=0)  # (n, h, w, 2k + 1), no copy
     for b in range(0, n, batch):
-        yield b, np.ascontiguousarray(views[b:b + batch].transpose(0, 3, 1, 2))     # (m, 2k + 1, h, w)
+        yield b, np.ascontiguousarray(views[b : b + batch].transpose(0, 3, 1, 2))  # (m, 2k + 1, h, w)
 
 
 def _span(lo: int, hi: int, multiple: int) -> tuple[int, int]:

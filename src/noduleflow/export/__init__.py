@@ -8,8 +8,14 @@ Names load on first use (PEP 562): the ONNX runtime reads `export.manifest` with
 
 from importlib import import_module
 
-_EXPORTS = {"export_run": "run", "ExportSummary": "run", "ExportError": "parity", "TOLERANCES": "parity",
-            "read_manifest": "manifest", "write_manifest": "manifest"}
+_EXPORTS = {
+    "export_run": "run",
+    "ExportSummary": "run",
+    "ExportError": "parity",
+    "TOLERANCES": "parity",
+    "read_manifest": "manifest",
+    "write_manifest": "manifest",
+}
 __all__ = ["TOLERANCES", "ExportError", "ExportSummary", "export_run", "read_manifest", "write_manifest"]
 
 

@@ -49,11 +49,19 @@ def _quiet(*loggers: str):
             logger.setLevel(level)
 
 
-def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str | Path, *, multiple: int | None = None) -> Path:
+def export_onnx(
+    model: torch.nn.Module, example: torch.Tensor, path: str | Path, *, multiple: int | None = None
+) -> Path:
     """Write eval-mode `model` as ONNX (torch.onnx dynamo exporter, one file, weights inside) to `path`, atomically."""
     with torch.inference_mode(False), _quiet("torch.onnx", "torch.export", "onnxscript"):
-        program = torch.onnx.export(model.eval(), (example,), dynamo=True, external_data=False, verbose=False,
-                                    dynamic_shapes=dynamic_shapes(model, example, multiple))
+        program = torch.onnx.export(
+            model.eval(),
+            (example,),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+            dynamic_shapes=dynamic_shapes(model, example, multiple),
+        )
     with atomic_path(path) as tmp:
         program.save(str(tmp))
     return Path(path)
@@ -100,10 +108,19 @@ def quantize_onnx(source: str | Path, target: str | Path, inputs: Iterable[np.nd
         root.setLevel(logging.ERROR)
         try:
             with _quiet("onnxruntime"), atomic_path(target) as tmp:
-                quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # dynamic sizes: ONNX's own inference
-                quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                calibrate_method=CalibrationMethod.MinMax)
+                quant_pre_process(
+                    str(source), str(prepared), skip_symbolic_shape=True
+                )  # dynamic sizes: ONNX's own inference
+                quantize_static(
+                    str(prepared),
+                    str(tmp),
+                    Reader(),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                )
             return target
         finally:
             root.setLevel(level)

@@ -76,10 +76,14 @@ def verified_file(run_dir: str | Path, entry: dict) -> Path:
     if not path.is_file():
         raise CheckpointError(f"is missing (listed in {MANIFEST_NAME})", path=path, fix=export_fix(run_dir))
     if path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
-        raise CheckpointError(f"is damaged or truncated (its checksum differs from {MANIFEST_NAME}'s)", path=path,
-                              fix=export_fix(run_dir))
+        raise CheckpointError(
+            f"is damaged or truncated (its checksum differs from {MANIFEST_NAME}'s)", path=path, fix=export_fix(run_dir)
+        )
     source = run_dir / entry["source"]["file"]
     if source.is_file() and sha256_file(source) != entry["source"]["sha256"]:
-        raise CheckpointError(f"was exported from an older {entry['source']['file']} (retrained since)", path=path,
-                              fix=export_fix(run_dir))
+        raise CheckpointError(
+            f"was exported from an older {entry['source']['file']} (retrained since)",
+            path=path,
+            fix=export_fix(run_dir),
+        )
     return path

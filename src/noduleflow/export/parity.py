@@ -40,8 +40,10 @@ class Tolerance:
     mean_abs: float | None
 
     def describe(self) -> str:
-        bounds = [f"max abs <= {self.max_abs:g}" if self.max_abs is not None else "",
-                  f"mean abs <= {self.mean_abs:g}" if self.mean_abs is not None else ""]
+        bounds = [
+            f"max abs <= {self.max_abs:g}" if self.max_abs is not None else "",
+            f"mean abs <= {self.mean_abs:g}" if self.mean_abs is not None else "",
+        ]
         return f"{' and '.join(filter(None, bounds))} on {self.compared}"
 
 
@@ -53,8 +55,14 @@ TOLERANCES = {
 """Per format, what an export must match (module docstring says why)."""
 
 
-def parity(eager: Callable[[np.ndarray], np.ndarray], exported: Callable[[np.ndarray], np.ndarray],
-           inputs: Iterable[np.ndarray], fmt: str, *, dense: bool) -> dict:
+def parity(
+    eager: Callable[[np.ndarray], np.ndarray],
+    exported: Callable[[np.ndarray], np.ndarray],
+    inputs: Iterable[np.ndarray],
+    fmt: str,
+    *,
+    dense: bool,
+) -> dict:
     """{"compared", "max_abs", "mean_abs", "tolerance", "ok"} of `exported` against `eager` (both numpy Nets) on
     `inputs`. dense: per-voxel logits (the U-Net, sigmoid) rather than per-sample two-class logits (softmax)."""
     tol = TOLERANCES[fmt]
@@ -62,8 +70,10 @@ def parity(eager: Callable[[np.ndarray], np.ndarray], exported: Callable[[np.nda
     for x in inputs:
         a, b = eager(x), exported(x)
         if a.shape != b.shape:
-            raise ExportError(f"{fmt} export gives outputs of shape {b.shape}, the eager model {a.shape}",
-                              fix="Report this as a bug of the export; detect with `--runtime torch` meanwhile.")
+            raise ExportError(
+                f"{fmt} export gives outputs of shape {b.shape}, the eager model {a.shape}",
+                fix="Report this as a bug of the export; detect with `--runtime torch` meanwhile.",
+            )
         if tol.compared == "probabilities":
             a, b = (sigmoid(a), sigmoid(b)) if dense else (softmax1(a), softmax1(b))
         diff = np.abs(a.astype(np.float64) - b.astype(np.float64))

@@ -25,7 +25,15 @@ from noduleflow.detect.contract import OUTPUTS, PARTS
 from noduleflow.detect.models import DetectorModels, fuse_batchnorm, load_detector, load_segmentation
 from noduleflow.errors import ConfigError
 from noduleflow.export.formats import export_onnx, export_pt2, quantize_onnx
-from noduleflow.export.manifest import EXPORT_DIR, FORMATS, find_entry, read_manifest, sha256_file, verified_file, write_manifest
+from noduleflow.export.manifest import (
+    EXPORT_DIR,
+    FORMATS,
+    find_entry,
+    read_manifest,
+    sha256_file,
+    verified_file,
+    write_manifest,
+)
 from noduleflow.export.parity import ExportError, parity
 
 log = logging.getLogger("noduleflow")
@@ -41,13 +49,23 @@ class ExportSummary:
     entries: tuple[dict, ...]
 
     def describe(self) -> str:
-        lines = [f"{e['file']:<24} {e['format']:<5} {e['parity']['compared']:<13} max abs diff {e['parity']['max_abs']:.2e}, "
-                 f"mean {e['parity']['mean_abs']:.2e} ({e['parity']['tolerance']})" for e in self.entries]
+        lines = [
+            f"{e['file']:<24} {e['format']:<5} {e['parity']['compared']:<13} max abs diff {e['parity']['max_abs']:.2e}, "
+            f"mean {e['parity']['mean_abs']:.2e} ({e['parity']['tolerance']})"
+            for e in self.entries
+        ]
         return "\n".join(lines + [f"{len(self.entries)} export(s) checked and listed in {self.folder}/manifest.json"])
 
 
-def export_run(run_dir: str | Path, *, formats: tuple[str, ...] = FORMATS, data: str | Path | None = None,
-               parts: tuple[str, ...] | None = None, scans: int = CALIBRATION_SCANS, force: bool = False) -> ExportSummary:
+def export_run(
+    run_dir: str | Path,
+    *,
+    formats: tuple[str, ...] = FORMATS,
+    data: str | Path | None = None,
+    parts: tuple[str, ...] | None = None,
+    scans: int = CALIBRATION_SCANS,
+    force: bool = False,
+) -> ExportSummary:
     """Export the models of the detector run `run_dir` (module docstring) in `formats` and update its manifest.
 
     parts: which models (default: every part the run has; ("segment",) needs only segment/, as `train detector`
@@ -57,7 +75,9 @@ def export_run(run_dir: str | Path, *, formats: tuple[str, ...] = FORMATS, data:
     run_dir = Path(run_dir)
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise ConfigError(f"unknown export format {', '.join(bad) or '(none)'}", fix=f"Use one of: {', '.join(FORMATS)}, or all.")
+        raise ConfigError(
+            f"unknown export format {', '.join(bad) or '(none)'}", fix=f"Use one of: {', '.join(FORMATS)}, or all."
+        )
     models = load_segmentation(run_dir / "segment") if parts == ("segment",) else load_detector(run_dir)
     contracts = models.contracts()
     parts = tuple(p for p in (parts or PARTS) if p in contracts)
@@ -69,15 +89,18 @@ def export_run(run_dir: str | Path, *, formats: tuple[str, ...] = FORMATS, data:
     done = []
     for part in parts:
         model = getattr(models, part)
-        folded = fuse_batchnorm(_copy(model))               # exported: batch norm folded (one pass less per activation map)
-        eager = _eager(model)                               # reference: the model as trained, eval mode, unfolded
+        folded = fuse_batchnorm(_copy(model))  # exported: batch norm folded (one pass less per activation map)
+        eager = _eager(model)  # reference: the model as trained, eval mode, unfolded
         checkpoint = run_dir / part / "best.pt"
         src = {"file": f"{part}/best.pt", "sha256": sha256_file(checkpoint)}
         multiple = contracts[part].multiple if part == "segment" else None
         # a traced example of batch 2 and sizes of several multiples: a dimension of 1 would be specialised, not dynamic
         c = contracts[part]
-        example = torch.zeros(2, c.in_channels, 8 * c.multiple, 8 * c.multiple) if part == "segment" else \
-            torch.zeros(2, 1, *c.patch_size)
+        example = (
+            torch.zeros(2, c.in_channels, 8 * c.multiple, 8 * c.multiple)
+            if part == "segment"
+            else torch.zeros(2, 1, *c.patch_size)
+        )
         for fmt in formats:
             if fmt == "int8" and part != "segment":
                 continue
@@ -100,17 +123,38 @@ def export_run(run_dir: str | Path, *, formats: tuple[str, ...] = FORMATS, data:
                 export_pt2(folded, example, path, multiple=multiple)
                 exported = _pt2(path)
             check = parity(eager, exported, inputs[part], fmt, dense=part == "segment")
-            check["on"] = f"{sum(len(x) for x in inputs[part])} {'lung-window slices' if part == 'segment' else 'candidate patches'}" \
-                          f" of {source}"
-            log.info("export %s: max abs diff %.3g, mean %.3g (%s)", name, check["max_abs"], check["mean_abs"], check["tolerance"])
+            check["on"] = (
+                f"{sum(len(x) for x in inputs[part])} {'lung-window slices' if part == 'segment' else 'candidate patches'}"
+                f" of {source}"
+            )
+            log.info(
+                "export %s: max abs diff %.3g, mean %.3g (%s)",
+                name,
+                check["max_abs"],
+                check["mean_abs"],
+                check["tolerance"],
+            )
             if not check.pop("ok"):
                 path.unlink(missing_ok=True)
-                raise ExportError(f"differs from the eager model by {check['max_abs']:.3g} at most, {check['mean_abs']:.3g} on "
-                                  f"average, over the allowed {check['tolerance']}", path=path,
-                                  fix="Detect with `--runtime torch`; report the export bug with this run's models.")
-            done.append({"part": part, "format": fmt, "file": name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
-                         "input": contracts[part].to_dict(), "output": OUTPUTS[part] if fmt != "pt2" else
-                         OUTPUTS[part] + " (torch.export.load(file).module())", "source": src, "parity": check})
+                raise ExportError(
+                    f"differs from the eager model by {check['max_abs']:.3g} at most, {check['mean_abs']:.3g} on "
+                    f"average, over the allowed {check['tolerance']}",
+                    path=path,
+                    fix="Detect with `--runtime torch`; report the export bug with this run's models.",
+                )
+            done.append(
+                {
+                    "part": part,
+                    "format": fmt,
+                    "file": name,
+                    "sha256": sha256_file(path),
+                    "bytes": path.stat().st_size,
+                    "input": contracts[part].to_dict(),
+                    "output": OUTPUTS[part] if fmt != "pt2" else OUTPUTS[part] + " (torch.export.load(file).module())",
+                    "source": src,
+                    "parity": check,
+                }
+            )
     keys = {(e["part"], e["format"]) for e in done}
     write_manifest(run_dir, done + [e for e in kept if (e["part"], e["format"]) not in keys])
     return ExportSummary(run_dir / EXPORT_DIR, tuple(done))
@@ -165,8 +209,10 @@ def _data_root(run_dir: Path) -> Path:
 
     root = Path(load_config(run_dir / "segment" / "config.yaml").data.root)
     if not root.is_dir():
-        raise ConfigError(f"the run's training data {root} (segment/config.yaml's data.root) is not there",
-                          fix="Pass a folder of scans like the training ones with --data; its lung windows check the exports.")
+        raise ConfigError(
+            f"the run's training data {root} (segment/config.yaml's data.root) is not there",
+            fix="Pass a folder of scans like the training ones with --data; its lung windows check the exports.",
+        )
     return root
 
 
@@ -185,7 +231,9 @@ def _real_inputs(models: DetectorModels, data: Path, scans: int, parts: tuple[st
     for volume in volumes:
         windows = lung_windows(lung_mask(volume, step=2), chunk=8, margin=4, multiple=seg.multiple)
         for window in windows[::3]:
-            inputs["segment"].append(next(window_inputs(volume.hu, window, context=seg.context, batch=4, to_unit=seg.to_unit))[1])
+            inputs["segment"].append(
+                next(window_inputs(volume.hu, window, context=seg.context, batch=4, to_unit=seg.to_unit))[1]
+            )
     classifiers = [p for p in parts if p != "segment"]
     if classifiers:
         index = load_index(data) if (data / "candidates.csv").is_file() else None
@@ -193,15 +241,20 @@ def _real_inputs(models: DetectorModels, data: Path, scans: int, parts: tuple[st
             c, patches = contracts[part], []
             for volume in volumes:
                 found = index.candidates_of([volume.series_uid]) if index else ()
-                for cand in found[:max(MAX_PATCHES // len(volumes), 2)]:
+                for cand in found[: max(MAX_PATCHES // len(volumes), 2)]:
                     center = np.asarray(volume.xyz_to_irc(cand.center_xyz, rounded=False), np.float64).reshape(3)
                     patches.append(crop_patch(volume.hu, center, c.patch_size, c.patch_mm or None, volume.spacing_irc))
             if len(patches) < 2:
-                raise ConfigError(f"{data} has too few candidates.csv rows on its first {len(volumes)} scans to check the "
-                                  f"{part} export", fix="Pass --data with a LUNA16-layout folder of training scans.")
-            batch = c.to_unit(np.stack(patches))[:, None]                             # (N, 1, D, H, W)
-            inputs[part] = [np.ascontiguousarray(batch[b:b + 16]) for b in range(0, len(batch), 16)]
+                raise ConfigError(
+                    f"{data} has too few candidates.csv rows on its first {len(volumes)} scans to check the "
+                    f"{part} export",
+                    fix="Pass --data with a LUNA16-layout folder of training scans.",
+                )
+            batch = c.to_unit(np.stack(patches))[:, None]  # (N, 1, D, H, W)
+            inputs[part] = [np.ascontiguousarray(batch[b : b + 16]) for b in range(0, len(batch), 16)]
     if not inputs["segment"]:
-        raise ConfigError(f"no lung found in the first {len(volumes)} scans of {data}",
-                          fix="Pass --data with chest CT scans like the training ones.")
+        raise ConfigError(
+            f"no lung found in the first {len(volumes)} scans of {data}",
+            fix="Pass --data with chest CT scans like the training ones.",
+        )
     return inputs

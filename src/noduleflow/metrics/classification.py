@@ -42,7 +42,9 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, *, threshold: float | None = None) -> dict[str, float]:
+def classification_metrics(
+    logits: torch.Tensor, labels: torch.Tensor, *, threshold: float | None = None
+) -> dict[str, float]:
     """(N, C) logits and (N,) int labels -> {accuracy, precision, recall, f1, auc} as floats in [0, 1].
 
     Two classes add {ap, f1_best, threshold} (see `threshold_metrics`); with `threshold` (e.g. the one
@@ -77,8 +79,13 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, *, thresh
             called, positive = probs[:, 1] >= threshold, target == 1
             tp = int((called & positive).sum())
             p, r = tp / max(int(called.sum()), 1), tp / max(int(positive.sum()), 1)
-            metrics.update({"precision_at_val_threshold": p, "recall_at_val_threshold": r,
-                            "f1_at_val_threshold": 2 * p * r / (p + r) if p + r > 0 else 0.0})
+            metrics.update(
+                {
+                    "precision_at_val_threshold": p,
+                    "recall_at_val_threshold": r,
+                    "f1_at_val_threshold": 2 * p * r / (p + r) if p + r > 0 else 0.0,
+                }
+            )
     return metrics
 
 
@@ -94,11 +101,11 @@ def threshold_metrics(scores: np.ndarray, positive: np.ndarray) -> dict[str, flo
         return {"ap": math.nan, "f1_best": math.nan, "threshold": math.nan}
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     s, hit = np.asarray(scores, dtype=np.float64)[order], positive[order]
-    ends = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]       # last index of each run of tied scores
+    ends = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each run of tied scores
     tp = np.cumsum(hit)[ends]
     called = ends + 1
     precision, recall = tp / called, tp / n_pos
     ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-    f1 = np.where(tp > 0, 2 * tp / (called + n_pos), 0.0)      # = 2PR / (P + R)
+    f1 = np.where(tp > 0, 2 * tp / (called + n_pos), 0.0)  # = 2PR / (P + R)
     best = int(np.argmax(f1))
     return {"ap": ap, "f1_best": float(f1[best]), "threshold": float(s[ends[best]])}

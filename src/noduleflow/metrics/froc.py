@@ -32,8 +32,9 @@ which scores a system with no false positives 0; the interpolation is the script
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -124,19 +125,39 @@ class FrocResult:
         """JSON-ready: scores, counts, and the curve and band sampled on `BAND_FPS`."""
         m = self.matching
         return {
-            "cpm": self.cpm, "cpm_ci": list(self.cpm_ci), "confidence": self.confidence, "bootstrap": self.bootstrap,
-            "fp_rates": list(FP_RATES), "sensitivities": list(self.sensitivities),
+            "cpm": self.cpm,
+            "cpm_ci": list(self.cpm_ci),
+            "confidence": self.confidence,
+            "bootstrap": self.bootstrap,
+            "fp_rates": list(FP_RATES),
+            "sensitivities": list(self.sensitivities),
             "sensitivity_ci": [list(ci) for ci in self.sensitivity_ci],
-            "scans": self.n_scans, "nodules": self.n_nodules, "hits": m.n_hits, "false_positives": m.n_false_positives,
-            "marks": m.n_marks, "ignored_on_excluded": m.n_ignored, "double_hits": m.n_double,
-            "dropped_over_limit": m.n_dropped, "unlisted_marks": m.n_unlisted,
-            "curve": {"fps": BAND_FPS.tolist(), "sensitivity": np.interp(BAND_FPS, self.fps, self.sensitivity).tolist(),
-                      "lower": self.band_lower.tolist(), "upper": self.band_upper.tolist()},
+            "scans": self.n_scans,
+            "nodules": self.n_nodules,
+            "hits": m.n_hits,
+            "false_positives": m.n_false_positives,
+            "marks": m.n_marks,
+            "ignored_on_excluded": m.n_ignored,
+            "double_hits": m.n_double,
+            "dropped_over_limit": m.n_dropped,
+            "unlisted_marks": m.n_unlisted,
+            "curve": {
+                "fps": BAND_FPS.tolist(),
+                "sensitivity": np.interp(BAND_FPS, self.fps, self.sensitivity).tolist(),
+                "lower": self.band_lower.tolist(),
+                "upper": self.band_upper.tolist(),
+            },
         }
 
 
-def match_marks(marks: Sequence[Mark], nodules: Sequence[Nodule], series_uids: Sequence[str], *,
-                excluded: Sequence[Nodule] = (), max_marks: int = MAX_MARKS) -> Matching:
+def match_marks(
+    marks: Sequence[Mark],
+    nodules: Sequence[Nodule],
+    series_uids: Sequence[str],
+    *,
+    excluded: Sequence[Nodule] = (),
+    max_marks: int = MAX_MARKS,
+) -> Matching:
     """Match the marks of each listed scan to its nodules and excluded findings (rules above).
 
     Nodules, findings and marks of series not in `series_uids` are left out (marks are counted in
@@ -168,7 +189,11 @@ def match_marks(marks: Sequence[Mark], nodules: Sequence[Nodule], series_uids: S
         on_excluded = (_sq_dist(x_xyz[x_groups[s]], m_xyz[mine]) < x_r2[x_groups[s], None]).any(axis=0)
         used = hit.any(axis=0)
         found = hit.any(axis=1)
-        top = np.where(hit, prob[mine][None, :], -np.inf).argmax(axis=1) if mine.size else np.zeros(hit.shape[0], np.int64)
+        top = (
+            np.where(hit, prob[mine][None, :], -np.inf).argmax(axis=1)
+            if mine.size
+            else np.zeros(hit.shape[0], np.int64)
+        )
         best[n_groups[s][found]] = mine[top[found]]
         n_double += int(np.clip(hit.sum(axis=1) - 1, 0, None).sum())
         n_ignored += int((on_excluded & ~used).sum())
@@ -177,18 +202,33 @@ def match_marks(marks: Sequence[Mark], nodules: Sequence[Nodule], series_uids: S
 
     hits, fps = np.concatenate([np.zeros(0, np.int64), *hit_rows]), np.concatenate([np.zeros(0, np.int64), *fp_rows])
     return Matching(
-        series_uids=series, nodules=nodules, best_mark=best,
+        series_uids=series,
+        nodules=nodules,
+        best_mark=best,
         probability=np.concatenate([prob[hits], prob[fps]]),
         is_hit=np.r_[np.ones(hits.size, bool), np.zeros(fps.size, bool)],
         scan=np.concatenate([m_scan[hits], m_scan[fps]]),
         nodules_per_scan=np.bincount(n_scan, minlength=len(series)).astype(np.int64),
-        n_marks=n_marks, n_ignored=n_ignored, n_double=n_double, n_dropped=n_dropped,
-        n_unlisted=int((m_scan < 0).sum()), max_marks=max_marks,
+        n_marks=n_marks,
+        n_ignored=n_ignored,
+        n_double=n_double,
+        n_dropped=n_dropped,
+        n_unlisted=int((m_scan < 0).sum()),
+        max_marks=max_marks,
     )
 
 
-def froc(marks: Sequence[Mark], nodules: Sequence[Nodule], series_uids: Sequence[str], *, excluded: Sequence[Nodule] = (),
-         max_marks: int = MAX_MARKS, bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> FrocResult:
+def froc(
+    marks: Sequence[Mark],
+    nodules: Sequence[Nodule],
+    series_uids: Sequence[str],
+    *,
+    excluded: Sequence[Nodule] = (),
+    max_marks: int = MAX_MARKS,
+    bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> FrocResult:
     """Score `marks` on the listed scans: CPM, sensitivities at `FP_RATES`, curve and bootstrap.
 
     `bootstrap` resamplings of the scans (0 skips them) give the `confidence` intervals; they are
@@ -210,16 +250,25 @@ def froc(marks: Sequence[Mark], nodules: Sequence[Nodule], series_uids: Sequence
         weights = np.stack([np.bincount(row, minlength=n_scans) for row in draws]).astype(np.float64)  # (B, S)
         samples = _resampled(m_sorted, m.nodules_per_scan, weights, np.r_[FP_RATES, BAND_FPS])  # (B, 7 + 97)
         samples = samples[np.isfinite(samples).all(axis=1)]  # resamplings without any nodule say nothing
-        cpms = samples[:, :len(FP_RATES)].mean(axis=1)
+        cpms = samples[:, : len(FP_RATES)].mean(axis=1)
         lo, hi = _percentiles(np.column_stack([cpms, samples]), confidence)
         cpm_ci, ci, band = (lo[0], hi[0]), list(zip(lo[1:8], hi[1:8])), (lo[8:], hi[8:])
     else:
         curve = np.interp(BAND_FPS, fps[0], sens[0])
         cpm_ci, ci, band = (math.nan, math.nan), [(math.nan, math.nan)] * len(FP_RATES), (curve, curve)
     return FrocResult(
-        cpm=float(at.mean()), sensitivities=tuple(float(v) for v in at), cpm_ci=(float(cpm_ci[0]), float(cpm_ci[1])),
-        sensitivity_ci=tuple((float(a), float(b)) for a, b in ci), fps=fps[0], sensitivity=sens[0], thresholds=thresholds,
-        band_lower=np.asarray(band[0]), band_upper=np.asarray(band[1]), matching=m, bootstrap=bootstrap, confidence=confidence,
+        cpm=float(at.mean()),
+        sensitivities=tuple(float(v) for v in at),
+        cpm_ci=(float(cpm_ci[0]), float(cpm_ci[1])),
+        sensitivity_ci=tuple((float(a), float(b)) for a, b in ci),
+        fps=fps[0],
+        sensitivity=sens[0],
+        thresholds=thresholds,
+        band_lower=np.asarray(band[0]),
+        band_upper=np.asarray(band[1]),
+        matching=m,
+        bootstrap=bootstrap,
+        confidence=confidence,
     )
 
 
@@ -256,7 +305,7 @@ def _groups(scan: np.ndarray, n_scans: int) -> list[np.ndarray]:
     """Indices of the items of each scan, in input order (the order the script breaks ties in)."""
     order = np.argsort(scan, kind="stable")
     bounds = np.searchsorted(scan[order], np.arange(n_scans + 1))
-    return [order[bounds[s]:bounds[s + 1]] for s in range(n_scans)]
+    return [order[bounds[s] : bounds[s + 1]] for s in range(n_scans)]
 
 
 def _sq_dist(centres: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -267,11 +316,21 @@ def _sq_dist(centres: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 def _step_ends(prob_desc: np.ndarray) -> np.ndarray:
     """Index of the last entry of each run of equal probabilities (one curve point per threshold)."""
-    return np.r_[np.flatnonzero(prob_desc[1:] != prob_desc[:-1]), prob_desc.size - 1] if prob_desc.size else np.zeros(0, np.int64)
+    return (
+        np.r_[np.flatnonzero(prob_desc[1:] != prob_desc[:-1]), prob_desc.size - 1]
+        if prob_desc.size
+        else np.zeros(0, np.int64)
+    )
 
 
-def _curves(prob: np.ndarray, is_hit: np.ndarray, scan: np.ndarray, nodules_per_scan: np.ndarray,
-            weights: np.ndarray, stop_fps: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _curves(
+    prob: np.ndarray,
+    is_hit: np.ndarray,
+    scan: np.ndarray,
+    nodules_per_scan: np.ndarray,
+    weights: np.ndarray,
+    stop_fps: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """FROC curves of entries sorted by falling probability, for scan multiplicities `weights` (B, S).
 
     Returns fps and sensitivity, each (B, G+1). Row b scores the data set holding scan s weights[b, s]
@@ -317,7 +376,7 @@ def _resampled(m_sorted, nodules_per_scan: np.ndarray, weights: np.ndarray, rate
     """Sensitivity at `rates` (Q,) of each resampling in `weights` (B, S) -> (B, Q), 250 rows at a time."""
     out = []
     for start in range(0, weights.shape[0], 250):
-        fps, sens = _curves(*m_sorted, nodules_per_scan, weights[start:start + 250], stop_fps=float(rates.max()))
+        fps, sens = _curves(*m_sorted, nodules_per_scan, weights[start : start + 250], stop_fps=float(rates.max()))
         out.extend(np.interp(rates, x, y) for x, y in zip(fps, sens))
     return np.array(out).reshape(len(out), rates.size)
 

@@ -5,6 +5,14 @@ memory format and data parallelism are applied from outside by `noduleflow.train
 """
 
 from noduleflow.models import digits_cnn, nodule_classifier, nodule_net, unet  # noqa: F401  (register the architectures)
-from noduleflow.models.registry import ModelEntry, build_model, create_model, input_size_of, list_models, model_entry, register_model
+from noduleflow.models.registry import (
+    ModelEntry,
+    build_model,
+    create_model,
+    input_size_of,
+    list_models,
+    model_entry,
+    register_model,
+)
 
 __all__ = ["ModelEntry", "build_model", "create_model", "input_size_of", "list_models", "model_entry", "register_model"]

@@ -19,14 +19,26 @@ from noduleflow.models.registry import register_model
 class DigitsCNN(nn.Module):
     """Conv blocks that double the channels and halve the size; `image_size` must be divisible by 2**depth."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, depth: int = 2,
-                 image_size: int = 8, dropout: float = 0.25, bn_momentum: float = 0.3):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        width: int = 32,
+        depth: int = 2,
+        image_size: int = 8,
+        dropout: float = 0.25,
+        bn_momentum: float = 0.3,
+    ):
         super().__init__()
         if image_size % 2**depth:
             raise ValueError(f"image_size {image_size} must be divisible by 2**depth = {2**depth}")
         channels = [in_channels] + [width * 2**i for i in range(depth)]
-        self.blocks = nn.Sequential(*(nn.Sequential(DoubleConv(2, c_in, c_out, norm=True), nn.MaxPool2d(2))
-                                      for c_in, c_out in zip(channels[:-1], channels[1:])))
+        self.blocks = nn.Sequential(
+            *(
+                nn.Sequential(DoubleConv(2, c_in, c_out, norm=True), nn.MaxPool2d(2))
+                for c_in, c_out in zip(channels[:-1], channels[1:])
+            )
+        )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(channels[-1] * (image_size // 2**depth) ** 2, num_classes)
         for m in self.modules():

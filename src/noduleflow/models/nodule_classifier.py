@@ -29,17 +29,29 @@ class NoduleClassifier(nn.Module):
         ln 2 (chance) for 6 epochs; with it, 0.53 and 74% training accuracy after 4 epochs.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 2, width: int = 8, depth: int = 4,
-                 spatial_dims: int = 3, input_size: tuple[int, ...] | None = None, norm: bool = True):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        width: int = 8,
+        depth: int = 4,
+        spatial_dims: int = 3,
+        input_size: tuple[int, ...] | None = None,
+        norm: bool = True,
+    ):
         super().__init__()
         input_size = tuple(input_size or (32, 48, 48)[-spatial_dims:])
         if len(input_size) != spatial_dims or any(s % 2**depth for s in input_size):
-            raise ValueError(f"input_size {input_size} must have {spatial_dims} sizes divisible by 2**depth = {2**depth}")
+            raise ValueError(
+                f"input_size {input_size} must have {spatial_dims} sizes divisible by 2**depth = {2**depth}"
+            )
         self.input_size = input_size  # what the data pipeline and `detect` cut for this model
         self.tail = batchnorm_nd(spatial_dims)(in_channels)
         channels = [in_channels] + [width * 2**i for i in range(depth)]
         for i in range(depth):
-            block = nn.Sequential(DoubleConv(spatial_dims, channels[i], channels[i + 1], norm=norm), maxpool_nd(spatial_dims)(2))
+            block = nn.Sequential(
+                DoubleConv(spatial_dims, channels[i], channels[i + 1], norm=norm), maxpool_nd(spatial_dims)(2)
+            )
             self.add_module(f"block{i + 1}", block)
         features = channels[-1] * math.prod(s // 2**depth for s in input_size)
         self.head = nn.Linear(features, num_classes)

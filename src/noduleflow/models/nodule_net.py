@@ -26,8 +26,11 @@ from noduleflow.models.registry import register_model
 
 def conv_bn_relu(spatial_dims: int, c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     """3x3(x3) conv (no bias) + batch norm + ReLU; stride 2 halves each spatial size."""
-    return nn.Sequential(conv_nd(spatial_dims)(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False),
-                         batchnorm_nd(spatial_dims)(c_out), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        conv_nd(spatial_dims)(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False),
+        batchnorm_nd(spatial_dims)(c_out),
+        nn.ReLU(inplace=True),
+    )
 
 
 @register_model("nodule_net", example_shapes={3: (1, 16, 32, 32), 2: (1, 32, 32)})
@@ -38,19 +41,33 @@ class NoduleNet(nn.Module):
     data pipeline and `noduleflow detect` cut patches of this size (`model.input_size`).
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 2, width: int = 16, depth: int = 3,
-                 spatial_dims: int = 3, input_size: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        width: int = 16,
+        depth: int = 3,
+        spatial_dims: int = 3,
+        input_size: tuple[int, ...] | None = None,
+    ):
         super().__init__()
         input_size = tuple(input_size or (16, 32, 32)[-spatial_dims:])
         if len(input_size) != spatial_dims or any(s % 2**depth for s in input_size):
-            raise ValueError(f"input_size {input_size} must have {spatial_dims} sizes divisible by 2**depth = {2**depth}")
+            raise ValueError(
+                f"input_size {input_size} must have {spatial_dims} sizes divisible by 2**depth = {2**depth}"
+            )
         self.input_size, self.depth = input_size, depth
         self.tail = batchnorm_nd(spatial_dims)(in_channels)
         self.stem = conv_bn_relu(spatial_dims, in_channels, width)
         channels = [width * 2**i for i in range(depth + 1)]
         for i in range(depth):
-            self.add_module(f"stage{i + 1}", nn.Sequential(conv_bn_relu(spatial_dims, channels[i], channels[i + 1], stride=2),
-                                                           conv_bn_relu(spatial_dims, channels[i + 1], channels[i + 1])))
+            self.add_module(
+                f"stage{i + 1}",
+                nn.Sequential(
+                    conv_bn_relu(spatial_dims, channels[i], channels[i + 1], stride=2),
+                    conv_bn_relu(spatial_dims, channels[i + 1], channels[i + 1]),
+                ),
+            )
         self.head = nn.Linear(channels[-1] * math.prod(s // 2**depth for s in input_size), num_classes)
         init_relu_convs(self)
 

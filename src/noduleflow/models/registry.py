@@ -8,8 +8,8 @@ input size. `dense` marks per-pixel outputs (B, num_classes, *spatial) instead o
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 from torch import nn
 
@@ -63,22 +63,34 @@ def create_model(name: str, **kwargs) -> nn.Module:
     try:
         return entry.build(**kwargs)
     except TypeError as err:
-        raise ConfigError(f"model '{name}' does not take these arguments ({err})",
-                          fix=f"Check the keyword arguments of {entry.build.__qualname__}.") from None
+        raise ConfigError(
+            f"model '{name}' does not take these arguments ({err})",
+            fix=f"Check the keyword arguments of {entry.build.__qualname__}.",
+        ) from None
     except ValueError as err:  # an argument the architecture cannot build, e.g. an input_size its strides do not divide
-        raise ConfigError(f"model '{name}' cannot be built: {err}", fix="Change the model settings named in the message.") from None
+        raise ConfigError(
+            f"model '{name}' cannot be built: {err}", fix="Change the model settings named in the message."
+        ) from None
 
 
 def build_model(model_cfg, *, in_channels: int, num_classes: int) -> nn.Module:
     """The model a run's `model` config section describes (name, width, depth and, when set, input_size)."""
     extra = {"input_size": tuple(model_cfg.input_size)} if model_cfg.input_size else {}
-    return create_model(model_cfg.name, in_channels=in_channels, num_classes=num_classes, width=model_cfg.width,
-                        depth=model_cfg.depth, **extra)
+    return create_model(
+        model_cfg.name,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        width=model_cfg.width,
+        depth=model_cfg.depth,
+        **extra,
+    )
 
 
 def input_size_of(model: nn.Module) -> tuple[int, ...]:
     """The spatial size of the patch a patch classifier takes (its `input_size` attribute), e.g. (16, 32, 32)."""
     size = getattr(model, "input_size", None)
     if size is None:
-        raise ConfigError(f"model {type(model).__name__} has no input_size", fix="Use a patch classifier such as nodule_net.")
+        raise ConfigError(
+            f"model {type(model).__name__} has no input_size", fix="Use a patch classifier such as nodule_net."
+        )
     return tuple(int(s) for s in size)

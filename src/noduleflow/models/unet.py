@@ -22,15 +22,20 @@ class UNet(nn.Module):
     per level. Batch norm after every conv; transposed convolutions upsample.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 1, width: int = 8, depth: int = 4, spatial_dims: int = 2):
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 1, width: int = 8, depth: int = 4, spatial_dims: int = 2
+    ):
         super().__init__()
         chans = [width * 2**i for i in range(depth)]
         conv, up = conv_nd(spatial_dims), (nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d)
-        self.down = nn.ModuleList(DoubleConv(spatial_dims, c_in, c_out, norm=True)
-                                  for c_in, c_out in zip([in_channels] + chans[:-1], chans))
+        self.down = nn.ModuleList(
+            DoubleConv(spatial_dims, c_in, c_out, norm=True) for c_in, c_out in zip([in_channels] + chans[:-1], chans)
+        )
         self.pool = maxpool_nd(spatial_dims)(2)
         self.up = nn.ModuleList(up(chans[i + 1], chans[i], kernel_size=2, stride=2) for i in reversed(range(depth - 1)))
-        self.merge = nn.ModuleList(DoubleConv(spatial_dims, 2 * chans[i], chans[i], norm=True) for i in reversed(range(depth - 1)))
+        self.merge = nn.ModuleList(
+            DoubleConv(spatial_dims, 2 * chans[i], chans[i], norm=True) for i in reversed(range(depth - 1))
+        )
         self.head = conv(chans[0], num_classes, kernel_size=1)
         self.depth = depth
         init_relu_convs(self)

@@ -27,11 +27,15 @@ def read_checkpoint(path: str | Path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
         detail = (str(err).splitlines() or ["empty file"])[0][:120]  # some errors (an empty file's) carry no message
-        raise CheckpointError(f"cannot read checkpoint ({type(err).__name__}: {detail})", path=path,
-                              fix="The file is truncated or not a checkpoint; use last.pt/best.pt of a finished run or "
-                                  "retrain.") from None
+        raise CheckpointError(
+            f"cannot read checkpoint ({type(err).__name__}: {detail})",
+            path=path,
+            fix="The file is truncated or not a checkpoint; use last.pt/best.pt of a finished run or retrain.",
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
-        raise CheckpointError("not a noduleflow checkpoint", path=path, fix="Use best.pt or last.pt from a runs/<name>/ folder.")
+        raise CheckpointError(
+            "not a noduleflow checkpoint", path=path, fix="Use best.pt or last.pt from a runs/<name>/ folder."
+        )
     return payload
 
 
@@ -40,17 +44,34 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(path)["model"]
 
 
-def load_model_state(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, *, strict: bool = True) -> None:
+def load_model_state(
+    module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, *, strict: bool = True
+) -> None:
     """`module.load_state_dict(state)`, turning missing keys or shape mismatches into `CheckpointError` naming `path`."""
     own = module.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
     missing = [k for k in own if k not in state] if strict else []
     unexpected = [k for k in state if k not in own]
     if wrong or missing or unexpected:
-        detail = "; ".join(filter(None, [f"shape {wrong[0]}" if wrong else "", f"missing {missing[0]}" if missing else "",
-                                         f"unexpected {unexpected[0]}" if unexpected else ""]))
-        raise CheckpointError(f"weights do not fit model {type(module).__name__} ({detail})", path=path,
-                              fix="Use a checkpoint trained with the same model name, width and depth.")
+        detail = "; ".join(
+            filter(
+                None,
+                [
+                    f"shape {wrong[0]}" if wrong else "",
+                    f"missing {missing[0]}" if missing else "",
+                    f"unexpected {unexpected[0]}" if unexpected else "",
+                ],
+            )
+        )
+        raise CheckpointError(
+            f"weights do not fit model {type(module).__name__} ({detail})",
+            path=path,
+            fix="Use a checkpoint trained with the same model name, width and depth.",
+        )
     module.load_state_dict(state, strict=strict)
 
 

@@ -29,7 +29,14 @@ from noduleflow.errors import ConfigError
 RECIPE: dict[str, dict[str, Any]] = {
     # width 16 rather than the preset's 8: on 30 held-out scans (another seed) it found 30 of 50 nodules
     # with 6.6 components per scan, width 8 27 with 14.4, for 7.2 instead of 4.3 minutes
-    "segment": {"model.width": 16, "run.epochs": 12, "data.epoch_samples": 2048, "data.batch_size": 32, "optim.lr": 2e-3, "data.num_workers": 1},
+    "segment": {
+        "model.width": 16,
+        "run.epochs": 12,
+        "data.epoch_samples": 2048,
+        "data.batch_size": 32,
+        "optim.lr": 2e-3,
+        "data.num_workers": 1,
+    },
     # ranked by the FROC, so the classifier's best epoch is the one with the best average precision;
     # the mined candidates (the U-Net's own false positives, ~4% of the candidates) weigh 10: about a third of the negatives drawn.
     # Patches span 24 x 24 x 24 mm (1.5 mm slices, 0.75 mm pixels): slice spacing varies 4x between scans (0.6-2.5 mm)
@@ -40,14 +47,26 @@ RECIPE: dict[str, dict[str, Any]] = {
     # is the one kept: the cosine schedule ends there, and choosing an earlier epoch by the validation AP
     # (about 34 nodules) picked an undertrained epoch 3 in one run (CPM 0.80 / 0.71 instead of 0.87 / 0.77 with
     # its last epoch); each validation also costs ~20 s (3,500 patches).
-    "classify": {"run.epochs": 8, "data.epoch_samples": 6144, "data.batch_size": 32, "optim.lr": 1e-3, "data.balance": 1,
-                 "run.monitor": "val_ap", "run.val_every": 0, "data.extra_weight": 10, "data.patch_mm": [24, 24, 24]},
+    "classify": {
+        "run.epochs": 8,
+        "data.epoch_samples": 6144,
+        "data.batch_size": 32,
+        "optim.lr": 1e-3,
+        "data.balance": 1,
+        "run.monitor": "val_ap",
+        "run.val_every": 0,
+        "data.extra_weight": 10,
+        "data.patch_mm": [24, 24, 24],
+    },
     # fine-tuned from the classifier (model.init), whose architecture and data.patch_mm it takes
     "malignancy": {"run.epochs": 4, "data.batch_size": 16, "optim.lr": 1e-3, "model.finetune_depth": 2},
 }
 """Per-part overrides over the task presets (config.PRESETS); `scale` multiplies epochs and epoch_samples."""
 TRAINING_JSON = "training.json"  # seconds per part, written last: a run folder with it is complete
-EXPORT_FORMATS = ("onnx", "int8")  # what `detect` runs by default; .pt2 on demand (`noduleflow export RUN --format pt2`)
+EXPORT_FORMATS = (
+    "onnx",
+    "int8",
+)  # what `detect` runs by default; .pt2 on demand (`noduleflow export RUN --format pt2`)
 MINED_CSV = "mined_candidates.csv"  # the segmentation's candidates on the training data, added to the classifier's
 _COMMON = {"data.val_fraction": 0.1, "data.test_fraction": 0.0}
 
@@ -68,9 +87,19 @@ class DetectorTraining:
         return "\n".join(lines)
 
 
-def train_detector(data: str | Path, *, run: str = "detector", runs_dir: str | Path = "runs", seed: int = 0, scale: float = 1.0,
-                   malignancy: bool = True, mine: bool = True, progress: bool = True, threads: int = 0,
-                   overrides: dict[str, dict[str, Any]] | None = None) -> DetectorTraining:
+def train_detector(
+    data: str | Path,
+    *,
+    run: str = "detector",
+    runs_dir: str | Path = "runs",
+    seed: int = 0,
+    scale: float = 1.0,
+    malignancy: bool = True,
+    mine: bool = True,
+    progress: bool = True,
+    threads: int = 0,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> DetectorTraining:
     """Prepare `data`'s cache, then train segment, classify and (if `malignancy` and labels exist) malignancy.
 
     scale: multiplies epoch_samples (training length) for quick tests (e.g. 0.02) or longer recipes.
@@ -85,7 +114,9 @@ def train_detector(data: str | Path, *, run: str = "detector", runs_dir: str | P
     from noduleflow.train import train
 
     if scale <= 0:
-        raise ConfigError(f"scale = {scale} is not positive", fix="Use 1.0 for the default recipe, less for a quick test.")
+        raise ConfigError(
+            f"scale = {scale} is not positive", fix="Use 1.0 for the default recipe, less for a quick test."
+        )
     run_dir = Path(runs_dir) / run
     prepare(data, progress=progress)
     index = load_index(data)
@@ -94,21 +125,36 @@ def train_detector(data: str | Path, *, run: str = "detector", runs_dir: str | P
     parts = ["segment", "classify"]
     if not malignancy:
         skipped["malignancy"] = "not asked for"
-    elif not any(n.malignant for n in index.nodules) or all(n.malignant for n in index.nodules if n.malignant is not None):
-        skipped["malignancy"] = "the data has no malignant/benign labels of both kinds (annotations_with_malignancy.csv)"
+    elif not any(n.malignant for n in index.nodules) or all(
+        n.malignant for n in index.nodules if n.malignant is not None
+    ):
+        skipped["malignancy"] = (
+            "the data has no malignant/benign labels of both kinds (annotations_with_malignancy.csv)"
+        )
     else:
         parts.append("malignancy")
     for part in parts:
-        flags = {**_COMMON, **RECIPE[part], **(overrides or {}).get(part, {}), "data.root": str(data), "run.name": part,
-                 "run.runs_dir": str(run_dir), "run.seed": seed, "run.progress": progress, "run.threads": threads}
+        flags = {
+            **_COMMON,
+            **RECIPE[part],
+            **(overrides or {}).get(part, {}),
+            "data.root": str(data),
+            "run.name": part,
+            "run.runs_dir": str(run_dir),
+            "run.seed": seed,
+            "run.progress": progress,
+            "run.threads": threads,
+        }
         if part == "classify" and mine:
             start = time.perf_counter()
             mined = mine_candidates(data, run_dir / "segment", run_dir / MINED_CSV, progress=progress)
             seconds["mine"] = time.perf_counter() - start
             flags["data.extra_candidates"] = [str(run_dir / MINED_CSV)]
             if progress:
-                print(f"mined {mined['candidates']} segmentation candidates on {mined['scans']} of {mined['of']} scans "
-                      f"({mined['positives']} on nodules) -> {run_dir / MINED_CSV}")
+                print(
+                    f"mined {mined['candidates']} segmentation candidates on {mined['scans']} of {mined['of']} scans "
+                    f"({mined['positives']} on nodules) -> {run_dir / MINED_CSV}"
+                )
         if "data.epoch_samples" in flags:
             flags["data.epoch_samples"] = max(int(flags["data.epoch_samples"] * scale), flags["data.batch_size"])
         if part == "malignancy":
@@ -124,6 +170,8 @@ def train_detector(data: str | Path, *, run: str = "detector", runs_dir: str | P
     export_run(run_dir, formats=EXPORT_FORMATS, data=data)  # the classifiers; the U-Net's exports are kept
     seconds["export"] = seconds.get("export", 0.0) + time.perf_counter() - start
     result = DetectorTraining(run_dir, seconds, skipped)
-    (run_dir / TRAINING_JSON).write_text(json.dumps({"seconds": seconds, "skipped": skipped, "scale": scale, "seed": seed,
-                                                     "data": str(data)}, indent=1) + "\n")
+    (run_dir / TRAINING_JSON).write_text(
+        json.dumps({"seconds": seconds, "skipped": skipped, "scale": scale, "seed": seed, "data": str(data)}, indent=1)
+        + "\n"
+    )
     return result

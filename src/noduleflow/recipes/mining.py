@@ -40,8 +40,16 @@ from noduleflow.files import atomic_open
 MINE_VOXELS = 2.5e9  # scan voxels mined at most: about 4.5 minutes (module docstring)
 
 
-def mine_candidates(data: str | Path, segment_run: str | Path, out_csv: str | Path, *, threshold: float = 0.3,
-                    max_per_scan: int = 100, max_voxels: float = MINE_VOXELS, progress: bool = True) -> dict[str, int]:
+def mine_candidates(
+    data: str | Path,
+    segment_run: str | Path,
+    out_csv: str | Path,
+    *,
+    threshold: float = 0.3,
+    max_per_scan: int = 100,
+    max_voxels: float = MINE_VOXELS,
+    progress: bool = True,
+) -> dict[str, int]:
     """Write the segmentation's candidates on the scans of `data` (prepared cache) to `out_csv`.
 
     threshold: segmentation probability for a component (lower than detection's 0.5: more, harder
@@ -65,7 +73,9 @@ def mine_candidates(data: str | Path, segment_run: str | Path, out_csv: str | Pa
         models = load_exported(segment_run.parent, "int8", parts=("segment",))
         predictor = Predictor(models, threshold=threshold, max_candidates=max_per_scan)
     else:
-        predictor = Predictor(load_segmentation(segment_run), runtime="torch", threshold=threshold, max_candidates=max_per_scan)
+        predictor = Predictor(
+            load_segmentation(segment_run), runtime="torch", threshold=threshold, max_candidates=max_per_scan
+        )
     uids = _within(index.series_uids, [scans(uid).hu.size for uid in index.series_uids], max_voxels)
     rows: list[tuple[str, float, float, float, int]] = []
     for uid in track(uids, description="mine candidates", disable=not progress):
@@ -83,11 +93,16 @@ def mine_candidates(data: str | Path, segment_run: str | Path, out_csv: str | Pa
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(("seriesuid", "coordX", "coordY", "coordZ", "class"))
         writer.writerows((uid, f"{x:.3f}", f"{y:.3f}", f"{z:.3f}", cls) for uid, x, y, z, cls in rows)
-    return {"scans": len(uids), "of": len(index.series_uids), "candidates": len(rows), "positives": int(np.sum([r[4] for r in rows]))}
+    return {
+        "scans": len(uids),
+        "of": len(index.series_uids),
+        "candidates": len(rows),
+        "positives": int(np.sum([r[4] for r in rows])),
+    }
 
 
 def _within(uids: tuple[str, ...], voxels: list[int], max_voxels: float) -> list[str]:
     """The series of a fixed shuffle of `uids` (seed 0) up to `max_voxels` in all, at least the first."""
     order = np.random.default_rng(0).permutation(len(uids))
     total = np.cumsum(np.asarray(voxels, np.float64)[order])
-    return [uids[i] for i in order[:max(1, int(np.searchsorted(total, max_voxels, side="right")))]]
+    return [uids[i] for i in order[: max(1, int(np.searchsorted(total, max_voxels, side="right")))]]

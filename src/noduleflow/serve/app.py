@@ -212,9 +212,7 @@ def _install_handlers(app: FastAPI, server: _Server) -> None:
         first = err.errors()[0] if err.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return JSONResponse(
-            {
-                "detail": f"{where or 'request'}: {first.get('msg', 'is not valid')}; /openapi.json says what it takes"
-            },
+            {"detail": f"{where or 'request'}: {first.get('msg', 'is not valid')}; /openapi.json says what it takes"},
             status_code=422,
         )
 

@@ -10,5 +10,16 @@ from noduleflow.synth.nodules import KINDS, SITES, Nodule
 from noduleflow.synth.plan import SIZES, ScanPlan, plan_scan, series_uid
 from noduleflow.synth.scan import SynthScan, render_scan
 
-__all__ = ["synthesize", "SynthSummary", "plan_scan", "render_scan", "ScanPlan", "SynthScan", "Nodule", "series_uid",
-           "KINDS", "SITES", "SIZES"]
+__all__ = [
+    "synthesize",
+    "SynthSummary",
+    "plan_scan",
+    "render_scan",
+    "ScanPlan",
+    "SynthScan",
+    "Nodule",
+    "series_uid",
+    "KINDS",
+    "SITES",
+    "SIZES",
+]

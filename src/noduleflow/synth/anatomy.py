@@ -57,7 +57,9 @@ def render_anatomy(body: Body, grid: Grid, rng: np.random.Generator) -> tuple[np
     return hu, lung
 
 
-def _chest_cavity(hu, lung, body: Body, grid: Grid, box, rng: np.random.Generator, cage_x: float, cage_y: float) -> None:
+def _chest_cavity(
+    hu, lung, body: Body, grid: Grid, box, rng: np.random.Generator, cage_x: float, cage_y: float
+) -> None:
     """Inside the rib cage's box (views hu, lung): abdomen under the diaphragm, mediastinal fat, the lungs."""
     z, y, x = grid.axes(box)
     cage = _ellipse(x, y, cage_x, cage_y)  # (1, R, C)
@@ -95,7 +97,9 @@ def _parenchyma(body: Body, z, y, x, rng: np.random.Generator) -> np.ndarray:
     for _ in range(2):
         k = (2 * np.pi / rng.uniform(40, 90, size=3)).tolist()
         ph = rng.uniform(0, 2 * np.pi, size=3).tolist()
-        field = field + rng.uniform(6, 12) * (np.cos(k[2] * z + ph[2]) * np.cos(k[1] * y + ph[1])) * np.cos(k[0] * x + ph[0])
+        field = field + rng.uniform(6, 12) * (np.cos(k[2] * z + ph[2]) * np.cos(k[1] * y + ph[1])) * np.cos(
+            k[0] * x + ph[0]
+        )
     return field
 
 
@@ -150,10 +154,15 @@ def _sternum_and_ribs(hu, body: Body, grid: Grid) -> None:
         radius = np.full(len(pts), 5.0 * f)
         tubes = Tubes.polyline(pts, radius)
         bones.append(Tubes(tubes.a[seg_bone], tubes.b[seg_bone], tubes.r0[seg_bone], tubes.r1[seg_bone]))
-        cartilage.append(Tubes(tubes.a[~seg_bone], tubes.b[~seg_bone], tubes.r0[~seg_bone] * 0.85, tubes.r1[~seg_bone] * 0.85))
+        cartilage.append(
+            Tubes(tubes.a[~seg_bone], tubes.b[~seg_bone], tubes.r0[~seg_bone] * 0.85, tubes.r1[~seg_bone] * 0.85)
+        )
     for s in (-1, 1):
-        clav = [(s * 14 * f, front, 0.96 * H), (s * (body.lung_cx + 0.4 * body.lung_ax), -0.55 * ay, H + 8 * f),
-                (s * (body.lung_cx + body.lung_ax + 8 * f), -0.15 * ay, H + 20 * f)]
+        clav = [
+            (s * 14 * f, front, 0.96 * H),
+            (s * (body.lung_cx + 0.4 * body.lung_ax), -0.55 * ay, H + 8 * f),
+            (s * (body.lung_cx + body.lung_ax + 8 * f), -0.15 * ay, H + 20 * f),
+        ]
         bones.append(Tubes.polyline(clav, [6.5 * f, 6 * f, 6 * f]))
     bone = Tubes.concat(bones)
     region, frac = tube_fraction(grid, Tubes.concat(cartilage))

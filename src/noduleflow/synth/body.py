@@ -89,7 +89,7 @@ class Body:
         return (level < 1.0) & (np.abs(x) > self.mediastinum) & (z > self.diaphragm(x, y)) & (z < self.lung_height)
 
     @cached_property
-    def solids(self) -> "Solids":
+    def solids(self) -> Solids:
         return _solids(self)
 
     def lung_inside(self, xyz: np.ndarray, margin: float = 0.0) -> np.ndarray:
@@ -163,24 +163,43 @@ def _solids(b: Body) -> Solids:
     hila = [((s * hx, 0.05 * ay, zh), (16 * f, 22 * f, 30 * f), 40.0) for s in (-1, 1)]
     ellipsoids = [(b.heart_centre, b.heart_axes, 40.0), *hila]
     aorta = Tubes.polyline(
-        [(6 * f, -0.25 * ay, heart_top - 10), (2 * f, -0.28 * ay, 0.72 * H), (8 * f, -0.05 * ay, 0.8 * H),
-         (20 * f, b.spine_y - 28 * f, 0.74 * H), (22 * f, b.spine_y - 24 * f, 0.45 * H), (14 * f, b.spine_y - 26 * f, -60.0)],
-        np.array([14, 14, 13, 12, 11, 11]) * f)
+        [
+            (6 * f, -0.25 * ay, heart_top - 10),
+            (2 * f, -0.28 * ay, 0.72 * H),
+            (8 * f, -0.05 * ay, 0.8 * H),
+            (20 * f, b.spine_y - 28 * f, 0.74 * H),
+            (22 * f, b.spine_y - 24 * f, 0.45 * H),
+            (14 * f, b.spine_y - 26 * f, -60.0),
+        ],
+        np.array([14, 14, 13, 12, 11, 11]) * f,
+    )
     trunk = (14 * f, -0.1 * ay, 0.57 * H)
-    pulmonary = Tubes.concat([
-        Tubes.polyline([(20 * f, -0.45 * ay, heart_top - 15), trunk], [13 * f, 13 * f]),
-        Tubes.polyline([trunk, (hx, 0.0, zh + 4)], [10 * f, 9 * f]),
-        Tubes.polyline([trunk, (-hx, 0.0, zh + 4)], [10 * f, 9 * f]),
-    ])
-    veins = Tubes.concat([
-        Tubes.polyline([(8 * f, 0.1 * ay, b.heart_centre[2] + 15), (s * hx, 0.15 * ay, 0.42 * H)], [7 * f, 6 * f]) for s in (-1, 1)
-    ])
+    pulmonary = Tubes.concat(
+        [
+            Tubes.polyline([(20 * f, -0.45 * ay, heart_top - 15), trunk], [13 * f, 13 * f]),
+            Tubes.polyline([trunk, (hx, 0.0, zh + 4)], [10 * f, 9 * f]),
+            Tubes.polyline([trunk, (-hx, 0.0, zh + 4)], [10 * f, 9 * f]),
+        ]
+    )
+    veins = Tubes.concat(
+        [
+            Tubes.polyline([(8 * f, 0.1 * ay, b.heart_centre[2] + 15), (s * hx, 0.15 * ay, 0.42 * H)], [7 * f, 6 * f])
+            for s in (-1, 1)
+        ]
+    )
     svc = Tubes.polyline([(-24 * f, -0.2 * ay, 0.86 * H), (-20 * f, -0.22 * ay, heart_top)], [9 * f, 9 * f])
     carina = (0.0, 0.12 * ay, 0.6 * H)
-    airway = Tubes.concat([
-        Tubes.polyline([(0.0, 0.02 * ay, 1.6 * H), carina], [10 * f, 10 * f]),
-        *(Tubes.polyline([carina, (s * (m + 4 * f), 0.14 * ay, 0.56 * H), (s * hx, 0.1 * ay, zh)], [7 * f, 7 * f, 6 * f]) for s in (-1, 1)),
-    ])
+    airway = Tubes.concat(
+        [
+            Tubes.polyline([(0.0, 0.02 * ay, 1.6 * H), carina], [10 * f, 10 * f]),
+            *(
+                Tubes.polyline(
+                    [carina, (s * (m + 4 * f), 0.14 * ay, 0.56 * H), (s * hx, 0.1 * ay, zh)], [7 * f, 7 * f, 6 * f]
+                )
+                for s in (-1, 1)
+            ),
+        ]
+    )
     tubes = [(aorta, 40.0), (pulmonary, 40.0), (veins, 40.0), (svc, 40.0), (airway, 40.0)]
     carve = Tubes.concat([t for t, _ in tubes])
     spine = (19 * f + 4, 16 * f + 4)
@@ -214,7 +233,10 @@ def rib_paths(b: Body) -> list[tuple[np.ndarray, np.ndarray]]:
             off = 6.5 * f
             x = side * (b.lung_cx + (b.lung_ax * s * np.abs(np.cos(phi)) ** (2 / p) + off) * np.sign(np.cos(phi)))
             y = (b.lung_ay * s * np.abs(np.sin(phi)) ** (2 / p) + off) * np.sign(np.sin(phi))
-            head = [(side * 14 * f, b.spine_y + 12 * f, z0 + 4), (side * (b.mediastinum + 12 * f), b.lung_ay * b.lung_scale(z0) + 8 * f, z0 + 2)]
+            head = [
+                (side * 14 * f, b.spine_y + 12 * f, z0 + 4),
+                (side * (b.mediastinum + 12 * f), b.lung_ay * b.lung_scale(z0) + 8 * f, z0 + 2),
+            ]
             pts = np.vstack([head, np.column_stack([x, y, z])])
             bone = np.ones(len(pts), bool)
             if k < 7:  # cartilage from the end of the bone to the sternum's edge

@@ -15,15 +15,18 @@ from noduleflow.synth.nodules import Nodule
 from noduleflow.synth.vessels import VesselTree
 
 
-def sample_candidates(body: Body, tree: VesselTree, nodules: list[Nodule], excluded: list[Nodule],
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sample_candidates(
+    body: Body, tree: VesselTree, nodules: list[Nodule], excluded: list[Nodule], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """(xyz (N, 3) mm in the patient frame, class (N,) int 0/1), shuffled; a few hundred negatives."""
     n_neg = int(rng.integers(250, 451))
     shares = {"vessel": 0.55, "fork": 0.2, "wall": 0.2, "lung": 0.05}
-    parts = [_on_vessels(tree, rng, int(2 * shares["vessel"] * n_neg)),
-             _jitter(rng, tree.bifurcations[rng.permutation(len(tree.bifurcations))][: int(2 * shares["fork"] * n_neg)]),
-             _on_wall(body, rng, int(2 * shares["wall"] * n_neg)),
-             body.sample_lung(rng, int(2 * shares["lung"] * n_neg) + 1)]
+    parts = [
+        _on_vessels(tree, rng, int(2 * shares["vessel"] * n_neg)),
+        _jitter(rng, tree.bifurcations[rng.permutation(len(tree.bifurcations))][: int(2 * shares["fork"] * n_neg)]),
+        _on_wall(body, rng, int(2 * shares["wall"] * n_neg)),
+        body.sample_lung(rng, int(2 * shares["lung"] * n_neg) + 1),
+    ]
     negatives = []
     for part, share in zip(parts, shares.values()):
         part = part[body.lung_inside(part)]

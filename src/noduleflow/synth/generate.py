@@ -63,7 +63,8 @@ class SynthSummary:
         sizes = f" ({min(self.diameters):.1f}-{max(self.diameters):.1f} mm)" if self.diameters else ""
         lines = [
             f"{self.scans} synthetic chest CT scans ({self.size}, seed {self.seed}) in {self.out}/subset0..subset{self.subsets - 1}: "
-            f"{self.written} written, {self.skipped} already up to date" + (f", {self.removed} old ones removed" if self.removed else "")
+            f"{self.written} written, {self.skipped} already up to date"
+            + (f", {self.removed} old ones removed" if self.removed else "")
             + f" ({self.seconds:.1f} s)",
             f"  annotations.csv: {self.nodules} nodules{sizes}, {self.malignant_fraction:.0%} malignant "
             f"(annotations_with_malignancy.csv); annotations_excluded.csv: {self.excluded} findings under 3 mm",
@@ -86,8 +87,18 @@ class _Job:
     key: str
 
 
-def synthesize(out: str | os.PathLike, *, scans: int = 10, seed: int = 0, size: str = "small", subsets: int | None = None,
-               preview: bool = False, scale: float = 1.0, workers: int | None = None, progress: bool = True) -> SynthSummary:
+def synthesize(
+    out: str | os.PathLike,
+    *,
+    scans: int = 10,
+    seed: int = 0,
+    size: str = "small",
+    subsets: int | None = None,
+    preview: bool = False,
+    scale: float = 1.0,
+    workers: int | None = None,
+    progress: bool = True,
+) -> SynthSummary:
     """Write `scans` synthetic chest CT scans under `out` in the LUNA16 layout; the same arguments give the same bytes.
 
     size: "small" (192-256 in-plane, 100-140 slices; for tests and the demo) or "full"
@@ -103,7 +114,10 @@ def synthesize(out: str | os.PathLike, *, scans: int = 10, seed: int = 0, size: 
     scans, seed = int(scans), int(seed)
     out = _output_folder(out)
     key = layout.code_digest()
-    jobs = [_Job(out, seed, i, size, scale, i * subsets // scans, preview, f"{key}:{seed}:{i}:{size}:{scale}") for i in range(scans)]
+    jobs = [
+        _Job(out, seed, i, size, scale, i * subsets // scans, preview, f"{key}:{seed}:{i}:{size}:{scale}")
+        for i in range(scans)
+    ]
     uids = [series_uid(seed, i, size) for i in range(scans)]
     if len(set(uids)) != len(uids):  # 30 random digits: never in practice, but a silent clash would merge two scans
         raise ConfigError(f"series UIDs clash for seed {seed}", fix="Use another --seed.")
@@ -113,12 +127,22 @@ def synthesize(out: str | os.PathLike, *, scans: int = 10, seed: int = 0, size: 
     paths = layout.write_csvs(out, rows)
     malignant = sum(int(r[-1]) for r in rows["malignancy"])
     return SynthSummary(
-        out=out, size=size, seed=seed, series_uids=tuple(uids), subsets=subsets,
-        nodules=len(rows["annotations"]), excluded=len(rows["excluded"]), candidates=len(rows["candidates"]),
-        positives=sum(r[-1] == "1" for r in rows["candidates"]), malignant=malignant,
+        out=out,
+        size=size,
+        seed=seed,
+        series_uids=tuple(uids),
+        subsets=subsets,
+        nodules=len(rows["annotations"]),
+        excluded=len(rows["excluded"]),
+        candidates=len(rows["candidates"]),
+        positives=sum(r[-1] == "1" for r in rows["candidates"]),
+        malignant=malignant,
         diameters=tuple(float(r[-1]) for r in rows["annotations"]),
-        written=sum(r["written"] for r in results), skipped=sum(not r["written"] for r in results), removed=removed,
-        seconds=time.perf_counter() - start, csv_paths=paths,
+        written=sum(r["written"] for r in results),
+        skipped=sum(not r["written"] for r in results),
+        removed=removed,
+        seconds=time.perf_counter() - start,
+        csv_paths=paths,
         previews=tuple(Path(r["preview"]) for r in results if r["preview"]),
     )
 
@@ -140,11 +164,16 @@ def _make_scan(job: _Job) -> dict:
             png.parent.mkdir(exist_ok=True)
             plan = plan or plan_scan(job.seed, job.index, job.size, job.scale)
             write_preview(volume if volume is not None else read_volume(mhd), plan, png)
-    return {"index": job.index, "rows": record["rows"], "written": volume is not None, "preview": str(png) if png else None}
+    return {
+        "index": job.index,
+        "rows": record["rows"],
+        "written": volume is not None,
+        "preview": str(png) if png else None,
+    }
 
 
 def _start_method() -> str:
-    """"fork" while this process runs a single thread (workers inherit its imports: no second of imports each),
+    """ "fork" while this process runs a single thread (workers inherit its imports: no second of imports each),
     else "forkserver": a fork copies the locks other threads hold (ONNX Runtime's or OpenMP's pools, after a
     `detect` in the same process), and a child that needs one waits forever."""
     methods = multiprocessing.get_all_start_methods()
@@ -190,13 +219,18 @@ def _check_args(scans, seed, size, subsets, scale, workers) -> int:
     if not _is_int(scans) or scans < 1:
         raise ConfigError(f"scans must be a whole number of at least 1, got {scans!r}", fix="Pass --scans 1 or more.")
     if not _is_int(seed) or seed < 0:
-        raise ConfigError(f"seed must be a whole number of at least 0, got {seed!r}", fix="Pass --seed 0 or another non-negative number.")
+        raise ConfigError(
+            f"seed must be a whole number of at least 0, got {seed!r}",
+            fix="Pass --seed 0 or another non-negative number.",
+        )
     check_size(size, scale)
     if subsets is None:
         subsets = min(scans, 10)
     if not _is_int(subsets) or not 1 <= subsets <= scans:
-        raise ConfigError(f"subsets must be between 1 and the number of scans ({scans}), got {subsets!r}",
-                          fix=f"Pass --subsets between 1 and {scans}, or 0 for min(scans, 10).")
+        raise ConfigError(
+            f"subsets must be between 1 and the number of scans ({scans}), got {subsets!r}",
+            fix=f"Pass --subsets between 1 and {scans}, or 0 for min(scans, 10).",
+        )
     if workers is not None and (not _is_int(workers) or workers < 1):
         raise ConfigError(f"workers must be at least 1, got {workers!r}", fix="Leave it unset for one per CPU.")
     return int(subsets)
@@ -210,11 +244,16 @@ def _output_folder(out) -> Path:
     """Create `out` if needed and check that files can be written in it."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise NoduleflowError("exists and is a file, not a folder", path=out, fix="Pass a folder path for the synthetic data.")
+        raise NoduleflowError(
+            "exists and is a file, not a folder", path=out, fix="Pass a folder path for the synthetic data."
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         layout.write_atomic(out / ".write-test", b"").unlink()
     except OSError as err:
-        raise NoduleflowError(f"cannot be written ({err.strerror or err})", path=out,
-                              fix="Choose a folder you can write to, or fix its permissions.") from err
+        raise NoduleflowError(
+            f"cannot be written ({err.strerror or err})",
+            path=out,
+            fix="Choose a folder you can write to, or fix its permissions.",
+        ) from err
     return out

@@ -92,8 +92,11 @@ def write_scan(out: Path, volume: CtVolume, mhd: Path, key: str, rows: dict) -> 
         record = {"key": key, "files": files, "rows": rows}
         write_atomic(_record_path(out, volume.series_uid), json.dumps(record).encode())
     except OSError as err:
-        raise NoduleflowError(f"cannot be written ({err.strerror or err})", path=mhd,
-                              fix="Free some disk space or choose another output folder.") from err
+        raise NoduleflowError(
+            f"cannot be written ({err.strerror or err})",
+            path=mhd,
+            fix="Free some disk space or choose another output folder.",
+        ) from err
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return record

@@ -33,7 +33,14 @@ _LOBES = {
     "part-solid": (((2, 5), (0.3, 0.5), (0.5, 0.7)),),
     "spiculated": (_BUMPS,),
 }
-_MALIGNANCY_SHIFT = {"solid": 0.0, "ground-glass": 0.3, "part-solid": 1.5, "calcified": -3.5, "lobulated": 1.0, "spiculated": 2.2}
+_MALIGNANCY_SHIFT = {
+    "solid": 0.0,
+    "ground-glass": 0.3,
+    "part-solid": 1.5,
+    "calcified": -3.5,
+    "lobulated": 1.0,
+    "spiculated": 2.2,
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,7 +80,7 @@ class Nodule:
             reach = np.concatenate([reach, np.linalg.norm(self.spicules.b, axis=1) + self.spicules.r1])
         return float(reach.max())
 
-    def moved(self, centre) -> "Nodule":
+    def moved(self, centre) -> Nodule:
         return replace(self, centre=np.asarray(centre, float))
 
     def level(self, x, y, z, shrink: float = 1.0) -> np.ndarray:
@@ -82,7 +89,11 @@ class Nodule:
         shrink < 1 gives the part-solid core: the same blobs scaled about the centre.
         """
         best = None
-        for c, m, r in zip((self.blob_centres * shrink).tolist(), (self.blob_maps / shrink).tolist(), (self.blob_radii * shrink).tolist()):
+        for c, m, r in zip(
+            (self.blob_centres * shrink).tolist(),
+            (self.blob_maps / shrink).tolist(),
+            (self.blob_radii * shrink).tolist(),
+        ):
             dx, dy, dz = x - c[0], y - c[1], z - c[2]  # Python floats keep float32 grids float32
             q2 = sum((m[j][0] * dx + m[j][1] * dy + m[j][2] * dz) ** 2 for j in range(3))
             lv = (np.sqrt(q2) - 1.0) * r
@@ -100,8 +111,14 @@ def sample_diameter(rng: np.random.Generator) -> float:
 
 def sample_kind(rng: np.random.Generator, diameter: float) -> str:
     """Kind given size: small nodules are more often calcified, large ones more often spiculated or part-solid."""
-    w = {"solid": 0.38, "ground-glass": 0.12, "part-solid": 0.1 if diameter >= 6 else 0.02,
-         "calcified": 0.16 if diameter < 10 else 0.04, "lobulated": 0.14, "spiculated": 0.04 if diameter < 8 else 0.2}
+    w = {
+        "solid": 0.38,
+        "ground-glass": 0.12,
+        "part-solid": 0.1 if diameter >= 6 else 0.02,
+        "calcified": 0.16 if diameter < 10 else 0.04,
+        "lobulated": 0.14,
+        "spiculated": 0.04 if diameter < 8 else 0.2,
+    }
     p = np.array([w[k] for k in KINDS])
     return str(KINDS[rng.choice(len(KINDS), p=p / p.sum())])
 
@@ -113,7 +130,14 @@ def malignancy(rng: np.random.Generator, diameter: float, kind: str, site: str) 
     return bool(rng.random() < p), p
 
 
-def design(rng: np.random.Generator, diameter: float, kind: str, site: str = "isolated", malignant: bool = False, p_malignant: float = 0.0) -> Nodule:
+def design(
+    rng: np.random.Generator,
+    diameter: float,
+    kind: str,
+    site: str = "isolated",
+    malignant: bool = False,
+    p_malignant: float = 0.0,
+) -> Nodule:
     """A nodule of `kind` at the origin whose volume equals a sphere of `diameter` mm."""
     rot = Rotation.random(random_state=rng).as_matrix()
     stretch = {"ground-glass": 0.2, "part-solid": 0.18, "calcified": 0.06}.get(kind, 0.13)
@@ -140,13 +164,35 @@ def design(rng: np.random.Generator, diameter: float, kind: str, site: str = "is
         else:
             calc_c, calc_r = np.zeros((1, 3)), np.array([0.45 if pattern == "central" else 0.97])
     hu = {"ground-glass": rng.uniform(-650, -350), "part-solid": rng.uniform(-600, -400)}.get(kind, rng.uniform(10, 60))
-    unit = Nodule(np.zeros(3), diameter, kind, site, malignant, p_malignant, np.array(centres), np.array(maps),
-                  np.array(radii), spicules, calc_c, calc_r, rng.uniform(0.35, 0.6) if kind == "part-solid" else 0.0,
-                  float(hu), float(rng.uniform(0, 50)), float(rng.uniform(250, 900)), int(rng.integers(2**31)))
+    unit = Nodule(
+        np.zeros(3),
+        diameter,
+        kind,
+        site,
+        malignant,
+        p_malignant,
+        np.array(centres),
+        np.array(maps),
+        np.array(radii),
+        spicules,
+        calc_c,
+        calc_r,
+        rng.uniform(0.35, 0.6) if kind == "part-solid" else 0.0,
+        float(hu),
+        float(rng.uniform(0, 50)),
+        float(rng.uniform(250, 900)),
+        int(rng.integers(2**31)),
+    )
     k = (diameter / 2.0) / _equivalent_radius(unit)
-    return replace(unit, blob_centres=unit.blob_centres * k, blob_maps=unit.blob_maps / k, blob_radii=unit.blob_radii * k,
-                   spicules=Tubes(spicules.a * k, spicules.b * k, spicules.r0 * k, spicules.r1 * k),
-                   calc_centres=calc_c * k, calc_radii=calc_r * k)
+    return replace(
+        unit,
+        blob_centres=unit.blob_centres * k,
+        blob_maps=unit.blob_maps / k,
+        blob_radii=unit.blob_radii * k,
+        spicules=Tubes(spicules.a * k, spicules.b * k, spicules.r0 * k, spicules.r1 * k),
+        calc_centres=calc_c * k,
+        calc_radii=calc_r * k,
+    )
 
 
 def _unit(rng: np.random.Generator) -> np.ndarray:

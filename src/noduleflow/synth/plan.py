@@ -92,8 +92,25 @@ def plan_scan(seed: int, index: int, size: str = "small", scale: float = 1.0) ->
     cand_xyz, cand_cls = sample_candidates(body, vessels, nodules, excluded, stream(seed, index, "candidates"))
     g = stream(seed, index, "geometry", *size.encode())
     shape, spacing, origin, offset = _geometry(body, SIZES[size], scale, g)
-    return ScanPlan(seed, index, size, scale, series_uid(seed, index, size), shape, spacing, origin, offset, body,
-                    vessels, nodules, excluded, cand_xyz, cand_cls, float(g.uniform(10, 20)), float(g.uniform(0.5, 0.8)))
+    return ScanPlan(
+        seed,
+        index,
+        size,
+        scale,
+        series_uid(seed, index, size),
+        shape,
+        spacing,
+        origin,
+        offset,
+        body,
+        vessels,
+        nodules,
+        excluded,
+        cand_xyz,
+        cand_cls,
+        float(g.uniform(10, 20)),
+        float(g.uniform(0.5, 0.8)),
+    )
 
 
 def check_size(size: str, scale: float) -> None:
@@ -101,7 +118,10 @@ def check_size(size: str, scale: float) -> None:
     if size not in SIZES:
         raise ConfigError(f"unknown scan size {size!r}", fix=f"Use one of: {', '.join(SIZES)}.")
     if not 0.1 <= scale <= 1.0:
-        raise ConfigError(f"scale must be between 0.1 and 1, got {scale}", fix="Use 1 (the default) or a smaller factor for quick tests.")
+        raise ConfigError(
+            f"scale must be between 0.1 and 1, got {scale}",
+            fix="Use 1 (the default) or a smaller factor for quick tests.",
+        )
 
 
 def _geometry(body: Body, spec: SizeSpec, scale: float, rng: np.random.Generator):
@@ -131,7 +151,11 @@ def _geometry(body: Body, spec: SizeSpec, scale: float, rng: np.random.Generator
     # the body's centre sits near the middle of the field of view, shifted by what the margin allows
     slack = max(0.0, fov / 2 - body.half_width - 10.0)
     centre_y = body.outline[0]
-    offset = np.array([origin[0] + fov / 2 + rng.uniform(-slack, slack) * 0.5,
-                       origin[1] + fov / 2 - centre_y + rng.uniform(-slack, slack) * 0.5,
-                       origin[2] - z_lo])
+    offset = np.array(
+        [
+            origin[0] + fov / 2 + rng.uniform(-slack, slack) * 0.5,
+            origin[1] + fov / 2 - centre_y + rng.uniform(-slack, slack) * 0.5,
+            origin[2] - z_lo,
+        ]
+    )
     return (slices_scaled, n_scaled, n_scaled), spacing, origin, offset

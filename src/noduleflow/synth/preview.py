@@ -40,7 +40,12 @@ def write_preview(volume: CtVolume, plan: ScanPlan, path: Path) -> Path:
             ax.add_patch(Circle((u, v), nodule.diameter_mm / 2, fill=False, color="red", linewidth=1))
             if col == 0:
                 label = "malignant" if nodule.malignant else "benign"
-                ax.set_title(f"{nodule.kind}, {nodule.site}, {nodule.diameter_mm:.1f} mm, {label}", color="white", fontsize=9, loc="left")
+                ax.set_title(
+                    f"{nodule.kind}, {nodule.site}, {nodule.diameter_mm:.1f} mm, {label}",
+                    color="white",
+                    fontsize=9,
+                    loc="left",
+                )
     fig.tight_layout()
     return save_png(fig, path, facecolor="black")
 
@@ -63,7 +68,9 @@ def _show(ax, volume: CtVolume, plane: str, xyz: np.ndarray, half: float | None)
     else:
         image, extent = volume.hu[:, :, c], (lo[1] - sy, hi[1] + sy, lo[2] - sz, hi[2] + sz)
     origin = "upper" if plane == "axial" else "lower"  # z grows upwards: head at the top
-    ax.imshow(image, cmap="gray", vmin=_WINDOW[0], vmax=_WINDOW[1], extent=extent, origin=origin, interpolation="nearest")
+    ax.imshow(
+        image, cmap="gray", vmin=_WINDOW[0], vmax=_WINDOW[1], extent=extent, origin=origin, interpolation="nearest"
+    )
     if half is not None:
         u, v = _in_plane(plane, xyz)
         ax.set_xlim(u - half, u + half)

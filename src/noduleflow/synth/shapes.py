@@ -32,7 +32,7 @@ class Grid:
     soft: float
 
     @classmethod
-    def from_geometry(cls, shape_irc, origin_xyz, spacing_xyz, offset_xyz) -> "Grid":
+    def from_geometry(cls, shape_irc, origin_xyz, spacing_xyz, offset_xyz) -> Grid:
         """Axes of a scan with an axis-aligned (identity) direction, shifted so the patient sits at 0.
 
         offset_xyz is the world position (mm) of the patient frame's origin.
@@ -53,7 +53,11 @@ class Grid:
     def box(self, lo_xyz, hi_xyz) -> Box | None:
         """Index slices (I, R, C) of the voxels whose centres lie in [lo, hi] (mm, X Y Z order); None if empty."""
         out = []
-        for axis, lo, hi in ((self.z, lo_xyz[2], hi_xyz[2]), (self.y, lo_xyz[1], hi_xyz[1]), (self.x, lo_xyz[0], hi_xyz[0])):
+        for axis, lo, hi in (
+            (self.z, lo_xyz[2], hi_xyz[2]),
+            (self.y, lo_xyz[1], hi_xyz[1]),
+            (self.x, lo_xyz[0], hi_xyz[0]),
+        ):
             a, b = np.searchsorted(axis, lo, "left"), np.searchsorted(axis, hi, "right")
             if b <= a:
                 return None
@@ -76,13 +80,13 @@ class Tubes:
     r1: np.ndarray
 
     @classmethod
-    def polyline(cls, points, radii) -> "Tubes":
+    def polyline(cls, points, radii) -> Tubes:
         """One tube through points (P, 3) whose radius goes through radii (P,)."""
         p, r = np.asarray(points, float), np.asarray(radii, float)
         return cls(p[:-1], p[1:], r[:-1], r[1:])
 
     @classmethod
-    def concat(cls, parts) -> "Tubes":
+    def concat(cls, parts) -> Tubes:
         parts = list(parts)
         return cls(*(np.concatenate([getattr(t, f) for t in parts]) for f in ("a", "b", "r0", "r1")))
 
@@ -136,8 +140,14 @@ class Tubes:
 
 def _in_box(p: np.ndarray, lo, hi) -> np.ndarray:
     """True (N,) for points (N, 3) in the box [lo, hi]; column by column, which numpy does faster than axis=1."""
-    return ((p[:, 0] >= lo[0]) & (p[:, 0] <= hi[0]) & (p[:, 1] >= lo[1]) & (p[:, 1] <= hi[1])
-            & (p[:, 2] >= lo[2]) & (p[:, 2] <= hi[2]))
+    return (
+        (p[:, 0] >= lo[0])
+        & (p[:, 0] <= hi[0])
+        & (p[:, 1] >= lo[1])
+        & (p[:, 1] <= hi[1])
+        & (p[:, 2] >= lo[2])
+        & (p[:, 2] <= hi[2])
+    )
 
 
 def segment_distance(x, y, z, a, b):
@@ -174,8 +184,12 @@ def tube_fraction(grid: Grid, tubes: Tubes, region: Box | None = None):
             return None, None
     frac = np.zeros([s.stop - s.start for s in region], np.float32)
     # index ranges (I, R, C) of every tube's box at once, clipped to the region and made local to it
-    first = np.stack([np.searchsorted(axis, lo[:, k], "left") for axis, k in ((grid.z, 2), (grid.y, 1), (grid.x, 0))], 1)
-    last = np.stack([np.searchsorted(axis, hi[:, k], "right") for axis, k in ((grid.z, 2), (grid.y, 1), (grid.x, 0))], 1)
+    first = np.stack(
+        [np.searchsorted(axis, lo[:, k], "left") for axis, k in ((grid.z, 2), (grid.y, 1), (grid.x, 0))], 1
+    )
+    last = np.stack(
+        [np.searchsorted(axis, hi[:, k], "right") for axis, k in ((grid.z, 2), (grid.y, 1), (grid.x, 0))], 1
+    )
     start = np.array([s.start for s in region])
     first = np.maximum(first, start) - start
     last = np.minimum(last, [s.stop for s in region]) - start
@@ -233,5 +247,8 @@ def blend(hu: np.ndarray, region: Box | None, frac: np.ndarray | None, value, wh
 
 def sphere_directions() -> np.ndarray:
     """(14, 3) unit vectors to the faces and corners of a cube: probes for 'is the whole ball inside?'."""
-    d = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1) if abs(i) + abs(j) + abs(k) in (1, 3)], float)
+    d = np.array(
+        [(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1) if abs(i) + abs(j) + abs(k) in (1, 3)],
+        float,
+    )
     return d / np.linalg.norm(d, axis=1, keepdims=True)

@@ -63,8 +63,13 @@ def rng_state() -> dict[str, Any]:
     version, internal, gauss_next = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "python": [version, list(internal), gauss_next],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -76,8 +81,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what `rng_state` captured."""
     torch.set_rng_state(state["torch"])
     np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["gauss"]))
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["gauss"],
+        )
+    )
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
@@ -98,8 +110,11 @@ def init_from_checkpoint(module: nn.Module, source: str | Path, *, finetune_dept
     load_model_state(module, body, path, strict=False)
     missing = [k for k in module.state_dict() if k.split(".")[0] != head and k not in body]
     if missing:
-        raise CheckpointError(f"weights do not fit model {type(module).__name__} (missing {missing[0]})", path=path,
-                              fix="Initialise from a run of the same architecture (model name, width, depth).")
+        raise CheckpointError(
+            f"weights do not fit model {type(module).__name__} (missing {missing[0]})",
+            path=path,
+            fix="Initialise from a run of the same architecture (model name, width, depth).",
+        )
     freeze_blocks(module, finetune_depth)
     return path
 
@@ -125,5 +140,9 @@ def freeze_batchnorm_statistics(module: nn.Module) -> None:
     features the head was fine-tuned on (and from what the source run learned).
     """
     for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and not any(p.requires_grad for p in m.parameters()):
+        if (
+            isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.affine
+            and not any(p.requires_grad for p in m.parameters())
+        ):
             m.eval()

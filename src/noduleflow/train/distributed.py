@@ -9,8 +9,9 @@ every helper here is a no-op, so the trainer has one code path.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -42,7 +43,9 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     if preference == "auto":
         preference = "cuda" if torch.cuda.is_available() else "cpu"
     if preference.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"run.device = {preference!r} but this machine has no CUDA device", fix="Use --device cpu or 'auto'.")
+        raise ConfigError(
+            f"run.device = {preference!r} but this machine has no CUDA device", fix="Use --device cpu or 'auto'."
+        )
     if preference == "cuda":
         return torch.device("cuda", local_rank)
     return torch.device(preference)

@@ -42,10 +42,16 @@ class RunResult:
 
     def describe(self) -> str:
         """Two or three lines for the terminal."""
-        lines = [f"run {self.run_dir}: {self.best['epochs']} epochs, {self.best['steps']} steps in {self.seconds:.1f} s"
-                 + (" (stopped early)" if self.best["stopped_early"] else ""),
-                 "best " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                     for k, v in self.best.items() if k not in ("epochs", "steps", "stopped_early"))]
+        lines = [
+            f"run {self.run_dir}: {self.best['epochs']} epochs, {self.best['steps']} steps in {self.seconds:.1f} s"
+            + (" (stopped early)" if self.best["stopped_early"] else ""),
+            "best "
+            + ", ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in self.best.items()
+                if k not in ("epochs", "steps", "stopped_early")
+            ),
+        ]
         if self.test is not None:
             lines.append("test " + ", ".join(f"{k} {v:.4f}" for k, v in self.test.items()))
         return "\n".join(lines)
@@ -74,13 +80,29 @@ def train(cfg: TrainConfig, *, resume: bool = False, until_epoch: int | None = N
     elif cfg.model.init:
         freeze_blocks(parts.model, cfg.model.finetune_depth)  # as init froze them; weights come from last.pt
     _seed_everything(cfg.run.seed + dist.rank)  # different augmentation and dropout per rank
-    wrapped = wrap_model(parts.model, device=device, channels_last=cfg.run.channels_last, compile=cfg.run.compile,
-                         amp=cfg.run.amp, dist=dist)
+    wrapped = wrap_model(
+        parts.model,
+        device=device,
+        channels_last=cfg.run.channels_last,
+        compile=cfg.run.compile,
+        amp=cfg.run.amp,
+        dist=dist,
+    )
     optimizer = build_optimizer(cfg.optim, wrapped.module)
     steps = cfg.run.epochs * math.ceil(len(parts.train_loader) / cfg.optim.accumulate)
     scheduler = build_scheduler(cfg.optim, optimizer, steps)
-    trainer = Trainer(wrapped, parts.loss_fn, optimizer, parts.train_loader, parts.val_loader, config=cfg,
-                      scheduler=scheduler, metrics_fn=parts.metrics_fn, run_dir=run_dir, dist=dist)
+    trainer = Trainer(
+        wrapped,
+        parts.loss_fn,
+        optimizer,
+        parts.train_loader,
+        parts.val_loader,
+        config=cfg,
+        scheduler=scheduler,
+        metrics_fn=parts.metrics_fn,
+        run_dir=run_dir,
+        dist=dist,
+    )
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -94,7 +116,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, until_epoch: int | None = N
         # the operating threshold is chosen on validation and only applied to the test split: an honest F1.
         # best_threshold is set only by metrics that report val_threshold, i.e. that take a threshold.
         threshold = trainer.best_threshold
-        test = trainer.evaluate(parts.test_loader, partial(parts.metrics_fn, threshold=threshold) if threshold is not None else None)
+        test = trainer.evaluate(
+            parts.test_loader, partial(parts.metrics_fn, threshold=threshold) if threshold is not None else None
+        )
         if dist.is_main:
             path = run_dir / "test_metrics.json"
             try:
@@ -107,11 +131,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, until_epoch: int | None = N
 def check_run_dir(run_dir: Path, *, resume: bool) -> None:
     """A new run must not overwrite an old one; a resumed run needs its last.pt."""
     if resume and not (run_dir / "last.pt").is_file():
-        raise CheckpointError("has no last.pt to resume from", path=run_dir,
-                              fix="Check --run, or start the run without --resume.")
+        raise CheckpointError(
+            "has no last.pt to resume from", path=run_dir, fix="Check --run, or start the run without --resume."
+        )
     if not resume and run_dir.exists() and any(run_dir.iterdir()):
-        raise NoduleflowError("run folder already exists", path=run_dir,
-                              fix="Pass --resume to continue it, or pick another name with --run NAME.")
+        raise NoduleflowError(
+            "run folder already exists",
+            path=run_dir,
+            fix="Pass --resume to continue it, or pick another name with --run NAME.",
+        )
 
 
 def build_optimizer(cfg: OptimConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -131,7 +159,9 @@ def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer, total_st
     """
     if cfg.scheduler == "cosine":
         total = max(total_steps, 1)
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        )
     return None
 
 

@@ -93,12 +93,24 @@ def plot_curves(metrics_path: str | Path, out: str | Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, ax in [("train_loss", loss_ax), ("val_loss", loss_ax), ("val_accuracy", score_ax), ("val_f1", score_ax), ("val_f1_best", score_ax),
-                    ("val_ap", score_ax), ("val_auc", score_ax)]:
+    for key, ax in [
+        ("train_loss", loss_ax),
+        ("val_loss", loss_ax),
+        ("val_accuracy", score_ax),
+        ("val_f1", score_ax),
+        ("val_f1_best", score_ax),
+        ("val_ap", score_ax),
+        ("val_auc", score_ax),
+    ]:
         logged = [r for r in records if key in r]  # val_* only on validated epochs (run.val_every)
         if not logged:
             continue
-        ax.plot([r["epoch"] for r in logged], [math.nan if r[key] is None else r[key] for r in logged], marker="o", label=key)
+        ax.plot(
+            [r["epoch"] for r in logged],
+            [math.nan if r[key] is None else r[key] for r in logged],
+            marker="o",
+            label=key,
+        )
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     score_ax.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1.02))
     for ax in (loss_ax, score_ax):
@@ -127,9 +139,14 @@ class EpochProgress:
         self._samples, self._t0 = 0, time.perf_counter()
         if not self.enabled:
             return
-        self._bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                             TextColumn("{task.fields[rate]:>8.1f} samples/s  loss {task.fields[loss]:.4f}"),
-                             TimeElapsedColumn(), transient=False)
+        self._bar = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>8.1f} samples/s  loss {task.fields[loss]:.4f}"),
+            TimeElapsedColumn(),
+            transient=False,
+        )
         self._bar.start()
         self._task = self._bar.add_task("train", total=batches, epoch=f"{epoch}/{epochs}", rate=0.0, loss=math.nan)
 
@@ -159,5 +176,11 @@ class EpochProgress:
         from rich import print as rprint
 
         vals = "  ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in record.items() if k.startswith("val_"))
-        rprint(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, {record['samples_per_s']:.0f} samples/s | "
-               + (f"val {vals}{'  [green]* best[/green]' if improved else ''}" if vals else "not validated (run.val_every)"))
+        rprint(
+            f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, {record['samples_per_s']:.0f} samples/s | "
+            + (
+                f"val {vals}{'  [green]* best[/green]' if improved else ''}"
+                if vals
+                else "not validated (run.val_every)"
+            )
+        )

@@ -41,8 +41,9 @@ VAL_SAMPLES = 256  # fixed validation crops (fewer when an epoch has fewer train
 _AUGMENT = {"rotate_deg": 15.0, "scale": 0.1, "offset_vox": 2.0, "noise_hu": 25.0}
 
 
-def tversky_loss(logits: torch.Tensor, target: torch.Tensor, *, alpha: float = ALPHA, beta: float = BETA,
-                 eps: float = 1.0) -> torch.Tensor:
+def tversky_loss(
+    logits: torch.Tensor, target: torch.Tensor, *, alpha: float = ALPHA, beta: float = BETA, eps: float = 1.0
+) -> torch.Tensor:
     """Scalar 1 - TP / (TP + alpha FP + beta FN) of sigmoid((B, 1, *S) logits) against (B, 1, *S) masks, over the batch.
 
     Soft counts (probabilities); alpha = beta = 0.5 is the soft Dice. `eps` (one voxel) keeps a
@@ -64,8 +65,9 @@ def segment_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     35 instead of 32 of 50 on 30 scans of another seed, with 12.7 instead of 11.1 components per scan;
     the whole detector's held-out CPM 0.75 instead of 0.73 (bench/detect.py), 0.63 instead of 0.61 on that seed.
     """
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target.float(),
-                                                               pos_weight=torch.tensor(POS_WEIGHT, device=logits.device))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits.float(), target.float(), pos_weight=torch.tensor(POS_WEIGHT, device=logits.device)
+    )
     return tversky_loss(logits, target) + bce
 
 
@@ -92,8 +94,17 @@ def build_segment_task(cfg: TrainConfig, dist: DistInfo = DistInfo()) -> TaskPar
     augment = Augment(spatial_dims=SPATIAL_DIMS, **_AUGMENT) if cfg.data.augment else None
 
     def crops(uids, transform, samples):
-        return SegmentationCrops(cache, index.nodules_of(uids), uids, spatial_dims=SPATIAL_DIMS, crop=CROP,
-                                 context=cfg.data.context, lung_fraction=0.5, samples_per_epoch=samples, transform=transform)
+        return SegmentationCrops(
+            cache,
+            index.nodules_of(uids),
+            uids,
+            spatial_dims=SPATIAL_DIMS,
+            crop=CROP,
+            context=cfg.data.context,
+            lung_fraction=0.5,
+            samples_per_epoch=samples,
+            transform=transform,
+        )
 
     train = crops(split.train, augment, cfg.data.epoch_samples or None)
     held_out = min(VAL_SAMPLES, len(train))  # a short (test) run gets a short validation too
@@ -101,20 +112,29 @@ def build_segment_task(cfg: TrainConfig, dist: DistInfo = DistInfo()) -> TaskPar
     test = crops(split.test, None, held_out) if split.test else None
     for name, dataset in (("training", train), ("validation", val)):
         if dataset.n_nodule_samples == 0:
-            raise ConfigError(f"the {name} split of {root} holds no annotated nodules to segment",
-                              fix="Use more scans (e.g. `noduleflow synth --scans 10`) or change data.val_fraction.")
+            raise ConfigError(
+                f"the {name} split of {root} holds no annotated nodules to segment",
+                fix="Use more scans (e.g. `noduleflow synth --scans 10`) or change data.val_fraction.",
+            )
     model = segmentation_unet(cfg.model.width, cfg.model.depth, cfg.data.context)
     batch, workers, seed = cfg.data.batch_size, cfg.data.num_workers, cfg.run.seed
-    train_loader = make_loader(train, batch, workers=workers, shuffle=True, seed=seed, distributed=dist.enabled,
-                               persistent_workers=False)
+    train_loader = make_loader(
+        train, batch, workers=workers, shuffle=True, seed=seed, distributed=dist.enabled, persistent_workers=False
+    )
 
     def evaluation(dataset: Dataset):
         frozen = _frozen(dataset, seed)
         shard = ShardSampler(len(frozen), dist.rank, dist.world_size) if dist.enabled else None
         return make_loader(frozen, batch, seed=seed, sampler=shard, persistent_workers=False)
 
-    return TaskParts(model, segment_loss, train_loader, evaluation(val),
-                     None if test is None else evaluation(test), metrics_fn=segmentation_metrics)
+    return TaskParts(
+        model,
+        segment_loss,
+        train_loader,
+        evaluation(val),
+        None if test is None else evaluation(test),
+        metrics_fn=segmentation_metrics,
+    )
 
 
 def _frozen(dataset: Dataset, seed: int) -> TensorDataset:

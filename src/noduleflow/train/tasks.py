@@ -10,9 +10,9 @@ Every task is classification with cross-entropy on (B, C) logits, so the same `T
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -51,8 +51,13 @@ def build_task(cfg: TrainConfig, dist: DistInfo = DistInfo()) -> TaskParts:
 def _digits(cfg: TrainConfig, dist: DistInfo) -> TaskParts:
     from noduleflow.data.digits import load_digit_splits
 
-    splits = load_digit_splits(cfg.data.classes, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
-                               seed=cfg.run.seed, augment=cfg.data.augment)
+    splits = load_digit_splits(
+        cfg.data.classes,
+        val_fraction=cfg.data.val_fraction,
+        test_fraction=cfg.data.test_fraction,
+        seed=cfg.run.seed,
+        augment=cfg.data.augment,
+    )
     model = build_model(cfg.model, in_channels=1, num_classes=len(splits.classes))
     return _parts(cfg, dist, model, splits.train, splits.val, splits.test, sampler=None)
 
@@ -71,37 +76,55 @@ def _ct(cfg: TrainConfig, dist: DistInfo) -> TaskParts:
     if cfg.task == "classify":
         # candidates on annotations_excluded.csv findings (nodules < 3 mm, non-nodules) are left out of
         # training and validation, as the LUNA16 evaluation ignores marks on them: their label is not a fact
-        sets = [CandidatePatches(cache, index.candidates_of(uids, keep_excluded=False), size=size, size_mm=size_mm,
-                                 transform=t) for uids, t in
-                [(split.train, augment), (split.val, None), (split.test, None)]]
+        sets = [
+            CandidatePatches(
+                cache, index.candidates_of(uids, keep_excluded=False), size=size, size_mm=size_mm, transform=t
+            )
+            for uids, t in [(split.train, augment), (split.val, None), (split.test, None)]
+        ]
     else:
-        sets = [MalignancySamples(cache, index.nodules_of(uids), size=size, size_mm=size_mm, transform=t) for uids, t in
-                [(split.train, augment), (split.val, None), (split.test, None)]]
+        sets = [
+            MalignancySamples(cache, index.nodules_of(uids), size=size, size_mm=size_mm, transform=t)
+            for uids, t in [(split.train, augment), (split.val, None), (split.test, None)]
+        ]
     train, val, test = sets
     for name, dataset in (("training", train), ("validation", val)):
         if len(dataset) == 0:
-            raise ConfigError(f"the {name} split of {root} holds no {cfg.task} samples",
-                              fix="Use more scans (e.g. `noduleflow synth --scans 10`) or change data.val_fraction.")
+            raise ConfigError(
+                f"the {name} split of {root} holds no {cfg.task} samples",
+                fix="Use more scans (e.g. `noduleflow synth --scans 10`) or change data.val_fraction.",
+            )
     sampler = train.balanced_sampler(cfg.data.balance, num_samples=cfg.data.epoch_samples or None, seed=cfg.run.seed)
     return _parts(cfg, dist, model, train, val, test if len(test) else None, sampler=sampler)
 
 
-def _parts(cfg: TrainConfig, dist: DistInfo, model: nn.Module, train: Dataset, val: Dataset, test: Dataset | None,
-           *, sampler) -> TaskParts:
+def _parts(
+    cfg: TrainConfig, dist: DistInfo, model: nn.Module, train: Dataset, val: Dataset, test: Dataset | None, *, sampler
+) -> TaskParts:
     """Loaders: the train loader shuffles (or follows `sampler`) and shards under DDP; val/test shard without padding.
 
     persistent_workers stays off: fresh workers each epoch take their seeds from the loader's
     generator, whose state the checkpoint stores, so a resumed run replays the same augmentation.
     """
     batch, workers, seed = cfg.data.batch_size, cfg.data.num_workers, cfg.run.seed
-    train_loader = make_loader(train, batch, workers=workers, shuffle=sampler is None, seed=seed, sampler=sampler,
-                               distributed=dist.enabled, persistent_workers=False)
+    train_loader = make_loader(
+        train,
+        batch,
+        workers=workers,
+        shuffle=sampler is None,
+        seed=seed,
+        sampler=sampler,
+        distributed=dist.enabled,
+        persistent_workers=False,
+    )
 
     def evaluation(dataset: Dataset) -> DataLoader:
         shard = ShardSampler(len(dataset), dist.rank, dist.world_size) if dist.enabled else None
         return make_loader(dataset, batch, workers=workers, seed=seed, sampler=shard, persistent_workers=False)
 
-    return TaskParts(model, nn.CrossEntropyLoss(), train_loader, evaluation(val), None if test is None else evaluation(test))
+    return TaskParts(
+        model, nn.CrossEntropyLoss(), train_loader, evaluation(val), None if test is None else evaluation(test)
+    )
 
 
 def _segment(cfg: TrainConfig, dist: DistInfo) -> TaskParts:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +27,14 @@ from torch.utils.data import DataLoader
 from noduleflow.config import TrainConfig, config_to_dict
 from noduleflow.errors import CheckpointError, ConfigError
 from noduleflow.metrics.classification import classification_metrics
-from noduleflow.train.checkpoint import freeze_batchnorm_statistics, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from noduleflow.train.checkpoint import (
+    freeze_batchnorm_statistics,
+    load_checkpoint,
+    load_model_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from noduleflow.train.distributed import DistInfo, all_gather_objects
 from noduleflow.train.runlog import EpochProgress, RunLog
 from noduleflow.train.wrap import WrappedModel
@@ -35,11 +43,20 @@ from noduleflow.train.wrap import WrappedModel
 class Trainer:
     """Trains `model` for `config.run.epochs` epochs, keeping last.pt / best.pt by `config.run.monitor`."""
 
-    def __init__(self, model: WrappedModel, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 optimizer: torch.optim.Optimizer, train_loader: DataLoader, val_loader: DataLoader, *,
-                 config: TrainConfig, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                 metrics_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] = classification_metrics,
-                 run_dir: str | Path | None = None, dist: DistInfo = DistInfo()):
+    def __init__(
+        self,
+        model: WrappedModel,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        train_loader: DataLoader,
+        val_loader: DataLoader,
+        *,
+        config: TrainConfig,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        metrics_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] = classification_metrics,
+        run_dir: str | Path | None = None,
+        dist: DistInfo = DistInfo(),
+    ):
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
         self.train_loader, self.val_loader, self.metrics_fn = train_loader, val_loader, metrics_fn
         self.config, self.dist = config, dist
@@ -64,8 +81,10 @@ class Trainer:
                 if epoch == last or (every and epoch % every == 0):
                     record.update({f"val_{k}": v for k, v in self.evaluate(self.val_loader).items()})
                     if self.monitor not in record:
-                        raise ConfigError(f"run.monitor = {self.monitor!r} is not a metric of this task",
-                                          fix=f"Use one of: {', '.join(k for k in record if k.startswith('val_'))}.")
+                        raise ConfigError(
+                            f"run.monitor = {self.monitor!r} is not a metric of this task",
+                            fix=f"Use one of: {', '.join(k for k in record if k.startswith('val_'))}.",
+                        )
                     improved = self._update_best(record[self.monitor], epoch)
                     if improved:
                         self.best_threshold = record.get("val_threshold")
@@ -84,11 +103,18 @@ class Trainer:
         finally:
             if log is not None:
                 log.close()
-        return {"best_epoch": self.best_epoch, self.monitor: self.best_value, "epochs": self.epoch,
-                "steps": self.step, "stopped_early": stopped_early}
+        return {
+            "best_epoch": self.best_epoch,
+            self.monitor: self.best_value,
+            "epochs": self.epoch,
+            "steps": self.step,
+            "stopped_early": stopped_early,
+        }
 
     @torch.inference_mode()
-    def evaluate(self, loader: DataLoader, metrics_fn: Callable[..., dict[str, float]] | None = None) -> dict[str, float]:
+    def evaluate(
+        self, loader: DataLoader, metrics_fn: Callable[..., dict[str, float]] | None = None
+    ) -> dict[str, float]:
         """Mean loss and `metrics_fn` (default: the trainer's) over `loader`, gathered from every rank's shard."""
         model, policy = self.model.eval_model, self.model.policy
         model.eval()
@@ -106,7 +132,10 @@ class Trainer:
         all_out = torch.cat([t for shard in shards for t in shard[0]])
         all_y = torch.cat([t for shard in shards for t in shard[1]])
         total = sum(shard[3] for shard in shards)
-        return {"loss": sum(shard[2] for shard in shards) / max(total, 1), **(metrics_fn or self.metrics_fn)(all_out, all_y)}
+        return {
+            "loss": sum(shard[2] for shard in shards) / max(total, 1),
+            **(metrics_fn or self.metrics_fn)(all_out, all_y),
+        }
 
     def resume(self, path: str | Path) -> None:
         """Continue from a checkpoint written by `fit`: weights, optimizer, scheduler, counters and RNG."""
@@ -119,8 +148,11 @@ class Trainer:
             if self.model.scaler is not None and payload["scaler"] is not None:
                 self.model.scaler.load_state_dict(payload["scaler"])
         except (ValueError, KeyError, RuntimeError) as err:
-            raise CheckpointError(f"optimizer state does not fit ({err})", path=path,
-                                  fix="Resume with the run's own config (optimizer and model unchanged).") from None
+            raise CheckpointError(
+                f"optimizer state does not fit ({err})",
+                path=path,
+                fix="Resume with the run's own config (optimizer and model unchanged).",
+            ) from None
         self.epoch, self.step, self.bad_epochs = payload["epoch"], payload["step"], payload["bad_epochs"]
         self.best_value, self.best_epoch = payload["best"]["value"], payload["best"]["epoch"]
         self.best_threshold = payload["best"].get("threshold")
@@ -157,13 +189,18 @@ class Trainer:
             loss_sum += loss.detach() * len(y)
             samples += len(y)
             self.progress.advance(len(y), loss.item() if self.progress.enabled and i % 10 == 0 else None)
-        total = float(loss_sum)  # waits for the device's queued work, so that the rate counts it (CUDA runs asynchronously)
+        total = float(
+            loss_sum
+        )  # waits for the device's queued work, so that the rate counts it (CUDA runs asynchronously)
         rate = self.progress.rate
         self.progress.stop()
         shards = all_gather_objects((total, samples, rate))
-        return {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
-                "train_loss": sum(s[0] for s in shards) / max(sum(s[1] for s in shards), 1),
-                "samples_per_s": sum(s[2] for s in shards)}
+        return {
+            "step": self.step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": sum(s[0] for s in shards) / max(sum(s[1] for s in shards), 1),
+            "samples_per_s": sum(s[2] for s in shards),
+        }
 
     def _optimizer_step(self) -> None:
         scaler = self.model.scaler
@@ -182,7 +219,9 @@ class Trainer:
         self.step += 1
 
     def _update_best(self, value: float, epoch: int) -> bool:
-        better = not math.isnan(value) and (value < self.best_value if self.lower_is_better else value > self.best_value)
+        better = not math.isnan(value) and (
+            value < self.best_value if self.lower_is_better else value > self.best_value
+        )
         if better:
             self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
         else:
@@ -191,7 +230,10 @@ class Trainer:
 
     def _generators(self) -> list[torch.Generator]:
         """The train loader's own random generators (loader and sampler), whose states resume must restore."""
-        found = [getattr(self.train_loader, "generator", None), getattr(getattr(self.train_loader, "sampler", None), "generator", None)]
+        found = [
+            getattr(self.train_loader, "generator", None),
+            getattr(getattr(self.train_loader, "sampler", None), "generator", None),
+        ]
         unique: list[torch.Generator] = []
         for gen in found:
             if isinstance(gen, torch.Generator) and all(gen is not g for g in unique):
@@ -205,8 +247,16 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "scaler": None if self.model.scaler is None else self.model.scaler.state_dict(),
-            "epoch": self.epoch, "step": self.step, "bad_epochs": self.bad_epochs,
-            "best": {"metric": self.monitor, "value": float(self.best_value), "epoch": self.best_epoch,
-                     "threshold": self.best_threshold},
-            "rng": states, "world_size": self.dist.world_size, "config": config_to_dict(self.config),
+            "epoch": self.epoch,
+            "step": self.step,
+            "bad_epochs": self.bad_epochs,
+            "best": {
+                "metric": self.monitor,
+                "value": float(self.best_value),
+                "epoch": self.best_epoch,
+                "threshold": self.best_threshold,
+            },
+            "rng": states,
+            "world_size": self.dist.world_size,
+            "config": config_to_dict(self.config),
         }

@@ -55,8 +55,15 @@ class WrappedModel:
     scaler: torch.amp.GradScaler | None
 
 
-def wrap_model(model: nn.Module, *, device: torch.device, channels_last: str = "auto", compile: bool = False,
-               amp: str = "auto", dist: DistInfo | None = None) -> WrappedModel:
+def wrap_model(
+    model: nn.Module,
+    *,
+    device: torch.device,
+    channels_last: str = "auto",
+    compile: bool = False,
+    amp: str = "auto",
+    dist: DistInfo | None = None,
+) -> WrappedModel:
     """Apply, in this order: device + memory format, torch.compile, DDP; choose the AMP policy.
 
     channels_last: 'auto' (on for 3D conv nets on CPU, where it was measured to pay off), 'on', 'off'.

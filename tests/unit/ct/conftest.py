@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from ct_geometry_helpers import rotation
 
 from noduleflow.ct import CtVolume

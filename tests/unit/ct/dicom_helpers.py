@@ -9,8 +9,21 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 ROW_MM, COL_MM, SLICE_MM = 0.75, 0.625, 2.5
 
 
-def write_series(folder, stored, *, slopes, intercepts, direction, origin, series_uid=None, shuffle_seed=3, positions=None,
-                  bits_stored=16, syntax=ExplicitVRLittleEndian, edit=None):
+def write_series(
+    folder,
+    stored,
+    *,
+    slopes,
+    intercepts,
+    direction,
+    origin,
+    series_uid=None,
+    shuffle_seed=3,
+    positions=None,
+    bits_stored=16,
+    syntax=ExplicitVRLittleEndian,
+    edit=None,
+):
     """One 16-bit DICOM file per slice of `stored` (I, R, C), under shuffled file names and instance numbers;
     signed if `stored` is, keeping the low `bits_stored` bits.
 
@@ -38,7 +51,12 @@ def write_series(folder, stored, *, slopes, intercepts, direction, origin, serie
         ds.Rows, ds.Columns = stored[k].shape
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         signed = stored.dtype.kind == "i"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, int(signed)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (
+            16,
+            bits_stored,
+            bits_stored - 1,
+            int(signed),
+        )
         ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*direction[:, 0], *direction[:, 1])]
         ds.ImagePositionPatient = [f"{v:.4f}" for v in positions[k]]
         ds.PixelSpacing = [ROW_MM, COL_MM]

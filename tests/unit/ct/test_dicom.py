@@ -24,10 +24,20 @@ def stored():
     return np.random.default_rng(5).integers(0, 4000, size=(6, 5, 4)).astype(np.uint16)
 
 
-@pytest.mark.parametrize("slopes, intercepts", [([1] * 6, [-1024] * 6), ([2, 2, 1, 1, 0.5, 0.5], [-1024, -1000, 0, -1024, -7.25, 3])])
+@pytest.mark.parametrize(
+    "slopes, intercepts", [([1] * 6, [-1024] * 6), ([2, 2, 1, 1, 0.5, 0.5], [-1024, -1000, 0, -1024, -7.25, 3])]
+)
 def test_series_in_shuffled_files_reads_in_world_order(tmp_path, stored, direction, slopes, intercepts):
     origin = np.array([-150.5, 20.25, -300.0])
-    files = _write_series(tmp_path / "series", stored, slopes=slopes, intercepts=intercepts, direction=direction, origin=origin, series_uid="1.2.840.99")
+    files = _write_series(
+        tmp_path / "series",
+        stored,
+        slopes=slopes,
+        intercepts=intercepts,
+        direction=direction,
+        origin=origin,
+        series_uid="1.2.840.99",
+    )
     assert sorted(files) != files  # file names do not follow the slice order
     volume = read_volume(tmp_path / "series")
     expected = np.rint(stored * np.array(slopes, dtype=np.float64)[:, None, None] + np.array(intercepts)[:, None, None])
@@ -40,7 +50,9 @@ def test_series_in_shuffled_files_reads_in_world_order(tmp_path, stored, directi
 
 def test_geometry_and_values_match_itk_series_reader(tmp_path, stored, direction):
     folder = tmp_path / "series"
-    _write_series(folder, stored, slopes=[1] * 6, intercepts=[-1024] * 6, direction=direction, origin=np.array([1.0, 2.0, 3.0]))
+    _write_series(
+        folder, stored, slopes=[1] * 6, intercepts=[-1024] * 6, direction=direction, origin=np.array([1.0, 2.0, 3.0])
+    )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
     itk = reader.Execute()
@@ -92,8 +104,24 @@ def test_folder_without_dicom_files(tmp_path):
 
 def test_two_series_in_one_folder(tmp_path, stored, direction):
     folder = tmp_path / "mixed"
-    _write_series(folder, stored[:3], slopes=[1] * 3, intercepts=[0] * 3, direction=direction, origin=np.zeros(3), series_uid="1.2.3.111")
-    files = _write_series(folder / "tmp", stored[3:], slopes=[1] * 3, intercepts=[0] * 3, direction=direction, origin=np.zeros(3), series_uid="1.2.3.222")
+    _write_series(
+        folder,
+        stored[:3],
+        slopes=[1] * 3,
+        intercepts=[0] * 3,
+        direction=direction,
+        origin=np.zeros(3),
+        series_uid="1.2.3.111",
+    )
+    files = _write_series(
+        folder / "tmp",
+        stored[3:],
+        slopes=[1] * 3,
+        intercepts=[0] * 3,
+        direction=direction,
+        origin=np.zeros(3),
+        series_uid="1.2.3.222",
+    )
     for f in files:
         f.rename(folder / f"B{f.name}")
     _raises(folder, "mixes 2 DICOM series", "1.2.3.111", "1.2.3.222")
@@ -101,10 +129,27 @@ def test_two_series_in_one_folder(tmp_path, stored, direction):
 
 def test_inconsistent_slice_sizes(tmp_path, stored, direction):
     folder = tmp_path / "sizes"
-    _write_series(folder, stored[:3], slopes=[1] * 3, intercepts=[0] * 3, direction=direction, origin=np.zeros(3), series_uid="1.2.5")
+    _write_series(
+        folder,
+        stored[:3],
+        slopes=[1] * 3,
+        intercepts=[0] * 3,
+        direction=direction,
+        origin=np.zeros(3),
+        series_uid="1.2.5",
+    )
     other = np.zeros((3, 5, 6), np.uint16)
     shifted = [3 * SLICE_MM * direction[:, 2] + k * SLICE_MM * direction[:, 2] for k in range(3)]
-    files = _write_series(folder / "tmp", other, slopes=[1] * 3, intercepts=[0] * 3, direction=direction, origin=np.zeros(3), series_uid="1.2.5", positions=shifted)
+    files = _write_series(
+        folder / "tmp",
+        other,
+        slopes=[1] * 3,
+        intercepts=[0] * 3,
+        direction=direction,
+        origin=np.zeros(3),
+        series_uid="1.2.5",
+        positions=shifted,
+    )
     for f in files:
         f.rename(folder / f"B{f.name}")
     _raises(folder, "inconsistent slice sizes", "5x4", "5x6")
@@ -116,8 +161,18 @@ def test_missing_or_repeated_slice(tmp_path, stored, direction, drop, fragment):
     if drop is None:
         positions[4] = positions[3]
     else:
-        positions = [p + (SLICE_MM * direction[:, 2] if k >= drop else 0) for k, p in enumerate(positions)]  # a gap after slice 1
-    _write_series(tmp_path / "s", stored, slopes=[1] * 6, intercepts=[0] * 6, direction=direction, origin=np.zeros(3), positions=positions)
+        positions = [
+            p + (SLICE_MM * direction[:, 2] if k >= drop else 0) for k, p in enumerate(positions)
+        ]  # a gap after slice 1
+    _write_series(
+        tmp_path / "s",
+        stored,
+        slopes=[1] * 6,
+        intercepts=[0] * 6,
+        direction=direction,
+        origin=np.zeros(3),
+        positions=positions,
+    )
     _raises(tmp_path / "s", fragment)
 
 
@@ -127,7 +182,9 @@ def test_single_slice(tmp_path, stored, direction):
 
 
 def test_slice_without_position_tag(tmp_path, stored, direction):
-    files = _write_series(tmp_path / "s", stored, slopes=[1] * 6, intercepts=[0] * 6, direction=direction, origin=np.zeros(3))
+    files = _write_series(
+        tmp_path / "s", stored, slopes=[1] * 6, intercepts=[0] * 6, direction=direction, origin=np.zeros(3)
+    )
     ds = pydicom.dcmread(files[2])
     del ds.ImagePositionPatient
     ds.save_as(files[2])
@@ -140,13 +197,23 @@ def test_slice_without_position_tag(tmp_path, stored, direction):
 def test_signed_pixels(tmp_path, direction, bits_stored, syntax):
     """Signed 16-bit pixels are read from the bytes; signed 12-bit ones need pydicom's sign extension."""
     stored = np.random.default_rng(4).integers(-2000, 2000, size=(3, 4, 5)).astype(np.int16)
-    _write_series(tmp_path / "s", stored, slopes=[1] * 3, intercepts=[24] * 3, direction=direction, origin=np.zeros(3),
-                  bits_stored=bits_stored, syntax=syntax)
+    _write_series(
+        tmp_path / "s",
+        stored,
+        slopes=[1] * 3,
+        intercepts=[24] * 3,
+        direction=direction,
+        origin=np.zeros(3),
+        bits_stored=bits_stored,
+        syntax=syntax,
+    )
     np.testing.assert_array_equal(read_volume(tmp_path / "s").hu, stored + 24)
 
 
 def test_undecodable_pixel_data(tmp_path, stored, direction):
-    files = _write_series(tmp_path / "s", stored, slopes=[1] * 6, intercepts=[0] * 6, direction=direction, origin=np.zeros(3))
+    files = _write_series(
+        tmp_path / "s", stored, slopes=[1] * 6, intercepts=[0] * 6, direction=direction, origin=np.zeros(3)
+    )
     ds = pydicom.dcmread(files[1])
     ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
     ds.PixelData = pydicom.encaps.encapsulate([b"\xff\x4f\xff\x51 not a real codestream"])

@@ -19,11 +19,13 @@ irc_points = arrays(np.float64, (8, 3), elements=st.floats(-50, 600, **finite))
 def _direction(q: np.ndarray, reflect: float) -> np.ndarray:
     """A rotation from a (not yet unit) quaternion, optionally with the C axis mirrored (det -1)."""
     w, x, y, z = q / np.linalg.norm(q)
-    rot = np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    rot = np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
     return rot @ np.diag([reflect, 1.0, 1.0])
 
 

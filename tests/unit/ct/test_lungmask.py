@@ -24,13 +24,19 @@ def _phantom(nodule_radius_mm=6.0, lung_offset_mm=70.0, dome=False):
     lung_axes = np.array([50.7, 75.3, 70.0])  # x, y, z semi-axes in mm, edges between voxel centres
     parts = {"body": body}
     for name, side in (("lung_right", 1), ("lung_left", -1)):
-        parts[name] = ((x - cx - side * lung_offset_mm) / lung_axes[0]) ** 2 + ((y - cy) / lung_axes[1]) ** 2 + ((z - cz) / lung_axes[2]) ** 2 <= 1
+        parts[name] = ((x - cx - side * lung_offset_mm) / lung_axes[0]) ** 2 + ((y - cy) / lung_axes[1]) ** 2 + (
+            (z - cz) / lung_axes[2]
+        ) ** 2 <= 1
     lungs = parts["lung_right"] | parts["lung_left"]
     wall_x = cx + lung_offset_mm + lung_axes[0]  # lateral edge of the right-hand lung at its middle
     nodule_x = wall_x - 0.8 * nodule_radius_mm  # overlaps the chest wall: juxta-pleural
     parts["nodule"] = ((x - nodule_x) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 <= nodule_radius_mm**2) & lungs
-    parts["mass"] = (x - (cx + lung_offset_mm)) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 <= 20.0**2  # only hole filling keeps it
-    parts["vessel"] = ((x - (cx - lung_offset_mm)) ** 2 + (z - cz) ** 2 <= 3.0**2) & (np.abs(y - cy) < 40) & np.ones(SHAPE, bool)
+    parts["mass"] = (x - (cx + lung_offset_mm)) ** 2 + (y - cy) ** 2 + (
+        z - cz
+    ) ** 2 <= 20.0**2  # only hole filling keeps it
+    parts["vessel"] = (
+        ((x - (cx - lung_offset_mm)) ** 2 + (z - cz) ** 2 <= 3.0**2) & (np.abs(y - cy) < 40) & np.ones(SHAPE, bool)
+    )
     parts["gas"] = (x - cx) ** 2 + (y - (cy + 40)) ** 2 + (z - 10) ** 2 <= 15.0**2
     hu = np.full(SHAPE, -1000, np.int16)
     hu[body] = 0
@@ -63,8 +69,10 @@ def test_a_mask_on_every_second_row_and_column_is_the_full_one_to_a_voxel(phanto
     volume, parts, mask = phantom_and_mask
     coarse = lung_mask(volume, step=2)
     assert coarse.shape == mask.shape and coarse.dtype == bool
-    edge = ndimage.binary_dilation(mask, structure=np.ones((1, 3, 3), bool)) & ~ndimage.binary_erosion(mask, structure=np.ones((1, 3, 3), bool))
-    assert (coarse == mask)[~edge].all()                    # they differ only on the mask's edge
+    edge = ndimage.binary_dilation(mask, structure=np.ones((1, 3, 3), bool)) & ~ndimage.binary_erosion(
+        mask, structure=np.ones((1, 3, 3), bool)
+    )
+    assert (coarse == mask)[~edge].all()  # they differ only on the mask's edge
     assert abs(int(coarse.sum()) - int(mask.sum())) < 0.02 * mask.sum()
     assert coarse[parts["nodule"]].mean() > 0.95 and not coarse[parts["gas"]].any()
 

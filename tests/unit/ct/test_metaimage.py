@@ -53,7 +53,8 @@ def test_big_endian_pixels_and_header_size(tmp_path):
     (tmp_path / "be.raw").write_bytes(b"JUNKJUNK" + values.astype(">i2").tobytes())
     (tmp_path / "be.mhd").write_text(
         "NDims = 3\nDimSize = 3 2 1\nElementSpacing = 0.5 0.5 2\nBinaryDataByteOrderMSB = True\n"
-        "HeaderSize = 8\nElementType = MET_SHORT\nElementDataFile = be.raw\n")
+        "HeaderSize = 8\nElementType = MET_SHORT\nElementDataFile = be.raw\n"
+    )
     volume = read_volume(tmp_path / "be.mhd")
     np.testing.assert_array_equal(volume.hu, values)
     np.testing.assert_array_equal(volume.origin_xyz, [0, 0, 0])  # Offset and TransformMatrix default like ITK

@@ -6,12 +6,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from ct_geometry_helpers import rotation
 
 from noduleflow.ct import read_volume
 from noduleflow.ct.nifti import read_nifti
 from noduleflow.errors import ScanError
-
-from ct_geometry_helpers import rotation
 
 
 def _ras_affine(direction_ras, spacing, origin_ras) -> np.ndarray:

@@ -74,12 +74,26 @@ def test_unknown_suffix_on_write(tmp_path, oblique_volume):
     assert not path.exists()
 
 
-@pytest.mark.parametrize("error", [OSError("disk on fire"), ValueError("x"), TypeError("y"), IndexError("z"),
-                                   KeyError("k"), zlib.error("bad"), struct.error("short"), MemoryError(),
-                                   OverflowError("big"), ZeroDivisionError("zero"), AttributeError("attr"),
-                                   RuntimeError("plugin")])
-def test_any_unexpected_reader_failure_becomes_a_scan_error_naming_the_file(tmp_path, oblique_volume, monkeypatch,
-                                                                            error):
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError("disk on fire"),
+        ValueError("x"),
+        TypeError("y"),
+        IndexError("z"),
+        KeyError("k"),
+        zlib.error("bad"),
+        struct.error("short"),
+        MemoryError(),
+        OverflowError("big"),
+        ZeroDivisionError("zero"),
+        AttributeError("attr"),
+        RuntimeError("plugin"),
+    ],
+)
+def test_any_unexpected_reader_failure_becomes_a_scan_error_naming_the_file(
+    tmp_path, oblique_volume, monkeypatch, error
+):
     path = write_volume(oblique_volume, tmp_path / "scan.mha")
 
     def broken(_path):

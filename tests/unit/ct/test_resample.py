@@ -40,7 +40,7 @@ def test_sphere_centre_stays_put_within_half_a_voxel(oblique_direction, target):
 def test_grid_centre_and_extent_are_kept(oblique_direction):
     volume, _ = _sphere_volume(oblique_direction)
     out = resample(volume, (1.0, 1.0, 1.0))
-    centre = lambda v: v.irc_to_xyz((np.asarray(v.shape) - 1) / 2)  # noqa: E731
+    centre = lambda v: v.irc_to_xyz((np.asarray(v.shape) - 1) / 2)  # noqa: E731 - a one-line centre of a volume
     np.testing.assert_allclose(centre(out), centre(volume), atol=1e-9)
     extent_irc = np.asarray(volume.shape) * volume.spacing_irc
     assert out.shape == tuple(np.round(extent_irc / 1.0).astype(int))  # (60, 56, 45)

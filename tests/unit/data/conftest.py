@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from luna_phantoms import write_luna
 
 

@@ -8,9 +8,9 @@ import numpy as np
 
 from noduleflow.ct import CtVolume, write_volume
 
-SHAPE = (40, 64, 64)              # (I, R, C)
-SPACING_XYZ = (0.8, 0.8, 2.0)     # mm
-NODULE_IRC = (20, 30, 18)         # voxel of the nodule centre, inside the left lung
+SHAPE = (40, 64, 64)  # (I, R, C)
+SPACING_XYZ = (0.8, 0.8, 2.0)  # mm
+NODULE_IRC = (20, 30, 18)  # voxel of the nodule centre, inside the left lung
 NODULE_DIAMETER_MM = 6.0
 NODULE_HU = 200
 
@@ -61,9 +61,12 @@ def write_luna(root: Path, n_scans: int = 3, malignancy: bool = True) -> dict:
     annotations.append(f"{ghost},1,2,3,5.0")
     mal.append(f"{ghost},1,2,3,5.0,True")
     candidates += [f"{ghost},1,2,3,1", f"{ghost},4,5,6,0"]
-    (root / "annotations.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n" + "\n".join(annotations) + "\n")
+    (root / "annotations.csv").write_text(
+        "seriesuid,coordX,coordY,coordZ,diameter_mm\n" + "\n".join(annotations) + "\n"
+    )
     (root / "candidates.csv").write_text("seriesuid,coordX,coordY,coordZ,class\n" + "\n".join(candidates) + "\n")
     if malignancy:
         (root / "annotations_with_malignancy.csv").write_text(
-            "seriesuid,coordX,coordY,coordZ,diameter_mm,mal_bool\n" + "\n".join(mal) + "\n")
+            "seriesuid,coordX,coordY,coordZ,diameter_mm,mal_bool\n" + "\n".join(mal) + "\n"
+        )
     return {"root": root, "volumes": volumes, "uids": [v.series_uid for v in volumes]}

@@ -10,7 +10,7 @@ from noduleflow.data.augment import Augment
 
 def _ball(shape, center, radius) -> torch.Tensor:
     grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij")
-    return sum((g - c) ** 2 for g, c in zip(grids, center)) <= radius ** 2
+    return sum((g - c) ** 2 for g, c in zip(grids, center)) <= radius**2
 
 
 @pytest.mark.parametrize("spatial_dims, shape", [(3, (2, 1, 8, 12, 10)), (2, (3, 5, 12, 10))])
@@ -38,13 +38,15 @@ def test_shift_pads_with_air_not_water():
     out = Augment(flip_axes=(), offset_vox=8)(x, generator=torch.Generator().manual_seed(2))
     assert out.min().item() == pytest.approx(-1.0, abs=1e-5) and out.max().item() <= 0.3 + 1e-5
     settled = ((out - 0.3).abs() < 1e-4) | ((out + 1).abs() < 1e-4)
-    assert settled.float().mean() > 0.8                                    # only the seam interpolates
+    assert settled.float().mean() > 0.8  # only the seam interpolates
 
 
 def test_rotation_and_zoom_move_the_mask_with_the_image():
     mask = _ball((12, 32, 32), (6, 10, 20), 5)[None, None].repeat(4, 1, 1, 1, 1)  # (4, 1, 12, 32, 32)
     image = mask.float() * 2 - 1
-    out, out_mask = Augment(rotate_deg=90, scale=0.2, offset_vox=3)(image, mask, generator=torch.Generator().manual_seed(3))
+    out, out_mask = Augment(rotate_deg=90, scale=0.2, offset_vox=3)(
+        image, mask, generator=torch.Generator().manual_seed(3)
+    )
     assert out_mask.dtype == torch.bool and not torch.equal(out_mask, mask)
     for o, m in zip(out, out_mask):
         bright = o > 0

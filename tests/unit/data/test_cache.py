@@ -60,7 +60,7 @@ def test_second_run_skips_complete_entries_and_rebuilds_only_an_incomplete_one(l
     cache = first.cache
     hu_mtimes = {u: (cache.entry_dir(u) / "hu.npy").stat().st_mtime_ns for u in uids}
     assert _prepare(root).built == []
-    (cache.entry_dir(uids[1]) / "entry.json").unlink()          # as if killed before the manifest landed
+    (cache.entry_dir(uids[1]) / "entry.json").unlink()  # as if killed before the manifest landed
     again = _prepare(root)
     assert again.built == [uids[1]] and sorted(again.skipped) == [uids[0], uids[2]] and again.rebuilt == {}
     for u in (uids[0], uids[2]):
@@ -110,7 +110,7 @@ def test_full_disk_mid_write_raises_cache_error_leaves_no_partial_entry_and_next
 
     def write(self, data):
         calls["n"] += memoryview(data).nbytes > 100_000
-        if calls["n"] == 2:                       # the voxels of the second scan's hu.npy, after its header
+        if calls["n"] == 2:  # the voxels of the second scan's hu.npy, after its header
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(self, data)
 
@@ -120,7 +120,7 @@ def test_full_disk_mid_write_raises_cache_error_leaves_no_partial_entry_and_next
     assert "Free disk space" in err.value.message
     cache = ScanCache(root / ".noduleflow-cache")
     assert _temp_files(cache.root) == []
-    assert cache.series_uids() == (uids[0],)                     # the first entry finished, the second is not complete
+    assert cache.series_uids() == (uids[0],)  # the first entry finished, the second is not complete
     assert cache.problem(uids[1]) == "missing"
     monkeypatch.setattr(cache_files.HashingWriter, "write", real_write)
     again = _prepare(root)
@@ -161,7 +161,7 @@ def test_spacing_gets_its_own_folder_and_resampled_entries(luna):
     assert summary.cache.dir.name == "v1-1.6x1.6x2mm"
     entry = summary.cache.open(uid)
     assert entry.shape == (40, 32, 32) and entry.spacing_xyz.tolist() == [1.6, 1.6, 2.0]
-    assert not ScanCache(summary.cache.root).dir.exists()        # the native cache was not touched
+    assert not ScanCache(summary.cache.root).dir.exists()  # the native cache was not touched
     assert parse_spacing("0.7, 0.7,1.25") == (0.7, 0.7, 1.25) and parse_spacing(None) is None
     with pytest.raises(ConfigError, match="--spacing '1,-2,3'"):
         parse_spacing("1,-2,3")
@@ -171,7 +171,7 @@ def test_spacing_gets_its_own_folder_and_resampled_entries(luna):
 def test_lung_mask_packs_and_unpacks_exactly(width):
     rng = np.random.default_rng(width)
     mask = np.zeros((6, 9, 20), dtype=bool)
-    mask[1:5, 2:8, 3:3 + width] = rng.random((4, 6, width)) < 0.5
+    mask[1:5, 2:8, 3 : 3 + width] = rng.random((4, 6, width)) < 0.5
     packed = LungMask.from_array(mask)
     np.testing.assert_array_equal(packed.to_array(), mask)
     points = np.argwhere(np.ones_like(mask))

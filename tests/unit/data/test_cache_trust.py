@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from luna_phantoms import phantom, write_luna
+
 from noduleflow.ct import CtVolume, write_volume
 from noduleflow.ct.io import read_volume
 from noduleflow.ct.lungmask import lung_mask
@@ -90,8 +90,12 @@ damages = st.one_of(
     st.tuples(st.just("fifo"), st.sampled_from(FILES), st.just(0.0), st.just(b"")),
     st.tuples(st.just("other_voxels"), st.just("hu.npy"), st.floats(0, 0.999), _byte),
     st.tuples(st.just("garbage"), st.just("entry.json"), st.just(0.0), st.just(b"[" * 100_000)),  # deep JSON
-    st.tuples(st.just("edit_json"), st.sampled_from(["shape", "origin_xyz", "series_uid", "key", "files"]),
-              st.just(0.0), st.just(b"")),
+    st.tuples(
+        st.just("edit_json"),
+        st.sampled_from(["shape", "origin_xyz", "series_uid", "key", "files"]),
+        st.just(0.0),
+        st.just(b""),
+    ),
     st.tuples(st.just("touch_source"), st.sampled_from(["mhd", "raw"]), st.floats(0, 0.999), st.just(b"")),
     st.tuples(st.just("rewrite_source"), st.just("raw"), st.floats(0, 0.999), _byte),
 )
@@ -102,20 +106,25 @@ def _damage(scan: dict, entry: Path, kind: str, name: str, where: float, data: b
     if kind in ("touch_source", "rewrite_source"):
         source = scan["mhd"] if name == "mhd" else scan["mhd"].with_suffix(".raw")
         if kind == "rewrite_source":
-            with open(source, "r+b") as f:                    # one voxel byte changes, the size does not
+            with open(source, "r+b") as f:  # one voxel byte changes, the size does not
                 f.seek(int(where * source.stat().st_size))
                 old = f.read(1)
                 f.seek(-1, os.SEEK_CUR)
                 f.write(bytes([old[0] ^ data[0]]))
-        _bump_mtime(source, 1 + int(where * 1e6))             # a file system with coarse mtimes still sees it
+        _bump_mtime(source, 1 + int(where * 1e6))  # a file system with coarse mtimes still sees it
     elif kind == "edit_json":
-        manifest = _read(entry / "entry.json")                # valid JSON that lies about one field
+        manifest = _read(entry / "entry.json")  # valid JSON that lies about one field
         if isinstance(manifest, dict):
-            manifest[name] = {"shape": [1, 2, 3], "origin_xyz": [0, 0, 0], "series_uid": "1.2.3", "key": "0" * 20,
-                              "files": {}}[name]
+            manifest[name] = {
+                "shape": [1, 2, 3],
+                "origin_xyz": [0, 0, 0],
+                "series_uid": "1.2.3",
+                "key": "0" * 20,
+                "files": {},
+            }[name]
             (entry / "entry.json").write_text(json.dumps(manifest))
     elif not path.is_file():
-        return                                                # a second damage on a file the first removed
+        return  # a second damage on a file the first removed
     elif kind == "truncate":
         os.truncate(path, int(where * path.stat().st_size))
     elif kind == "flip":
@@ -125,7 +134,7 @@ def _damage(scan: dict, entry: Path, kind: str, name: str, where: float, data: b
             try:
                 span = _read(entry / "entry.json")["files"]["hu.npy"]["header_bytes"]
             except (KeyError, TypeError):
-                pass                                          # entry.json is already broken: flip anywhere
+                pass  # entry.json is already broken: flip anywhere
         with open(path, "r+b") as f:
             f.seek(int(where * min(span, path.stat().st_size)))
             old = f.read(1)
@@ -136,13 +145,13 @@ def _damage(scan: dict, entry: Path, kind: str, name: str, where: float, data: b
         path.write_bytes(data)
     elif kind == "delete":
         path.unlink()
-    elif kind == "other_voxels":                              # a valid .npy of the same shape: another scan's
+    elif kind == "other_voxels":  # a valid .npy of the same shape: another scan's
         hu = _reference(scan)[0]
         np.save(path, np.roll(hu, 1 + int(where * 1000), axis=2) + np.int16(data[0]))
-    elif kind == "folder":                                    # a folder where the file belongs
+    elif kind == "folder":  # a folder where the file belongs
         path.unlink()
         (path / "x").mkdir(parents=True)
-    elif kind == "fifo":                                      # reading it would block: never opened
+    elif kind == "fifo":  # reading it would block: never opened
         path.unlink()
         os.mkfifo(path)
 
@@ -153,7 +162,7 @@ def test_a_damaged_or_stale_entry_is_refused_for_training_and_rebuilt_by_prepare
     root, uid = one_scan["root"], one_scan["uid"]
     cache = ScanCache(root / ".noduleflow-cache")
     entry = cache.entry_dir(uid)
-    if cache.problem(uid) is not None:                        # a failed example left it damaged: start clean
+    if cache.problem(uid) is not None:  # a failed example left it damaged: start clean
         _prepare(root)
     before = _meaning(one_scan, entry)
     for damage in plan:
@@ -182,7 +191,7 @@ def test_a_stale_entry_stops_training_with_the_fix(luna):
     root, uid = luna["root"], luna["uids"][0]
     _prepare(root)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")                            # the CSVs' rows of a series not on disk
+        warnings.simplefilter("ignore")  # the CSVs' rows of a series not on disk
         index = load_index(root)
     raw = next(root.glob(f"subset*/{uid}.raw"))
     _bump_mtime(raw, 10**6)
@@ -203,7 +212,7 @@ def test_training_datasets_refuse_a_damaged_or_stale_entry(luna, damage, dataset
     if damage == "mask_garbage":
         (entry / "lung_mask.npz").write_bytes(b"PK" + bytes(len((entry / "lung_mask.npz").read_bytes()) - 2))
     elif damage == "npy_header":
-        with open(entry / "hu.npy", "r+b") as f:                      # shape (40, 64, 64) -> (40, 64, 84), same size
+        with open(entry / "hu.npy", "r+b") as f:  # shape (40, 64, 64) -> (40, 64, 84), same size
             head = f.read(128)
             f.seek(0)
             f.write(head.replace(b"64)", b"84)"))
@@ -251,7 +260,7 @@ def test_an_entry_of_an_older_layout_is_rebuilt(luna):
     cache = _prepare(root).cache
     manifest_path = cache.entry_dir(uid) / "entry.json"
     manifest = json.loads(manifest_path.read_text())
-    del manifest["format"], manifest["checksum"]                  # what noduleflow wrote before these checks
+    del manifest["format"], manifest["checksum"]  # what noduleflow wrote before these checks
     manifest_path.write_text(json.dumps(manifest))
     assert cache.problem(uid) == "stale: written by an older noduleflow"
     with pytest.raises(CacheError, match=r"older noduleflow\)\. Run `noduleflow prepare DATA`"):
@@ -260,8 +269,10 @@ def test_an_entry_of_an_older_layout_is_rebuilt(luna):
 
 
 @settings(max_examples=25, deadline=None)
-@given(uid=st.text(min_size=1, max_size=200).filter(lambda s: "\x00" not in s)
-       | st.sampled_from(["..", ".", "/", "a/../..", "~"]))
+@given(
+    uid=st.text(min_size=1, max_size=200).filter(lambda s: "\x00" not in s)
+    | st.sampled_from(["..", ".", "/", "a/../..", "~"])
+)
 def test_any_series_uid_names_an_entry_inside_the_cache(tmp_path_factory, uid):
     root = tmp_path_factory.mktemp("names")
     cache = ScanCache(root / "cache")
@@ -269,7 +280,7 @@ def test_any_series_uid_names_an_entry_inside_the_cache(tmp_path_factory, uid):
     cache.write(volume, volume.hu > 60, "k" * 20, None, series_uid=uid)
     entry = cache.entry_dir(uid)
     assert entry.parent == cache.dir and entry.name == safe_name(uid)
-    assert [p.name for p in (root / "cache").iterdir()] == [cache.dir.name]      # nothing beside the params folder
+    assert [p.name for p in (root / "cache").iterdir()] == [cache.dir.name]  # nothing beside the params folder
     assert cache.series_uids() == (uid,)
     np.testing.assert_array_equal(cache.open(uid).hu, volume.hu)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from luna_phantoms import NODULE_DIAMETER_MM, NODULE_HU, NODULE_IRC, SHAPE, nodule_xyz, phantom
 from scipy.spatial.transform import Rotation
 
 from noduleflow.ct import geometry
@@ -13,14 +14,14 @@ from noduleflow.data.luna16 import Candidate, Nodule
 from noduleflow.data.patches import crop, crop_mm, sphere_mask
 from noduleflow.data.segmentation import SegmentationCrops, SegmentationSlices
 
-from luna_phantoms import NODULE_DIAMETER_MM, NODULE_HU, NODULE_IRC, SHAPE, nodule_xyz, phantom
-
-DISK_VOXELS = np.pi * (NODULE_DIAMETER_MM / 2 / 0.8) ** 2                        # ~44 in the centre slice
+DISK_VOXELS = np.pi * (NODULE_DIAMETER_MM / 2 / 0.8) ** 2  # ~44 in the centre slice
 BALL_VOXELS = 4 / 3 * np.pi * (NODULE_DIAMETER_MM / 2) ** 3 / (0.8 * 0.8 * 2.0)  # ~88
 
 
 def _nodules(prepared) -> list[Nodule]:
-    return [Nodule(v.series_uid, nodule_xyz(v), NODULE_DIAMETER_MM, k % 2 == 0) for k, v in enumerate(prepared["volumes"])]
+    return [
+        Nodule(v.series_uid, nodule_xyz(v), NODULE_DIAMETER_MM, k % 2 == 0) for k, v in enumerate(prepared["volumes"])
+    ]
 
 
 def test_patch_at_the_nodule_has_the_bright_ball_at_its_centre(luna_prepared):
@@ -39,7 +40,7 @@ def test_patches_past_the_edge_are_padded_with_air_and_match_the_scan_inside(lun
     volume = luna_prepared["volumes"][0]
     corner = volume.irc_to_xyz([2, 3, 60])
     ds = CandidatePatches(luna_prepared["cache"], [Candidate(volume.series_uid, tuple(corner), False)])
-    patch = ds[0][0][0].numpy()                                  # (32, 48, 48), centre at voxel (2, 3, 60)
+    patch = ds[0][0][0].numpy()  # (32, 48, 48), centre at voxel (2, 3, 60)
     inside = np.clip(volume.hu[0:18, 0:27, 36:64], -1000, 1000) / 1000.0
     np.testing.assert_allclose(patch[14:32, 21:48, 0:28], inside, atol=1e-6)
     assert (patch[:14] == -1).all() and (patch[:, :21] == -1).all() and (patch[:, :, 28:] == -1).all()
@@ -47,9 +48,11 @@ def test_patches_past_the_edge_are_padded_with_air_and_match_the_scan_inside(lun
 
 def test_candidates_outside_their_volume_are_skipped_with_a_count(luna_prepared):
     volume = luna_prepared["volumes"][0]
-    rows = [Candidate(volume.series_uid, nodule_xyz(volume), True),
-            Candidate(volume.series_uid, (500.0, 0.0, 0.0), False),
-            Candidate(volume.series_uid, tuple(volume.irc_to_xyz([SHAPE[0], 0, 0])), False)]
+    rows = [
+        Candidate(volume.series_uid, nodule_xyz(volume), True),
+        Candidate(volume.series_uid, (500.0, 0.0, 0.0), False),
+        Candidate(volume.series_uid, tuple(volume.irc_to_xyz([SHAPE[0], 0, 0])), False),
+    ]
     with pytest.warns(UserWarning, match="skipped 2 candidates whose centre lies outside"):
         ds = CandidatePatches(luna_prepared["cache"], rows)
     assert len(ds) == 1 and ds.records == (rows[0],) and ds.labels.tolist() == [1]
@@ -59,13 +62,19 @@ def test_crop_mm_at_native_spacing_equals_crop():
     hu = np.random.default_rng(0).integers(-1000, 1000, (20, 30, 40)).astype(np.int16)
     size, spacing_irc = np.array([5, 7, 9]), np.array([2.0, 0.8, 0.7])
     for center in ([10, 15, 20], [1, 2, 38]):
-        np.testing.assert_allclose(crop_mm(hu, center, size, size * spacing_irc, spacing_irc), crop(hu, center, size), atol=1e-3)
+        np.testing.assert_allclose(
+            crop_mm(hu, center, size, size * spacing_irc, spacing_irc), crop(hu, center, size), atol=1e-3
+        )
 
 
 def test_fixed_mm_patches_are_centred_on_the_nodule(luna_prepared):
     volume = luna_prepared["volumes"][2]
-    ds = CandidatePatches(luna_prepared["cache"], [Candidate(volume.series_uid, nodule_xyz(volume), True)],
-                          size=(16, 24, 24), size_mm=(32.0, 38.4, 38.4))   # 2 mm voxels along R and C
+    ds = CandidatePatches(
+        luna_prepared["cache"],
+        [Candidate(volume.series_uid, nodule_xyz(volume), True)],
+        size=(16, 24, 24),
+        size_mm=(32.0, 38.4, 38.4),
+    )  # 2 mm voxels along R and C
     patch = ds[0][0][0]
     assert patch.shape == (16, 24, 24)
     bright = torch.nonzero(patch > 0.1).double()
@@ -74,7 +83,9 @@ def test_fixed_mm_patches_are_centred_on_the_nodule(luna_prepared):
 
 
 def test_malignancy_samples_label_mal_bool_and_drop_unknown(luna_prepared):
-    nodules = _nodules(luna_prepared) + [Nodule(luna_prepared["uids"][0], nodule_xyz(luna_prepared["volumes"][0]), 6.0, None)]
+    nodules = _nodules(luna_prepared) + [
+        Nodule(luna_prepared["uids"][0], nodule_xyz(luna_prepared["volumes"][0]), 6.0, None)
+    ]
     ds = MalignancySamples(luna_prepared["cache"], nodules, size=(8, 12, 12))
     assert len(ds) == 3 and ds.labels.tolist() == [1, 0, 1]
     patch, label, _ = ds[1]
@@ -82,14 +93,18 @@ def test_malignancy_samples_label_mal_bool_and_drop_unknown(luna_prepared):
 
 
 def test_segmentation_2d_crop_holds_the_nodule_disk_where_hu_is_high(luna_prepared):
-    ds = SegmentationCrops(luna_prepared["cache"], _nodules(luna_prepared), spatial_dims=2, crop=(64, 64), context=2, jitter=0)
+    ds = SegmentationCrops(
+        luna_prepared["cache"], _nodules(luna_prepared), spatial_dims=2, crop=(64, 64), context=2, jitter=0
+    )
     assert len(ds) == 6 and ds.n_nodule_samples == 3
     image, mask, index = ds[0]
     assert image.shape == (5, 64, 64) and image.dtype == torch.float32
     assert mask.shape == (1, 64, 64) and mask.dtype == torch.bool and index.item() == 0
     assert 0.8 * DISK_VOXELS <= mask.sum() <= 1.2 * DISK_VOXELS
-    assert torch.allclose(torch.nonzero(mask[0]).double().mean(0), torch.tensor([32.0, 32.0], dtype=torch.float64), atol=0.3)
-    assert (image[2][mask[0]] > -0.4).all()                          # the centre slice is channel k
+    assert torch.allclose(
+        torch.nonzero(mask[0]).double().mean(0), torch.tensor([32.0, 32.0], dtype=torch.float64), atol=0.3
+    )
+    assert (image[2][mask[0]] > -0.4).all()  # the centre slice is channel k
 
 
 def test_a_ground_glass_nodule_is_in_the_segmentation_mask(tmp_path):
@@ -98,19 +113,27 @@ def test_a_ground_glass_nodule_is_in_the_segmentation_mask(tmp_path):
 
     solid = phantom(0)
     hu = solid.hu.copy()
-    hu[hu > NODULE_HU / 2] = -500                       # the ball turned ground glass, 350 HU above the lung
+    hu[hu > NODULE_HU / 2] = -500  # the ball turned ground glass, 350 HU above the lung
     volume = CtVolume(hu, solid.origin_xyz, solid.spacing_xyz, solid.direction, solid.series_uid)
     root = tmp_path / "luna"
     (root / "subset0").mkdir(parents=True)
     write_volume(volume, root / "subset0" / f"{volume.series_uid}.mhd")
     x, y, z = nodule_xyz(volume)
-    (root / "annotations.csv").write_text(f"seriesuid,coordX,coordY,coordZ,diameter_mm\n{volume.series_uid},{x},{y},{z},{NODULE_DIAMETER_MM}\n")
+    (root / "annotations.csv").write_text(
+        f"seriesuid,coordX,coordY,coordZ,diameter_mm\n{volume.series_uid},{x},{y},{z},{NODULE_DIAMETER_MM}\n"
+    )
     (root / "candidates.csv").write_text(f"seriesuid,coordX,coordY,coordZ,class\n{volume.series_uid},{x},{y},{z},1\n")
     cache = ScanCache(prepare(root, workers=1, progress=False).cache.root)
-    ds = SegmentationCrops(cache, [Nodule(volume.series_uid, (x, y, z), NODULE_DIAMETER_MM, None)], spatial_dims=2,
-                           crop=(64, 64), context=2, jitter=0)
+    ds = SegmentationCrops(
+        cache,
+        [Nodule(volume.series_uid, (x, y, z), NODULE_DIAMETER_MM, None)],
+        spatial_dims=2,
+        crop=(64, 64),
+        context=2,
+        jitter=0,
+    )
     _, mask, _ = ds[0]
-    assert 0.8 * DISK_VOXELS <= mask.sum() <= 1.2 * DISK_VOXELS   # all of it, not only voxels above -400 HU
+    assert 0.8 * DISK_VOXELS <= mask.sum() <= 1.2 * DISK_VOXELS  # all of it, not only voxels above -400 HU
 
 
 def test_segmentation_3d_crop_mask_is_the_ball(luna_prepared):
@@ -140,7 +163,7 @@ def test_full_slices_and_volume_for_validation(luna_prepared):
     assert len(ds) == SHAPE[0] and ds.keys[NODULE_IRC[0]] == (uid, NODULE_IRC[0])
     image, mask, _ = ds[NODULE_IRC[0]]
     assert image.shape == (3, 64, 64) and 0.8 * DISK_VOXELS <= mask.sum() <= 1.2 * DISK_VOXELS
-    assert ds[5][1].sum() == 0 and (ds[0][0][0] == -1).all()      # slice -1 is padding
+    assert ds[5][1].sum() == 0 and (ds[0][0][0] == -1).all()  # slice -1 is padding
     volume, full_mask = ds.volume(uid)
     assert volume.shape == (1, *SHAPE) and full_mask.shape == (1, *SHAPE)
     assert 0.8 * BALL_VOXELS <= full_mask.sum() <= 1.2 * BALL_VOXELS
@@ -152,7 +175,7 @@ def test_sphere_mask_is_round_in_world_mm_for_oblique_anisotropic_grids():
     spacing_xyz, origin, shape = np.array([0.7, 0.9, 1.6]), np.array([3, -2, 1]), (18, 20, 22)
     center_irc = np.array([[9.3, 8.6, 12.2]])
     got = sphere_mask(shape, origin, center_irc, [5.0], spacing_xyz, direction)
-    grid = np.argwhere(np.ones(shape, dtype=bool)) + origin                       # every voxel of the block
+    grid = np.argwhere(np.ones(shape, dtype=bool)) + origin  # every voxel of the block
     world = geometry.irc_to_xyz(grid, np.zeros(3), spacing_xyz, direction)
     centre_world = geometry.irc_to_xyz(center_irc, np.zeros(3), spacing_xyz, direction)
     want = (np.linalg.norm(world - centre_world, axis=1) <= 5.0).reshape(shape)
@@ -166,6 +189,8 @@ def test_crop_mm_reproduces_a_linear_ramp_exactly_at_any_spacing():
     hu = (7 * i + 3 * r - 2 * c).astype(np.float32)
     spacing_irc, size, size_mm = np.array([2.5, 0.7, 0.8]), np.array([6, 8, 10]), np.array([20.0, 12.0, 15.0])
     center = np.array([14.3, 19.6, 24.9])
-    axes = [ctr + (np.arange(n) - (n - 1) / 2) * mm / n / sp for ctr, n, mm, sp in zip(center, size, size_mm, spacing_irc)]
+    axes = [
+        ctr + (np.arange(n) - (n - 1) / 2) * mm / n / sp for ctr, n, mm, sp in zip(center, size, size_mm, spacing_irc)
+    ]
     gi, gr, gc = np.meshgrid(*axes, indexing="ij")
     np.testing.assert_allclose(crop_mm(hu, center, size, size_mm, spacing_irc), 7 * gi + 3 * gr - 2 * gc, atol=1e-3)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from luna_phantoms import nodule_xyz
 from torch.utils.data.distributed import DistributedSampler
 
 from noduleflow.data.augment import Augment
@@ -16,8 +17,6 @@ from noduleflow.data.loaders import BalancedSampler, make_loader
 from noduleflow.data.luna16 import Candidate, Nodule
 from noduleflow.data.segmentation import SegmentationCrops
 from noduleflow.errors import ConfigError
-
-from luna_phantoms import nodule_xyz
 
 LABELS = np.array([0] * 30 + [1] * 4 + [0] * 6)
 
@@ -28,7 +27,7 @@ def test_balanced_sampler_puts_a_positive_every_balance_plus_one(balance):
     assert len(order) == 120
     expected = (np.arange(120) % (balance + 1) == 0).astype(int)
     np.testing.assert_array_equal(LABELS[order], expected)
-    assert set(order[LABELS[order] == 0]) == set(np.flatnonzero(LABELS == 0))   # >= 60 negative slots visit all 36
+    assert set(order[LABELS[order] == 0]) == set(np.flatnonzero(LABELS == 0))  # >= 60 negative slots visit all 36
 
 
 def test_balanced_sampler_reshuffles_per_epoch_and_repeats_per_seed():
@@ -49,10 +48,10 @@ def test_balanced_sampler_shards_by_rank_and_keeps_the_ratio():
 
 def test_balanced_sampler_draws_each_index_as_often_as_its_weight():
     weights = np.ones(len(LABELS), np.int64)
-    weights[0], weights[30] = 10, 3                   # a negative standing for ten, a positive for three
+    weights[0], weights[30] = 10, 3  # a negative standing for ten, a positive for three
     order = np.array(list(BalancedSampler(LABELS, 1, num_samples=90, seed=0, weights=weights)))
     negatives, positives = order[LABELS[order] == 0], order[LABELS[order] == 1]
-    assert len(negatives) == 45 == 35 + 10            # one pass over the weighted pool of negatives
+    assert len(negatives) == 45 == 35 + 10  # one pass over the weighted pool of negatives
     assert np.sum(negatives == 0) == 10 and set(negatives) == set(np.flatnonzero(LABELS == 0))
     assert 3 * 7 <= np.sum(positives == 30) <= 3 * 8  # 45 positive slots cycle 7.5 times over a pool of 3 + 1 + 1 + 1
     with pytest.raises(ValueError, match="positive integers"):
@@ -62,10 +61,14 @@ def test_balanced_sampler_draws_each_index_as_often_as_its_weight():
 def test_candidate_patches_sample_by_candidate_weight(luna_prepared):
     v = luna_prepared["volumes"][0]
     rows = [Candidate(v.series_uid, nodule_xyz(v), True)] + [
-        Candidate(v.series_uid, tuple(v.irc_to_xyz([i, 30, 30])), False, weight=1 + 3 * (i == 5)) for i in range(5, 30, 5)]
+        Candidate(v.series_uid, tuple(v.irc_to_xyz([i, 30, 30])), False, weight=1 + 3 * (i == 5))
+        for i in range(5, 30, 5)
+    ]
     ds = CandidatePatches(luna_prepared["cache"], rows, size=(8, 16, 16))
     order = np.array(list(ds.balanced_sampler(1, num_samples=16)))
-    assert np.sum(order == 1) == 4 and all(np.sum(order == k) == 1 for k in range(2, 6))  # 8 negative slots, pool 4 + 1 + 1 + 1 + 1
+    assert np.sum(order == 1) == 4 and all(
+        np.sum(order == k) == 1 for k in range(2, 6)
+    )  # 8 negative slots, pool 4 + 1 + 1 + 1 + 1
 
 
 def test_balancing_needs_both_labels():
@@ -76,7 +79,8 @@ def test_balancing_needs_both_labels():
 def test_loader_with_balanced_sampler_alternates_labels(luna_prepared):
     v = luna_prepared["volumes"][0]
     rows = [Candidate(v.series_uid, nodule_xyz(v), True)] + [
-        Candidate(v.series_uid, tuple(v.irc_to_xyz([i, 30, 30])), False) for i in range(5, 30, 5)]
+        Candidate(v.series_uid, tuple(v.irc_to_xyz([i, 30, 30])), False) for i in range(5, 30, 5)
+    ]
     ds = CandidatePatches(luna_prepared["cache"], rows, size=(8, 16, 16))
     loader = make_loader(ds, 8, sampler=ds.balanced_sampler(1, num_samples=16))
     patches, labels, index = next(iter(loader))
@@ -86,8 +90,15 @@ def test_loader_with_balanced_sampler_alternates_labels(luna_prepared):
 
 def test_seeded_workers_give_the_same_first_batch_twice(luna_prepared):
     nodules = [Nodule(v.series_uid, nodule_xyz(v), 6.0) for v in luna_prepared["volumes"]]
-    ds = SegmentationCrops(luna_prepared["cache"], nodules, spatial_dims=2, crop=(32, 32), context=1,
-                           samples_per_epoch=12, transform=Augment(2, rotate_deg=15, noise_hu=10))
+    ds = SegmentationCrops(
+        luna_prepared["cache"],
+        nodules,
+        spatial_dims=2,
+        crop=(32, 32),
+        context=1,
+        samples_per_epoch=12,
+        transform=Augment(2, rotate_deg=15, noise_hu=10),
+    )
 
     def first(seed):
         loader = make_loader(ds, 4, workers=2, shuffle=True, seed=seed)
@@ -111,39 +122,45 @@ def test_make_loader_options(luna_prepared, tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         loader = make_loader(ds, 2, distributed=True, shuffle=True, seed=1)
-        assert isinstance(loader.sampler, DistributedSampler) and sorted(i for b in loader for i in b[2].tolist()) == list(range(6))
+        assert isinstance(loader.sampler, DistributedSampler) and sorted(
+            i for b in loader for i in b[2].tolist()
+        ) == list(range(6))
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("workers, persistent", [(0, False), (2, True), (2, False)])
-def test_patch_batches_from_shared_slots_equal_the_dataset_and_stay_valid_while_held(luna_prepared, workers, persistent):
+def test_patch_batches_from_shared_slots_equal_the_dataset_and_stay_valid_while_held(
+    luna_prepared, workers, persistent
+):
     v = luna_prepared["volumes"][0]
-    rows = [Candidate(v.series_uid, tuple(v.irc_to_xyz([i, r, 30])), i % 7 == 0) for i in range(2, 38, 3) for r in (20, 40)]
+    rows = [
+        Candidate(v.series_uid, tuple(v.irc_to_xyz([i, r, 30])), i % 7 == 0) for i in range(2, 38, 3) for r in (20, 40)
+    ]
     ds = CandidatePatches(luna_prepared["cache"], rows, size=(6, 10, 10))
-    expected = torch.stack([ds[i][0] for i in range(len(ds))])           # (N, 1, 6, 10, 10) via __getitem__
+    expected = torch.stack([ds[i][0] for i in range(len(ds))])  # (N, 1, 6, 10, 10) via __getitem__
     loader = make_loader(ds, 4, workers=workers, shuffle=True, seed=0, persistent_workers=persistent)
     pool = loader.batch_sampler.pool
     kept = []
-    for epoch in range(2):
+    for _epoch in range(2):
         for k, (patches, labels, index) in enumerate(loader):
             assert patches.shape[1:] == (1, 6, 10, 10) and torch.equal(patches, expected[index])
             assert torch.equal(labels, torch.from_numpy(ds.labels)[index])
             if k % 2 == 0:
-                kept.append((patches[1:], index[1:]))                     # views keep their slot alive
+                kept.append((patches[1:], index[1:]))  # views keep their slot alive
     del patches
-    assert all(torch.equal(p, expected[i]) for p, i in kept)              # nothing held was overwritten
+    assert all(torch.equal(p, expected[i]) for p, i in kept)  # nothing held was overwritten
     if not loader.pin_memory:  # with CUDA the loader pins a copy of each batch, which hands its slot back at once
         assert any(pool.busy)
     kept.clear()
-    assert not any(pool.busy)                                             # slots free once nothing refers to them
+    assert not any(pool.busy)  # slots free once nothing refers to them
     batches = iter(loader)
     first = next(batches)
-    del batches                                                           # an abandoned pass ...
-    assert sum(len(i) for _, _, i in loader) == len(ds)                  # ... does not disturb the next one
+    del batches  # an abandoned pass ...
+    assert sum(len(i) for _, _, i in loader) == len(ds)  # ... does not disturb the next one
     assert torch.equal(first[0], expected[first[2]])
     del first
     gc.collect()
-    assert not any(pool.busy) and pool.owner == {}                        # and its slots came back
+    assert not any(pool.busy) and pool.owner == {}  # and its slots came back
     assert loader.sampler is loader.batch_sampler.sampler and len(loader) == 6
-    assert len(loader.dataset) == len(ds) and loader.dataset.records is ds.records   # the wrapper forwards
+    assert len(loader.dataset) == len(ds) and loader.dataset.records is ds.records  # the wrapper forwards

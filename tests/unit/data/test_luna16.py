@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import pytest
+from luna_phantoms import NODULE_DIAMETER_MM, nodule_xyz, write_luna
 
 from noduleflow.data.luna16 import load_index, split_series
 from noduleflow.errors import CsvError, ScanError
-
-from luna_phantoms import NODULE_DIAMETER_MM, nodule_xyz, write_luna
 
 
 def test_index_joins_candidates_to_annotations_and_counts_unknown_series(luna):
     with pytest.warns(UserWarning) as record:
         index = load_index(luna["root"])
     assert sorted(str(w.message).split(": ", 1)[1] for w in record) == [
-        f"skipped {n} row(s) of 1 series not found under subset*/ (expected when only some subsets are on disk)" for n in (1, 1, 2)]
+        f"skipped {n} row(s) of 1 series not found under subset*/ (expected when only some subsets are on disk)"
+        for n in (1, 1, 2)
+    ]
     assert str(record[-1].message).startswith(str(luna["root"] / "candidates.csv"))
     assert index.series_uids == tuple(sorted(luna["uids"]))
     assert index.skipped == {"annotations.csv": 1, "annotations_with_malignancy.csv": 1, "candidates.csv": 2}
     assert len(index.candidates) == 3 * 5 and sum(c.is_nodule for c in index.candidates) == 3
     for k, volume in enumerate(luna["volumes"]):
         [pos] = [c for c in index.candidates if c.is_nodule and c.series_uid == volume.series_uid]
-        assert pos.diameter_mm == NODULE_DIAMETER_MM        # matched to the annotation 0.5 mm away
+        assert pos.diameter_mm == NODULE_DIAMETER_MM  # matched to the annotation 0.5 mm away
         assert pos.malignant is (k % 2 == 0)
         assert pos.center_xyz[0] == pytest.approx(nodule_xyz(volume)[0] + 0.5)
     assert all(c.diameter_mm == 0.0 and c.malignant is None for c in index.candidates if not c.is_nodule)
@@ -78,7 +79,7 @@ def test_split_by_series_is_disjoint_complete_and_deterministic():
     assert (len(a.train), len(a.val), len(a.test)) == (35, 10, 5)
     assert set(a.train) | set(a.val) | set(a.test) == set(uids)
     assert not (set(a.train) & set(a.val) or set(a.train) & set(a.test) or set(a.val) & set(a.test))
-    assert split_series(reversed(uids), val_fraction=0.2, test_fraction=0.1, seed=3) == a   # input order is irrelevant
+    assert split_series(reversed(uids), val_fraction=0.2, test_fraction=0.1, seed=3) == a  # input order is irrelevant
     assert split_series(uids, val_fraction=0.2, test_fraction=0.1, seed=4) != a
     tiny = split_series(["a", "b"], val_fraction=0.1, test_fraction=0.1)
     assert len(tiny.train) == 1 and len(tiny.val) + len(tiny.test) == 1
@@ -109,11 +110,15 @@ def test_candidates_on_excluded_findings_can_be_left_out_but_nodules_never(luna)
     negatives = [c for c in index.candidates if c.series_uid == uid and not c.is_nodule]
     [positive] = [c for c in index.candidates if c.series_uid == uid and c.is_nodule]
     (x0, y0, z0), (x1, y1, z1) = negatives[0].center_xyz, negatives[1].center_xyz
-    rows = [f"{uid},{x0 + 1.9},{y0},{z0},4.0",          # 1.9 mm away, radius 2 mm: on it
-            f"{uid},{x1 + 4.9},{y1},{z1},-1",           # size unknown reads as 10 mm, as the evaluation does
-            f"{uid},{negatives[2].center_xyz[0] + 2.1},{negatives[2].center_xyz[1]},{negatives[2].center_xyz[2]},4.0",  # 2.1 mm: off
-            "{},{},{},{},6.0".format(uid, *positive.center_xyz)]  # on the nodule's candidate: it stays
-    (luna["root"] / "annotations_excluded.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n" + "\n".join(rows) + "\n")
+    rows = [
+        f"{uid},{x0 + 1.9},{y0},{z0},4.0",  # 1.9 mm away, radius 2 mm: on it
+        f"{uid},{x1 + 4.9},{y1},{z1},-1",  # size unknown reads as 10 mm, as the evaluation does
+        f"{uid},{negatives[2].center_xyz[0] + 2.1},{negatives[2].center_xyz[1]},{negatives[2].center_xyz[2]},4.0",  # 2.1 mm: off
+        "{},{},{},{},6.0".format(uid, *positive.center_xyz),
+    ]  # on the nodule's candidate: it stays
+    (luna["root"] / "annotations_excluded.csv").write_text(
+        "seriesuid,coordX,coordY,coordZ,diameter_mm\n" + "\n".join(rows) + "\n"
+    )
     with pytest.warns(UserWarning):
         index = load_index(luna["root"])
     kept = index.candidates_of([uid], keep_excluded=False)

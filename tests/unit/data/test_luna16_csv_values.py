@@ -56,21 +56,50 @@ def _write(text: str) -> Path:
     folder = Path(tempfile.mkdtemp())
     path = folder / "file.csv"
     path.write_text(text, encoding="utf-8", errors="surrogatepass") if text.isprintable() else path.write_bytes(
-        text.encode("utf-8", "surrogatepass"))
+        text.encode("utf-8", "surrogatepass")
+    )
     return path
 
 
-_number = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), st.integers(-10**30, 10**30).map(str),
-                    st.sampled_from(["inf", "-inf", "nan", "NaN", "Infinity", "1e400", "-1", "0", "0.0", "-0", "0.5", "1", "2",
-                                     "1.5", "", " ", "True", "False", "1,2"]))
+_number = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(-(10**30), 10**30).map(str),
+    st.sampled_from(
+        [
+            "inf",
+            "-inf",
+            "nan",
+            "NaN",
+            "Infinity",
+            "1e400",
+            "-1",
+            "0",
+            "0.0",
+            "-0",
+            "0.5",
+            "1",
+            "2",
+            "1.5",
+            "",
+            " ",
+            "True",
+            "False",
+            "1,2",
+        ]
+    ),
+)
 _garbage = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
 _cell = st.one_of(_number, _number, _garbage, st.sampled_from([*UIDS, " 1.2.3", '"1.2.3"', '"a,b"', '"', "\x00"]))
 _row = st.lists(_cell, min_size=0, max_size=8).map(",".join)
 
 
 @settings(max_examples=150, deadline=None)
-@given(kind=st.sampled_from(sorted(HEADERS)), extra=st.lists(st.sampled_from(["note", "malignancy", "class", "coordX"]), max_size=2),
-       rows=st.lists(_row, max_size=6), shuffle=st.randoms())
+@given(
+    kind=st.sampled_from(sorted(HEADERS)),
+    extra=st.lists(st.sampled_from(["note", "malignancy", "class", "coordX"]), max_size=2),
+    rows=st.lists(_row, max_size=6),
+    shuffle=st.randoms(),
+)
 def test_random_csv_content_parses_right_or_is_a_csv_error(kind, extra, rows, shuffle):
     columns = HEADERS[kind].split(",") + extra
     shuffle.shuffle(columns)
@@ -84,7 +113,10 @@ def test_random_csv_content_parses_right_or_is_a_csv_error(kind, extra, rows, sh
 
 
 @settings(max_examples=100, deadline=None)
-@given(kind=st.sampled_from(sorted(HEADERS)), values=st.lists(st.lists(_number, min_size=5, max_size=6), min_size=1, max_size=5))
+@given(
+    kind=st.sampled_from(sorted(HEADERS)),
+    values=st.lists(st.lists(_number, min_size=5, max_size=6), min_size=1, max_size=5),
+)
 def test_rows_of_random_numbers_parse_right_or_name_their_row(kind, values):
     """Well-formed rows of the right width with random numbers (nan, inf, 0, negatives, huge): the error names a row."""
     header = HEADERS[kind].split(",")
@@ -99,26 +131,29 @@ def test_rows_of_random_numbers_parse_right_or_name_their_row(kind, values):
     assert len(parsed) == len(values)
 
 
-@pytest.mark.parametrize("kind, row, words", [
-    ("annotations", "1.2.3,1,2,3,inf", ["row 2", "diameter_mm infinite"]),
-    ("annotations", "1.2.3,1,2,3,0", ["row 2", "diameter_mm zero"]),
-    ("annotations", "1.2.3,1,2,3,-1", ["row 2", "diameter_mm -1"]),
-    ("annotations", "1.2.3,1,2,3,1e6", ["row 2", "diameter_mm 1e+06"]),
-    ("annotations", "1.2.3,inf,2,3,5", ["row 2", "infinite coordX"]),
-    ("annotations", "1.2.3,1,-inf,3,5", ["row 2", "infinite coordY"]),
-    ("annotations", "1.2.3,1,2,,5", ["row 2", "empty or NaN coordZ"]),
-    ("annotations", ",1,2,3,5", ["row 2", "no seriesuid"]),
-    ("annotations", "1.2.3,1,2,3,5,extra", ["row 2", "more cells than the header"]),
-    ("excluded", "1.2.3,1,2,3,0", ["row 2", "zero", "-1 for an unknown size"]),
-    ("excluded", "1.2.3,1,2,3,-inf", ["row 2", "infinite"]),
-    ("malignancy", "1.2.3,1,2,3,nan,True", ["row 2", "empty or NaN diameter_mm"]),
-    ("candidates", "1.2.3,1,2,nan,1", ["row 2", "empty or NaN coordZ"]),
-    ("candidates", "1.2.3,1,2,3,inf", ["row 2", "class other than 0 or 1"]),
-    ("submission", "1.2.3,1,2,3,nan", ["row 2", "empty or NaN probability"]),
-    ("submission", "1.2.3,1,2,3,1.5", ["row 2", "probability 1.5, outside [0, 1]"]),
-    ("submission", "1.2.3,1,2,3,-0.1", ["row 2", "outside [0, 1]"]),
-    ("submission", "1.2.3,1e999,2,3,0.5", ["row 2", "infinite coordX"]),
-])
+@pytest.mark.parametrize(
+    "kind, row, words",
+    [
+        ("annotations", "1.2.3,1,2,3,inf", ["row 2", "diameter_mm infinite"]),
+        ("annotations", "1.2.3,1,2,3,0", ["row 2", "diameter_mm zero"]),
+        ("annotations", "1.2.3,1,2,3,-1", ["row 2", "diameter_mm -1"]),
+        ("annotations", "1.2.3,1,2,3,1e6", ["row 2", "diameter_mm 1e+06"]),
+        ("annotations", "1.2.3,inf,2,3,5", ["row 2", "infinite coordX"]),
+        ("annotations", "1.2.3,1,-inf,3,5", ["row 2", "infinite coordY"]),
+        ("annotations", "1.2.3,1,2,,5", ["row 2", "empty or NaN coordZ"]),
+        ("annotations", ",1,2,3,5", ["row 2", "no seriesuid"]),
+        ("annotations", "1.2.3,1,2,3,5,extra", ["row 2", "more cells than the header"]),
+        ("excluded", "1.2.3,1,2,3,0", ["row 2", "zero", "-1 for an unknown size"]),
+        ("excluded", "1.2.3,1,2,3,-inf", ["row 2", "infinite"]),
+        ("malignancy", "1.2.3,1,2,3,nan,True", ["row 2", "empty or NaN diameter_mm"]),
+        ("candidates", "1.2.3,1,2,nan,1", ["row 2", "empty or NaN coordZ"]),
+        ("candidates", "1.2.3,1,2,3,inf", ["row 2", "class other than 0 or 1"]),
+        ("submission", "1.2.3,1,2,3,nan", ["row 2", "empty or NaN probability"]),
+        ("submission", "1.2.3,1,2,3,1.5", ["row 2", "probability 1.5, outside [0, 1]"]),
+        ("submission", "1.2.3,1,2,3,-0.1", ["row 2", "outside [0, 1]"]),
+        ("submission", "1.2.3,1e999,2,3,0.5", ["row 2", "infinite coordX"]),
+    ],
+)
 def test_a_bad_value_names_the_file_the_row_and_the_fix(tmp_path, kind, row, words):
     path = tmp_path / f"{kind}.csv"
     path.write_text(f"{HEADERS[kind]}\n{row}\n")
@@ -143,28 +178,53 @@ def test_a_submission_malignancy_outside_0_1_is_an_error_and_empty_is_none(tmp_p
         read_submission(path)
 
 
-@pytest.mark.parametrize("finding, words", [
-    ('{"coordX": 1, "coordY": 2, "coordZ": Infinity, "probability": 0.5}', "non-finite coordinate"),
-    ('{"coordX": 1, "coordY": 2, "coordZ": 3, "probability": NaN}', "outside [0, 1]"),
-    ('{"coordX": 1, "coordY": 2, "coordZ": 3, "probability": 1.01}', "outside [0, 1]"),
-    ('{"coordX": 1, "coordY": 2, "coordZ": 3, "probability": 0.5, "malignancy": -1}', "outside [0, 1]"),
-    ('{"coordX": "1", "coordY": 2, "coordZ": 3, "probability": 0.5}', "lacks a numeric"),
-    ('{"coordX": true, "coordY": 2, "coordZ": 3, "probability": 0.5}', "lacks a numeric"),
-    ('{"coordX": 1e999999, "coordY": 2, "coordZ": 3, "probability": 0.5}', "non-finite coordinate"),
-])
+@pytest.mark.parametrize(
+    "finding, words",
+    [
+        ('{"coordX": 1, "coordY": 2, "coordZ": Infinity, "probability": 0.5}', "non-finite coordinate"),
+        ('{"coordX": 1, "coordY": 2, "coordZ": 3, "probability": NaN}', "outside [0, 1]"),
+        ('{"coordX": 1, "coordY": 2, "coordZ": 3, "probability": 1.01}', "outside [0, 1]"),
+        ('{"coordX": 1, "coordY": 2, "coordZ": 3, "probability": 0.5, "malignancy": -1}', "outside [0, 1]"),
+        ('{"coordX": "1", "coordY": 2, "coordZ": 3, "probability": 0.5}', "lacks a numeric"),
+        ('{"coordX": true, "coordY": 2, "coordZ": 3, "probability": 0.5}', "lacks a numeric"),
+        ('{"coordX": 1e999999, "coordY": 2, "coordZ": 3, "probability": 0.5}', "non-finite coordinate"),
+    ],
+)
 def test_a_bad_detections_json_value_is_an_error(tmp_path, finding, words):
     path = tmp_path / "d.json"
-    path.write_text('{"scans": [{"seriesuid": "1.2.3", "findings": [' + finding + ']}]}')
+    path.write_text('{"scans": [{"seriesuid": "1.2.3", "findings": [' + finding + "]}]}")
     with pytest.raises(CsvError) as err:
         read_detections(path)
     assert str(path) in err.value.message and words in err.value.message
 
 
 @settings(max_examples=150, deadline=None)
-@given(doc=st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
-                        lambda children: st.lists(children, max_size=3) | st.dictionaries(
-                            st.sampled_from(["scans", "seriesuid", "findings", "coordX", "coordY", "coordZ", "probability",
-                                             "malignancy", "complete"]), children, max_size=6), max_leaves=25))
+@given(
+    doc=st.recursive(
+        st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
+        lambda children: (
+            st.lists(children, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(
+                    [
+                        "scans",
+                        "seriesuid",
+                        "findings",
+                        "coordX",
+                        "coordY",
+                        "coordZ",
+                        "probability",
+                        "malignancy",
+                        "complete",
+                    ]
+                ),
+                children,
+                max_size=6,
+            )
+        ),
+        max_leaves=25,
+    )
+)
 def test_any_json_document_parses_right_or_is_a_csv_error(doc):
     import json
 
@@ -190,8 +250,12 @@ def test_a_json_nested_too_deeply_is_a_csv_error(tmp_path):
 
 def test_a_detections_json_of_an_unfinished_run_is_read_with_a_warning(tmp_path):
     path = tmp_path / "detections.json"
-    path.write_text('{"format": 2, "complete": false, "scans": [{"seriesuid": "1.2.3", "findings": '
-                    '[{"coordX": 1, "coordY": 2, "coordZ": 3, "probability": 0.5, "malignancy": null}]}]}')
+    path.write_text(
+        '{"format": 2, "complete": false, "scans": [{"seriesuid": "1.2.3", "findings": '
+        '[{"coordX": 1, "coordY": 2, "coordZ": 3, "probability": 0.5, "malignancy": null}]}]}'
+    )
     with pytest.warns(UserWarning, match="has not finished"):
         marks = read_detections(path)
-    assert [(m.series_uid, m.center_xyz, m.probability, m.malignancy) for m in marks] == [("1.2.3", (1.0, 2.0, 3.0), 0.5, None)]
+    assert [(m.series_uid, m.center_xyz, m.probability, m.malignancy) for m in marks] == [
+        ("1.2.3", (1.0, 2.0, 3.0), 0.5, None)
+    ]

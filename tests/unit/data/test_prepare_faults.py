@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from luna_phantoms import write_luna
+
 from noduleflow.ct.io import read_volume
 from noduleflow.data.cache import ScanCache
 from noduleflow.data.prepare_cache import prepare
@@ -58,7 +58,7 @@ def _readable(path: Path) -> bool:
     try:
         read_volume(path)
         return True
-    except Exception:  # noqa: BLE001
+    except Exception:  # any failure counts: a reader's bug must be listed too
         return False
 
 
@@ -73,7 +73,9 @@ def prepared_luna(tmp_path_factory) -> dict:
 
 bad_scans = st.tuples(
     st.sampled_from(["garbage", "truncated_raw", "missing_raw", "drop_line", "mangle_line"]),
-    st.floats(0, 0.999), st.binary(max_size=40).filter(lambda b: b"\n" not in b and b"\r" not in b))
+    st.floats(0, 0.999),
+    st.binary(max_size=40).filter(lambda b: b"\n" not in b and b"\r" not in b),
+)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -104,7 +106,7 @@ def test_prepare_caches_every_readable_scan_and_names_each_unreadable_one(prepar
             assert error is None and not summary.failed
         for uid in prepared_luna["uids"] + [p.name[:-4] for p in paths if str(p.relative_to(root)) not in unreadable]:
             assert cache.problem(uid) is None, uid
-        for name in unreadable:                                         # nothing half-written for them
+        for name in unreadable:  # nothing half-written for them
             assert not cache.entry_dir(Path(name).name[:-4]).exists()
         assert [p for p in cache.root.rglob("*") if ".tmp-" in p.name] == []
     finally:
@@ -133,14 +135,20 @@ def test_a_reader_crash_on_one_scan_is_listed_like_an_unreadable_scan(luna, monk
     assert f"1 scan(s) could not be read and are not cached: subset0/{uids[1]}.mhd" in err.value.message
     assert [str(w.message) for w in caught] == [
         f"{root / 'subset0' / uids[1]}.mhd: cannot be prepared (RuntimeError: ITK ERROR: something inside the reader) "
-        "(skipped; the other scans are still prepared)"]
+        "(skipped; the other scans are still prepared)"
+    ]
     cache = ScanCache(root / ".noduleflow-cache")
     assert cache.series_uids() == (uids[0], uids[2])
 
 
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "noduleflow", "prepare", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "noduleflow", "prepare", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 @pytest.mark.slow  # real processes: a CLI start and spawned workers cost seconds
@@ -152,8 +160,10 @@ def test_cli_with_workers_warns_per_bad_scan_caches_the_rest_and_exits_2(luna):
     lines = err.strip().splitlines()
     warned = [line for line in lines if line.startswith("warning: ")]
     assert len(warned) == 2 and any("bad_garbage.mhd" in w for w in warned) and any("bad_short" in w for w in warned)
-    assert lines[-1].startswith(f"error: {root}: 2 scan(s) could not be read and are not cached: "
-                                "subset0/bad_garbage.mhd, subset0/bad_short.mhd (prepared 3 scan(s)")
+    assert lines[-1].startswith(
+        f"error: {root}: 2 scan(s) could not be read and are not cached: "
+        "subset0/bad_garbage.mhd, subset0/bad_short.mhd (prepared 3 scan(s)"
+    )
     cache = ScanCache(root / ".noduleflow-cache")
     assert cache.series_uids() == tuple(sorted(luna["uids"]))
     for uid in luna["uids"]:
@@ -161,7 +171,7 @@ def test_cli_with_workers_warns_per_bad_scan_caches_the_rest_and_exits_2(luna):
     mtimes = [(cache.entry_dir(uid) / "hu.npy").stat().st_mtime_ns for uid in luna["uids"]]
     with pytest.raises(ScanError, match="2 scan"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _prepare(root)                                                # still says so, without rebuilding the good ones
+        _prepare(root)  # still says so, without rebuilding the good ones
     assert [(cache.entry_dir(uid) / "hu.npy").stat().st_mtime_ns for uid in luna["uids"]] == mtimes
 
 
@@ -171,7 +181,7 @@ def test_a_writer_holding_an_entry_is_waited_for_and_its_temporaries_are_left_al
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cache = _prepare(root).cache
-    (cache.entry_dir(uid) / "entry.json").unlink()                   # so the second run must rebuild it
+    (cache.entry_dir(uid) / "entry.json").unlink()  # so the second run must rebuild it
     live_temp = cache.entry_dir(uid) / f".hu.npy.tmp-{os.getpid()}"
     with cache.lock(uid):
         live_temp.write_bytes(b"half a scan")
@@ -180,10 +190,10 @@ def test_a_writer_holding_an_entry_is_waited_for_and_its_temporaries_are_left_al
         while not _waits_on_a_flock(other.pid):
             assert other.poll() is None and time.monotonic() < deadline, other.communicate()
             time.sleep(0.05)
-        assert live_temp.read_bytes() == b"half a scan"              # blocked, and it has touched nothing
+        assert live_temp.read_bytes() == b"half a scan"  # blocked, and it has touched nothing
     out, err = other.communicate(timeout=60)
     assert other.returncode == 0, err
-    assert "1 built" in out and not live_temp.exists()              # once the lock is ours, only the dead leave temps
+    assert "1 built" in out and not live_temp.exists()  # once the lock is ours, only the dead leave temps
     assert cache.problem(uid) is None
 
 
@@ -204,8 +214,7 @@ def test_workers_exit_when_prepare_is_killed(luna):
     """kill -9 of a `prepare -j 2` leaves no worker behind (they used to hold ~370 MB until ended by hand)."""
     root = luna["root"]
     script = f"from noduleflow.data.prepare_cache import prepare\nprepare({str(root)!r}, workers=2, progress=False)"
-    parent = subprocess.Popen([sys.executable, "-c", script],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers: list[int] = []
     try:
         deadline = time.monotonic() + 60
@@ -214,11 +223,11 @@ def test_workers_exit_when_prepare_is_killed(luna):
             time.sleep(0.02)
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
-        deadline = time.monotonic() + 10                                 # typically well under a second
+        deadline = time.monotonic() + 10  # typically well under a second
         while (alive := [pid for pid in workers if _alive(pid)]) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert alive == [], f"workers {alive} outlived their parent"
-    finally:                                                            # never leave a test's process behind
+    finally:  # never leave a test's process behind
         for pid in [*workers, *_children(parent.pid)]:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
@@ -249,6 +258,7 @@ def _alive(pid: int) -> bool:
 
 def _waits_on_a_flock(pid: int) -> bool:
     """True when /proc/locks shows `pid` blocked on a FLOCK (a line with '->')."""
-    return any("->" in line and "FLOCK" in line and line.split()[5] == str(pid)
-               for line in Path("/proc/locks").read_text().splitlines())
-
+    return any(
+        "->" in line and "FLOCK" in line and line.split()[5] == str(pid)
+        for line in Path("/proc/locks").read_text().splitlines()
+    )

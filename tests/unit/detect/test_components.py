@@ -14,8 +14,12 @@ from noduleflow.detect.components import find_components
 
 def _ball(shape, center_irc, radius_mm, spacing_xyz):
     i, r, c = np.indices(shape)
-    d = [(i - center_irc[0]) * spacing_xyz[2], (r - center_irc[1]) * spacing_xyz[1], (c - center_irc[2]) * spacing_xyz[0]]
-    return sum(a ** 2 for a in d) <= radius_mm ** 2
+    d = [
+        (i - center_irc[0]) * spacing_xyz[2],
+        (r - center_irc[1]) * spacing_xyz[1],
+        (c - center_irc[2]) * spacing_xyz[0],
+    ]
+    return sum(a**2 for a in d) <= radius_mm**2
 
 
 def test_sphere_gives_its_centre_in_world_mm_and_its_diameter():
@@ -25,17 +29,19 @@ def test_sphere_gives_its_centre_in_world_mm_and_its_diameter():
     assert len(comps) == 1
     np.testing.assert_allclose(comps.centers_irc[0], (20.0, 24.0, 31.0), atol=1e-9)
     assert comps.voxels[0] == mask.sum()
-    assert comps.volume_mm3[0] == pytest.approx(4 / 3 * np.pi * 8.0 ** 3, rel=0.03)
+    assert comps.volume_mm3[0] == pytest.approx(4 / 3 * np.pi * 8.0**3, rel=0.03)
     assert comps.diameter_mm[0] == pytest.approx(16.0, rel=0.01)
     volume = CtVolume(np.zeros(mask.shape, np.int16), (-10.0, 20.0, -300.0), spacing, np.eye(3))
-    np.testing.assert_allclose(volume.irc_to_xyz(comps.centers_irc[0]), (-10 + 31 * 0.7, 20 + 24 * 0.8, -300 + 20 * 1.25))
+    np.testing.assert_allclose(
+        volume.irc_to_xyz(comps.centers_irc[0]), (-10 + 31 * 0.7, 20 + 24 * 0.8, -300 + 20 * 1.25)
+    )
 
 
 def test_probabilities_are_thresholded_and_weight_the_centre():
     probs = np.zeros((5, 5, 9), np.float32)
-    probs[2, 2, 1:3] = (0.6, 0.9)          # one component of two voxels, heavier on the right
-    probs[2, 2, 6] = 0.7                   # a second, single-voxel component
-    probs[0, 0, 0] = 0.4                   # below the threshold: not a component
+    probs[2, 2, 1:3] = (0.6, 0.9)  # one component of two voxels, heavier on the right
+    probs[2, 2, 6] = 0.7  # a second, single-voxel component
+    probs[0, 0, 0] = 0.4  # below the threshold: not a component
     comps = find_components(probs, (1.0, 1.0, 1.0), threshold=0.5)
     assert len(comps) == 2
     np.testing.assert_allclose(comps.centers_irc[0], (2, 2, (1 * 0.6 + 2 * 0.9) / 1.5))
@@ -58,7 +64,7 @@ def test_statistics_equal_scipys_whole_volume_ones_on_a_noisy_map():
 
     rng = np.random.default_rng(3)
     probs = ndimage.gaussian_filter(rng.random((40, 50, 60)), 1.5).astype(np.float32)
-    probs = (probs - probs.min()) / (probs.max() - probs.min())           # blobs of many sizes in [0, 1]
+    probs = (probs - probs.min()) / (probs.max() - probs.min())  # blobs of many sizes in [0, 1]
     found = find_components(probs, (0.7, 0.7, 2.0), threshold=0.6)
     labels, n = ndimage.label(probs > 0.6, structure=ndimage.generate_binary_structure(3, 3))
     assert n > 5 and len(found) == n
@@ -79,13 +85,15 @@ def test_components_are_scipys_26_connected_labels_in_its_order(mask):
     assert len(found) == n
     np.testing.assert_array_equal(found.voxels, np.bincount(labels.ravel(), minlength=n + 1)[1:])
     if n:
-        np.testing.assert_allclose(found.centers_irc, ndimage.center_of_mass(mask, labels, np.arange(1, n + 1)), atol=1e-9)
+        np.testing.assert_allclose(
+            found.centers_irc, ndimage.center_of_mass(mask, labels, np.arange(1, n + 1)), atol=1e-9
+        )
 
 
 def test_voxels_that_touch_only_across_a_row_end_stay_apart():
     mask = np.zeros((2, 3, 4), bool)
-    mask[0, 0, 3] = mask[0, 1, 0] = True        # neighbours in memory, far apart in the volume
-    mask[1, 2, 3] = True                        # the last voxel of the volume
+    mask[0, 0, 3] = mask[0, 1, 0] = True  # neighbours in memory, far apart in the volume
+    mask[1, 2, 3] = True  # the last voxel of the volume
     assert len(find_components(mask, (1, 1, 1))) == 3
 
 

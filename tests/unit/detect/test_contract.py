@@ -13,8 +13,13 @@ from noduleflow.detect.contract import InputContract, sigmoid, softmax1
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.sampled_from(["segment", "patch"]), st.integers(0, 5), st.integers(1, 16),
-       st.lists(st.integers(1, 64), min_size=3, max_size=3), st.lists(st.floats(1, 80), max_size=3).filter(lambda v: len(v) in (0, 3)))
+@given(
+    st.sampled_from(["segment", "patch"]),
+    st.integers(0, 5),
+    st.integers(1, 16),
+    st.lists(st.integers(1, 64), min_size=3, max_size=3),
+    st.lists(st.floats(1, 80), max_size=3).filter(lambda v: len(v) in (0, 3)),
+)
 def test_a_contract_survives_its_manifest_form(kind, context, multiple, size, mm):
     contract = InputContract(kind, context=context, multiple=multiple, patch_size=tuple(size), patch_mm=tuple(mm))
     assert InputContract.from_dict(contract.to_dict()) == contract

@@ -17,16 +17,24 @@ SRC = str(Path(noduleflow.__file__).parents[1])  # the sources under test, not w
 
 def _loaded(*modules: str) -> list[str]:
     """The noduleflow.* and torch modules a fresh interpreter holds after importing `modules`."""
-    code = (f"import sys, json\nfor m in {list(modules)!r}: __import__(m)\n"
-            "print(json.dumps(sorted(k for k in sys.modules if k.startswith(('noduleflow', 'torch')))))")
+    code = (
+        f"import sys, json\nfor m in {list(modules)!r}: __import__(m)\n"
+        "print(json.dumps(sorted(k for k in sys.modules if k.startswith(('noduleflow', 'torch')))))"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_importing_the_detection_package_loads_neither_training_code_nor_torch():
-    loaded = _loaded("noduleflow.detect", "noduleflow.detect.predictor", "noduleflow.detect.pipeline",
-                     "noduleflow.detect.runtime", "noduleflow.detect.windows", "noduleflow.export.manifest")
+    loaded = _loaded(
+        "noduleflow.detect",
+        "noduleflow.detect.predictor",
+        "noduleflow.detect.pipeline",
+        "noduleflow.detect.runtime",
+        "noduleflow.detect.windows",
+        "noduleflow.export.manifest",
+    )
     assert not [m for m in loaded if m.startswith("noduleflow.train")]
     assert "torch" not in loaded
 

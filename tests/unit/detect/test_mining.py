@@ -11,8 +11,8 @@ from detect_phantom import NODULE_IRC, NODULE_RADIUS_MM, DenseTissue, chest
 from noduleflow.ct import write_volume
 from noduleflow.data import prepare
 from noduleflow.data.luna16 import load_index
-from noduleflow.recipes import mining
 from noduleflow.errors import CsvError
+from noduleflow.recipes import mining
 
 
 @pytest.fixture
@@ -23,8 +23,12 @@ def phantom_luna(tmp_path):
     (root / "subset0").mkdir(parents=True)
     write_volume(volume, root / "subset0" / f"{volume.series_uid}.mhd")
     x, y, z = np.ravel(volume.irc_to_xyz(NODULE_IRC))
-    (root / "annotations.csv").write_text(f"seriesuid,coordX,coordY,coordZ,diameter_mm\n{volume.series_uid},{x},{y},{z},{2 * NODULE_RADIUS_MM}\n")
-    (root / "candidates.csv").write_text(f"seriesuid,coordX,coordY,coordZ,class\n{volume.series_uid},{x + 30},{y},{z},0\n")
+    (root / "annotations.csv").write_text(
+        f"seriesuid,coordX,coordY,coordZ,diameter_mm\n{volume.series_uid},{x},{y},{z},{2 * NODULE_RADIUS_MM}\n"
+    )
+    (root / "candidates.csv").write_text(
+        f"seriesuid,coordX,coordY,coordZ,class\n{volume.series_uid},{x + 30},{y},{z},0\n"
+    )
     prepare(root, workers=1, progress=False)
     return root, volume, (x, y, z)
 
@@ -38,23 +42,23 @@ def test_mined_candidates_are_labelled_by_the_hit_rule_and_join_the_index(phanto
     [row] = list(csv.DictReader(out.open()))
     assert row["seriesuid"] == volume.series_uid and row["class"] == "1"
     mined_xyz = [float(row[k]) for k in ("coordX", "coordY", "coordZ")]
-    assert np.linalg.norm(np.subtract(mined_xyz, nodule_xyz)) < 1.0      # the phantom nodule's centre
+    assert np.linalg.norm(np.subtract(mined_xyz, nodule_xyz)) < 1.0  # the phantom nodule's centre
     index = load_index(root, extra_candidates=[out], extra_weight=4)
     assert len(index.candidates) == 2 and [c.weight for c in index.candidates] == [1, 4]  # candidates.csv's, then mined
     mined = [c for c in index.candidates if c.is_nodule]
     assert len(mined) == 1 and mined[0].diameter_mm == 2 * NODULE_RADIUS_MM  # joined to its annotation
-    assert not list(out.parent.glob(".*.tmp"))                                 # written atomically
+    assert not list(out.parent.glob(".*.tmp"))  # written atomically
 
 
 def test_mining_stops_at_its_voxel_budget_in_a_fixed_order():
     uids, voxels = tuple(f"s{i}" for i in range(10)), [100] * 5 + [300] * 5
     every = mining._within(uids, voxels, 1e9)
-    assert sorted(every) == sorted(uids) and every != list(uids)             # all of them, shuffled
+    assert sorted(every) == sorted(uids) and every != list(uids)  # all of them, shuffled
     some = mining._within(uids, voxels, 700)
-    assert some == every[:len(some)] and some == mining._within(uids, voxels, 700)  # a prefix, the same every time
+    assert some == every[: len(some)] and some == mining._within(uids, voxels, 700)  # a prefix, the same every time
     spent = sum(voxels[uids.index(u)] for u in some)
-    assert spent <= 700 < spent + voxels[uids.index(every[len(some)])]     # stops before the next would pass the budget
-    assert mining._within(uids, voxels, 1) == every[:1]                     # at least one scan
+    assert spent <= 700 < spent + voxels[uids.index(every[len(some)])]  # stops before the next would pass the budget
+    assert mining._within(uids, voxels, 1) == every[:1]  # at least one scan
 
 
 def test_a_missing_extra_candidates_file_is_named(phantom_luna, tmp_path):

@@ -30,7 +30,9 @@ def test_a_classifier_trained_on_mm_patches_is_loaded_with_them(tmp_path, monkey
     monkeypatch.setattr("noduleflow.detect.models.load_part", lambda sub, part, cfg=None: torch.nn.Identity())
     for part, mm in (("segment", []), ("classify", [32, 40, 40]), ("malignancy", [])):
         (tmp_path / part).mkdir()
-        save_config(resolve_config(part, overrides={"data.root": "d", "data.patch_mm": mm}), tmp_path / part / "config.yaml")
+        save_config(
+            resolve_config(part, overrides={"data.root": "d", "data.patch_mm": mm}), tmp_path / part / "config.yaml"
+        )
         (tmp_path / part / "best.pt").write_bytes(b"")
     assert load_detector(tmp_path).patch_mm == {"classify": (32.0, 40.0, 40.0)}
 

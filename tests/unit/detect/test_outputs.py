@@ -143,8 +143,11 @@ def test_mask_is_written_in_the_scans_oblique_geometry(tmp_path):
     # ITK places the mask exactly where it places the scan file itself
     on_disk, overlay = sitk.ReadImage(str(scan)), sitk.ReadImage(str(path))
     assert overlay.GetSize() == on_disk.GetSize()
-    for a, b in [(overlay.GetOrigin(), on_disk.GetOrigin()), (overlay.GetSpacing(), on_disk.GetSpacing()),
-                 (overlay.GetDirection(), on_disk.GetDirection())]:
+    for a, b in [
+        (overlay.GetOrigin(), on_disk.GetOrigin()),
+        (overlay.GetSpacing(), on_disk.GetSpacing()),
+        (overlay.GetDirection(), on_disk.GetDirection()),
+    ]:
         np.testing.assert_allclose(a, b, atol=1e-4)
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # the temporary file was renamed
 
@@ -180,11 +183,14 @@ def test_a_mask_of_another_shape_is_refused(tmp_path):
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(axis=st.tuples(*[st.floats(-1, 1)] * 3).filter(lambda a: np.linalg.norm(a) > 0.1),
-       angle=st.floats(-np.pi, np.pi), spacing=st.tuples(*[st.floats(0.3, 5.0)] * 3),
-       origin=st.tuples(*[st.floats(-400, 400)] * 3),
-       voxel=st.tuples(st.integers(0, 3), st.integers(0, 4), st.integers(0, 5)),
-       flip=st.booleans())
+@given(
+    axis=st.tuples(*[st.floats(-1, 1)] * 3).filter(lambda a: np.linalg.norm(a) > 0.1),
+    angle=st.floats(-np.pi, np.pi),
+    spacing=st.tuples(*[st.floats(0.3, 5.0)] * 3),
+    origin=st.tuples(*[st.floats(-400, 400)] * 3),
+    voxel=st.tuples(st.integers(0, 3), st.integers(0, 4), st.integers(0, 5)),
+    flip=st.booleans(),
+)
 def test_mask_geometry_round_trips_for_any_placement(tmp_path, axis, angle, spacing, origin, voxel, flip):
     direction = _rotation(axis, angle) @ (np.diag([1.0, 1.0, -1.0]) if flip else np.eye(3))  # left-handed too
     volume = CtVolume(np.zeros((4, 5, 6), np.int16), origin, spacing, direction, series_uid="s")
@@ -282,8 +288,13 @@ def test_sr_without_a_malignancy_model_or_findings(tmp_path, dicom_scan):
     assert not (tmp_path / "b.dcm").exists()
 
 
-@pytest.mark.parametrize("damage, logged", [({"FrameOfReferenceUID": None}, "FrameOfReferenceUID"),
-                                           ({"SOPClassUID": "1.2.3.4.5"}, "highdicom cannot build it")])
+@pytest.mark.parametrize(
+    "damage, logged",
+    [
+        ({"FrameOfReferenceUID": None}, "FrameOfReferenceUID"),
+        ({"SOPClassUID": "1.2.3.4.5"}, "highdicom cannot build it"),
+    ],
+)
 def test_no_sr_but_a_warning_for_a_series_a_report_cannot_reference(tmp_path, caplog, damage, logged):
     _write_series(tmp_path / "series", _volume())
     for f in (tmp_path / "series").iterdir():

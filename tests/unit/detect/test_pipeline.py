@@ -51,8 +51,7 @@ class FakePredictor:
         xyz = tuple(float(v) for v in volume.irc_to_xyz(np.array(irc)))
         p = float(np.clip((volume.hu.mean() + 1000) / 2000, 0, 1))
         uid = volume.series_uid if FakePredictor.uid is None else FakePredictor.uid
-        return ScanResult(uid, [Finding(xyz, irc, p, 0.25, 6.0, 0.9, p)], volume.shape,
-                          seconds=0.01, candidates=3)
+        return ScanResult(uid, [Finding(xyz, irc, p, 0.25, 6.0, 0.9, p)], volume.shape, seconds=0.01, candidates=3)
 
 
 @pytest.fixture(autouse=True)
@@ -203,11 +202,16 @@ def test_a_hostile_series_uid_names_a_png_inside_out(data, run, tmp_path, fake, 
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(uid=st.text(max_size=200) | st.lists(st.sampled_from(["[", "]", "/", "..", "\\", "x", "\x00"]), max_size=12).map("".join))
+@given(
+    uid=st.text(max_size=200)
+    | st.lists(st.sampled_from(["[", "]", "/", "..", "\\", "x", "\x00"]), max_size=12).map("".join)
+)
 def test_any_series_uid_keeps_every_output_inside_out(data, run, fake, monkeypatch, uid):
     fake.uid = uid
     # the names are the point here, not the drawing (the parametrized test above draws real PNGs)
-    monkeypatch.setattr(pipeline, "write_scan_png", lambda volume, result, path: files_module.atomic_write(path, b"png"))
+    monkeypatch.setattr(
+        pipeline, "write_scan_png", lambda volume, result, path: files_module.atomic_write(path, b"png")
+    )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "a" / "b" / "out"
         detect(data / "subset0" / f"{UIDS[0]}.mha", run, out, progress=False)
@@ -291,13 +295,22 @@ def test_cli_one_bad_scan_is_its_own_error_line_and_no_old_result_is_left(data, 
     bad = tmp_path / "scan.mha"
     bad.write_text("garbage")
     code, stdout, err = run_cli("detect", bad, "--run", run, "-o", out)
-    assert code == 2 and (stdout + err).count("error:") == 1 and err.startswith(f"error: {bad}: ") and err.count("\n") == 1
-    assert _rows(out) == [] and _doc(out)["failed"] == {str(bad): err[len("error: "):].strip()}
+    assert (
+        code == 2 and (stdout + err).count("error:") == 1 and err.startswith(f"error: {bad}: ") and err.count("\n") == 1
+    )
+    assert _rows(out) == [] and _doc(out)["failed"] == {str(bad): err[len("error: ") :].strip()}
     assert list((out / "png").iterdir()) == []
 
 
-@pytest.mark.parametrize("code_, words", [(errno.EACCES, "permission denied"), (errno.ENOSPC, "no space left"),
-                                          (errno.EROFS, "read-only"), (errno.ENOTDIR, "not a folder")])
+@pytest.mark.parametrize(
+    "code_, words",
+    [
+        (errno.EACCES, "permission denied"),
+        (errno.ENOSPC, "no space left"),
+        (errno.EROFS, "read-only"),
+        (errno.ENOTDIR, "not a folder"),
+    ],
+)
 def test_cli_an_unwritable_out_is_one_error_line(data, run, tmp_path, monkeypatch, code_, words, run_cli):
     _deny(monkeypatch, code_)
     code, _, err = run_cli("detect", data, "--run", run, "-o", tmp_path / "out")
@@ -389,9 +402,12 @@ def test_write_results_writes_one_finished_job(tmp_path):
     from noduleflow.detect import write_results
 
     finding = Finding((1.0, 2.0, 3.0), (0.0, 1.0, 2.0), 0.75, None, 5.0, 0.9, 0.8)
-    _, json_path = write_results([ScanResult("../a", [finding], (1, 2, 3)), ScanResult("b", [], (1, 2, 3))], tmp_path / "o")
-    assert _rows(tmp_path / "o") == [{"seriesuid": "../a", "coordX": "1.000", "coordY": "2.000", "coordZ": "3.000",
-                                      "probability": "0.750000"}]
+    _, json_path = write_results(
+        [ScanResult("../a", [finding], (1, 2, 3)), ScanResult("b", [], (1, 2, 3))], tmp_path / "o"
+    )
+    assert _rows(tmp_path / "o") == [
+        {"seriesuid": "../a", "coordX": "1.000", "coordY": "2.000", "coordZ": "3.000", "probability": "0.750000"}
+    ]
     doc = json.loads(json_path.read_text())
     assert doc["complete"] is True and [s["seriesuid"] for s in doc["scans"]] == ["../a", "b"]
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["detections.json", "submission.csv"]

@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from detect_phantom import NODULE_IRC, NODULE_RADIUS_MM, DenseTissue, chest
 
 from noduleflow.ct import CtVolume
 from noduleflow.data.patches import crop, crop_mm, hu_to_unit
 from noduleflow.detect import Predictor, load_detector
 from noduleflow.detect.models import DetectorModels
 from noduleflow.errors import CheckpointError
-
-from detect_phantom import NODULE_IRC, NODULE_RADIUS_MM, DenseTissue, chest
 
 
 def _onnx_nets(models, tmp_path):
@@ -60,9 +59,11 @@ def test_a_predictor_leaves_its_models_and_the_thread_count_as_given(models):
     assert torch.get_num_threads() == threads
     after = models.classify.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in models.classify.modules())   # not folded in place
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in models.classify.modules())  # not folded in place
     segment = models.segment.state_dict()
-    assert all(torch.equal(given["segment"][k], segment[k]) and segment[k].is_contiguous() for k in segment)  # nor channels_last
+    assert all(
+        torch.equal(given["segment"][k], segment[k]) and segment[k].is_contiguous() for k in segment
+    )  # nor channels_last
 
 
 class DeepDenseTissue(DenseTissue):
@@ -88,7 +89,9 @@ def test_windows_fit_a_deeper_unet(models, restrict_to_lung):
 def test_scan_smaller_than_the_classifier_patch_is_padded(models):
     """32 x 48 x 48 patches and U-Net windows reach past a 20 x 48 x 64 scan: they read air, nothing fails."""
     volume = chest()
-    small = CtVolume(volume.hu[2:18, 2:46, 2:62].copy(), volume.origin_xyz, volume.spacing_xyz, volume.direction, "small")
+    small = CtVolume(
+        volume.hu[2:18, 2:46, 2:62].copy(), volume.origin_xyz, volume.spacing_xyz, volume.direction, "small"
+    )
     result = Predictor(models, runtime="torch").predict(small)
     assert len(result.findings) == 1
     np.testing.assert_allclose(result.findings[0].center_irc, np.subtract(NODULE_IRC, 2), atol=0.3)
@@ -103,8 +106,13 @@ def test_empty_volume_gives_no_findings_and_a_warning(models):
 
 def test_scan_without_lungs_gives_no_findings_and_a_warning(models):
     volume = chest()
-    tissue = CtVolume(np.where(volume.hu > -900, 40, -1000).astype(np.int16), volume.origin_xyz, volume.spacing_xyz,
-                      volume.direction, series_uid="nolung")
+    tissue = CtVolume(
+        np.where(volume.hu > -900, 40, -1000).astype(np.int16),
+        volume.origin_xyz,
+        volume.spacing_xyz,
+        volume.direction,
+        series_uid="nolung",
+    )
     with pytest.warns(UserWarning, match="no lung field"):
         result = Predictor(models, runtime="torch").predict(tissue)
     assert result.findings == [] and result.candidates == 0
@@ -157,11 +165,16 @@ def test_classifier_sees_the_patch_it_was_trained_on(models, patch_mm):
     """Voxel patches at the nearest voxel, or (a run trained with data.patch_mm) patches resampled to those mm,
     cut exactly as the training datasets cut them (`crop` / `crop_mm`)."""
     volume, recorder = chest(), Recorder()
-    models = DetectorModels(models.segment, recorder, None, None, patch_mm={} if patch_mm is None else {"classify": patch_mm})
+    models = DetectorModels(
+        models.segment, recorder, None, None, patch_mm={} if patch_mm is None else {"classify": patch_mm}
+    )
     finding = Predictor(models, runtime="torch").predict(volume).findings[0]
     center = np.array(finding.center_irc)
-    expected = (crop(volume.hu, np.floor(center + 0.5).astype(np.int64), Recorder.input_size) if patch_mm is None else
-                crop_mm(volume.hu, center, Recorder.input_size, patch_mm, volume.spacing_irc))
+    expected = (
+        crop(volume.hu, np.floor(center + 0.5).astype(np.int64), Recorder.input_size)
+        if patch_mm is None
+        else crop_mm(volume.hu, center, Recorder.input_size, patch_mm, volume.spacing_irc)
+    )
     np.testing.assert_allclose(recorder.seen[0][0].numpy(), hu_to_unit(expected), atol=1e-6)
 
 

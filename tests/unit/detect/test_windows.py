@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from detect_phantom import DenseTissue
 
 from noduleflow.data.patches import hu_to_unit
 from noduleflow.detect.models import TorchNet
 from noduleflow.detect.windows import full_windows, lung_windows, segment_windows
-
-from detect_phantom import DenseTissue
 
 
 def _coverage(windows, shape):

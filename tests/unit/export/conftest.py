@@ -25,8 +25,11 @@ def make_run(root, data):
     torch.manual_seed(0)
     for part, flags in PARTS.items():
         cfg = resolve_config(part, overrides={"data.root": str(data), **flags})
-        model = (segmentation_unet(cfg.model.width, cfg.model.depth, cfg.data.context) if part == "segment"
-                 else build_model(cfg.model, in_channels=1, num_classes=2))
+        model = (
+            segmentation_unet(cfg.model.width, cfg.model.depth, cfg.data.context)
+            if part == "segment"
+            else build_model(cfg.model, in_channels=1, num_classes=2)
+        )
         for m in model.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.running_mean.uniform_(-0.2, 0.2)

@@ -30,13 +30,25 @@ def test_every_model_is_exported_with_its_contract_checksum_and_parity(exported_
         assert entry["source"] == {"file": f"{part}/best.pt", "sha256": sha256_file(run / part / "best.pt")}
         check, tol = entry["parity"], TOLERANCES[fmt]
         assert check["compared"] == tol.compared and check["max_abs"] >= check["mean_abs"] >= 0
-        assert (tol.max_abs is None or check["max_abs"] <= tol.max_abs) and (tol.mean_abs is None or check["mean_abs"] <= tol.mean_abs)
+        assert (tol.max_abs is None or check["max_abs"] <= tol.max_abs) and (
+            tol.mean_abs is None or check["mean_abs"] <= tol.mean_abs
+        )
         assert check["max_abs"] > 0 if fmt == "int8" else check["max_abs"] < 1e-3
     segment, classify = entries[("segment", "onnx")]["input"], entries[("classify", "onnx")]["input"]
-    assert segment == {"kind": "segment", "hu_window": [-1000.0, 1000.0], "context": 3, "multiple": 4, "patch_size": [], "patch_mm": []}
+    assert segment == {
+        "kind": "segment",
+        "hu_window": [-1000.0, 1000.0],
+        "context": 3,
+        "multiple": 4,
+        "patch_size": [],
+        "patch_mm": [],
+    }
     assert classify["patch_size"] == [8, 16, 16] and classify["patch_mm"] == [12.0, 16.0, 16.0]
     assert entries[("malignancy", "onnx")]["input"]["patch_mm"] == []
-    assert "sigmoid" in entries[("segment", "onnx")]["output"] and "P(malignant)" in entries[("malignancy", "onnx")]["output"]
+    assert (
+        "sigmoid" in entries[("segment", "onnx")]["output"]
+        and "P(malignant)" in entries[("malignancy", "onnx")]["output"]
+    )
 
 
 def test_an_intact_export_is_kept_and_a_retrained_model_is_exported_again(exported_run, tmp_path):
@@ -44,8 +56,10 @@ def test_an_intact_export_is_kept_and_a_retrained_model_is_exported_again(export
     run = shutil.copytree(source, tmp_path / "run")
     stamps = {p.name: p.stat().st_mtime_ns for p in (run / "export").glob("*.onnx")}
     export_run(run, formats=("onnx", "int8"), scans=1)
-    assert {p.name: p.stat().st_mtime_ns for p in (run / "export").glob("*.onnx")} == stamps   # nothing exported again
-    with pytest.raises(CheckpointError, match=r"malignancy.onnx: was exported from an older malignancy/best.pt.*noduleflow export"):
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "export").glob("*.onnx")} == stamps  # nothing exported again
+    with pytest.raises(
+        CheckpointError, match=r"malignancy.onnx: was exported from an older malignancy/best.pt.*noduleflow export"
+    ):
         (run / "malignancy" / "best.pt").write_bytes((run / "classify" / "best.pt").read_bytes())  # "retrained"
         Predictor.from_run(run, runtime="onnx")
 
@@ -64,8 +78,12 @@ def test_a_damaged_export_is_a_checkpoint_error_naming_the_file_and_the_fix(expo
         int8.unlink()
     with pytest.raises(CheckpointError) as err:
         Predictor.from_run(run, runtime="int8")
-    assert "segment.int8.onnx" in str(err.value) and "noduleflow export" in str(err.value) and "--runtime torch" in str(err.value)
-    assert Predictor.from_run(run, runtime="onnx").runtime == "onnx"                          # the float32 files are fine
+    assert (
+        "segment.int8.onnx" in str(err.value)
+        and "noduleflow export" in str(err.value)
+        and "--runtime torch" in str(err.value)
+    )
+    assert Predictor.from_run(run, runtime="onnx").runtime == "onnx"  # the float32 files are fine
 
 
 def test_a_damaged_manifest_is_named(exported_run, tmp_path):
@@ -94,11 +112,14 @@ def test_pt2_export_loads_with_torch_export_and_matches_eager_at_any_batch_and_s
     summary = export_run(run, formats=("pt2",), parts=("segment",), scans=1)
     [entry] = summary.entries
     assert entry["file"] == "segment.pt2" and entry["parity"]["max_abs"] <= 1e-3
-    assert {(m["part"], m["format"]) for m in _manifest(run)["models"]} >= {("segment", "pt2"), ("classify", "onnx")}  # merged
+    assert {(m["part"], m["format"]) for m in _manifest(run)["models"]} >= {
+        ("segment", "pt2"),
+        ("classify", "onnx"),
+    }  # merged
     program = torch.export.load(str(run / "export" / "segment.pt2")).module()
     eager = load_segmentation(run / "segment").segment
     torch.manual_seed(0)
-    for shape in [(1, 7, 24, 40), (5, 7, 64, 32)]:                   # neither is the export's example
+    for shape in [(1, 7, 24, 40), (5, 7, 64, 32)]:  # neither is the export's example
         x = torch.rand(shape) * 2 - 1
         with torch.inference_mode():
             np.testing.assert_allclose(program(x).numpy(), eager(x).numpy(), atol=1e-4)

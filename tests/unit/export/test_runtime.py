@@ -35,7 +35,9 @@ print("no torch")
 
 def _detect_without_torch(*args: str) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", _NO_TORCH, "detect", *args], capture_output=True, text=True, env=env, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, "detect", *args], capture_output=True, text=True, env=env, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -45,29 +47,45 @@ def test_detect_from_the_exports_runs_without_torch_and_finds_what_eager_finds(e
     data, run = exported_run
     scan = scan_sources(data)[0]
     out = tmp_path / runtime
-    assert "no torch" in _detect_without_torch(str(scan), "--run", str(run), "-o", str(out), "--runtime", runtime,
-                                               "--max-candidates", "10")
+    assert "no torch" in _detect_without_torch(
+        str(scan), "--run", str(run), "-o", str(out), "--runtime", runtime, "--max-candidates", "10"
+    )
     [doc] = json.loads((out / "detections.json").read_text())["scans"]
     exported = doc["findings"]
-    eager = [f.to_dict() for f in Predictor.from_run(run, runtime="torch", max_candidates=10).predict(read_volume(scan)).findings]
-    assert len(eager) == 10                                       # the untrained U-Net marks plenty: a real comparison
-    if runtime == "onnx":                                         # float32: the same findings, to rounding
+    eager = [
+        f.to_dict()
+        for f in Predictor.from_run(run, runtime="torch", max_candidates=10).predict(read_volume(scan)).findings
+    ]
+    assert len(eager) == 10  # the untrained U-Net marks plenty: a real comparison
+    if runtime == "onnx":  # float32: the same findings, to rounding
         assert len(exported) == len(eager)
         for a, b in zip(exported, eager):
-            np.testing.assert_allclose([a[k] for k in ("coordX", "coordY", "coordZ")], [b[k] for k in ("coordX", "coordY", "coordZ")],
-                                       atol=1e-3)
+            np.testing.assert_allclose(
+                [a[k] for k in ("coordX", "coordY", "coordZ")],
+                [b[k] for k in ("coordX", "coordY", "coordZ")],
+                atol=1e-3,
+            )
             assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
             assert a["malignancy"] == pytest.approx(b["malignancy"], abs=1e-4)
-    else:                                                         # int8 U-Net: most candidates the same, scores close
-        near = [min(np.linalg.norm(np.subtract([a["coordX"], a["coordY"], a["coordZ"]], [b["coordX"], b["coordY"], b["coordZ"]]))
-                    for b in eager) for a in exported]
+    else:  # int8 U-Net: most candidates the same, scores close
+        near = [
+            min(
+                np.linalg.norm(
+                    np.subtract([a["coordX"], a["coordY"], a["coordZ"]], [b["coordX"], b["coordY"], b["coordZ"]])
+                )
+                for b in eager
+            )
+            for a in exported
+        ]
         assert len(exported) == 10 and np.mean(np.less(near, 2.0)) >= 0.5
 
 
 def test_auto_prefers_the_int8_export_and_threads_stay_per_session(exported_run):
     _, run = exported_run
     predictor = Predictor.from_run(run, threads=1)
-    assert predictor.runtime == "int8" and predictor.nets.segment.session.get_session_options().intra_op_num_threads == 1
+    assert (
+        predictor.runtime == "int8" and predictor.nets.segment.session.get_session_options().intra_op_num_threads == 1
+    )
     assert predictor.patch_size() == (8, 16, 16) and predictor.multiple == 4
     nodule, malignant = predictor.classify_patches(np.full((3, 8, 16, 16), -800, np.int16))
     assert nodule.shape == malignant.shape == (3,) and np.all((0 <= nodule) & (nodule <= 1))

@@ -5,7 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import accuracy_score, average_precision_score, precision_recall_curve, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 from noduleflow.metrics.classification import classification_metrics, confusion_matrix, roc_auc, threshold_metrics
 
@@ -20,7 +26,11 @@ def test_matches_sklearn(num_classes, seed):
     y, pred, probs = labels.numpy(), logits.argmax(1).numpy(), torch.softmax(logits, 1).numpy()
     average = "binary" if num_classes == 2 else "macro"
     p, r, f, _ = precision_recall_fscore_support(y, pred, average=average, zero_division=0)
-    auc = roc_auc_score(y, probs[:, 1]) if num_classes == 2 else roc_auc_score(y, probs, multi_class="ovr", average="macro")
+    auc = (
+        roc_auc_score(y, probs[:, 1])
+        if num_classes == 2
+        else roc_auc_score(y, probs, multi_class="ovr", average="macro")
+    )
     assert got["accuracy"] == pytest.approx(accuracy_score(y, pred))
     assert (got["precision"], got["recall"], got["f1"]) == pytest.approx((p, r, f))
     assert got["auc"] == pytest.approx(auc, abs=1e-9)
@@ -51,8 +61,8 @@ def test_confusion_matrix_rows_are_true_classes():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_ap_and_best_f1_match_sklearn_with_ties_and_rare_positives(seed):
     rng = np.random.default_rng(seed)
-    positive = rng.random(800) < 0.03                               # ~1:30, like nodule candidates
-    scores = np.round(rng.random(800) * 0.7 + 0.4 * positive, 2)      # rounded: many ties
+    positive = rng.random(800) < 0.03  # ~1:30, like nodule candidates
+    scores = np.round(rng.random(800) * 0.7 + 0.4 * positive, 2)  # rounded: many ties
     got = threshold_metrics(scores, positive)
     precision, recall, thresholds = precision_recall_curve(positive, scores)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
@@ -78,6 +88,6 @@ def test_a_given_threshold_scores_the_calls_at_or_above_it():
     probs = torch.tensor([0.95, 0.8, 0.6, 0.3, 0.2, 0.1])
     logits = torch.stack([torch.zeros(6), torch.logit(probs)], 1)  # softmax gives back `probs`
     got = classification_metrics(logits, torch.tensor([1, 0, 1, 1, 0, 0]), threshold=0.6)
-    assert got["precision_at_val_threshold"] == pytest.approx(2 / 3)     # 0.95, 0.8, 0.6 called; 2 right
+    assert got["precision_at_val_threshold"] == pytest.approx(2 / 3)  # 0.95, 0.8, 0.6 called; 2 right
     assert got["recall_at_val_threshold"] == pytest.approx(2 / 3)
     assert got["f1_at_val_threshold"] == pytest.approx(2 / 3)

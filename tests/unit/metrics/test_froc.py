@@ -47,8 +47,14 @@ def test_false_positives_at_known_ranks():
     # probability order: hit, FP, hit, FP, hit, FP (one nodule missed); 2 scans.
     # curve (FPs/scan, sens): (0,0) (0,1/4) (1/2,1/4) (1/2,1/2) (1,1/2) (1,3/4) (3/2,3/4)
     # at 1/8, 1/4: 1/4; at 1/2: top of the step, 1/2; at 1: 3/4; at 2, 4, 8: the last sensitivity, 3/4
-    marks = [_mark("a", 0, 0.9), _mark("a", FAR, 0.8), _mark("a", 50, 0.7),
-             _mark("b", FAR, 0.6), _mark("b", 0, 0.5), _mark("b", FAR, 0.4, y=50)]
+    marks = [
+        _mark("a", 0, 0.9),
+        _mark("a", FAR, 0.8),
+        _mark("a", 50, 0.7),
+        _mark("b", FAR, 0.6),
+        _mark("b", 0, 0.5),
+        _mark("b", FAR, 0.4, y=50),
+    ]
     r = froc(marks, FOUR, ["a", "b"], bootstrap=0)
     assert r.sensitivities == (0.25, 0.25, 0.5, 0.75, 0.75, 0.75, 0.75)
     assert r.cpm == pytest.approx(4 / 7)
@@ -96,10 +102,18 @@ def test_a_mark_on_a_nodule_and_an_excluded_finding_is_a_hit():
     assert (r.matching.n_hits, r.matching.n_ignored, r.cpm) == (1, 0, 1.0)
 
 
-@pytest.mark.parametrize("offset, hit", [
-    ((4.999, 0, 0), True), ((5.0, 0, 0), False), ((5.001, 0, 0), False),
-    ((3.0, 3.999, 0), True), ((3.0, 4.0, 0), False), ((0, 0, -4.999), True), ((0, 3.0, -4.0), False),
-])
+@pytest.mark.parametrize(
+    "offset, hit",
+    [
+        ((4.999, 0, 0), True),
+        ((5.0, 0, 0), False),
+        ((5.001, 0, 0), False),
+        ((3.0, 3.999, 0), True),
+        ((3.0, 4.0, 0), False),
+        ((0, 0, -4.999), True),
+        ((0, 3.0, -4.0), False),
+    ],
+)
 def test_a_hit_lies_strictly_within_the_radius(offset, hit):
     r = froc([Mark("a", offset, 0.9)], [_nod("a", 0)], ["a"], bootstrap=0)
     assert (r.matching.n_hits, r.matching.n_false_positives) == ((1, 0) if hit else (0, 1))
@@ -155,7 +169,9 @@ def _random_case(seed, n_scans=30, decimals=None):
             nodules.append(Nodule(uid, tuple(rng.uniform(-100, 100, 3)), float(rng.uniform(3, 25))))
             if rng.random() < 0.7:
                 for _ in range(rng.integers(1, 3)):
-                    marks.append(Mark(uid, tuple(np.add(nodules[-1].center_xyz, rng.normal(0, 2, 3))), float(rng.random())))
+                    marks.append(
+                        Mark(uid, tuple(np.add(nodules[-1].center_xyz, rng.normal(0, 2, 3))), float(rng.random()))
+                    )
         for _ in range(rng.integers(0, 20)):
             marks.append(Mark(uid, tuple(rng.uniform(-150, 150, 3)), float(rng.random() * 0.9)))
     if decimals is not None:  # ties between hits and false positives
@@ -187,13 +203,26 @@ def test_matches_the_scripts_roc_curve_arithmetic(seed, decimals):
 def test_matching_agrees_with_brute_force(seed):
     marks, nodules, series, excluded = _random_case(seed)
     m = match_marks(marks, nodules, series, excluded=excluded)
-    dist = lambda a, b: sum((p - q) ** 2 for p, q in zip(a, b))  # noqa: E731
-    on = [[i for i, mk in enumerate(marks) if mk.series_uid == n.series_uid
-           and dist(mk.center_xyz, n.center_xyz) < (n.diameter_mm / 2) ** 2] for n in nodules]
+    dist = lambda a, b: sum((p - q) ** 2 for p, q in zip(a, b))  # noqa: E731 - a one-line squared distance
+    on = [
+        [
+            i
+            for i, mk in enumerate(marks)
+            if mk.series_uid == n.series_uid and dist(mk.center_xyz, n.center_xyz) < (n.diameter_mm / 2) ** 2
+        ]
+        for n in nodules
+    ]
     best = [max(hits, key=lambda i: marks[i].probability) if hits else -1 for hits in on]
     used = {i for hits in on for i in hits}
-    ignored = {i for i, mk in enumerate(marks) if i not in used and any(
-        x.series_uid == mk.series_uid and dist(mk.center_xyz, x.center_xyz) < (x.diameter_mm / 2) ** 2 for x in excluded)}
+    ignored = {
+        i
+        for i, mk in enumerate(marks)
+        if i not in used
+        and any(
+            x.series_uid == mk.series_uid and dist(mk.center_xyz, x.center_xyz) < (x.diameter_mm / 2) ** 2
+            for x in excluded
+        )
+    }
     assert m.best_mark.tolist() == best
     assert m.n_false_positives == len(marks) - len(used) - len(ignored)
     assert (m.n_ignored, m.n_double) == (len(ignored), sum(max(len(h) - 1, 0) for h in on))
@@ -209,10 +238,16 @@ def test_bootstrap_equals_scoring_resampled_scan_sets():
     cpms = []
     for row in draws:
         copies = [(f"{series[j]}#{k}", series[j]) for k, j in enumerate(row)]
-        rename = lambda items, new, old: [x._replace(series_uid=new) for x in items if x.series_uid == old]  # noqa: E731
-        cpms.append(froc([m for new, old in copies for m in rename(marks, new, old)],
-                         [n for new, old in copies for n in rename(nodules, new, old)], [new for new, _ in copies],
-                         excluded=[x for new, old in copies for x in rename(excluded, new, old)], bootstrap=0).cpm)
+        rename = lambda items, new, old: [x._replace(series_uid=new) for x in items if x.series_uid == old]  # noqa: E731 - one line, used twice below
+        cpms.append(
+            froc(
+                [m for new, old in copies for m in rename(marks, new, old)],
+                [n for new, old in copies for n in rename(nodules, new, old)],
+                [new for new, _ in copies],
+                excluded=[x for new, old in copies for x in rename(excluded, new, old)],
+                bootstrap=0,
+            ).cpm
+        )
     r = froc(marks, nodules, series, excluded=excluded, bootstrap=40, seed=7)
     ordered = np.sort(cpms)
     assert r.cpm_ci == pytest.approx((ordered[1], ordered[39]), abs=1e-12)  # floor(0.025 * 40), floor(0.975 * 40)
@@ -230,10 +265,18 @@ def test_bootstrap_interval_holds_the_estimate_and_follows_the_seed():
 
 
 def test_malignancy_auc_uses_each_hit_nodules_most_probable_mark():
-    nodules = [_nod("a", 0, malignant=True), _nod("a", 50, malignant=False), _nod("a", 100, malignant=False),
-               _nod("a", 150, malignant=True)]  # the last one is missed
-    marks = [_mark("a", 0, 0.9, malignancy=0.1), _mark("a", 1, 0.3, malignancy=0.99),  # the 0.9 mark counts
-             _mark("a", 50, 0.8, malignancy=0.05), _mark("a", 100, 0.7, malignancy=0.5)]
+    nodules = [
+        _nod("a", 0, malignant=True),
+        _nod("a", 50, malignant=False),
+        _nod("a", 100, malignant=False),
+        _nod("a", 150, malignant=True),
+    ]  # the last one is missed
+    marks = [
+        _mark("a", 0, 0.9, malignancy=0.1),
+        _mark("a", 1, 0.3, malignancy=0.99),  # the 0.9 mark counts
+        _mark("a", 50, 0.8, malignancy=0.05),
+        _mark("a", 100, 0.7, malignancy=0.5),
+    ]
     score = malignancy_auc(match_marks(marks, nodules, ["a"]), marks)
     assert (score.nodules, score.malignant) == (3, 1)
     assert score.auc == pytest.approx(0.5)  # malignant 0.1 beats 0.05, loses to 0.5

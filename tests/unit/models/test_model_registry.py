@@ -76,8 +76,8 @@ def test_nodule_net_tells_a_centred_blob_from_an_off_centre_one():
     torch.manual_seed(0)
     model = create_model("nodule_net", width=4, input_size=(8, 16, 16), depth=3)
     x = -torch.ones(32, 1, 8, 16, 16)
-    x[:16, :, 3:5, 7:9, 7:9] = 1.0                       # centred blob: label 1
-    x[16:, :, 1:3, 2:4, 2:4] = 1.0                       # off-centre blob: label 0
+    x[:16, :, 3:5, 7:9, 7:9] = 1.0  # centred blob: label 1
+    x[16:, :, 1:3, 2:4, 2:4] = 1.0  # off-centre blob: label 0
     y = torch.tensor([1] * 16 + [0] * 16)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(30):

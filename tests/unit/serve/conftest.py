@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from noduleflow.recipes.detector import train_detector
 from noduleflow.serve import ServeSettings, create_app
 from noduleflow.synth import synthesize
-
-from noduleflow.recipes.detector import train_detector
 
 TINY = {part: {"run.epochs": 1, "data.num_workers": 0} for part in ("segment", "classify", "malignancy")}
 # small limits, so that the hostile tests stay small; the test scans (69 x 128 x 128 int16) are 2.2 MiB

@@ -8,10 +8,11 @@ import io
 
 import numpy as np
 import pytest
-from conftest import wait_job
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scan_files import symlink_zip, zip_bytes
+
+from conftest import wait_job
 
 MIB = 2**20
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import wait_job
 from scan_files import FORMATS, png, read, upload_file
 
+from conftest import wait_job
 from noduleflow.detect import Predictor
 
 

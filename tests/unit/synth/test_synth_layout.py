@@ -54,7 +54,9 @@ def test_scans_read_with_simpleitk_in_their_subsets(dataset):
         sx, sy, sz = image.GetSpacing()
         nx, ny, nz = image.GetSize()
         assert sx == sy and nx == ny and 96 <= nx <= 128 and 50 <= nz <= 70  # half of small: 192-256, 100-140
-        assert 0.6 * 512 <= nx * sx <= 0.9 * 512 + 20  # field of view (mm) of 0.6-0.9 mm pixels at 512, or just the chest
+        assert (
+            0.6 * 512 <= nx * sx <= 0.9 * 512 + 20
+        )  # field of view (mm) of 0.6-0.9 mm pixels at 512, or just the chest
 
 
 def test_every_coordinate_lies_inside_its_scan(dataset):
@@ -74,7 +76,9 @@ def test_candidates_are_mostly_hard_negatives_with_hits_on_every_nodule(dataset)
     nodules = defaultdict(list)
     for row in _rows(out / "annotations.csv"):
         assert float(row["diameter_mm"]) >= 3.0
-        nodules[row["seriesuid"]].append((np.array([float(row[k]) for k in ("coordX", "coordY", "coordZ")]), float(row["diameter_mm"])))
+        nodules[row["seriesuid"]].append(
+            (np.array([float(row[k]) for k in ("coordX", "coordY", "coordZ")]), float(row["diameter_mm"]))
+        )
     assert sum(map(len, nodules.values())) == summary.nodules > 0
     hits = defaultdict(int)
     per_scan = defaultdict(int)

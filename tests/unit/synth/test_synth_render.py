@@ -38,7 +38,9 @@ def test_nodules_are_drawn_at_their_annotated_centres_inside_the_lung(rendered):
             irc = volume.xyz_to_irc(plan.world(n.centre))
             assert scan.lung[tuple(irc)], f"{n.kind} {n.site} centre outside the lung"
             centre_hu = volume.hu[tuple(irc)]
-            assert centre_hu > max(-750, lung_hu + 100), f"{n.kind} {n.diameter_mm:.1f} mm: {centre_hu} HU at its centre"
+            assert centre_hu > max(-750, lung_hu + 100), (
+                f"{n.kind} {n.diameter_mm:.1f} mm: {centre_hu} HU at its centre"
+            )
             distance = _ball(volume, irc, n.diameter_mm)
             shell = (distance > 1.5 * n.diameter_mm / 2) & (distance < 2.5 * n.diameter_mm / 2 + 3)
             assert scan.lung[shell].mean() > 0.5, f"{n.site} nodule not surrounded by lung"

@@ -10,8 +10,14 @@ import torch
 from noduleflow.errors import CheckpointError, OutputError
 from noduleflow.models import create_model
 from noduleflow.train import checkpoint
-from noduleflow.train.checkpoint import (init_from_checkpoint, load_checkpoint, load_model_state, rng_state,
-                                         save_checkpoint, set_rng_state)
+from noduleflow.train.checkpoint import (
+    init_from_checkpoint,
+    load_checkpoint,
+    load_model_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 SMALL = {"width": 4, "input_size": (16, 16, 16)}  # the book's classifier, narrower and on 16^3 patches
 
@@ -24,8 +30,16 @@ def saved(tmp_path):
     opt = torch.optim.AdamW(model.parameters())
     model(torch.randn(2, 1, 16, 16, 16)).sum().backward()
     opt.step()
-    path = save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": [rng_state()],
-                            "config": {"task": "classify", "data": {"spacing": []}}, "epoch": 3}, tmp_path / "best.pt")
+    path = save_checkpoint(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "rng": [rng_state()],
+            "config": {"task": "classify", "data": {"spacing": []}},
+            "epoch": 3,
+        },
+        tmp_path / "best.pt",
+    )
     return path, model
 
 
@@ -54,12 +68,17 @@ def test_a_crash_while_writing_keeps_the_old_file(saved, monkeypatch):
     assert [p.name for p in path.parent.iterdir()] == ["best.pt"]  # no temp file left behind
 
 
-@pytest.mark.parametrize("failure", [
-    RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/3: file write failed"),
-    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
-    OSError(errno.ENOSPC, "No space left on device"),
-    OSError(errno.EDQUOT, "Disk quota exceeded"),
-])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        RuntimeError(
+            "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/3: file write failed"
+        ),
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EDQUOT, "Disk quota exceeded"),
+    ],
+)
 def test_a_full_disk_is_one_error_naming_the_file_and_the_old_checkpoint_still_loads(saved, monkeypatch, failure):
     path, model = saved
 
@@ -135,7 +154,9 @@ def test_init_loads_the_body_and_freezes_all_but_the_head(saved):
     assert {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad} == {"block4", "head"}
 
 
-@pytest.mark.parametrize("other", [{"name": "nodule_classifier", "width": 8, "input_size": (16, 16, 16)}, {"name": "digits_cnn"}])
+@pytest.mark.parametrize(
+    "other", [{"name": "nodule_classifier", "width": 8, "input_size": (16, 16, 16)}, {"name": "digits_cnn"}]
+)
 def test_init_from_another_architecture_names_the_file(saved, other):
     path, _ = saved
     model = create_model(other.pop("name"), **other)
@@ -147,4 +168,6 @@ def test_init_from_another_architecture_names_the_file(saved, other):
 def test_load_model_state_reports_the_first_mismatch(saved):
     path, _ = saved
     with pytest.raises(CheckpointError, match=r"shape block1\.0\.0\.weight"):
-        load_model_state(create_model("nodule_classifier", width=8, input_size=(16, 16, 16)), load_checkpoint(path)["model"], path)
+        load_model_state(
+            create_model("nodule_classifier", width=8, input_size=(16, 16, 16)), load_checkpoint(path)["model"], path
+        )

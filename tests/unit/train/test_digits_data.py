@@ -31,7 +31,10 @@ def test_augmentation_shifts_by_at_most_one_pixel():
     torch.manual_seed(0)
     shifted = load_digit_splits(augment=True).train
     image, base = shifted[0][0][0], plain[0][0][0]
-    matches = [torch.equal(image, torch.roll(torch.nn.functional.pad(base, (1, 1, 1, 1)), (dy, dx), (0, 1))[1:9, 1:9])
-               for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    matches = [
+        torch.equal(image, torch.roll(torch.nn.functional.pad(base, (1, 1, 1, 1)), (dy, dx), (0, 1))[1:9, 1:9])
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+    ]
     assert any(matches)
     assert float(image.sum()) <= float(base.sum()) + 1e-6  # a shift can only push ink out of the frame

@@ -37,13 +37,17 @@ def _fit(dist: DistInfo, batch: int, accumulate: int, run_dir: Path | None):
     wrapped = wrap_model(model, device=torch.device("cpu"), amp="off", dist=dist)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     cfg = config_from_dict({"run": {"epochs": EPOCHS, "progress": False}, "optim": {"accumulate": accumulate}})
-    trainer = Trainer(wrapped, nn.CrossEntropyLoss(), optimizer, train_loader, val_loader, config=cfg, run_dir=run_dir, dist=dist)
+    trainer = Trainer(
+        wrapped, nn.CrossEntropyLoss(), optimizer, train_loader, val_loader, config=cfg, run_dir=run_dir, dist=dist
+    )
     trainer.fit()
     return {k: v.clone() for k, v in wrapped.module.state_dict().items()}, trainer.history
 
 
 def _rank(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     dist = init_distributed(torch.device("cpu"))
     assert (dist.rank, dist.world_size) == (rank, world)

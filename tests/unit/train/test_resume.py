@@ -13,9 +13,19 @@ from noduleflow.train.checkpoint import load_checkpoint
 
 
 def _cfg(runs, name, epochs, workers=0, resume=False, **extra):
-    overrides = {"run.runs_dir": str(runs), "run.name": name, "run.epochs": epochs, "run.progress": False,
-                 "data.classes": [0, 1, 2, 3], "model.width": 8, "data.batch_size": 32, "data.num_workers": workers,
-                 "data.test_fraction": 0.1, "run.threads": 1, **extra}
+    overrides = {
+        "run.runs_dir": str(runs),
+        "run.name": name,
+        "run.epochs": epochs,
+        "run.progress": False,
+        "data.classes": [0, 1, 2, 3],
+        "model.width": 8,
+        "data.batch_size": 32,
+        "data.num_workers": workers,
+        "data.test_fraction": 0.1,
+        "run.threads": 1,
+        **extra,
+    }
     return resolve_config("digits", overrides=overrides, resume=resume)
 
 

@@ -4,8 +4,21 @@ from pathlib import Path
 
 import pytest
 
-from noduleflow.config import (PRESETS, TASKS, DataConfig, OptimConfig, RunConfig, TrainConfig, config_from_dict,
-                               config_to_dict, field_help, load_config, parse_override, resolve_config, save_config)
+from noduleflow.config import (
+    PRESETS,
+    TASKS,
+    DataConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    field_help,
+    load_config,
+    parse_override,
+    resolve_config,
+    save_config,
+)
 from noduleflow.errors import CheckpointError, ConfigError
 
 CONFIGS = sorted((Path(__file__).parents[3] / "configs").glob("*.yaml"))
@@ -48,18 +61,21 @@ def test_round_trip_through_yaml(tmp_path):
     assert config_from_dict(config_to_dict(cfg)) == cfg
 
 
-@pytest.mark.parametrize(("build", "key"), [
-    (lambda: OptimConfig(lr=-1.0), "optim.lr"),
-    (lambda: OptimConfig(name="adam"), "optim.name"),
-    (lambda: OptimConfig(accumulate=0), "optim.accumulate"),
-    (lambda: DataConfig(classes=(3,)), "data.classes"),
-    (lambda: DataConfig(classes=(1, 12)), "data.classes"),
-    (lambda: DataConfig(val_fraction=0.6, test_fraction=0.5), "data.test_fraction"),
-    (lambda: RunConfig(monitor="val_dice"), "run.monitor"),
-    (lambda: RunConfig(amp="fp8"), "run.amp"),
-    (lambda: RunConfig(name="a/b"), "run.name"),
-    (lambda: TrainConfig(task="classify"), "data.root"),
-])
+@pytest.mark.parametrize(
+    ("build", "key"),
+    [
+        (lambda: OptimConfig(lr=-1.0), "optim.lr"),
+        (lambda: OptimConfig(name="adam"), "optim.name"),
+        (lambda: OptimConfig(accumulate=0), "optim.accumulate"),
+        (lambda: DataConfig(classes=(3,)), "data.classes"),
+        (lambda: DataConfig(classes=(1, 12)), "data.classes"),
+        (lambda: DataConfig(val_fraction=0.6, test_fraction=0.5), "data.test_fraction"),
+        (lambda: RunConfig(monitor="val_dice"), "run.monitor"),
+        (lambda: RunConfig(amp="fp8"), "run.amp"),
+        (lambda: RunConfig(name="a/b"), "run.name"),
+        (lambda: TrainConfig(task="classify"), "data.root"),
+    ],
+)
 def test_bad_values_name_the_key_and_the_fix(build, key):
     with pytest.raises(ConfigError) as err:
         build()
@@ -124,25 +140,43 @@ def test_missing_and_broken_files(tmp_path):
 
 
 def test_init_inherits_the_source_runs_architecture(tmp_path):
-    source = resolve_config("classify", overrides={"data.root": "d", "model.width": 4, "model.depth": 3,
-                                                   "model.input_size": [16, 24, 24], "run.runs_dir": str(tmp_path)})
+    source = resolve_config(
+        "classify",
+        overrides={
+            "data.root": "d",
+            "model.width": 4,
+            "model.depth": 3,
+            "model.input_size": [16, 24, 24],
+            "run.runs_dir": str(tmp_path),
+        },
+    )
     source.run_dir.mkdir(parents=True)
     save_config(source, source.run_dir / "config.yaml")
     cfg = resolve_config("malignancy", overrides={"data.root": "d", "model.init": str(source.run_dir)})
-    assert (cfg.model.name, cfg.model.width, cfg.model.depth, cfg.model.input_size) == ("nodule_net", 4, 3, (16, 24, 24))
-    cfg = resolve_config("malignancy", overrides={"data.root": "d", "model.init": str(source.run_dir / "best.pt"),
-                                                  "model.width": 16})
+    assert (cfg.model.name, cfg.model.width, cfg.model.depth, cfg.model.input_size) == (
+        "nodule_net",
+        4,
+        3,
+        (16, 24, 24),
+    )
+    cfg = resolve_config(
+        "malignancy", overrides={"data.root": "d", "model.init": str(source.run_dir / "best.pt"), "model.width": 16}
+    )
     assert (cfg.model.width, cfg.model.depth) == (16, 3)  # a flag still wins
 
 
 def test_init_inherits_the_source_runs_patch_mm(tmp_path):
     """Weights that learned 24 mm patches keep being shown 24 mm patches when fine-tuned, unless a flag says otherwise."""
-    source = resolve_config("classify", overrides={"data.root": "d", "data.patch_mm": [24, 24, 24], "run.runs_dir": str(tmp_path)})
+    source = resolve_config(
+        "classify", overrides={"data.root": "d", "data.patch_mm": [24, 24, 24], "run.runs_dir": str(tmp_path)}
+    )
     source.run_dir.mkdir(parents=True)
     save_config(source, source.run_dir / "config.yaml")
     cfg = resolve_config("malignancy", overrides={"data.root": "d", "model.init": str(source.run_dir)})
     assert cfg.data.patch_mm == (24.0, 24.0, 24.0) and cfg.model.name == "nodule_net"
-    cfg = resolve_config("malignancy", overrides={"data.root": "d", "model.init": str(source.run_dir), "data.patch_mm": [32, 32, 32]})
+    cfg = resolve_config(
+        "malignancy", overrides={"data.root": "d", "model.init": str(source.run_dir), "data.patch_mm": [32, 32, 32]}
+    )
     assert cfg.data.patch_mm == (32.0, 32.0, 32.0)
 
 

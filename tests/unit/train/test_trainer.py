@@ -19,8 +19,15 @@ def _trainer(lr: float, run_dir=None, **sections):
     loader = DataLoader(TensorDataset(x, y), batch_size=32)
     cfg = config_from_dict({"run": {"progress": False, **sections.get("run", {})}, "optim": sections.get("optim", {})})
     wrapped = wrap_model(model, device=torch.device("cpu"), amp="off")
-    return Trainer(wrapped, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=lr), loader, loader,
-                   config=cfg, run_dir=run_dir)
+    return Trainer(
+        wrapped,
+        nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=lr),
+        loader,
+        loader,
+        config=cfg,
+        run_dir=run_dir,
+    )
 
 
 def test_early_stopping_after_patience_epochs_without_improvement(tmp_path):

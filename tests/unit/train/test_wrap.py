@@ -26,8 +26,10 @@ def test_auto_leaves_2d_nets_alone_and_on_forces_channels_last():
     assert wrap_model(create_model("digits_cnn"), device=CPU).policy.memory_format == torch.contiguous_format
     wrapped = wrap_model(create_model("digits_cnn"), device=CPU, channels_last="on")
     assert wrapped.policy.to_device(torch.randn(2, 1, 8, 8)).is_contiguous(memory_format=torch.channels_last)
-    assert wrap_model(create_model("nodule_classifier", width=4), device=CPU, channels_last="off").policy.memory_format \
+    assert (
+        wrap_model(create_model("nodule_classifier", width=4), device=CPU, channels_last="off").policy.memory_format
         == torch.contiguous_format
+    )
 
 
 def test_channels_last_does_not_change_the_output():

@@ -34,10 +34,16 @@ def _full_disk_after(monkeypatch, saves: int, failure: BaseException) -> list:
     return written
 
 
-@pytest.mark.parametrize("failure", [
-    RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/7: file write failed"),
-    OSError(errno.ENOSPC, "No space left on device"),
-], ids=["torch", "os"])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        RuntimeError(
+            "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/7: file write failed"
+        ),
+        OSError(errno.ENOSPC, "No space left on device"),
+    ],
+    ids=["torch", "os"],
+)
 def test_a_disk_that_fills_in_epoch_2_is_one_error_line_and_epoch_1_resumes(tmp_path, monkeypatch, failure, run_cli):
     _full_disk_after(monkeypatch, 2, failure)  # epoch 1 writes last.pt and best.pt; epoch 2's last.pt fails
     code, _, err = run_cli("train", "digits", *FLAGS, "--set", f"run.runs_dir={tmp_path}", "--run", "r")

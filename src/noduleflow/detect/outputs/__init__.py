@@ -60,5 +60,13 @@ def write_scan_outputs(out: str | Path, volume: CtVolume, result: ScanResult, so
     return written
 
 
-__all__ = ["MARKUPS_DIR", "MASKS_DIR", "SR_DIR", "markups_document", "scan_name", "write_markups", "write_mask",
-           "write_scan_outputs"]
+__all__ = [
+    "MARKUPS_DIR",
+    "MASKS_DIR",
+    "SR_DIR",
+    "markups_document",
+    "scan_name",
+    "write_markups",
+    "write_mask",
+    "write_scan_outputs",
+]

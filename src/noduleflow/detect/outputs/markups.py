@@ -14,8 +14,10 @@ from pathlib import Path
 from noduleflow.detect.predictor import Finding, ScanResult
 from noduleflow.files import atomic_write
 
-SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
-          "markups-schema-v1.0.3.json#")
+SCHEMA = (
+    "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
+    "markups-schema-v1.0.3.json#"
+)
 
 
 def finding_label(rank: int, finding: Finding) -> str:
@@ -27,8 +29,10 @@ def finding_label(rank: int, finding: Finding) -> str:
 def finding_description(finding: Finding) -> str:
     """One sentence with every number of the finding, for Slicer's point description."""
     i, r, c = finding.center_irc
-    text = (f"nodule score {finding.probability:.3f} (classifier {finding.classifier:.3f} x segmentation peak "
-            f"{finding.segmentation:.3f}), equivalent-sphere diameter {finding.diameter_mm:.1f} mm")
+    text = (
+        f"nodule score {finding.probability:.3f} (classifier {finding.classifier:.3f} x segmentation peak "
+        f"{finding.segmentation:.3f}), equivalent-sphere diameter {finding.diameter_mm:.1f} mm"
+    )
     if finding.malignancy is not None:
         text += f", P(malignant) {finding.malignancy:.3f}"
     return text + f", voxel (I, R, C) = ({i:.1f}, {r:.1f}, {c:.1f})"
@@ -36,14 +40,32 @@ def finding_description(finding: Finding) -> str:
 
 def markups_document(result: ScanResult) -> dict:
     """The markups JSON of `result` as a dict: one "Fiducial" markup, points in result order (most probable first)."""
-    points = [{"id": str(k), "label": finding_label(k, f), "description": finding_description(f),
-               "associatedNodeID": "", "position": [float(v) for v in f.center_xyz],
-               "selected": True, "locked": True, "visibility": True, "positionStatus": "defined"}
-              for k, f in enumerate(result.findings, start=1)]
-    markup = {"type": "Fiducial", "name": f"noduleflow {result.series_uid}".strip(), "coordinateSystem": "LPS",
-              "coordinateUnits": "mm", "locked": True, "fixedNumberOfControlPoints": False, "labelFormat": "F%d",
-              "controlPoints": points, "measurements": [],
-              "display": {"visibility": True, "pointLabelsVisibility": True, "glyphType": "Sphere3D"}}
+    points = [
+        {
+            "id": str(k),
+            "label": finding_label(k, f),
+            "description": finding_description(f),
+            "associatedNodeID": "",
+            "position": [float(v) for v in f.center_xyz],
+            "selected": True,
+            "locked": True,
+            "visibility": True,
+            "positionStatus": "defined",
+        }
+        for k, f in enumerate(result.findings, start=1)
+    ]
+    markup = {
+        "type": "Fiducial",
+        "name": f"noduleflow {result.series_uid}".strip(),
+        "coordinateSystem": "LPS",
+        "coordinateUnits": "mm",
+        "locked": True,
+        "fixedNumberOfControlPoints": False,
+        "labelFormat": "F%d",
+        "controlPoints": points,
+        "measurements": [],
+        "display": {"visibility": True, "pointLabelsVisibility": True, "glyphType": "Sphere3D"},
+    }
     return {"@schema": SCHEMA, "markups": [markup]}
 
 

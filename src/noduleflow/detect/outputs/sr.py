@@ -40,8 +40,17 @@ log = logging.getLogger("noduleflow")
 
 SR_SERIES_NUMBER = 9001
 """Series number of the report series (high, so viewers list it after the scanner's series)."""
-_PATIENT_STUDY = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                  "StudyDate", "StudyTime", "ReferringPhysicianName")
+_PATIENT_STUDY = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 """Type 2 attributes highdicom copies from the first evidence dataset; absent ones are set empty."""
 _REFERENCED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
 
@@ -62,11 +71,11 @@ def series_headers(folder: str | Path) -> list[Dataset]:
 def nearest_slices(headers: list[Dataset], xyz) -> list[Dataset]:
     """For each of the (N, 3) world points `xyz` (LPS mm), the slice whose plane lies nearest: the distance
     along each slice's own normal, so any orientation and any file order work."""
-    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in headers])       # (S, 3)
-    iop = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in headers])         # (S, 6)
-    normals = np.cross(iop[:, :3], iop[:, 3:])                                                  # (S, 3)
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in headers])  # (S, 3)
+    iop = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in headers])  # (S, 6)
+    normals = np.cross(iop[:, :3], iop[:, 3:])  # (S, 3)
     points = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
-    distance = np.abs(np.einsum("nsk,sk->ns", points[:, None, :] - positions[None], normals))   # (N, S)
+    distance = np.abs(np.einsum("nsk,sk->ns", points[:, None, :] - positions[None], normals))  # (N, S)
     return [headers[k] for k in np.argmin(distance, axis=1)]
 
 
@@ -82,8 +91,11 @@ def write_sr(result: ScanResult, series_folder: str | Path, path: str | Path) ->
     missing = [] if headers else ["image slices"]
     missing += [tag for tag in _REFERENCED_UIDS if headers and not headers[0].get(tag)]
     if missing:
-        log.warning("no DICOM SR for %s: the series lacks %s, which the report must reference",
-                    series_folder, ", ".join(missing))
+        log.warning(
+            "no DICOM SR for %s: the series lacks %s, which the report must reference",
+            series_folder,
+            ", ".join(missing),
+        )
         return None
     try:
         sr = _report(hd, result, headers)
@@ -103,38 +115,65 @@ def _report(hd, result: ScanResult, headers: list[Dataset]):
     groups = []
     slices = nearest_slices(headers, [f.center_xyz for f in result.findings])
     for rank, (finding, slice_ds) in enumerate(zip(result.findings, slices), start=1):
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"F{rank}"),
-            finding_type=pydicom.sr.codedict.codes.SCT.Nodule, algorithm_id=algorithm,
-            finding_sites=[hd.sr.FindingSite(pydicom.sr.codedict.codes.SCT.Lung)],
-            measurements=_measurements(hd, finding, frame_of_reference),
-            source_images=[hd.sr.SourceImageForMeasurementGroup(slice_ds.SOPClassUID, slice_ds.SOPInstanceUID)]))
-    device = hd.sr.DeviceObserverIdentifyingAttributes(uid=_device_uid(), name="noduleflow",
-                                                       model_name=noduleflow.__version__)
-    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
-        observer_type=pydicom.sr.codedict.codes.DCM.Device, observer_identifying_attributes=device))
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"F{rank}"),
+                finding_type=pydicom.sr.codedict.codes.SCT.Nodule,
+                algorithm_id=algorithm,
+                finding_sites=[hd.sr.FindingSite(pydicom.sr.codedict.codes.SCT.Lung)],
+                measurements=_measurements(hd, finding, frame_of_reference),
+                source_images=[hd.sr.SourceImageForMeasurementGroup(slice_ds.SOPClassUID, slice_ds.SOPInstanceUID)],
+            )
+        )
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=_device_uid(), name="noduleflow", model_name=noduleflow.__version__
+    )
+    context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=pydicom.sr.codedict.codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
     report = hd.sr.MeasurementReport(
-        observation_context=context, procedure_reported=hd.sr.CodedConcept("24627-2", "LN", "CT Chest"),
-        imaging_measurements=groups, title=pydicom.sr.codedict.codes.DCM.ImagingMeasurementReport,
-        referenced_images=list({ds.SOPInstanceUID: ds for ds in slices}.values()))  # TID 1600 Image Library
+        observation_context=context,
+        procedure_reported=hd.sr.CodedConcept("24627-2", "LN", "CT Chest"),
+        imaging_measurements=groups,
+        title=pydicom.sr.codedict.codes.DCM.ImagingMeasurementReport,
+        referenced_images=list({ds.SOPInstanceUID: ds for ds in slices}.values()),
+    )  # TID 1600 Image Library
     return hd.sr.Comprehensive3DSR(
-        evidence=[first, *headers[1:]], content=report[0], series_instance_uid=hd.UID(), series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="noduleflow", is_complete=True,
-        series_description="noduleflow nodule findings")
+        evidence=[first, *headers[1:]],
+        content=report[0],
+        series_instance_uid=hd.UID(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="noduleflow",
+        is_complete=True,
+        series_description="noduleflow nodule findings",
+    )
 
 
 def _measurements(hd, finding: Finding, frame_of_reference: str) -> list:
     """Diameter (mm), score and malignancy (UCUM "1") of one finding, each inferred from its centre point."""
     codes = pydicom.sr.codedict.codes
-    values = [(codes.SCT.Diameter, finding.diameter_mm, codes.UCUM.Millimeter),
-              (codes.DCM.CertaintyOfFinding, finding.probability, codes.UCUM.NoUnits)]
+    values = [
+        (codes.SCT.Diameter, finding.diameter_mm, codes.UCUM.Millimeter),
+        (codes.DCM.CertaintyOfFinding, finding.probability, codes.UCUM.NoUnits),
+    ]
     if finding.malignancy is not None:
         values.append((codes.DCM.ProbabilityOfCancer, finding.malignancy, codes.UCUM.NoUnits))
     point = np.asarray([finding.center_xyz], dtype=np.float64)  # (1, 3) LPS mm
-    return [hd.sr.Measurement(name=name, value=float(value), unit=unit,
-                              referenced_coordinates=[hd.sr.CoordinatesForMeasurement3D(
-                                  hd.sr.GraphicTypeValues3D.POINT, point, frame_of_reference)])
-            for name, value, unit in values]
+    return [
+        hd.sr.Measurement(
+            name=name,
+            value=float(value),
+            unit=unit,
+            referenced_coordinates=[
+                hd.sr.CoordinatesForMeasurement3D(hd.sr.GraphicTypeValues3D.POINT, point, frame_of_reference)
+            ],
+        )
+        for name, value, unit in values
+    ]
 
 
 def _with_empty_type2(header: Dataset) -> Dataset:
