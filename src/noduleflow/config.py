@@ -17,6 +17,7 @@ sections (their task's keys under `data:`) still load: `_legacy` moves those key
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -28,9 +29,9 @@ from typing import Any
 import yaml
 
 from noduleflow.config_sections import (
-    _STRICT,
     METRICS,
     SECTIONS,
+    STRICT,
     AugmentConfig,
     ClassifyConfig,
     DataConfig,
@@ -40,8 +41,7 @@ from noduleflow.config_sections import (
     OptimConfig,
     RunConfig,
     SegmentConfig,
-    _f,
-    _require,
+    require,
 )
 from noduleflow.errors import ConfigError
 
@@ -86,9 +86,9 @@ NOT_READ: dict[str, tuple[str, ...]] = {
 class TrainConfig:
     """Everything one training run needs; `noduleflow train` builds it from YAML and flags."""
 
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
 
-    task: str = _f("digits", f"What to train: {', '.join(TASKS)}.")
+    task: str = field(default="digits", metadata={"help": f"What to train: {', '.join(TASKS)}."})
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -99,13 +99,13 @@ class TrainConfig:
     segment: SegmentConfig | None = None
 
     def __post_init__(self) -> None:
-        _require(self.task in TASKS, "task", self.task, f"Choose one of: {', '.join(TASKS)}.")
+        require(self.task in TASKS, "task", self.task, f"Choose one of: {', '.join(TASKS)}.")
         for name in TASKS:
             if name == self.task and getattr(self, name) is None:
                 object.__setattr__(self, name, SECTIONS[name]())
             elif name != self.task and getattr(self, name) is not None:
                 raise ConfigError(f"task '{self.task}' does not read the '{name}' section", fix=_foreign_fix(name))
-        _require(
+        require(
             self.task == "digits" or self.data.root != "",
             "data.root",
             self.data.root,
@@ -343,15 +343,23 @@ def _validate(tree: Mapping[str, Any], layers: list[tuple[str, Mapping[str, Any]
 
     An error names the last of `layers` (source, nested keys) that set the key at fault.
     """
-    from pydantic import TypeAdapter, ValidationError
+    from pydantic import ValidationError
 
     try:
-        return TypeAdapter(TrainConfig).validate_json(json.dumps(tree, default=repr), strict=True)
+        return _adapter().validate_json(json.dumps(tree, default=repr), strict=True)
     except ValidationError as err:
         error = err.errors()[0]
         path = [part for part in error["loc"] if not isinstance(part, int)]
         source = next((where for where, layer in reversed(layers) if _holds(layer, path)), layers[0][0])
         raise _config_error(error, source) from None
+
+
+@functools.cache
+def _adapter() -> Any:
+    """pydantic's validator of TrainConfig, built once (pydantic is imported on first use: `--help` stays quick)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(TrainConfig)
 
 
 def _holds(tree: Any, path: list[Any]) -> bool:

@@ -17,7 +17,7 @@ from noduleflow.errors import ConfigError
 METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc", "ap", "f1_best")
 """Per-epoch validation metrics; `run.monitor` names one of them as `val_<metric>` (ap and f1_best: two classes only)."""
 
-_STRICT = {"extra": "forbid"}  # pydantic's config for each section (a ConfigDict is a plain dict): unknown keys fail
+STRICT = {"extra": "forbid"}  # pydantic's config of each section (a ConfigDict is a plain dict): unknown keys fail
 
 
 def _f(default: Any, help: str) -> Any:  # noqa: A002 - `help` reads best at the call sites
@@ -25,7 +25,8 @@ def _f(default: Any, help: str) -> Any:  # noqa: A002 - `help` reads best at the
     return field(default=default, metadata={"help": help})
 
 
-def _require(ok: bool, key: str, value: Any, fix: str) -> None:
+def require(ok: bool, key: str, value: Any, fix: str) -> None:
+    """Raise the ConfigError of `key` = `value` unless `ok`, with the `fix` a user reads."""
     if not ok:
         raise ConfigError(f"{key} = {value!r} is not allowed", fix=fix)
 
@@ -34,7 +35,7 @@ def _require(ok: bool, key: str, value: Any, fix: str) -> None:
 class ModelConfig:
     """Which network to build and how to initialise it."""
 
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
 
     name: str = _f("digits_cnn", "Registered architecture; `noduleflow.models.list_models()` lists them.")
     width: int = _f(32, "Channels of the first conv block; each further block doubles them.")
@@ -55,18 +56,16 @@ class ModelConfig:
 
         object.__setattr__(self, "input_size", tuple(int(s) for s in self.input_size))
 
-        _require(self.name in list_models(), "model.name", self.name, f"Choose one of: {', '.join(list_models())}.")
-        _require(self.width >= 1, "model.width", self.width, "Set model.width to a positive channel count such as 8.")
-        _require(
-            self.depth >= 1, "model.depth", self.depth, "Set model.depth to a positive number of blocks such as 4."
-        )
-        _require(
+        require(self.name in list_models(), "model.name", self.name, f"Choose one of: {', '.join(list_models())}.")
+        require(self.width >= 1, "model.width", self.width, "Set model.width to a positive channel count such as 8.")
+        require(self.depth >= 1, "model.depth", self.depth, "Set model.depth to a positive number of blocks such as 4.")
+        require(
             self.finetune_depth >= 0,
             "model.finetune_depth",
             self.finetune_depth,
             "Use 0 (train all) or a positive block count.",
         )
-        _require(
+        require(
             all(s > 0 for s in self.input_size),
             "model.input_size",
             list(self.input_size),
@@ -78,7 +77,7 @@ class ModelConfig:
 class OptimConfig:
     """Optimizer, learning-rate schedule and gradient handling."""
 
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
 
     name: str = _f("adamw", "Optimizer: 'adamw' or 'sgd' (with momentum).")
     lr: float = _f(3e-3, "Peak learning rate.")
@@ -92,13 +91,13 @@ class OptimConfig:
     )
 
     def __post_init__(self) -> None:
-        _require(self.name in ("adamw", "sgd"), "optim.name", self.name, "Use 'adamw' or 'sgd'.")
-        _require(self.lr > 0, "optim.lr", self.lr, "Set optim.lr to a positive learning rate such as 1e-3.")
-        _require(0 <= self.momentum < 1, "optim.momentum", self.momentum, "Use a momentum in [0, 1), e.g. 0.9.")
-        _require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "Use 0 or a positive weight decay.")
-        _require(self.scheduler in ("none", "cosine"), "optim.scheduler", self.scheduler, "Use 'none' or 'cosine'.")
-        _require(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "Use 0 (off) or a positive norm such as 1.0.")
-        _require(
+        require(self.name in ("adamw", "sgd"), "optim.name", self.name, "Use 'adamw' or 'sgd'.")
+        require(self.lr > 0, "optim.lr", self.lr, "Set optim.lr to a positive learning rate such as 1e-3.")
+        require(0 <= self.momentum < 1, "optim.momentum", self.momentum, "Use a momentum in [0, 1), e.g. 0.9.")
+        require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "Use 0 or a positive weight decay.")
+        require(self.scheduler in ("none", "cosine"), "optim.scheduler", self.scheduler, "Use 'none' or 'cosine'.")
+        require(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "Use 0 (off) or a positive norm such as 1.0.")
+        require(
             self.accumulate >= 1, "optim.accumulate", self.accumulate, "Use 1 (no accumulation) or more micro-batches."
         )
 
@@ -107,7 +106,7 @@ class OptimConfig:
 class DataConfig:
     """Where samples come from and how they are batched: what every task reads."""
 
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
 
     root: str = _f("", "Dataset folder (LUNA16 layout) of the CT tasks; not read by 'digits'.")
     cache: str = _f("", "Scan cache folder written by `noduleflow prepare`; empty: <root>/.noduleflow-cache.")
@@ -125,18 +124,18 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
-        _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "Use a positive batch size such as 32.")
-        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "Use 0 or a positive worker count.")
-        _require(
+        require(self.batch_size >= 1, "data.batch_size", self.batch_size, "Use a positive batch size such as 32.")
+        require(self.num_workers >= 0, "data.num_workers", self.num_workers, "Use 0 or a positive worker count.")
+        require(
             0 < self.val_fraction < 1, "data.val_fraction", self.val_fraction, "Use a fraction in (0, 1) such as 0.15."
         )
-        _require(
+        require(
             0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1,
             "data.test_fraction",
             self.test_fraction,
             "Use a fraction in [0, 1) whose sum with data.val_fraction stays below 1.",
         )
-        _require(
+        require(
             self.spacing == () or (len(self.spacing) == 3 and min(self.spacing) > 0),
             "data.spacing",
             list(self.spacing),
@@ -148,26 +147,26 @@ class DataConfig:
 class DigitsConfig:
     """What only `train digits` reads."""
 
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
 
     classes: tuple[int, ...] = _f((), "Which digits to keep, e.g. [0, 1]; empty keeps all ten.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
-        _require(
+        require(
             all(0 <= c <= 9 for c in self.classes) and len(set(self.classes)) == len(self.classes),
             "digits.classes",
             list(self.classes),
             "List distinct digits 0-9, e.g. [0, 1], or leave it empty for all ten.",
         )
-        _require(len(self.classes) != 1, "digits.classes", list(self.classes), "Keep at least two digits, e.g. [0, 1].")
+        require(len(self.classes) != 1, "digits.classes", list(self.classes), "Keep at least two digits, e.g. [0, 1].")
 
 
 @dataclass(frozen=True)
 class MalignancyConfig:
     """What the patch classifiers read (`train malignancy`; `train classify` reads these and ClassifyConfig's)."""
 
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
 
     epoch_samples: int = _f(0, "Training samples per epoch; 0: the training set's size.")
     balance: int = _f(1, "Negatives per positive in each epoch's sample order (book ch. 12); 0: plain shuffle.")
@@ -179,16 +178,16 @@ class MalignancyConfig:
     def __post_init__(self) -> None:
         key = _section_of(self)
         object.__setattr__(self, "patch_mm", tuple(float(s) for s in self.patch_mm))
-        _require(
+        require(
             self.patch_mm == () or (len(self.patch_mm) == 3 and min(self.patch_mm) > 0),
             f"{key}.patch_mm",
             list(self.patch_mm),
             "Give three positive millimetre values D, H, W (Z, Y, X), e.g. [32, 40, 40], or leave it empty.",
         )
-        _require(
+        require(
             self.balance >= 0, f"{key}.balance", self.balance, "Use 0 (plain shuffle) or a positive ratio such as 1."
         )
-        _require(
+        require(
             self.epoch_samples >= 0,
             f"{key}.epoch_samples",
             self.epoch_samples,
@@ -211,14 +210,14 @@ class ClassifyConfig(MalignancyConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "extra_candidates", tuple(str(c) for c in self.extra_candidates))
-        _require(self.extra_weight >= 1, "classify.extra_weight", self.extra_weight, "Use 1 (no extra weight) or more.")
+        require(self.extra_weight >= 1, "classify.extra_weight", self.extra_weight, "Use 1 (no extra weight) or more.")
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     """Random 2D augmentation of the U-Net's training crops (`data.Augment`): flips plus these ranges."""
 
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
 
     rotate_deg: float = _f(15.0, "Largest in-plane rotation, degrees either way.")
     scale: float = _f(0.1, "Largest zoom in or out, as a fraction.")
@@ -228,15 +227,15 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         for name in ("rotate_deg", "scale", "offset_vox", "noise_hu"):
             value = getattr(self, name)
-            _require(value >= 0, f"segment.augment.{name}", value, "Use 0 (off) or a positive range.")
-        _require(self.scale < 1, "segment.augment.scale", self.scale, "Use a zoom fraction below 1, e.g. 0.1.")
+            require(value >= 0, f"segment.augment.{name}", value, "Use 0 (off) or a positive range.")
+        require(self.scale < 1, "segment.augment.scale", self.scale, "Use a zoom fraction below 1, e.g. 0.1.")
 
 
 @dataclass(frozen=True)
 class SegmentConfig:
     """What only `train segment` reads (train/segment_task.py says why each default is what it is)."""
 
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
 
     context: int = _f(
         3,
@@ -254,26 +253,26 @@ class SegmentConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "crop", tuple(int(s) for s in self.crop))
-        _require(
+        require(
             self.context >= 0, "segment.context", self.context, "Use 0 (the slice alone) or a positive count such as 3."
         )
-        _require(
+        require(
             self.epoch_samples >= 0,
             "segment.epoch_samples",
             self.epoch_samples,
             "Use 0 (twice the training nodules) or a positive count.",
         )
-        _require(
+        require(
             len(self.crop) == 2 and min(self.crop) > 0,
             "segment.crop",
             list(self.crop),
             "Give two positive sizes, e.g. [64, 64].",
         )
-        _require(0 <= self.lung_fraction < 1, "segment.lung_fraction", self.lung_fraction, "Use a fraction in [0, 1).")
-        _require(self.val_samples >= 1, "segment.val_samples", self.val_samples, "Use a positive count such as 256.")
+        require(0 <= self.lung_fraction < 1, "segment.lung_fraction", self.lung_fraction, "Use a fraction in [0, 1).")
+        require(self.val_samples >= 1, "segment.val_samples", self.val_samples, "Use a positive count such as 256.")
         for name in ("tversky_alpha", "tversky_beta", "pos_weight"):
             value = getattr(self, name)
-            _require(value >= 0, f"segment.{name}", value, "Use 0 or a positive weight.")
+            require(value >= 0, f"segment.{name}", value, "Use 0 or a positive weight.")
 
 
 SECTIONS: dict[str, type] = {
@@ -293,7 +292,7 @@ def _section_of(section: Any) -> str:
 class RunConfig:
     """Run folder, length, devices and the speed policy applied by `train.wrap`."""
 
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
 
     name: str = _f("", "Run folder name under `runs_dir`; empty: the task name.")
     runs_dir: str = _f("runs", "Folder that holds one sub-folder per run.")
@@ -324,38 +323,36 @@ class RunConfig:
     )
 
     def __post_init__(self) -> None:
-        _require(self.epochs >= 1, "run.epochs", self.epochs, "Train for at least 1 epoch.")
-        _require(
+        require(self.epochs >= 1, "run.epochs", self.epochs, "Train for at least 1 epoch.")
+        require(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             "run.device",
             self.device,
             "Use 'auto', 'cpu', 'cuda' or 'cuda:N'.",
         )
-        _require(
+        require(
             self.amp in ("auto", "off", "bf16", "fp16"), "run.amp", self.amp, "Use 'auto', 'off', 'bf16' or 'fp16'."
         )
-        _require(
+        require(
             self.channels_last in ("auto", "on", "off"),
             "run.channels_last",
             self.channels_last,
             "Use 'auto', 'on' or 'off'.",
         )
-        _require(
+        require(
             self.monitor in {f"val_{m}" for m in METRICS},
             "run.monitor",
             self.monitor,
             f"Use one of: {', '.join(f'val_{m}' for m in METRICS)}.",
         )
-        _require(
-            self.threads >= 0, "run.threads", self.threads, "Use 0 (PyTorch's default) or a positive thread count."
-        )
-        _require(
+        require(self.threads >= 0, "run.threads", self.threads, "Use 0 (PyTorch's default) or a positive thread count.")
+        require(
             self.patience >= 0, "run.patience", self.patience, "Use 0 (no early stopping) or a positive epoch count."
         )
-        _require(
+        require(
             self.val_every >= 0, "run.val_every", self.val_every, "Use 1 (every epoch), more, or 0 (only the last)."
         )
-        _require(
+        require(
             "/" not in self.name and self.name not in (".", ".."),
             "run.name",
             self.name,
