@@ -11,7 +11,8 @@ JSON-mode validation of these stdlib dataclasses, unknown keys forbidden), and i
 `ConfigError`s naming the key and the fix; each section checks its ranges in `__post_init__`. The
 resolved tree is written as `config.yaml` into every run folder and stored in checkpoints as a plain
 dict (so that `torch.load(..., weights_only=True)` can read it back). Runs saved before the per-task
-sections (their task's keys under `data:`) still load: `_legacy` moves those keys on read.
+sections (their task's keys under `data:`) still load: `_legacy` moves those keys on read, from a
+file or a flag alike, so that old runs, recipes and scripts (`--set data.epoch_samples=8`) keep working.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The `segment` task: a 2D U-Net that marks nodule voxels, trained on `SegmentationCrops`.
 
 Why 2D with context slices (as in "Deep Learning with PyTorch" ch. 13) rather than 3D patches:
-measured on this project's 2-core CPU (bench/detect.py's machine), a width-8 depth-3 U-Net over
-16 slices of 256 x 256 took 6.3 s as 2D (7 slices in as channels) and 17-19 s as 3D (channels_last_3d
-included), so a whole scan segments about 3x faster in 2D; the 7-slice context still lets the net
-tell a round nodule (present over several slices) from a vessel crossing the slice.
+measured on this project's 2-core CPU (bench/detect.py's machine; docs/decisions.md), a whole scan
+segments several times faster with the 2D U-Net than with a 3D one of the same width and depth,
+and the context slices still let the net tell a round nodule (present over several slices) from a
+vessel crossing the slice.
 
 Every setting below is a field of the run's `segment:` section (config_sections.SegmentConfig),
 saved with the run; the defaults are the ones this docstring explains.
@@ -14,8 +14,8 @@ centre slice, index); a `segment.lung_fraction` of them are random crops inside 
 vessels: the hard negatives), the others jittered crops around nodules. The loss is a Tversky loss
 (a Dice weighted towards recall: a missed nodule voxel costs `tversky_beta`, a false one
 `tversky_alpha`), summed over the whole batch. Why not the book's per-sample
-dice(all) + 8 * dice(foreground): measured here, after 3 epochs of 1,024 crops it still marked
-every lung voxel (val precision 0.003, recall 1.0), because a per-sample Dice of an empty crop has
+dice(all) + 8 * dice(foreground): measured here, after a few epochs it still marked nearly
+every lung voxel, because a per-sample Dice of an empty crop has
 almost no gradient, so the half of the crops without a nodule barely teach precision; summed over
 the batch, their false voxels count. To it `segment_loss` adds a voxel-wise cross-entropy (nodule
 voxels weigh `pos_weight`), so that small nodules, a few voxels each, count as much per voxel as large
@@ -74,11 +74,10 @@ def segment_loss(
     """The U-Net's training loss: `tversky_loss` plus a voxel-wise binary cross-entropy with nodule voxels weighing `pos_weight`.
 
     Why the cross-entropy term (as nnU-Net adds one to its Dice): the Tversky ratio is pooled over the batch,
-    so a 3-4 mm nodule's 2-5 voxels barely move it next to a large nodule's hundreds, and the U-Net left
-    17 of its 39 training nodules under 6 mm unmarked; per voxel, the cross-entropy weighs every nodule
-    voxel alike. Measured on the bench's 80 training scans: 115 instead of 112 of their 133 nodules marked,
-    35 instead of 32 of 50 on 30 scans of another seed, with 12.7 instead of 11.1 components per scan;
-    the whole detector's held-out CPM 0.75 instead of 0.73 (bench/detect.py), 0.63 instead of 0.61 on that seed.
+    so a 3-4 mm nodule's few voxels barely move it next to a large nodule's hundreds, and the U-Net left
+    many of its small training nodules unmarked; per voxel, the cross-entropy weighs every nodule voxel
+    alike. Measured on the bench's scans, it marks more nodules (training and held-out) for a few more
+    components per scan, and the whole detector's held-out CPM rose (docs/decisions.md).
     """
     bce = torch.nn.functional.binary_cross_entropy_with_logits(
         logits.float(), target.float(), pos_weight=torch.tensor(pos_weight, device=logits.device)
