@@ -5,6 +5,7 @@ Heavy imports (torch, SimpleITK) happen inside the commands so that `--help` sta
 
 from __future__ import annotations
 
+import inspect
 import sys
 import warnings
 from enum import StrEnum
@@ -394,22 +395,103 @@ train_app = typer.Typer(
 app.add_typer(train_app, name="train")
 
 _CONFIG = typer.Option(None, "--config", "-c", help="YAML recipe (e.g. configs/debug.yaml) over the task's defaults.")
-_EPOCHS = typer.Option(None, "--epochs", min=1, help=field_help("run.epochs"))
-_RUN = typer.Option(None, "--run", help=field_help("run.name"))
-_RESUME = typer.Option(
-    False, "--resume", help="Continue the run folder's last.pt with its saved config.yaml (flags still apply)."
-)
-_BATCH = typer.Option(None, "--batch-size", min=1, help=field_help("data.batch_size"))
-_LR = typer.Option(None, "--lr", help=field_help("optim.lr"))
-_WORKERS = typer.Option(None, "--workers", min=0, help=field_help("data.num_workers"))
-_DEVICE = typer.Option(None, "--device", help=field_help("run.device"))
-_SEED = typer.Option(None, "--seed", help=field_help("run.seed"))
-_THREADS = typer.Option(None, "--threads", min=0, help=field_help("run.threads"))
-_PROGRESS = typer.Option(None, "--progress/--no-progress", help=field_help("run.progress"))
 _SET = typer.Option(None, "--set", help="Any config key, repeatable: --set optim.scheduler=none --set run.patience=3.")
-_DATA = typer.Argument(
+
+
+def _flag(dotted: str, *names: str, **limits) -> typer.models.OptionInfo:
+    """An optional flag for config key `dotted`, described by the field's own help text."""
+    return typer.Option(None, *names, help=field_help(dotted), **limits)
+
+
+# Each train option, declared once: (parameter, type, typer declaration, config key it sets or None).
+_SHARED = (
+    ("config", Path | None, _CONFIG, None),
+    ("epochs", int | None, _flag("run.epochs", "--epochs", min=1), "run.epochs"),
+    ("run", str | None, _flag("run.name", "--run"), "run.name"),
+    (
+        "resume",
+        bool,
+        typer.Option(
+            False, "--resume", help="Continue the run folder's last.pt with its saved config.yaml (flags still apply)."
+        ),
+        None,
+    ),
+    ("batch_size", int | None, _flag("data.batch_size", "--batch-size", min=1), "data.batch_size"),
+    ("lr", float | None, _flag("optim.lr", "--lr"), "optim.lr"),
+    ("workers", int | None, _flag("data.num_workers", "--workers", min=0), "data.num_workers"),
+    ("device", str | None, _flag("run.device", "--device"), "run.device"),
+    ("seed", int | None, _flag("run.seed", "--seed"), "run.seed"),
+    ("threads", int | None, _flag("run.threads", "--threads", min=0), "run.threads"),
+    ("progress", bool | None, _flag("run.progress", "--progress/--no-progress"), "run.progress"),
+    ("set_", list[str] | None, _SET, None),
+)
+_DATA_ARG = typer.Argument(
     ..., help="LUNA16-layout folder prepared with `noduleflow prepare` (or synthetic: `noduleflow synth`)."
 )
+_DATA = ("data", Path, _DATA_ARG, "data.root")
+_TASK_OPTIONS = {  # what a task's command takes before the shared options
+    "digits": (
+        (
+            "classes",
+            str | None,
+            typer.Option(
+                None, "--classes", help="Digits to tell apart, e.g. 0,1 (ones versus zeros); default all ten."
+            ),
+            "digits.classes",
+        ),
+    ),
+    "classify": (_DATA,),
+    "malignancy": (
+        _DATA,
+        (
+            "init",
+            Path,
+            typer.Option(
+                ..., "--init", help="Classifier run folder (its best.pt) or checkpoint file to fine-tune from."
+            ),
+            "model.init",
+        ),
+        (
+            "finetune_depth",
+            int | None,
+            _flag("model.finetune_depth", "--finetune-depth", min=0),
+            "model.finetune_depth",
+        ),
+    ),
+    "segment": (_DATA,),
+}
+
+
+def _train_command(task: str, doc: str) -> None:
+    """Register `noduleflow train <task>`: its own options, then `_SHARED`, each flag set mapped to its config key."""
+    params = (*_TASK_OPTIONS[task], *_SHARED)
+
+    def command(**values) -> None:
+        flags = {key: values[name] for name, _, _, key in params if key and values[name] is not None}
+        flags.update({key: str(value) for key, value in flags.items() if isinstance(value, Path)})
+        if "digits.classes" in flags:
+            flags["digits.classes"] = _digit_list(flags["digits.classes"])
+        _run_training(task, flags, values["set_"], values["config"], values["resume"])
+
+    command.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=decl, annotation=kind)
+            for name, kind, decl, _ in params
+        ]
+    )
+    command.__doc__, command.__name__ = doc, f"train_{task}"
+    train_app.command(task)(command)
+
+
+def _digit_list(text: str) -> list[int]:
+    try:
+        return [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        from noduleflow.errors import ConfigError
+
+        raise ConfigError(
+            f"--classes {text!r} is not a comma-separated list of digits", fix="Write e.g. --classes 0,1."
+        ) from None
 
 
 def _run_training(task: str, flags: dict, sets: list[str] | None, config: Path | None, resume: bool) -> None:
@@ -420,7 +502,7 @@ def _run_training(task: str, flags: dict, sets: list[str] | None, config: Path |
     from noduleflow.train import train
     from noduleflow.train.distributed import close_distributed
 
-    overrides = {key: value for key, value in flags.items() if value is not None}
+    overrides = dict(flags)
     overrides.update(parse_override(text) for text in sets or [])
     cfg = resolve_config(task, path=config, overrides=overrides, resume=resume)
     try:
@@ -431,139 +513,45 @@ def _run_training(task: str, flags: dict, sets: list[str] | None, config: Path |
         typer.echo(result.describe())
 
 
-def _common(epochs, run, batch_size, lr, workers, device, seed, threads, progress) -> dict:
-    return {
-        "run.epochs": epochs,
-        "run.name": run,
-        "data.batch_size": batch_size,
-        "optim.lr": lr,
-        "data.num_workers": workers,
-        "run.device": device,
-        "run.seed": seed,
-        "run.threads": threads,
-        "run.progress": progress,
-    }
-
-
-@train_app.command("digits")
-def train_digits(
-    classes: str | None = typer.Option(
-        None, "--classes", help="Digits to tell apart, e.g. 0,1 (ones versus zeros); default all ten."
-    ),
-    config: Path | None = _CONFIG,
-    epochs: int | None = _EPOCHS,
-    run: str | None = _RUN,
-    resume: bool = _RESUME,
-    batch_size: int | None = _BATCH,
-    lr: float | None = _LR,
-    workers: int | None = _WORKERS,
-    device: str | None = _DEVICE,
-    seed: int | None = _SEED,
-    threads: int | None = _THREADS,
-    progress: bool | None = _PROGRESS,
-    set_: list[str] | None = _SET,
-) -> None:
+_train_command(
+    "digits",
     """Train the small 2D CNN on scikit-learn's 1,797 real 8x8 handwritten digits; tests best.pt on a held-out split.
 
     Example: noduleflow train digits --classes 0,1 --epochs 5 --run ones-vs-zeros
-    """
-    flags = _common(epochs, run, batch_size, lr, workers, device, seed, threads, progress)
-    if classes is not None:
-        from noduleflow.errors import ConfigError
-
-        try:
-            flags["data.classes"] = [int(c) for c in classes.split(",") if c.strip()]
-        except ValueError:
-            raise ConfigError(
-                f"--classes {classes!r} is not a comma-separated list of digits", fix="Write e.g. --classes 0,1."
-            ) from None
-    _run_training("digits", flags, set_, config, resume)
-
-
-@train_app.command("classify")
-def train_classify(
-    data: Path = _DATA,
-    config: Path | None = _CONFIG,
-    epochs: int | None = _EPOCHS,
-    run: str | None = _RUN,
-    resume: bool = _RESUME,
-    batch_size: int | None = _BATCH,
-    lr: float | None = _LR,
-    workers: int | None = _WORKERS,
-    device: str | None = _DEVICE,
-    seed: int | None = _SEED,
-    threads: int | None = _THREADS,
-    progress: bool | None = _PROGRESS,
-    set_: list[str] | None = _SET,
-) -> None:
+    """,
+)
+_train_command(
+    "classify",
     """Train the 3D nodule classifier on LUNA16 candidate patches (nodule vs. not), split by series.
 
     Example: noduleflow prepare data/synth && noduleflow train classify data/synth --epochs 5
-    """
-    flags = {**_common(epochs, run, batch_size, lr, workers, device, seed, threads, progress), "data.root": str(data)}
-    _run_training("classify", flags, set_, config, resume)
-
-
-@train_app.command("malignancy")
-def train_malignancy(
-    data: Path = _DATA,
-    init: Path = typer.Option(
-        ..., "--init", help="Classifier run folder (its best.pt) or checkpoint file to fine-tune from."
-    ),
-    finetune_depth: int | None = typer.Option(None, "--finetune-depth", min=0, help=field_help("model.finetune_depth")),
-    config: Path | None = _CONFIG,
-    epochs: int | None = _EPOCHS,
-    run: str | None = _RUN,
-    resume: bool = _RESUME,
-    batch_size: int | None = _BATCH,
-    lr: float | None = _LR,
-    workers: int | None = _WORKERS,
-    device: str | None = _DEVICE,
-    seed: int | None = _SEED,
-    threads: int | None = _THREADS,
-    progress: bool | None = _PROGRESS,
-    set_: list[str] | None = _SET,
-) -> None:
+    """,
+)
+_train_command(
+    "malignancy",
     """Fine-tune a nodule classifier run into a malignant-vs-benign classifier on annotated nodules.
 
     Example: noduleflow train malignancy data/synth --init runs/classify --finetune-depth 2
-    """
-    flags = {
-        **_common(epochs, run, batch_size, lr, workers, device, seed, threads, progress),
-        "data.root": str(data),
-        "model.init": str(init),
-        "model.finetune_depth": finetune_depth,
-    }
-    _run_training("malignancy", flags, set_, config, resume)
-
-
-@train_app.command("segment")
-def train_segment(
-    data: Path = _DATA,
-    config: Path | None = _CONFIG,
-    epochs: int | None = _EPOCHS,
-    run: str | None = _RUN,
-    resume: bool = _RESUME,
-    batch_size: int | None = _BATCH,
-    lr: float | None = _LR,
-    workers: int | None = _WORKERS,
-    device: str | None = _DEVICE,
-    seed: int | None = _SEED,
-    threads: int | None = _THREADS,
-    progress: bool | None = _PROGRESS,
-    set_: list[str] | None = _SET,
-) -> None:
-    """Train the 2D U-Net (7 context slices in) that marks nodule voxels, with a recall-weighted Dice loss.
+    """,
+)
+_train_command(
+    "segment",
+    """Train the 2D U-Net (context slices in) that marks nodule voxels, with a recall-weighted Dice loss.
 
     Example: noduleflow prepare data/synth && noduleflow train segment data/synth --epochs 5
-    """
-    flags = {**_common(epochs, run, batch_size, lr, workers, device, seed, threads, progress), "data.root": str(data)}
-    _run_training("segment", flags, set_, config, resume)
+    """,
+)
 
 
 @train_app.command("detector")
 def train_detector(
-    data: Path = _DATA,
+    data: Path = _DATA_ARG,
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="Detector recipe YAML: one sub-tree of config keys per part, as configs/detector.yaml (the default).",
+    ),
     run: str = typer.Option(
         "detector",
         "--run",
@@ -585,9 +573,9 @@ def train_detector(
     threads: int = typer.Option(0, "--threads", min=0, help=field_help("run.threads")),
     progress: bool = typer.Option(True, "--progress/--no-progress", help=field_help("run.progress")),
 ) -> None:
-    """Train the whole detector (segmentation U-Net, nodule classifier, malignancy) into RUNS_DIR/RUN with the default recipe.
+    """Train the whole detector (segmentation U-Net, nodule classifier, malignancy) into RUNS_DIR/RUN with a recipe.
 
-    About 28 minutes on a 2-core CPU, for 160 small or 80 full-resolution synthetic scans alike (27.6 measured at 512x512: segment 7.6, mining 2.1, classify 17.3); prints the time each part took. Then: noduleflow detect SCANS --run runs/detector
+    The default recipe, configs/detector.yaml, is sized for a 2-core laptop CPU (docs/decisions.md says how long each part takes); prints the time each part took. Then: noduleflow detect SCANS --run runs/detector
     Example: noduleflow synth data/synth --scans 160 && noduleflow train detector data/synth --run detector
     """
     from noduleflow.recipes.detector import train_detector as train_all
@@ -601,6 +589,7 @@ def train_detector(
         malignancy=malignancy,
         threads=threads,
         progress=progress,
+        recipe=config,
     )
     typer.echo(result.describe())
 

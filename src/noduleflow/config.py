@@ -1,15 +1,26 @@
 """One typed configuration tree for training: frozen dataclasses loaded from YAML plus a few flags.
 
+The tree has the sections every task reads (`model`, `optim`, `data`, `run`) and one section per
+task for what only that task reads (`digits`, `classify`, `malignancy`, `segment`); a config holds
+its own task's section only. A key that the task does not read (another task's section, or a field
+in `NOT_READ`) is refused rather than silently ignored, so that a setting either acts or fails.
+
 Every field carries its help text in `metadata["help"]`; the CLI reads it with `field_help(...)`
-so that a flag and its config key never describe themselves twice. Each section validates
-itself in `__post_init__` and raises `ConfigError` (a `ValueError`) naming the key and the fix.
-The resolved tree is written as `config.yaml` into every run folder and stored in checkpoints
-as a plain dict (so that `torch.load(..., weights_only=True)` can read it back).
+so that a flag and its config key never describe themselves twice. Loading is pydantic's (strict
+JSON-mode validation of these stdlib dataclasses, unknown keys forbidden), and its errors become
+`ConfigError`s naming the key and the fix; each section checks its ranges in `__post_init__`. The
+resolved tree is written as `config.yaml` into every run folder and stored in checkpoints as a plain
+dict (so that `torch.load(..., weights_only=True)` can read it back). Runs saved before the per-task
+sections (their task's keys under `data:`) still load: `_legacy` moves those keys on read, from a
+file or a flag alike, so that old runs, recipes and scripts (`--set data.epoch_samples=8`) keep working.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -18,270 +29,84 @@ from typing import Any
 
 import yaml
 
+from noduleflow.config_sections import (
+    METRICS,
+    SECTIONS,
+    STRICT,
+    AugmentConfig,
+    ClassifyConfig,
+    DataConfig,
+    DigitsConfig,
+    MalignancyConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    SegmentConfig,
+    require,
+)
 from noduleflow.errors import ConfigError
+
+__all__ = [  # the sections are defined in config_sections and re-exported here, the one import path
+    "METRICS",
+    "NOT_READ",
+    "PRESETS",
+    "SECTIONS",
+    "TASKS",
+    "AugmentConfig",
+    "ClassifyConfig",
+    "DataConfig",
+    "DigitsConfig",
+    "MalignancyConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "SegmentConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "field_help",
+    "load_config",
+    "parse_override",
+    "resolve_config",
+    "save_config",
+]
 
 TASKS = ("digits", "classify", "malignancy", "segment")
 """Task names understood by `noduleflow train <task>` and by `task:` in a config file."""
 
-METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc", "ap", "f1_best")
-"""Per-epoch validation metrics; `run.monitor` names one of them as `val_<metric>` (ap and f1_best: two classes only)."""
-
-
-def _f(default: Any, help: str) -> Any:  # noqa: A002 - `help` reads best at the call sites
-    """A dataclass field with its help text; mutable defaults (tuples only here) are fine frozen."""
-    return field(default=default, metadata={"help": help})
-
-
-def _require(ok: bool, key: str, value: Any, fix: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key} = {value!r} is not allowed", fix=fix)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Which network to build and how to initialise it."""
-
-    name: str = _f("digits_cnn", "Registered architecture; `noduleflow.models.list_models()` lists them.")
-    width: int = _f(32, "Channels of the first conv block; each further block doubles them.")
-    depth: int = _f(2, "Number of conv blocks (each halves the spatial size).")
-    init: str = _f(
-        "", "Run folder or .pt file whose best weights initialise the model (fine-tuning); empty: random init."
-    )
-    finetune_depth: int = _f(
-        1, "With `init`: how many top-level blocks, counted back from the head, keep training (0: all)."
-    )
-    input_size: tuple[int, ...] = _f(
-        (),
-        "Patch classifiers: the patch's size in voxels, (D, H, W), each divisible by 2**depth; empty: the architecture's own (nodule_net 16 x 32 x 32).",
-    )
-
-    def __post_init__(self) -> None:
-        from noduleflow.models import list_models
-
-        object.__setattr__(self, "input_size", tuple(int(s) for s in self.input_size))
-
-        _require(self.name in list_models(), "model.name", self.name, f"Choose one of: {', '.join(list_models())}.")
-        _require(self.width >= 1, "model.width", self.width, "Set model.width to a positive channel count such as 8.")
-        _require(
-            self.depth >= 1, "model.depth", self.depth, "Set model.depth to a positive number of blocks such as 4."
-        )
-        _require(
-            self.finetune_depth >= 0,
-            "model.finetune_depth",
-            self.finetune_depth,
-            "Use 0 (train all) or a positive block count.",
-        )
-        _require(
-            all(s > 0 for s in self.input_size),
-            "model.input_size",
-            list(self.input_size),
-            "Use positive sizes, e.g. [16, 24, 24].",
-        )
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """Optimizer, learning-rate schedule and gradient handling."""
-
-    name: str = _f("adamw", "Optimizer: 'adamw' or 'sgd' (with momentum).")
-    lr: float = _f(3e-3, "Peak learning rate.")
-    momentum: float = _f(0.9, "SGD momentum (ignored by AdamW).")
-    weight_decay: float = _f(0.0, "Decoupled weight decay (AdamW) or L2 penalty (SGD).")
-    scheduler: str = _f("cosine", "Learning-rate schedule over all optimizer steps: 'none' or 'cosine'.")
-    grad_clip: float = _f(0.0, "Clip the global gradient L2 norm to this value before each step; 0 turns clipping off.")
-    accumulate: int = _f(
-        1,
-        "Micro-batches whose gradients add up before one optimizer step (effective batch = batch_size x accumulate x processes).",
-    )
-
-    def __post_init__(self) -> None:
-        _require(self.name in ("adamw", "sgd"), "optim.name", self.name, "Use 'adamw' or 'sgd'.")
-        _require(self.lr > 0, "optim.lr", self.lr, "Set optim.lr to a positive learning rate such as 1e-3.")
-        _require(0 <= self.momentum < 1, "optim.momentum", self.momentum, "Use a momentum in [0, 1), e.g. 0.9.")
-        _require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "Use 0 or a positive weight decay.")
-        _require(self.scheduler in ("none", "cosine"), "optim.scheduler", self.scheduler, "Use 'none' or 'cosine'.")
-        _require(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "Use 0 (off) or a positive norm such as 1.0.")
-        _require(
-            self.accumulate >= 1, "optim.accumulate", self.accumulate, "Use 1 (no accumulation) or more micro-batches."
-        )
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where samples come from and how they are batched."""
-
-    root: str = _f("", "Dataset folder (LUNA16 layout) for 'classify' and 'malignancy'; unused by 'digits'.")
-    cache: str = _f("", "Scan cache folder written by `noduleflow prepare`; empty: <root>/.noduleflow-cache.")
-    spacing: tuple[float, ...] = _f(
-        (),
-        "Voxel spacing X, Y, Z in mm of the cache entries to read (as passed to `prepare --spacing`); empty: native.",
-    )
-    batch_size: int = _f(64, "Samples per micro-batch in each process.")
-    num_workers: int = _f(0, "DataLoader worker processes (0 loads in the training process).")
-    classes: tuple[int, ...] = _f((), "Digits only: which digits to keep, e.g. [0, 1]; empty keeps all ten.")
-    val_fraction: float = _f(
-        0.15, "Fraction held out for validation (digits: of images, stratified by class; CT: of series)."
-    )
-    test_fraction: float = _f(0.15, "Fraction held out for the final test of best.pt (as val_fraction); 0: no test.")
-    extra_candidates: tuple[str, ...] = _f(
-        (),
-        "CT tasks: more CSVs in candidates.csv's format to add to it (`train detector` adds the segmentation's own candidates).",
-    )
-    extra_weight: int = _f(
-        1, "CT tasks: how many times as often a balanced epoch draws an extra_candidates row as a candidates.csv row."
-    )
-    balance: int = _f(
-        1, "CT tasks: negatives per positive in each epoch's sample order (book ch. 12); 0: plain shuffle."
-    )
-    epoch_samples: int = _f(0, "CT tasks: training samples per epoch; 0: the training set's size.")
-    augment: bool = _f(True, "Random augmentation of training samples (after any cache).")
-    context: int = _f(
-        3,
-        "segment: slices on each side of the segmented one that the 2D U-Net sees as channels (2 * context + 1 inputs); saved with the run, read back by `detect` and `export`.",
-    )
-    patch_mm: tuple[float, ...] = _f(
-        (),
-        "CT tasks: millimetres each patch spans, (D, H, W) = (Z, Y, X), resampled to the model's input size, so that scans of any spacing show the same anatomy; empty: the scan's own voxels.",
-    )
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
-        object.__setattr__(self, "extra_candidates", tuple(str(c) for c in self.extra_candidates))
-        _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "Use a positive batch size such as 32.")
-        _require(self.extra_weight >= 1, "data.extra_weight", self.extra_weight, "Use 1 (no extra weight) or more.")
-        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "Use 0 or a positive worker count.")
-        _require(
-            all(0 <= c <= 9 for c in self.classes) and len(set(self.classes)) == len(self.classes),
-            "data.classes",
-            list(self.classes),
-            "List distinct digits 0-9, e.g. [0, 1], or leave it empty for all ten.",
-        )
-        _require(len(self.classes) != 1, "data.classes", list(self.classes), "Keep at least two digits, e.g. [0, 1].")
-        _require(
-            0 < self.val_fraction < 1, "data.val_fraction", self.val_fraction, "Use a fraction in (0, 1) such as 0.15."
-        )
-        _require(
-            0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1,
-            "data.test_fraction",
-            self.test_fraction,
-            "Use a fraction in [0, 1) whose sum with data.val_fraction stays below 1.",
-        )
-        object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
-        _require(
-            self.spacing == () or (len(self.spacing) == 3 and min(self.spacing) > 0),
-            "data.spacing",
-            list(self.spacing),
-            "Give three positive millimetre values X, Y, Z, or leave it empty.",
-        )
-        object.__setattr__(self, "patch_mm", tuple(float(s) for s in self.patch_mm))
-        _require(
-            self.patch_mm == () or (len(self.patch_mm) == 3 and min(self.patch_mm) > 0),
-            "data.patch_mm",
-            list(self.patch_mm),
-            "Give three positive millimetre values D, H, W (Z, Y, X), e.g. [32, 40, 40], or leave it empty.",
-        )
-        _require(
-            self.context >= 0,
-            "data.context",
-            self.context,
-            "Use 0 (the slice alone) or a positive slice count such as 3.",
-        )
-        _require(
-            self.balance >= 0, "data.balance", self.balance, "Use 0 (plain shuffle) or a positive ratio such as 1."
-        )
-        _require(
-            self.epoch_samples >= 0,
-            "data.epoch_samples",
-            self.epoch_samples,
-            "Use 0 (whole training set) or a positive count.",
-        )
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Run folder, length, devices and the speed policy applied by `train.wrap`."""
-
-    name: str = _f("", "Run folder name under `runs_dir`; empty: the task name.")
-    runs_dir: str = _f("runs", "Folder that holds one sub-folder per run.")
-    epochs: int = _f(20, "Epochs to train in total (a resumed run continues up to this number).")
-    seed: int = _f(0, "Seed of weights, shuffling and augmentation: the same seed gives the same run.")
-    device: str = _f("auto", "'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
-    amp: str = _f(
-        "auto",
-        "Mixed precision: 'auto' (bf16 on CUDA and on CPUs with AMX/AVX512-BF16, else off), 'off', 'bf16', 'fp16' (CUDA only).",
-    )
-    compile: bool = _f(False, "Compile the model with torch.compile (slow first epoch, faster steps after).")
-    channels_last: str = _f(
-        "auto", "Channels-last memory format for conv nets: 'auto' (3D nets on CPU), 'on' or 'off'."
-    )
-    monitor: str = _f(
-        "val_loss",
-        "Metric that picks best.pt and drives early stopping: val_loss, val_accuracy, val_precision, val_recall, val_f1, val_auc, val_ap or val_f1_best.",
-    )
-    patience: int = _f(0, "Stop after this many validated epochs without a better `monitor`; 0 never stops early.")
-    val_every: int = _f(
-        1,
-        "Validate after every N-th epoch and after the last (0: only after the last); best.pt is the best validated epoch.",
-    )
-    progress: bool = _f(True, "Show a progress bar with samples/s while training.")
-    threads: int = _f(
-        0,
-        "CPU threads per process for torch ops; 0 keeps PyTorch's choice (one per core). 1 is faster for small models on a busy machine.",
-    )
-
-    def __post_init__(self) -> None:
-        _require(self.epochs >= 1, "run.epochs", self.epochs, "Train for at least 1 epoch.")
-        _require(
-            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-            "run.device",
-            self.device,
-            "Use 'auto', 'cpu', 'cuda' or 'cuda:N'.",
-        )
-        _require(
-            self.amp in ("auto", "off", "bf16", "fp16"), "run.amp", self.amp, "Use 'auto', 'off', 'bf16' or 'fp16'."
-        )
-        _require(
-            self.channels_last in ("auto", "on", "off"),
-            "run.channels_last",
-            self.channels_last,
-            "Use 'auto', 'on' or 'off'.",
-        )
-        _require(
-            self.monitor in {f"val_{m}" for m in METRICS},
-            "run.monitor",
-            self.monitor,
-            f"Use one of: {', '.join(f'val_{m}' for m in METRICS)}.",
-        )
-        _require(
-            self.threads >= 0, "run.threads", self.threads, "Use 0 (PyTorch's default) or a positive thread count."
-        )
-        _require(
-            self.patience >= 0, "run.patience", self.patience, "Use 0 (no early stopping) or a positive epoch count."
-        )
-        _require(
-            self.val_every >= 0, "run.val_every", self.val_every, "Use 1 (every epoch), more, or 0 (only the last)."
-        )
-        _require(
-            "/" not in self.name and self.name not in (".", ".."),
-            "run.name",
-            self.name,
-            "Use a plain folder name without '/'.",
-        )
+NOT_READ: dict[str, tuple[str, ...]] = {
+    "digits": ("data.root", "data.cache", "data.spacing"),  # the digits come with scikit-learn
+    "classify": (),
+    "malignancy": (),
+    "segment": ("model.name", "model.input_size"),  # always the 2D U-Net (models.unet.segmentation_unet)
+}
+"""Keys of the shared sections that a task ignores: refused unless they hold the task's own value, left out of its config.yaml."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs; `noduleflow train` builds it from YAML and flags."""
 
-    task: str = _f("digits", f"What to train: {', '.join(TASKS)}.")
+    __pydantic_config__ = STRICT
+
+    task: str = field(default="digits", metadata={"help": f"What to train: {', '.join(TASKS)}."})
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    digits: DigitsConfig | None = None
+    classify: ClassifyConfig | None = None
+    malignancy: MalignancyConfig | None = None
+    segment: SegmentConfig | None = None
 
     def __post_init__(self) -> None:
-        _require(self.task in TASKS, "task", self.task, f"Choose one of: {', '.join(TASKS)}.")
-        _require(
+        require(self.task in TASKS, "task", self.task, f"Choose one of: {', '.join(TASKS)}.")
+        for name in TASKS:
+            if name == self.task and getattr(self, name) is None:
+                object.__setattr__(self, name, SECTIONS[name]())
+            elif name != self.task and getattr(self, name) is not None:
+                raise ConfigError(f"task '{self.task}' does not read the '{name}' section", fix=_foreign_fix(name))
+        require(
             self.task == "digits" or self.data.root != "",
             "data.root",
             self.data.root,
@@ -300,9 +125,9 @@ class TrainConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # the dataclass defaults are the digits recipe; one thread because the 8x8 net is too small to
-    # split: on 2 idle cores 1 thread is within 20% of 2, on busy ones 5-10x faster (measured)
+    # split: on 2 idle cores 1 thread is within 20% of 2, on busy ones faster (docs/decisions.md)
     "digits": {"run": {"threads": 1}},
-    # nodule_net, not the book's nodule_classifier: ~3.6x the samples/s and far better F1 per minute (models/nodule_net.py)
+    # nodule_net, not the book's nodule_classifier: more samples/s and a better F1 per minute (models/nodule_net.py)
     "classify": {
         "model": {"name": "nodule_net", "width": 16, "depth": 3},
         "optim": {"lr": 1e-3},
@@ -316,45 +141,49 @@ PRESETS: dict[str, dict[str, Any]] = {
         "run": {"epochs": 10, "monitor": "val_auc"},
     },
     "segment": {
-        "model": {"name": "unet", "width": 8, "depth": 3},  # 2D, 7 context slices: train/segment_task.py
+        "model": {"name": "unet", "width": 8, "depth": 3},  # 2D, context slices in: train/segment_task.py
         "optim": {"lr": 1e-3},
-        "data": {"batch_size": 32, "epoch_samples": 2048},
+        "data": {"batch_size": 32},
         "run": {"epochs": 10},
     },
 }
-"""Per-task defaults layered under a config file: what `noduleflow train <task>` uses without --config."""
+"""Per-task defaults of the shared sections, layered under a config file: what `noduleflow train <task>` uses without --config."""
 
 
 def resolve_config(
-    task: str, *, path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, resume: bool = False
+    task: str,
+    *,
+    path: str | Path | None = None,
+    recipe: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    source: str | None = None,
 ) -> TrainConfig:
-    """The config of `noduleflow train <task>`: task preset < YAML file < flags (dotted `overrides`).
+    """The config of `noduleflow train <task>`: task preset < YAML file (or `recipe`, the same as a dict) < flags.
 
-    With `resume`, the run folder's saved config.yaml replaces preset and file (flags still apply,
-    e.g. more epochs), so a resumed run trains exactly what it started with. With `model.init`
-    naming a run folder (or a file in one), that run's model name, width and depth (and data.patch_mm,
-    when set) replace the preset's, so `--init runs/classify` fits whatever architecture the classifier
-    was trained with and is shown the same patches.
+    `overrides` are dotted keys (`{"run.epochs": 3}`). With `resume`, the run folder's saved config.yaml
+    replaces preset and file (flags still apply, e.g. more epochs), so a resumed run trains exactly what
+    it started with. With `model.init` naming a run folder (or a file in one), that run's model name,
+    width, depth and input_size (and patch_mm, when set) replace the preset's, so `--init runs/classify`
+    fits whatever architecture the classifier was trained with and is shown the same patches.
     """
     if task not in TASKS:
         raise ConfigError(f"unknown task '{task}'", fix=f"Choose one of: {', '.join(TASKS)}.")
     overrides = {**(overrides or {}), "task": task}
-    data = _read_yaml(Path(path)) if path is not None else {}
+    data = _read_yaml(Path(path)) if path is not None else dict(recipe or {})
+    source = source or str(path or "defaults")
     if data.get("task", task) != task:
         raise ConfigError(
-            f"{path} is a recipe for task '{data['task']}', not '{task}'",
+            f"{source} is a recipe for task '{data['task']}', not '{task}'",
             fix=f"Run `noduleflow train {data['task']} ...` or pick a config for '{task}'.",
         )
-    cfg = config_from_dict(data, overrides=overrides, source=str(path or "defaults"), preset=PRESETS[task])
-    inherited = _init_inherited(cfg.model.init)
+    cfg = config_from_dict(data, overrides=overrides, source=source, preset=PRESETS[task])
+    inherited = _init_inherited(cfg.model.init, task)
     if (
         inherited and not resume
     ):  # fine-tuning: the source run's architecture and patches, unless file or flags say otherwise
-        preset = {
-            **PRESETS[task],
-            **{section: {**PRESETS[task].get(section, {}), **values} for section, values in inherited.items()},
-        }
-        cfg = config_from_dict(data, overrides=overrides, source=str(path or "defaults"), preset=preset)
+        preset = _merged(_merged({}, PRESETS[task]), inherited)
+        cfg = config_from_dict(data, overrides=overrides, source=source, preset=preset)
     if resume:
         saved = cfg.run_dir / "config.yaml"
         if not saved.is_file():
@@ -370,8 +199,15 @@ def resolve_config(
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """Plain nested dict of str/int/float/bool/list: safe for YAML and for weights_only checkpoints."""
-    return _plain(asdict(cfg))
+    """Plain nested dict of str/int/float/bool/list, without what the task does not read: safe for YAML and checkpoints."""
+    tree = _plain(asdict(cfg))
+    for name in TASKS:
+        if tree[name] is None:
+            del tree[name]
+    for dotted in NOT_READ[cfg.task]:
+        section, key = dotted.split(".")
+        del tree[section][key]
+    return tree
 
 
 def config_from_dict(
@@ -383,25 +219,35 @@ def config_from_dict(
 ) -> TrainConfig:
     """Build and validate a `TrainConfig`: defaults < `preset` < `data` (nested) < dotted `overrides` (`{"run.epochs": 3}`).
 
-    Unknown keys and wrongly typed values raise `ConfigError` naming `source` and the key.
+    Unknown keys, keys the task does not read and wrongly typed values raise `ConfigError` naming `source` and the key.
     """
-    merged = config_to_dict(TrainConfig())
-    _merge(merged, dict(preset or {}), prefix="", source="preset")
-    _merge(merged, dict(data), prefix="", source=source)
-    for dotted, value in (overrides or {}).items():
-        _merge(merged, _nest(dotted.split("."), value), prefix="", source="command line")
-    return _build(TrainConfig, merged, prefix="", source=source)
+    overrides = dict(overrides or {})
+    task = overrides.get("task", data.get("task", "digits"))
+    if task not in TASKS:
+        raise ConfigError(f"{source}: unknown task {task!r}", fix=f"Choose one of: {', '.join(TASKS)}.")
+    base = _merged({"task": task, task: {}}, preset or {})
+    merged = _merged({}, base)
+    nested: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        _merged(nested, _nest(dotted.split("."), value))
+    layers = [(source, _legacy(data, task, source)), ("command line", _legacy(nested, task, "command line"))]
+    for where, layer in layers:
+        _refuse_unread(layer, task, where, base)
+        _merged(merged, layer)
+    return _validate(merged, layers)
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML recipe (or start from the defaults when `path` is None) and apply dotted overrides."""
+    """Read a YAML recipe or a run's config.yaml, over its task's preset (or the defaults when `path` is None), then dotted overrides."""
     if path is None:
         return config_from_dict({}, overrides=overrides)
-    return config_from_dict(_read_yaml(Path(path)), overrides=overrides, source=str(path))
+    data = _read_yaml(Path(path))
+    task = (overrides or {}).get("task", data.get("task", "digits"))
+    return config_from_dict(data, overrides=overrides, source=str(path), preset=PRESETS.get(task))
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (the file `--resume` reads back)."""
+    """Write the resolved config as YAML (the file `--resume`, `detect` and `export` read back)."""
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
@@ -418,13 +264,149 @@ def field_help(dotted: str) -> str:
     cls: Any = TrainConfig
     *sections, name = dotted.split(".")
     for section in sections:
-        cls = typing.get_type_hints(cls)[section]
+        cls = _section_type(typing.get_type_hints(cls)[section])
     return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
 
-def _init_inherited(init: str) -> dict[str, dict[str, Any]]:
+def _section_type(hint: Any) -> Any:
+    """`X | None` -> X (the optional task sections); any other hint as it is."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def _foreign_fix(section: str) -> str:
+    return f"Remove it: only `noduleflow train {section}` reads it."
+
+
+_MOVED = {
+    "classes": (),
+    "extra_candidates": (),
+    "extra_weight": 1,
+    "balance": 1,
+    "epoch_samples": 0,
+    "context": 3,
+    "patch_mm": (),
+}
+"""Keys that lived under `data:` before the per-task sections, with their old defaults."""
+
+
+def _legacy(layer: Mapping[str, Any], task: str, source: str) -> dict[str, Any]:
+    """`layer` with old `data.<key>`s (runs saved before the task sections, old scripts) moved to `<task>.<key>`.
+
+    A moved key that the task does not read is dropped when it holds its old default (every old
+    config.yaml lists them all) and refused otherwise: it never acted, and still would not.
+    """
+    layer = dict(layer)
+    data = layer.get("data")
+    if not isinstance(data, Mapping) or not set(data) & set(_MOVED):
+        return layer
+    own = {f.name for f in dataclasses.fields(SECTIONS[task])}
+    section = dict(layer.get(task) or {})
+    for key in set(data) & set(_MOVED):
+        if key in own:
+            section.setdefault(key, data[key])
+        elif _plain(data[key]) != _plain(_MOVED[key]):
+            readers = [t for t in TASKS if key in {f.name for f in dataclasses.fields(SECTIONS[t])}]
+            raise ConfigError(
+                f"{source}: task '{task}' does not read 'data.{key}'",
+                fix=f"Remove it: only {' and '.join(readers)} read it (as {readers[0]}.{key}).",
+            )
+    layer["data"] = {k: v for k, v in data.items() if k not in _MOVED}
+    layer[task] = section
+    return layer
+
+
+def _refuse_unread(layer: Mapping[str, Any], task: str, source: str, base: Mapping[str, Any]) -> None:
+    """Refuse another task's section, and a `NOT_READ` key that would change what the task's preset says."""
+    for name in TASKS:
+        if name != task and name in layer:
+            raise ConfigError(f"{source}: task '{task}' does not read the '{name}' section", fix=_foreign_fix(name))
+    for dotted in NOT_READ[task]:
+        section, key = dotted.split(".")
+        given = layer.get(section)
+        if isinstance(given, Mapping) and key in given:
+            default = base.get(section, {}).get(key, _default_of(section, key))
+            if _plain(given[key]) != _plain(default):
+                raise ConfigError(
+                    f"{source}: task '{task}' does not read '{dotted}' (set to {given[key]!r})",
+                    fix=f"Remove it; `noduleflow train {task}` ignores it.",
+                )
+
+
+def _default_of(section: str, key: str) -> Any:
+    cls = _section_type(typing.get_type_hints(TrainConfig)[section])
+    return getattr(cls(), key)
+
+
+def _validate(tree: Mapping[str, Any], layers: list[tuple[str, Mapping[str, Any]]]) -> TrainConfig:
+    """`tree` as a TrainConfig, checked by pydantic (JSON's types: an int is a number, a list a tuple; no casts).
+
+    An error names the last of `layers` (source, nested keys) that set the key at fault.
+    """
+    from pydantic import ValidationError
+
+    try:
+        return _adapter().validate_json(json.dumps(tree, default=repr), strict=True)
+    except ValidationError as err:
+        error = err.errors()[0]
+        path = [part for part in error["loc"] if not isinstance(part, int)]
+        source = next((where for where, layer in reversed(layers) if _holds(layer, path)), layers[0][0])
+        raise _config_error(error, source) from None
+
+
+@functools.cache
+def _adapter() -> Any:
+    """pydantic's validator of TrainConfig, built once (pydantic is imported on first use: `--help` stays quick)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(TrainConfig)
+
+
+def _holds(tree: Any, path: list[Any]) -> bool:
+    for key in path:
+        if not isinstance(tree, Mapping) or key not in tree:
+            return False
+        tree = tree[key]
+    return True
+
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "dataclass_type": "a section of keys",
+    "tuple_type": "a list",
+    "list_type": "a list",
+}
+_ITEMS = {"int_type": "integers", "float_type": "numbers", "string_type": "strings"}
+
+
+def _config_error(error: Mapping[str, Any], source: str) -> ConfigError:
+    """One pydantic error as the `ConfigError` a user reads: the key, what it must be, and the fix."""
+    wrapped = (error.get("ctx") or {}).get("error")
+    if isinstance(wrapped, ConfigError):  # a section's own range check (__post_init__)
+        return wrapped
+    path = [str(part) for part in error["loc"] if not isinstance(part, int)]
+    key, given = ".".join(path), error.get("input")
+    if error["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+        cls: Any = TrainConfig
+        for section in path[:-1]:
+            cls = _section_type(typing.get_type_hints(cls)[section])
+        prefix = "".join(f"{p}." for p in path[:-1])
+        known = ", ".join(f"{prefix}{f.name}" for f in dataclasses.fields(cls))
+        return ConfigError(f"{source}: unknown key '{key}'", fix=f"Use one of: {known}.")
+    if len(path) < len(error["loc"]):  # an item of a list
+        expected = f"a list of {_ITEMS.get(error['type'], 'values')}"
+    else:
+        expected = _EXPECTED.get(error["type"], error["msg"].lower().removeprefix("input should be "))
+    return ConfigError(f"{source}: '{key}' must be {expected}, got {given!r}", fix=f"Set {key} to {expected}.")
+
+
+def _init_inherited(init: str, task: str) -> dict[str, dict[str, Any]]:
     """What a fine-tuned run takes from the run that `init` points into ({} if none): model.name/width/depth/input_size,
-    and data.patch_mm when that run cut its patches in mm (the weights learned those patches)."""
+    and the patch_mm of a run that cut its patches in mm (the weights learned those patches)."""
     if not init:
         return {}
     source = Path(init)
@@ -432,10 +414,11 @@ def _init_inherited(init: str) -> dict[str, dict[str, Any]]:
     if not saved.is_file():
         return {}
     found = _read_yaml(saved)
-    model, data = found.get("model", {}), found.get("data", {})
+    model = found.get("model", {})
+    patch_mm = (found.get(found.get("task", ""), None) or {}).get("patch_mm") or found.get("data", {}).get("patch_mm")
     inherited = {"model": {k: model[k] for k in ("name", "width", "depth", "input_size") if model.get(k)}}
-    if data.get("patch_mm"):
-        inherited["data"] = {"patch_mm": data["patch_mm"]}
+    if patch_mm and "patch_mm" in {f.name for f in dataclasses.fields(SECTIONS[task])}:
+        inherited[task] = {"patch_mm": patch_mm}
     return {section: values for section, values in inherited.items() if values}
 
 
@@ -469,53 +452,11 @@ def _nest(keys: list[str], value: Any) -> dict[str, Any]:
     return {keys[0]: _nest(keys[1:], value) if len(keys) > 1 else value}
 
 
-def _merge(into: dict[str, Any], new: Mapping[str, Any], *, prefix: str, source: str) -> None:
-    """Deep-merge `new` into `into` (the defaults), refusing keys that the defaults lack."""
+def _merged(into: dict[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge `new` into `into` (a section replaces a value, not the reverse: validation names the bad key)."""
     for key, value in new.items():
-        dotted = f"{prefix}{key}"
-        if key not in into:
-            known = ", ".join(f"{prefix}{k}" for k in into)
-            raise ConfigError(f"{source}: unknown key '{dotted}'", fix=f"Use one of: {known}.")
-        if isinstance(into[key], dict):
-            if not isinstance(value, Mapping):
-                raise ConfigError(
-                    f"{source}: '{dotted}' must be a section of keys, got {value!r}", fix="Indent its keys under it."
-                )
-            _merge(into[key], value, prefix=f"{dotted}.", source=source)
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merged(into[key], value)
         else:
-            into[key] = value
-
-
-def _build(cls: type, data: Mapping[str, Any], *, prefix: str, source: str) -> Any:
-    """Instantiate dataclass `cls` from `data`, checking each value against the field's type."""
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        hint, value, key = hints[f.name], data[f.name], f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(hint):
-            kwargs[f.name] = _build(hint, value, prefix=f"{key}.", source=source)
-        else:
-            kwargs[f.name] = _coerce(value, hint, key, source)
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
-    """Accept YAML's natural types for a field: int for float, list for tuple; refuse the rest."""
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint in (str, bool) and type(value) is hint:
-        return value
-    if typing.get_origin(hint) is tuple and isinstance(value, (list, tuple)):
-        item = typing.get_args(hint)[0]
-        allowed = {float: (int, float), int: int, str: str}[item]
-        if all(isinstance(v, allowed) and not isinstance(v, bool) for v in value):
-            return tuple(item(v) for v in value)
-    items = {float: "numbers", int: "integers", str: "strings"}.get(
-        typing.get_args(hint)[0] if typing.get_args(hint) else None, ""
-    )
-    expected = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}.get(
-        hint, f"a list of {items}"
-    )
-    raise ConfigError(f"{source}: '{key}' must be {expected}, got {value!r}", fix=f"Set {key} to {expected}.")
+            into[key] = _merged({}, value) if isinstance(value, Mapping) else value
+    return into

@@ -205,7 +205,7 @@ def load_index(root: str | Path, *, extra_candidates: Iterable[str | Path] = (),
             raise CsvError(
                 "is missing",
                 path=path,
-                fix="Each data.extra_candidates entry must be a CSV with the columns "
+                fix="Each classify.extra_candidates entry must be a CSV with the columns "
                 "seriesuid,coordX,coordY,coordZ,class (as candidates.csv).",
             )
         candidates += tuple(

@@ -30,7 +30,7 @@ from noduleflow.models.unet import segmentation_unet
 from noduleflow.models.weights import load_weights
 
 REQUIRED = ("segment", "classify")
-DEFAULT_CONTEXT = 3  # data.context of runs saved before it was a setting (the value they were trained with)
+DEFAULT_CONTEXT = 3  # segment.context of runs saved before it was a setting (the value they were trained with)
 
 
 @dataclass
@@ -41,8 +41,8 @@ class DetectorModels:
     classify is None only for a segmentation-only `Predictor` (`Predictor.candidates`, as mining uses it).
     run_dir: the detector run folder (its export/ holds what `noduleflow export` wrote); segment_checkpoint: segment/best.pt.
     patch_mm: per classifier part, the millimetres (D, H, W) its patches span when it was trained on
-        resampled patches (`data.patch_mm`); a part not named here sees the scan's own voxels.
-    context: the U-Net's context slices on each side (the segment run's `data.context`).
+        resampled patches (the part's `patch_mm`); a part not named here sees the scan's own voxels.
+    context: the U-Net's context slices on each side (the segment run's `segment.context`).
     """
 
     segment: torch.nn.Module
@@ -81,7 +81,8 @@ def load_detector(run_dir: str | Path) -> DetectorModels:
                 raise CheckpointError(f"has no {part}/{name}", path=run_dir, fix=_fix(run_dir, part))
     configs = {part: load_config(run_dir / part / "config.yaml") for part in present}
     models = {part: load_part(run_dir / part, part, configs[part]) if part in present else None for part in PARTS}
-    patch_mm = {part: cfg.data.patch_mm for part, cfg in configs.items() if part != "segment" and cfg.data.patch_mm}
+    patch_mm = {part: getattr(cfg, cfg.task).patch_mm for part, cfg in configs.items() if part != "segment"}
+    patch_mm = {part: mm for part, mm in patch_mm.items() if mm}
     return DetectorModels(
         models["segment"],
         models["classify"],
@@ -89,7 +90,7 @@ def load_detector(run_dir: str | Path) -> DetectorModels:
         run_dir,
         run_dir / "segment" / "best.pt",
         patch_mm,
-        configs["segment"].data.context,
+        configs["segment"].segment.context,
     )
 
 
@@ -97,7 +98,7 @@ def load_segmentation(segment_run: str | Path) -> DetectorModels:
     """The U-Net of one segment run folder alone (best.pt), for a segmentation-only `Predictor` (mining, export)."""
     segment_run = Path(segment_run)
     context = (
-        load_config(segment_run / "config.yaml").data.context
+        load_config(segment_run / "config.yaml").segment.context
         if (segment_run / "config.yaml").is_file()
         else DEFAULT_CONTEXT
     )
@@ -128,7 +129,7 @@ def load_part(sub: Path, part: str, cfg: TrainConfig | None = None) -> torch.nn.
     cfg: the folder's config.yaml when the caller has already read it."""
     cfg = cfg or load_config(sub / "config.yaml")
     if part == "segment":
-        model = segmentation_unet(cfg.model.width, cfg.model.depth, cfg.data.context)
+        model = segmentation_unet(cfg.model.width, cfg.model.depth, cfg.segment.context)
     else:
         model = build_model(cfg.model, in_channels=1, num_classes=2)
     return load_weights(model, sub / "best.pt").eval()

@@ -57,14 +57,14 @@ HEAD_BIAS = -4.0
 """Initial bias of the segmentation U-Net's head (sigmoid ~0.02): see `segmentation_unet`."""
 
 
-def segmentation_unet(width: int, depth: int, context: int) -> UNet:
+def segmentation_unet(width: int, depth: int, context: int, *, head_bias: float = HEAD_BIAS) -> UNet:
     """The nodule segmentation U-Net of a detector: (B, 2 * context + 1, H, W) HU-scaled slices -> (B, 1, H, W) logits.
 
     2D, the `context` slices on each side of the segmented one fed as channels (train/segment_task.py
-    says why). The head's bias starts at HEAD_BIAS (sigmoid ~0.02), a prior for how rare nodule voxels
-    are (0.2 % of a training batch): from the default init the net calls two thirds of every crop
+    says why). The head's bias starts at `head_bias` (a run's segment.head_bias, by default HEAD_BIAS, sigmoid
+    ~0.02), a prior for how rare nodule voxels are (0.2 % of a training batch): from the default init the net calls two thirds of every crop
     nodule, and the Tversky loss, a ratio over the whole batch, moves it off that only slowly.
     """
     model = UNet(in_channels=2 * context + 1, num_classes=1, width=width, depth=depth, spatial_dims=2)
-    nn.init.constant_(model.head.bias, HEAD_BIAS)
+    nn.init.constant_(model.head.bias, head_bias)
     return model

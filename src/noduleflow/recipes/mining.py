@@ -21,7 +21,7 @@ candidates, classifier retrained and kept at its last epoch, `detect`'s mirror-a
 Both seed sets are within a nodule or two of what the U-Net's candidates allow (46 of 52 and
 about 40 of 50 nodules have one): past ~36 scans more mining buys nothing measurable.
 
-`train detector` adds the file to the classifier's candidates (`data.extra_candidates`), so the
+`train detector` adds the file to the classifier's candidates (`classify.extra_candidates`), so the
 classifier sees the segmentation's own false positives (vessel ends, hilum, wall) before it meets
 them in `detect`.
 """

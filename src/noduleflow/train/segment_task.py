@@ -1,48 +1,56 @@
 """The `segment` task: a 2D U-Net that marks nodule voxels, trained on `SegmentationCrops`.
 
 Why 2D with context slices (as in "Deep Learning with PyTorch" ch. 13) rather than 3D patches:
-measured on this project's 2-core CPU (bench/detect.py's machine), a width-8 depth-3 U-Net over
-16 slices of 256 x 256 took 6.3 s as 2D (7 slices in as channels) and 17-19 s as 3D (channels_last_3d
-included), so a whole scan segments about 3x faster in 2D; the 7-slice context still lets the net
-tell a round nodule (present over several slices) from a vessel crossing the slice.
+measured on this project's 2-core CPU (bench/detect.py's machine; docs/decisions.md), a whole scan
+segments several times faster with the 2D U-Net than with a 3D one of the same width and depth,
+and the context slices still let the net tell a round nodule (present over several slices) from a
+vessel crossing the slice.
 
-Samples are (image (2 * data.context + 1 = 7, 64, 64) HU/1000, mask (1, 64, 64) bool of the centre slice, index); half are
-jittered crops around nodules, half random crops inside the lungs (mostly vessels: the hard
-negatives). The loss is a Tversky loss (a Dice weighted towards recall: a missed nodule voxel
-costs BETA, a false one ALPHA), summed over the whole batch. Why not the book's per-sample
-dice(all) + 8 * dice(foreground): measured here, after 3 epochs of 1,024 crops it still marked
-every lung voxel (val precision 0.003, recall 1.0), because a per-sample Dice of an empty crop has
+Every setting below is a field of the run's `segment:` section (config_sections.SegmentConfig),
+saved with the run; the defaults are the ones this docstring explains.
+
+Samples are (image (2 * segment.context + 1, *segment.crop) HU/1000, mask (1, *segment.crop) bool of the
+centre slice, index); a `segment.lung_fraction` of them are random crops inside the lungs (mostly
+vessels: the hard negatives), the others jittered crops around nodules. The loss is a Tversky loss
+(a Dice weighted towards recall: a missed nodule voxel costs `tversky_beta`, a false one
+`tversky_alpha`), summed over the whole batch. Why not the book's per-sample
+dice(all) + 8 * dice(foreground): measured here, after a few epochs it still marked nearly
+every lung voxel, because a per-sample Dice of an empty crop has
 almost no gradient, so the half of the crops without a nodule barely teach precision; summed over
 the batch, their false voxels count. To it `segment_loss` adds a voxel-wise cross-entropy (nodule
-voxels weigh POS_WEIGHT), so that small nodules, a few voxels each, count as much per voxel as large
+voxels weigh `pos_weight`), so that small nodules, a few voxels each, count as much per voxel as large
 ones. The classifier downstream removes the remaining false positives. Validation uses a fixed
-set of crops drawn once with `run.seed`, so that best.pt is picked on the same samples every epoch.
+set of `segment.val_samples` crops drawn once with `run.seed`, so that best.pt is picked on the same
+samples every epoch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from noduleflow.config import TrainConfig
+from noduleflow.config import SegmentConfig, TrainConfig
 from noduleflow.data.loaders import make_loader
 from noduleflow.errors import ConfigError
 from noduleflow.models.unet import segmentation_unet
 from noduleflow.train.distributed import DistInfo, ShardSampler
 from noduleflow.train.tasks import TaskParts
 
-SPATIAL_DIMS = 2  # the U-Net and its crops; its context slices are `data.context`, saved with the run
-CROP = (64, 64)  # training crop (H, W) voxels
-ALPHA, BETA = 0.3, 0.7  # Tversky weights of false-positive and false-negative voxels
-POS_WEIGHT = 10.0  # weight of a nodule voxel in segment_loss's cross-entropy term
-VAL_SAMPLES = 256  # fixed validation crops (fewer when an epoch has fewer training samples)
-_AUGMENT = {"rotate_deg": 15.0, "scale": 0.1, "offset_vox": 2.0, "noise_hu": 25.0}
+SPATIAL_DIMS = 2  # the U-Net and its crops (detect runs it slice by slice); its context slices are `segment.context`
+_DEFAULT = SegmentConfig()  # the loss functions' defaults: a run passes its own section's values
 
 
 def tversky_loss(
-    logits: torch.Tensor, target: torch.Tensor, *, alpha: float = ALPHA, beta: float = BETA, eps: float = 1.0
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    alpha: float = _DEFAULT.tversky_alpha,
+    beta: float = _DEFAULT.tversky_beta,
+    eps: float = 1.0,
 ) -> torch.Tensor:
     """Scalar 1 - TP / (TP + alpha FP + beta FN) of sigmoid((B, 1, *S) logits) against (B, 1, *S) masks, over the batch.
 
@@ -55,20 +63,26 @@ def tversky_loss(
     return 1 - (tp + eps) / (tp + alpha * fp + beta * fn + eps)
 
 
-def segment_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The U-Net's training loss: `tversky_loss` plus a voxel-wise binary cross-entropy with nodule voxels weighing POS_WEIGHT.
+def segment_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    alpha: float = _DEFAULT.tversky_alpha,
+    beta: float = _DEFAULT.tversky_beta,
+    pos_weight: float = _DEFAULT.pos_weight,
+) -> torch.Tensor:
+    """The U-Net's training loss: `tversky_loss` plus a voxel-wise binary cross-entropy with nodule voxels weighing `pos_weight`.
 
     Why the cross-entropy term (as nnU-Net adds one to its Dice): the Tversky ratio is pooled over the batch,
-    so a 3-4 mm nodule's 2-5 voxels barely move it next to a large nodule's hundreds, and the U-Net left
-    17 of its 39 training nodules under 6 mm unmarked; per voxel, the cross-entropy weighs every nodule
-    voxel alike. Measured on the bench's 80 training scans: 115 instead of 112 of their 133 nodules marked,
-    35 instead of 32 of 50 on 30 scans of another seed, with 12.7 instead of 11.1 components per scan;
-    the whole detector's held-out CPM 0.75 instead of 0.73 (bench/detect.py), 0.63 instead of 0.61 on that seed.
+    so a 3-4 mm nodule's few voxels barely move it next to a large nodule's hundreds, and the U-Net left
+    many of its small training nodules unmarked; per voxel, the cross-entropy weighs every nodule voxel
+    alike. Measured on the bench's scans, it marks more nodules (training and held-out) for a few more
+    components per scan, and the whole detector's held-out CPM rose (docs/decisions.md).
     """
     bce = torch.nn.functional.binary_cross_entropy_with_logits(
-        logits.float(), target.float(), pos_weight=torch.tensor(POS_WEIGHT, device=logits.device)
+        logits.float(), target.float(), pos_weight=torch.tensor(pos_weight, device=logits.device)
     )
-    return tversky_loss(logits, target) + bce
+    return tversky_loss(logits, target, alpha=alpha, beta=beta) + bce
 
 
 def segmentation_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -83,7 +97,7 @@ def segmentation_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[str
 
 
 def build_segment_task(cfg: TrainConfig, dist: DistInfo = DistInfo()) -> TaskParts:
-    """U-Net, weighted Dice loss and crop loaders of the LUNA16 folder `cfg.data.root` (split by series)."""
+    """U-Net, weighted Dice loss and crop loaders of the LUNA16 folder `cfg.data.root` (split by series), as `cfg.segment` says."""
     from noduleflow.data import Augment, ScanCache, SegmentationCrops, load_index
     from noduleflow.data.cache import DEFAULT_CACHE_NAME
 
@@ -91,7 +105,8 @@ def build_segment_task(cfg: TrainConfig, dist: DistInfo = DistInfo()) -> TaskPar
     index = load_index(root)
     split = index.split(val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.run.seed)
     cache = ScanCache(cfg.data.cache or root / DEFAULT_CACHE_NAME, spacing_xyz=cfg.data.spacing or None)
-    augment = Augment(spatial_dims=SPATIAL_DIMS, **_AUGMENT) if cfg.data.augment else None
+    own = cfg.segment
+    augment = Augment(spatial_dims=SPATIAL_DIMS, **dataclasses.asdict(own.augment)) if cfg.data.augment else None
 
     def crops(uids, transform, samples):
         return SegmentationCrops(
@@ -99,15 +114,15 @@ def build_segment_task(cfg: TrainConfig, dist: DistInfo = DistInfo()) -> TaskPar
             index.nodules_of(uids),
             uids,
             spatial_dims=SPATIAL_DIMS,
-            crop=CROP,
-            context=cfg.data.context,
-            lung_fraction=0.5,
+            crop=own.crop,
+            context=own.context,
+            lung_fraction=own.lung_fraction,
             samples_per_epoch=samples,
             transform=transform,
         )
 
-    train = crops(split.train, augment, cfg.data.epoch_samples or None)
-    held_out = min(VAL_SAMPLES, len(train))  # a short (test) run gets a short validation too
+    train = crops(split.train, augment, own.epoch_samples or None)
+    held_out = min(own.val_samples, len(train))  # a short (test) run gets a short validation too
     val = crops(split.val, None, held_out)
     test = crops(split.test, None, held_out) if split.test else None
     for name, dataset in (("training", train), ("validation", val)):
@@ -116,7 +131,7 @@ def build_segment_task(cfg: TrainConfig, dist: DistInfo = DistInfo()) -> TaskPar
                 f"the {name} split of {root} holds no annotated nodules to segment",
                 fix="Use more scans (e.g. `noduleflow synth --scans 10`) or change data.val_fraction.",
             )
-    model = segmentation_unet(cfg.model.width, cfg.model.depth, cfg.data.context)
+    model = segmentation_unet(cfg.model.width, cfg.model.depth, own.context, head_bias=own.head_bias)
     batch, workers, seed = cfg.data.batch_size, cfg.data.num_workers, cfg.run.seed
     train_loader = make_loader(
         train, batch, workers=workers, shuffle=True, seed=seed, distributed=dist.enabled, persistent_workers=False
@@ -129,7 +144,7 @@ def build_segment_task(cfg: TrainConfig, dist: DistInfo = DistInfo()) -> TaskPar
 
     return TaskParts(
         model,
-        segment_loss,
+        partial(segment_loss, alpha=own.tversky_alpha, beta=own.tversky_beta, pos_weight=own.pos_weight),
         train_loader,
         evaluation(val),
         None if test is None else evaluation(test),

@@ -3,7 +3,7 @@
 Every task is classification with cross-entropy on (B, C) logits, so the same `Trainer` and
 `classification_metrics` serve all of them; only data and model differ.
     digits      scikit-learn's 8x8 handwritten digits, stratified train/val/test by seed
-    classify    LUNA16 candidates (nodule vs. not), split by series, balanced 1:`balance`
+    classify    LUNA16 candidates (nodule vs. not), split by series, balanced 1:`classify.balance`
     malignancy  annotated nodules (malignant vs. benign), fine-tuned from a classify run (`model.init`)
     segment     nodule voxels with a 2D U-Net and a Dice loss: see train/segment_task.py
 """
@@ -52,7 +52,7 @@ def _digits(cfg: TrainConfig, dist: DistInfo) -> TaskParts:
     from noduleflow.data.digits import load_digit_splits
 
     splits = load_digit_splits(
-        cfg.data.classes,
+        cfg.digits.classes,
         val_fraction=cfg.data.val_fraction,
         test_fraction=cfg.data.test_fraction,
         seed=cfg.run.seed,
@@ -66,13 +66,17 @@ def _ct(cfg: TrainConfig, dist: DistInfo) -> TaskParts:
     from noduleflow.data import Augment, CandidatePatches, MalignancySamples, ScanCache, load_index
     from noduleflow.data.cache import DEFAULT_CACHE_NAME
 
+    own = (
+        cfg.classify or cfg.malignancy
+    )  # the task's own section: patches, balance, epoch length (and extra candidates)
     root = Path(cfg.data.root)
-    index = load_index(root, extra_candidates=cfg.data.extra_candidates, extra_weight=cfg.data.extra_weight)
+    extra = {"extra_candidates": own.extra_candidates, "extra_weight": own.extra_weight} if cfg.classify else {}
+    index = load_index(root, **extra)
     split = index.split(val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.run.seed)
     cache = ScanCache(cfg.data.cache or root / DEFAULT_CACHE_NAME, spacing_xyz=cfg.data.spacing or None)
     augment = Augment(spatial_dims=3, **_CT_AUGMENT) if cfg.data.augment else None
     model = build_model(cfg.model, in_channels=1, num_classes=2)
-    size, size_mm = input_size_of(model), cfg.data.patch_mm or None
+    size, size_mm = input_size_of(model), own.patch_mm or None
     if cfg.task == "classify":
         # candidates on annotations_excluded.csv findings (nodules < 3 mm, non-nodules) are left out of
         # training and validation, as the LUNA16 evaluation ignores marks on them: their label is not a fact
@@ -94,7 +98,7 @@ def _ct(cfg: TrainConfig, dist: DistInfo) -> TaskParts:
                 f"the {name} split of {root} holds no {cfg.task} samples",
                 fix="Use more scans (e.g. `noduleflow synth --scans 10`) or change data.val_fraction.",
             )
-    sampler = train.balanced_sampler(cfg.data.balance, num_samples=cfg.data.epoch_samples or None, seed=cfg.run.seed)
+    sampler = train.balanced_sampler(own.balance, num_samples=own.epoch_samples or None, seed=cfg.run.seed)
     return _parts(cfg, dist, model, train, val, test if len(test) else None, sampler=sampler)
 
 

@@ -40,12 +40,14 @@ def test_probabilities_match_torchs():
 
 
 def test_the_unets_context_is_read_from_its_run(tmp_path):
-    """data.context is saved with the segment run: a 2-slice context builds and feeds a 5-channel U-Net."""
+    """segment.context is saved with the segment run: a 2-slice context builds and feeds a 5-channel U-Net."""
     from noduleflow.detect.models import load_segmentation
     from noduleflow.models.unet import segmentation_unet
     from noduleflow.train.checkpoint import save_checkpoint
 
-    cfg = resolve_config("segment", overrides={"data.root": "d", "data.context": 2, "model.width": 4, "model.depth": 4})
+    cfg = resolve_config(
+        "segment", overrides={"data.root": "d", "segment.context": 2, "model.width": 4, "model.depth": 4}
+    )
     (tmp_path / "segment").mkdir()
     save_config(cfg, tmp_path / "segment" / "config.yaml")
     save_checkpoint({"model": segmentation_unet(4, 4, 2).state_dict()}, tmp_path / "segment" / "best.pt")

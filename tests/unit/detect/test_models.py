@@ -26,13 +26,11 @@ def test_folding_batchnorm_keeps_the_unet_outputs_and_removes_every_batchnorm():
 
 
 def test_a_classifier_trained_on_mm_patches_is_loaded_with_them(tmp_path, monkeypatch):
-    """`detect` must cut the patches the classifier was trained on: load_detector reads data.patch_mm from each part's config."""
+    """`detect` must cut the patches the classifier was trained on: load_detector reads patch_mm from each part's config."""
     monkeypatch.setattr("noduleflow.detect.models.load_part", lambda sub, part, cfg=None: torch.nn.Identity())
-    for part, mm in (("segment", []), ("classify", [32, 40, 40]), ("malignancy", [])):
+    for part, flags in (("segment", {}), ("classify", {"classify.patch_mm": [32, 40, 40]}), ("malignancy", {})):
         (tmp_path / part).mkdir()
-        save_config(
-            resolve_config(part, overrides={"data.root": "d", "data.patch_mm": mm}), tmp_path / part / "config.yaml"
-        )
+        save_config(resolve_config(part, overrides={"data.root": "d", **flags}), tmp_path / part / "config.yaml")
         (tmp_path / part / "best.pt").write_bytes(b"")
     assert load_detector(tmp_path).patch_mm == {"classify": (32.0, 40.0, 40.0)}
 

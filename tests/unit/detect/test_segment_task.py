@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from noduleflow.config import SegmentConfig
 from noduleflow.models.unet import segmentation_unet
-from noduleflow.train.segment_task import POS_WEIGHT, segment_loss, segmentation_metrics, tversky_loss
+from noduleflow.train.segment_task import segment_loss, segmentation_metrics, tversky_loss
+
+POS_WEIGHT = SegmentConfig().pos_weight  # the default a run's segment.pos_weight starts from
 
 
 def _logits(mask: torch.Tensor) -> torch.Tensor:

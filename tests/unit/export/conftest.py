@@ -15,7 +15,12 @@ from noduleflow.train.checkpoint import (
 
 PARTS = {
     "segment": {"model.width": 4, "model.depth": 3},
-    "classify": {"model.width": 4, "model.depth": 2, "model.input_size": [8, 16, 16], "data.patch_mm": [12, 16, 16]},
+    "classify": {
+        "model.width": 4,
+        "model.depth": 2,
+        "model.input_size": [8, 16, 16],
+        "classify.patch_mm": [12, 16, 16],
+    },
     "malignancy": {"model.width": 4, "model.depth": 2, "model.input_size": [8, 16, 16]},
 }
 
@@ -26,7 +31,7 @@ def make_run(root, data):
     for part, flags in PARTS.items():
         cfg = resolve_config(part, overrides={"data.root": str(data), **flags})
         model = (
-            segmentation_unet(cfg.model.width, cfg.model.depth, cfg.data.context)
+            segmentation_unet(cfg.model.width, cfg.model.depth, cfg.segment.context)
             if part == "segment"
             else build_model(cfg.model, in_channels=1, num_classes=2)
         )
