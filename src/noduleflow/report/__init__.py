@@ -43,11 +43,12 @@ def write_report(
     default RUN/timings.json, else the demo's OUT/timings.json two folders above RUN.
     A `ReportError` when `run_dir` is not a run or a folder given is not one.
     """
-    from noduleflow.files import atomic_write, output_error
+    from noduleflow.files import atomic_write, output_error, writable_dir
 
     run_dir = Path(run_dir)
     page = build_html(run_dir, detections=detections, evaluation=evaluation, timings=timings)
     path = Path(out) if out is not None else run_dir / "report.html"
+    writable_dir(path.parent)  # an OutputError naming the folder when it cannot be made or written
     try:
         atomic_write(path, page)
     except OSError as err:

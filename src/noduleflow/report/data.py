@@ -41,7 +41,7 @@ def data_section(run: RunInfo, scans: list[dict[str, Any]], evaluation: dict[str
         body += html.note(
             "No detections given: run `noduleflow detect DATA --run RUN -o DIR`, then `noduleflow report RUN --detections DIR`."
         )
-    roots = [r for r in (train_root, *held_roots) if r is not None and r.is_dir()]
+    roots = [r for r in dict.fromkeys((train_root, *held_roots)) if r is not None and r.is_dir()]
     previews = _previews(roots)
     if previews:
         body += "<h3>Previews</h3>" + html.grid(previews)
