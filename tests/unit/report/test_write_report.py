@@ -7,8 +7,8 @@ import json
 import re
 
 import pytest
+from report_inputs import TIMINGS, finding, scan_entry, write_run
 
-from conftest import TIMINGS, finding, scan_entry, write_run
 from noduleflow.errors import NoduleflowError
 from noduleflow.report import ReportError, write_report
 
