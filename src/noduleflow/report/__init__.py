@@ -92,12 +92,21 @@ def build_html(
             reason = getattr(err, "message", None) or f"{type(err).__name__}: {err}"
             return html.note(f"This section could not be drawn: {reason}")
 
-    sections = [
-        ("data", "Data", guarded("data", data_section, run, scans, froc)),
-        ("training", "Training curves", guarded("training", curves_section, run)),
+    results = [
         ("froc", "FROC and CPM", guarded("froc", froc_section, froc, evaluation)),
         ("findings", "Top findings", guarded("findings", findings_section, scans, detections)),
         ("missed", "Missed nodules", guarded("missed", missed_section, scans, detections)),
+    ]
+    if not run.detector and not scans and not froc:
+        plain = html.note(
+            f"{run.dir.name} is a single-part run: detections, FROC and missed nodules come from a detector run "
+            "(`noduleflow train detector DATA --run NAME`)."
+        )
+        results = [(anchor, title, plain) for anchor, title, _ in results]
+    sections = [
+        ("data", "Data", guarded("data", data_section, run, scans, froc)),
+        ("training", "Training curves", guarded("training", curves_section, run)),
+        *results,
         ("timings", "Timings", guarded("timings", timings_section, run, stages, scans)),
         ("environment", "Environment", guarded("environment", environment_section)),
     ]

@@ -34,10 +34,15 @@ def data_section(run: RunInfo, scans: list[dict[str, Any]], evaluation: dict[str
         rows.append(
             ("evaluation", "scans and nodules scored", evaluation.get("scans", "-"), evaluation.get("nodules", "-"))
         )
+    digits = any(c.get("task") == "digits" for c in run.configs.values())
+    if digits:
+        rows.insert(0, ("training data", "the built-in 8 x 8 handwritten digits (no CT)", "-", "-"))
     body = html.table(("what", "where", "scans", "nodules"), rows, numeric=(2, 3)) if rows else ""
-    if train_root is None:
+    if train_root is None and not digits:
         body += html.note('The run names no data folder (no training.json "data" nor data.root in its config.yaml).')
-    if not scans:
+    if digits:
+        return body
+    if not scans and run.detector:
         body += html.note(
             "No detections given: run `noduleflow detect DATA --run RUN -o DIR`, then `noduleflow report RUN --detections DIR`."
         )
@@ -61,6 +66,8 @@ def _counts(root: Path) -> tuple[object, object]:
         return "-", "not on this machine"
     try:
         scans, _ = find_scans(root)
+        if not scans and not (root / "annotations.csv").is_file():
+            return "-", "not a LUNA16 folder (no subset*/ scans, no annotations.csv)"
         if not (root / "annotations.csv").is_file():
             return len(scans), "no annotations.csv"
         with warnings.catch_warnings():

@@ -48,7 +48,7 @@ def write_run(run: Path, data: Path | None, parts=PARTS, *, epochs: int = 3) -> 
         (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if parts != ("",):
         seconds = {"segment": 61.5, "classify": 30.25, "malignancy": 8.0}
-        (run / "training.json").write_text(json.dumps({"seconds": seconds, "data": str(data)}))
+        (run / "training.json").write_text(json.dumps({"seconds": seconds, **({"data": str(data)} if data else {})}))
 
 
 def scan_entry(uid: str, source: str, findings: list[dict], files=()) -> dict:

@@ -94,18 +94,33 @@ def test_hostile_text_is_escaped_and_paths_stay_inside(tmp_path):
 
 
 def test_absent_inputs_say_what_to_run(tmp_path):
-    """A plain (single-part) run with no data folder, detections or evaluation: every section still renders."""
-    run = tmp_path / "digits"
-    write_run(run, None, ("",), epochs=2)
+    """A detector run with no data folder, detections or evaluation: every section renders and says what to run."""
+    run = tmp_path / "detector"
+    write_run(run, None, epochs=2)
+    (run / "training.json").unlink()
     page = write_report(run, tmp_path / "out" / "r.html").read_text()
     assert (tmp_path / "out" / "r.html").is_file() and not (run / "report.html").exists()
     assert all(f'<section id="{a}">' in page for a in SECTIONS)
-    assert len(_images(page)) == 1  # the training curves
-    assert "No evaluation: run `noduleflow evaluate" in page
-    assert "No detections: run `noduleflow detect" in page
-    assert "Missed nodules need the detections" in page
-    assert "No training.json with seconds per part" in page
+    assert len(_images(page)) == 3  # the training curves of the three parts
+    for hint in (
+        "The run names no data folder",
+        "No detections given: run `noduleflow detect",
+        "No evaluation: run `noduleflow evaluate",
+        "No detections: run `noduleflow detect",
+        "Missed nodules need the detections",
+        "No training.json with seconds per part",
+    ):
+        assert hint in page
     assert "This section could not be drawn" not in page
+
+
+def test_a_plain_digits_run(tmp_path):
+    run = tmp_path / "digits"
+    write_run(run, None, ("",), epochs=2)
+    page = write_report(run).read_text()
+    assert "<td>the built-in 8 x 8 handwritten digits (no CT)</td>" in page and "names no data folder" not in page
+    assert page.count("digits is a single-part run: detections, FROC and missed nodules come from a detector") == 3
+    assert len(_images(page)) == 1 and "<h3>digits</h3>" in page
 
 
 def test_damaged_inputs_cost_their_section_only(tmp_path):
