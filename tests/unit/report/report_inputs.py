@@ -64,17 +64,10 @@ def scan_entry(uid: str, source: str, findings: list[dict], files=()) -> dict:
 
 
 def finding(xyz, probability: float, diameter: float = 6.0, malignancy=None) -> dict:
-    x, y, z = xyz
-    return {
-        "coordX": x,
-        "coordY": y,
-        "coordZ": z,
-        "probability": probability,
-        "malignancy": malignancy,
-        "diameter_mm": diameter,
-        "classifier": probability,
-        "segmentation": 0.9,
-    }
+    """A finding as `noduleflow detect` writes it in detections.json (`Finding.to_dict`)."""
+    from noduleflow.detect.predictor import Finding
+
+    return Finding(tuple(xyz), (0.0, 0.0, 0.0), probability, malignancy, diameter, 0.9, probability).to_dict()
 
 
 def build_inputs(root: Path) -> Inputs:

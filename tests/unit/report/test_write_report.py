@@ -165,3 +165,29 @@ def test_cli(run_cli, tmp_path):
     code, out, err = run_cli("report", tmp_path / "run", "--out", tmp_path / "r.html")
     assert code == 0 and out.strip() == str(tmp_path / "r.html")
     assert "<h1>noduleflow report: run</h1>" in (tmp_path / "r.html").read_text()
+
+
+def test_galleries_are_capped(inputs, monkeypatch):
+    from noduleflow.report import results
+
+    monkeypatch.setattr(results, "MAX_FINDINGS", 2)
+    monkeypatch.setattr(results, "MAX_MISSED", 0)
+    page = write_report(inputs.run, inputs.root / "capped.html", detections=inputs.detections).read_text()
+    findings = page.split('id="findings"', 1)[1].split("</section>")[0]
+    missed = page.split('id="missed"', 1)[1].split("</section>")[0]
+    assert len(_images(findings)) == 2 and f"The 2 most probable of {len(inputs.findings)} findings" in findings
+    assert len(_images(missed)) == 0 and "(the 0 largest shown)" in missed
+
+
+def test_a_failing_section_costs_only_itself(inputs, monkeypatch, caplog):
+    from noduleflow.report import curves
+
+    def boom(run):
+        raise RuntimeError("<b>boom</b>")
+
+    monkeypatch.setattr(curves, "curves_section", boom)
+    page = write_report(inputs.run, inputs.root / "boom.html").read_text()
+    training = page.split('id="training"', 1)[1].split("</section>")[0]
+    assert "This section could not be drawn: RuntimeError: &lt;b&gt;boom&lt;/b&gt;" in training
+    assert "the training section failed" in caplog.text
+    assert '<section id="environment">' in page and "<td>torch</td>" in page
