@@ -111,18 +111,14 @@ def findings_section(scans: list[dict[str, Any]], detections: Path | None) -> st
     if not ranked:
         return html.note(f"{detections}/detections.json holds no findings (none above the detector's threshold).")
     top = ranked[:MAX_FINDINGS]
-    marks = {id(s): [(_xyz(f), _diameter(f), f["probability"], _mal(f)) for f, s2 in top if s2 is s] for _, s in top}
-    by_scan = {id(s): s for _, s in top}
-    figures = []
-    for key, scan in by_scan.items():
-        captions = [
-            f"#{rank + 1} p {f['probability']:.2f}"
-            + ("" if _mal(f) is None else f", malignant {_mal(f):.2f}")
-            + f", {_diameter(f):.1f} mm at ({', '.join(f'{v:.1f}' for v in _xyz(f))}) mm; {scan['seriesuid']}"
-            for rank, (f, s) in enumerate(top)
-            if s is scan
-        ]
-        figures += _panels(scan, detections, marks[key], captions)
+    captions = [
+        f"#{rank + 1} p {f['probability']:.2f}"
+        + ("" if _mal(f) is None else f", malignant {_mal(f):.2f}")
+        + f", {_diameter(f):.1f} mm at ({', '.join(f'{v:.1f}' for v in _xyz(f))}) mm; {s['seriesuid']}"
+        for rank, (f, s) in enumerate(top)
+    ]
+    marks = [(_xyz(f), _diameter(f), f["probability"], _mal(f)) for f, _ in top]
+    figures = _ranked_panels([s for _, s in top], marks, captions, detections)
     text = f"The {len(top)} most probable of {len(ranked)} findings in {len(scans)} scans, circled at their size."
     return html.para(text) + html.grid(figures)
 
@@ -141,7 +137,7 @@ def missed_section(scans: list[dict[str, Any]], detections: Path | None) -> str:
     for scan in scans:
         root = data_root_of(scan.get("source"))
         if root is not None:
-            roots.setdefault(root, []).append(scan["seriesuid"])
+            roots.setdefault(root, []).append(scan["seriesuid"].strip())  # as read_detections strips it
     if not roots:
         return html.note(
             "No annotations found beside the scans detected on (ROOT/annotations.csv next to ROOT/subset*/): "
@@ -164,23 +160,34 @@ def missed_section(scans: list[dict[str, Any]], detections: Path | None) -> str:
         return head
     missed.sort(key=lambda n: -n.diameter_mm)
     shown = missed[:MAX_MISSED]
-    source = {s["seriesuid"]: s for s in scans}
-    figures = []
-    for uid in dict.fromkeys(n.series_uid for n in shown):
-        mine = [n for n in shown if n.series_uid == uid]
-        captions = [
-            f"missed {n.diameter_mm:.1f} mm nodule at ({', '.join(f'{v:.1f}' for v in n.center_xyz)}) mm; {uid}"
-            for n in mine
-        ]
-        figures += _panels(
-            source[uid], detections, [(n.center_xyz, n.diameter_mm, 0.0, None) for n in mine], captions, fallback=False
-        )
+    source = {s["seriesuid"].strip(): s for s in scans}
+    captions = [
+        f"missed {n.diameter_mm:.1f} mm nodule at ({', '.join(f'{v:.1f}' for v in n.center_xyz)}) mm; {n.series_uid}"
+        for n in shown
+    ]
+    marks = [(n.center_xyz, n.diameter_mm, 0.0, None) for n in shown]
+    figures = _ranked_panels([source[n.series_uid] for n in shown], marks, captions, detections, fallback=False)
     more = f" (the {len(shown)} largest shown)" if len(missed) > len(shown) else ""
     return (
         head
         + html.para(f"Each drawn at its annotated centre and size; p 0.00: no finding there{more}.")
         + html.grid(figures)
     )
+
+
+def _ranked_panels(
+    scans: list[dict[str, Any]], marks: list[tuple], captions: list[str], detections: Path, *, fallback: bool = True
+) -> list[str]:
+    """One figure per mark, in the marks' order; each scan is read once for all of its marks."""
+    slots: list[str | None] = [None] * len(marks)
+    for scan_id in dict.fromkeys(id(s) for s in scans):
+        rows = [k for k, s in enumerate(scans) if id(s) == scan_id]
+        drawn = _panels(
+            scans[rows[0]], detections, [marks[k] for k in rows], [captions[k] for k in rows], fallback=fallback
+        )
+        for k, figure in zip(rows, drawn):  # a fallback is one figure for the scan: at its first mark's place
+            slots[k] = figure
+    return [f for f in slots if f is not None]
 
 
 def _panels(
