@@ -88,7 +88,8 @@ def build_html(
         try:
             return build(*args)
         except Exception as err:  # noqa: BLE001 - one damaged input costs its section, never the whole report
-            log.warning("report: the %s section failed: %s", name, err, exc_info=True)
+            log.warning("report: the %s section failed: %s", name, err)  # one line: no traceback reaches a user
+            log.debug("report: the %s section's traceback", name, exc_info=True)
             reason = getattr(err, "message", None) or f"{type(err).__name__}: {err}"
             return html.note(f"This section could not be drawn: {reason}")
 
