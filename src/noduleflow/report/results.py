@@ -16,7 +16,7 @@ from typing import Any
 
 from noduleflow.report import html
 from noduleflow.report.data import render_marks
-from noduleflow.report.inputs import data_root_of, inside
+from noduleflow.report.inputs import ReportError, data_root_of, inside
 
 MAX_FINDINGS = 12
 MAX_MISSED = 12
@@ -198,7 +198,10 @@ def _panels(
 
     uid = scan["seriesuid"]
     try:
-        volume = read_volume(scan.get("source") or "")
+        source = scan.get("source")
+        if not isinstance(source, str) or not source.strip():  # Path("") would be the current folder
+            raise ReportError("detections.json names no source file for it")
+        volume = read_volume(source)
     except Exception as err:  # noqa: BLE001 - a moved or damaged scan falls back to detect's own PNG
         reason = getattr(err, "message", type(err).__name__)
         pngs = [inside(detections, f) for f in scan.get("files", []) if isinstance(f, str) and f.endswith(".png")]

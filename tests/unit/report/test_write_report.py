@@ -79,7 +79,7 @@ def test_hostile_text_is_escaped_and_paths_stay_inside(tmp_path):
     hostile = '<script>alert("uid")</script>'
     scans = [
         scan_entry(hostile, str(tmp_path / "gone.mhd"), [finding((1, 2, 3), 0.8)], ["../secret.png", "png/scan.png"]),
-        scan_entry("other", str(tmp_path / "gone2.mhd"), [finding((1, 2, 3), 0.7)], ["../secret.png"]),
+        scan_entry("other", "", [finding((1, 2, 3), 0.7)], ["../secret.png"]),
     ]
     (det / "detections.json").write_text(json.dumps({"scans": scans}))
     page = write_report(run, detections=det).read_text()
@@ -88,7 +88,7 @@ def test_hostile_text_is_escaped_and_paths_stay_inside(tmp_path):
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
     findings = page.split('id="findings"', 1)[1].split("</section>")[0]
     assert len(_images(findings)) == 1  # detect's PNG of the first scan; ../secret.png is never read
-    assert "other: the scan is not readable" in findings
+    assert "other: the scan is not readable (detections.json names no source file for it)" in findings
     width = Image.open(__import__("io").BytesIO(base64.b64decode(_images(findings)[0].split(",", 1)[1]))).width
     assert width == 560  # downscaled from 900
 
