@@ -242,6 +242,31 @@ def detect(
     typer.echo(summary.describe())
 
 
+@app.command()
+def report(
+    run: Path = typer.Argument(..., help="Run folder that `noduleflow train` wrote (a detector run or one plain run)."),
+    detections: Path | None = typer.Option(
+        None,
+        "--detections",
+        help="Folder that `noduleflow detect` wrote (detections.json, png/); default RUN/detections.",
+    ),
+    evaluation: Path | None = typer.Option(
+        None,
+        "--evaluation",
+        help="Folder that `noduleflow evaluate` wrote (froc.json); default DETECTIONS or RUN/evaluation when it holds one.",
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="The HTML file to write; default RUN/report.html."),
+) -> None:
+    """Write one self-contained report.html (images inlined, no network): data, training curves, FROC and CPM,
+    top findings and missed nodules on their slices, timings, environment. A section whose input is absent says
+    which command makes it.
+    Example: noduleflow report runs/detector --detections runs/detector/detections --evaluation runs/eval
+    """
+    from noduleflow.report import write_report
+
+    typer.echo(str(write_report(run, out, detections=detections, evaluation=evaluation)))
+
+
 class ExportFormat(StrEnum):
     """What `noduleflow export` writes (see noduleflow.export)."""
 
