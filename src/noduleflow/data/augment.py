@@ -86,7 +86,8 @@ class Augment:
                     mask = torch.where(f, mask.flip(2 + a), mask)
         if self.noise_hu:  # drawn where the generator lives (torch's global RNG: on x's device)
             device = x.device if generator is None else generator.device
-            x = x + torch.randn(x.shape, generator=generator, device=device).to(x) * (self.noise_hu / 1000.0)
+            noise = torch.empty(x.shape, device=device).normal_(0.0, self.noise_hu / 1000.0, generator=generator)
+            x = x + noise.to(x)
         return x, mask
 
     def _theta(self, spatial: torch.Size, flips: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -125,17 +126,12 @@ def _resample_separable(x: torch.Tensor, theta: torch.Tensor, pad: float) -> tor
     z = ((theta[:, 2, 2:3] * centres + theta[:, 2, 3:4] + 1) * d - 1) / 2  # (B, D) input slices
     below = torch.floor(z)
     frac = (z - below)[:, :, None, None, None]  # (B, D, 1, 1, 1)
-    below = below.long()
+    # slices 1..D of `padded` hold x - pad, slices 0 and D + 1 zeros: every tap outside the volume reads a zero
+    padded = x.new_zeros((b, d + 2, c, h, w))
+    torch.sub(x.transpose(1, 2), pad, out=padded[:, 1 : d + 1])
+    taps = [(below.long() + k).clamp(0, d + 1) for k in (1, 2)]  # (B, D) each: slices below and above z
     rows = torch.arange(b, device=x.device)[:, None]
-    slices = (x - pad).transpose(1, 2)  # (B, D, C, H, W)
-
-    def tap(k: torch.Tensor) -> torch.Tensor:
-        inside = ((k >= 0) & (k < d))[:, :, None, None, None]
-        return torch.where(inside, slices[rows, k.clamp(0, d - 1)], 0.0)
-
-    blended = tap(below) * (1 - frac) + tap(below + 1) * frac  # (B, D, C, H, W)
+    blended = torch.lerp(padded[rows, taps[0]], padded[rows, taps[1]], frac)  # (B, D, C, H, W)
     grid = F.affine_grid(theta[:, :2][:, :, [0, 1, 3]], [b, d * c, h, w], align_corners=False)  # (B, H, W, 2)
-    out = F.grid_sample(
-        blended.reshape(b, d * c, h, w), grid, mode="bilinear", padding_mode="zeros", align_corners=False
-    )
-    return out.view(b, d, c, h, w).transpose(1, 2).contiguous() + pad
+    out = F.grid_sample(blended.view(b, d * c, h, w), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.view(b, d, c, h, w).transpose(1, 2).add_(pad).contiguous()
