@@ -187,3 +187,22 @@ def test_patch_loader_augments_whole_batches_after_collation(luna_prepared):
     assert 0 < flipped < len(ds)
     loader.augment_on("cpu")  # the trainer's call on a CPU-only run: still augmented in the collate
     assert loader.augment_device is None and loader.collate_fn.augment is flips
+
+
+def test_augment_on_a_device_moves_the_batch_there_before_augmenting(luna_prepared):
+    seen = []
+
+    def record(patches: torch.Tensor) -> torch.Tensor:
+        seen.append((patches.device.type, tuple(patches.shape)))
+        return patches
+
+    rows = _column_rows(luna_prepared["volumes"][0])
+    loader = make_loader(CandidatePatches(luna_prepared["cache"], rows, size=(6, 10, 10), transform=record), 8)
+    list(loader)
+    assert seen == [("cpu", (8, 1, 6, 10, 10))] * 3  # in the collate, on the CPU
+    seen.clear()
+    loader.augment_on("meta")  # a stand-in for a GPU: any device but the CPU
+    assert loader.collate_fn.augment is None
+    batches = list(loader)
+    assert seen == [("meta", (8, 1, 6, 10, 10))] * 3 and all(b[0].device.type == "meta" for b in batches)
+    assert all(b[1].device.type == "cpu" for b in batches)  # labels stay for the trainer to move
