@@ -125,13 +125,16 @@ def _resample_separable(x: torch.Tensor, theta: torch.Tensor, pad: float) -> tor
     centres = (2 * torch.arange(d, dtype=torch.float32, device=x.device) + 1) / d - 1  # (D,) normalised
     z = ((theta[:, 2, 2:3] * centres + theta[:, 2, 3:4] + 1) * d - 1) / 2  # (B, D) input slices
     below = torch.floor(z)
-    frac = (z - below)[:, :, None, None, None]  # (B, D, 1, 1, 1)
-    # slices 1..D of `padded` hold x - pad, slices 0 and D + 1 zeros: every tap outside the volume reads a zero
-    padded = x.new_zeros((b, d + 2, c, h, w))
-    torch.sub(x.transpose(1, 2), pad, out=padded[:, 1 : d + 1])
-    taps = [(below.long() + k).clamp(0, d + 1) for k in (1, 2)]  # (B, D) each: slices below and above z
-    rows = torch.arange(b, device=x.device)[:, None]
-    blended = torch.lerp(padded[rows, taps[0]], padded[rows, taps[1]], frac)  # (B, D, C, H, W)
+    frac = z - below  # (B, D)
+    # rows of `flat`: the B x D slices of x - pad, then one zero slice that every tap outside the volume reads
+    flat = x.new_empty((b * d + 1, c * h * w))
+    torch.sub(x.transpose(1, 2), pad, out=flat[:-1].view(b, d, c, h, w))
+    flat[-1] = 0.0
+    offset = torch.arange(b, device=x.device)[:, None] * d  # (B, 1) first row of each sample
+    taps = [below.long() + k for k in (0, 1)]  # (B, D) each: the slices below and above z
+    rows = [torch.where((k >= 0) & (k < d), k + offset, b * d).flatten() for k in taps]
+    frac = frac.reshape(b * d, 1)
+    blended = torch.lerp(flat.index_select(0, rows[0]), flat.index_select(0, rows[1]), frac)  # (B * D, C * H * W)
     grid = F.affine_grid(theta[:, :2][:, :, [0, 1, 3]], [b, d * c, h, w], align_corners=False)  # (B, H, W, 2)
     out = F.grid_sample(blended.view(b, d * c, h, w), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.view(b, d, c, h, w).transpose(1, 2).add_(pad).contiguous()
