@@ -1,6 +1,6 @@
 """Patches per second of the classifier's training data: noduleflow's loader vs. reading every scan, vs. the book's diskcache.
 
-Run: .venv/bin/python bench/loader.py [--samples 3072]   (2-3 minutes on 2 busy cores; the synthetic scans
+Run: .venv/bin/python bench/loader.py [--samples 3072]   (5-10 minutes on 2 busy cores; the synthetic scans
 are kept in $NODULEFLOW_BENCH_DIR, default /tmp/noduleflow-bench, for the next run)
 
 What is measured is what the detector recipe's classifier training reads (`recipes.detector.RECIPE["classify"]`
