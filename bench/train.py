@@ -7,9 +7,14 @@ batch 32) on the same patches, cut from one synthetic int16 CT volume:
   baseline    "Deep Learning with PyTorch" style: a Dataset whose __getitem__ crops one patch from
               the numpy volume, clips and scales it; a DataLoader collates batches; NCDHW fp32
               eager model; SGD with momentum 0.99; the process's default allocator.
-  noduleflow  the library's own path: patches cut once into an in-memory tensor (as the scan
-              cache would hold them) and gathered a batch at a time; `wrap_model` (channels_last_3d
-              on CPU), `configure_host` (glibc keeps freed blocks), AdamW, `Trainer`'s step.
+  noduleflow  the training path: the volume stored as a scan-cache entry (`ScanCache.write`), its
+              patches read by `CandidatePatches` and `make_loader` (a batch cut at once, shuffled by
+              seed, in this process as the recipe's data.num_workers 0 does); `wrap_model`
+              (channels_last_3d on CPU), `configure_host` (glibc keeps freed blocks), AdamW, `Trainer`'s step.
+--augment adds the classify task's augmentation to both sides: the baseline augments each sample in
+__getitem__ with a 3D affine_grid / grid_sample (the book's getCtAugmentedCandidate), noduleflow each
+batch after collation, on the training device. Off by default: the ratio compares the same work as
+before, and bench/loader.py measures the augmented data path on its own.
 The baseline runs first, before `configure_host` changes the allocator for the rest of the process.
 Achieved FLOP/s = FlopCounterMode's forward+backward FLOPs per sample x samples/s; MFU divides it by
 this machine's fp32 peak, measured as the best of a few 2048x2048 torch.mm.
@@ -30,11 +35,12 @@ instead of 7-16), which turns the ratio into noise. Pass --threads 2 (or 0) on a
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from noduleflow.config import resolve_config
@@ -66,30 +72,33 @@ def _crop(volume: np.ndarray, centre: np.ndarray) -> np.ndarray:
 class _BookPatches(Dataset):
     """One (1, D, H, W) patch per __getitem__, built from the numpy volume (collated by the DataLoader)."""
 
-    def __init__(self, volume: np.ndarray, centres: np.ndarray, labels: np.ndarray):
-        self.volume, self.centres, self.labels = volume, centres, labels
+    def __init__(self, volume: np.ndarray, centres: np.ndarray, labels: np.ndarray, augment=None):
+        self.volume, self.centres, self.labels, self.augment = volume, centres, labels, augment
 
     def __len__(self) -> int:
         return len(self.centres)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         patch = torch.from_numpy(_crop(self.volume, self.centres[i])).unsqueeze(0)  # (1, D, H, W)
+        if self.augment is not None:  # the book's getCtAugmentedCandidate: one sample, one 3D grid_sample
+            from noduleflow.data.augment import _resample
+
+            theta = self.augment._theta(patch.shape[1:], torch.rand(1, 3) < 0.5, None)
+            patch = _resample(patch[None], theta, self.augment.pad, "bilinear")[0]
+            patch = patch + torch.randn(patch.shape) * (self.augment.noise_hu / 1000.0)
         return patch, torch.tensor(self.labels[i])
 
 
-class _CachedBatches(Dataset):
-    """Patches cut once into (N, 1, D, H, W); indexing with a list of indices gathers a whole batch."""
+def _scan_cache(folder: str, volume: np.ndarray, centres: np.ndarray, labels: np.ndarray):
+    """The volume as a scan-cache entry (1 mm voxels) and its candidates: (ScanCache, [Candidate])."""
+    from noduleflow.ct.volume import CtVolume
+    from noduleflow.data import Candidate, ScanCache
 
-    def __init__(self, volume: np.ndarray, centres: np.ndarray, labels: np.ndarray):
-        self.patches = torch.from_numpy(np.stack([_crop(volume, c) for c in centres]))[:, None]  # (N, 1, D, H, W)
-        self.labels = torch.from_numpy(labels).long()
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices)
-        return self.patches[idx], self.labels[idx]  # (B, 1, D, H, W), (B,)
+    cache = ScanCache(folder)
+    scan = CtVolume(volume, np.zeros(3), np.ones(3), np.eye(3), "bench-volume")
+    cache.write(scan, np.zeros(volume.shape, dtype=bool), key="bench")
+    xyz = cache.open(scan.series_uid).irc_to_xyz(centres)  # (N, 3) world mm of each patch centre
+    return cache, [Candidate(scan.series_uid, tuple(p), bool(y)) for p, y in zip(xyz.tolist(), labels)]
 
 
 def _matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, repeats: int = 10) -> float:
@@ -123,13 +132,14 @@ def _flops_per_sample(batch: int) -> float:
     return counter.get_total_flops() / batch
 
 
-def _baseline(volume, centres, labels, batch: int, steps: int, device: torch.device) -> float:
+def _baseline(volume, centres, labels, batch: int, steps: int, device: torch.device, augment=None) -> float:
     """Samples/s of the book-style loop over `steps` batches after one warm-up batch."""
     torch.manual_seed(0)
     model = create_model("nodule_classifier").to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99)
     loss_fn = torch.nn.CrossEntropyLoss(reduction="none")
-    loader = DataLoader(_BookPatches(volume, centres, labels), batch_size=batch, shuffle=True, num_workers=0)
+    data = _BookPatches(volume, centres, labels, augment)
+    loader = DataLoader(data, batch_size=batch, shuffle=True, num_workers=0)
     start = None
     for i, (x, y) in enumerate(loader):
         if i == 1:
@@ -150,21 +160,24 @@ BOOK_MODEL = {"model.name": "nodule_classifier", "model.width": 8, "model.depth"
 
 
 def _noduleflow(
-    volume,
-    centres,
-    labels,
+    cache,
+    candidates: list,
     batch: int,
     steps: int,
     model: dict | None = None,
     *,
     device: torch.device = torch.device("cpu"),
     amp: str = "auto",
+    augment=None,
 ) -> float:
     """Samples/s that `Trainer` itself reports for its second epoch of `steps` batches (the first warms up).
 
+    The batches come from the scan cache through `CandidatePatches` and `make_loader`, as a training run's.
     model: config overrides of the architecture (default: the book's, as the baseline); None takes the
-    classify preset (nodule_net), which is fed the centre 16 x 32 x 32 of each patch.
+    classify preset (nodule_net), whose patches are the centre 16 x 32 x 32 voxels of the same centres.
     """
+    from noduleflow.data import CandidatePatches, make_loader
+
     torch.manual_seed(0)
     cfg = resolve_config(
         "classify",
@@ -179,23 +192,14 @@ def _noduleflow(
         },
     )
     configure_host(device, cfg.run.threads)
-    data = _CachedBatches(volume, centres, labels)
-    size = input_size_of(create_model(cfg.model.name, width=cfg.model.width, depth=cfg.model.depth))
-    lo = [(a - b) // 2 for a, b in zip(PATCH, size)]
-    data.patches = data.patches[
-        :, :, lo[0] : lo[0] + size[0], lo[1] : lo[1] + size[1], lo[2] : lo[2] + size[2]
-    ].contiguous()
-    order = BatchSampler(
-        RandomSampler(range(steps * batch), generator=torch.Generator().manual_seed(0)), batch, drop_last=True
-    )
-    train_loader = DataLoader(data, batch_size=None, sampler=order)
-    val_loader = DataLoader(data, batch_size=None, sampler=[list(range(batch))])
+    net = create_model(cfg.model.name, width=cfg.model.width, depth=cfg.model.depth)
+    size = input_size_of(net)
+    train = CandidatePatches(cache, candidates[: steps * batch], size=size, transform=augment)
+    val = CandidatePatches(cache, candidates[:batch], size=size)
+    train_loader = make_loader(train, batch, shuffle=True, seed=0, drop_last=True, persistent_workers=False)
+    val_loader = make_loader(val, batch, persistent_workers=False)
     wrapped = wrap_model(
-        create_model(cfg.model.name, width=cfg.model.width, depth=cfg.model.depth),
-        device=device,
-        channels_last=cfg.run.channels_last,
-        compile=cfg.run.compile,
-        amp=cfg.run.amp,
+        net, device=device, channels_last=cfg.run.channels_last, compile=cfg.run.compile, amp=cfg.run.amp
     )
     trainer = Trainer(
         wrapped,
@@ -221,6 +225,9 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: where both sides train")
     parser.add_argument(
+        "--augment", action="store_true", help="both sides augment as the classify task does (see the docstring)"
+    )
+    parser.add_argument(
         "--amp",
         default="auto",
         choices=["auto", "off", "bf16", "fp16"],
@@ -231,13 +238,22 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     batch, steps, device = args.batch_size, args.steps, torch.device(args.device)
     volume, centres, labels = _volume_and_centres((steps + 1) * batch)
+    augment = None
+    if args.augment:
+        from noduleflow.data import Augment
+        from noduleflow.train.tasks import _CT_AUGMENT
+
+        augment = Augment(spatial_dims=3, **_CT_AUGMENT)
 
     dtype = resolve_amp(args.amp, device) or torch.float32
     peak = _matmul_peak(device, dtype)
     flops = _flops_per_sample(2)
-    base = _baseline(volume, centres, labels, batch, steps, device)
-    ours = _noduleflow(volume, centres, labels, batch, steps, BOOK_MODEL, device=device, amp=args.amp)
-    default = _noduleflow(volume, centres, labels, batch, steps, None, device=device, amp=args.amp)
+    base = _baseline(volume, centres, labels, batch, steps, device, augment)
+    with tempfile.TemporaryDirectory(prefix="noduleflow-bench-train-") as folder:
+        cache, candidates = _scan_cache(folder, volume, centres, labels)
+        run = dict(device=device, amp=args.amp, augment=augment)
+        ours = _noduleflow(cache, candidates, batch, steps, BOOK_MODEL, **run)
+        default = _noduleflow(cache, candidates, batch, steps, None, **run)
 
     name, precision = (
         torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -245,7 +261,7 @@ def main() -> None:
     )
     print(
         f"{name}, threads {torch.get_num_threads()}, batch {batch}, {steps} timed steps per side, torch {torch.__version__}, "
-        f"noduleflow side in {precision}"
+        f"noduleflow side in {precision}, augmentation {'on' if augment else 'off'}"
     )
     print(f"matmul peak ({precision:8s})  {peak / 1e9:8.1f} GFLOP/s")
     print(f"model forward+backward      {flops / 1e9:8.2f} GFLOP/sample")

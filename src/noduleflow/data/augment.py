@@ -3,6 +3,11 @@
 Flips are exact (`torch.flip`); rotation, zoom and shift are folded into one affine resample with
 `affine_grid` / `grid_sample`, which pads with air rather than with 0 (= water after scaling).
 A segmentation mask gets the same geometric transform (nearest neighbour) and no noise.
+
+A 3D image is resampled in two separable steps that give the trilinear result of one 3D `grid_sample`
+(to float rounding): the rotation is in-plane, so every output slice reads one fractional input slice.
+A linear blend of two slices along I, then one 2D bilinear `grid_sample` over all slices at once, is
+about 3x faster on a CPU than the 3D kernel, which is most of the cost of a training batch.
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ class Augment:
         if self.rotate_deg or self.scale or self.offset_vox:
             theta = self._theta(x.shape[2:], flips, generator).to(x)  # (B, S, S + 1)
             x, mask = (
-                _resample(x, theta, self.pad, "bilinear"),
+                _resample_separable(x, theta, self.pad) if s == 3 else _resample(x, theta, self.pad, "bilinear"),
                 None if mask is None else _resample(mask.float(), theta, 0.0, "nearest").to(mask.dtype),
             )
         else:
@@ -79,8 +84,10 @@ class Augment:
                 x = torch.where(f, x.flip(2 + a), x)
                 if mask is not None:
                     mask = torch.where(f, mask.flip(2 + a), mask)
-        if self.noise_hu:
-            x = x + torch.randn(x.shape, generator=generator).to(x) * (self.noise_hu / 1000.0)
+        if self.noise_hu:  # drawn where the generator lives (torch's global RNG: on x's device)
+            device = x.device if generator is None else generator.device
+            noise = torch.empty(x.shape, device=device).normal_(0.0, self.noise_hu / 1000.0, generator=generator)
+            x = x + noise.to(x)
         return x, mask
 
     def _theta(self, spatial: torch.Size, flips: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -103,3 +110,31 @@ class Augment:
 def _resample(x: torch.Tensor, theta: torch.Tensor, pad: float, mode: str) -> torch.Tensor:
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x - pad, grid, mode=mode, padding_mode="zeros", align_corners=False) + pad
+
+
+def _resample_separable(x: torch.Tensor, theta: torch.Tensor, pad: float) -> torch.Tensor:
+    """`_resample(x, theta, pad, "bilinear")` for (B, C, D, H, W) and a theta whose D row and column are diagonal.
+
+    Output slice d reads input slice z = a_d * d + t_d (affine_grid's normalised coordinates, align_corners
+    False): blend slices floor(z) and floor(z) + 1 (zero beyond the volume, as grid_sample's zero padding),
+    then resample every slice with the in-plane 2 x 3 part of theta, the slices as channels of one 2D call.
+    """
+    b, c, d, h, w = x.shape
+    if theta[:, 2, :2].any() or theta[:, :2, 2].any():
+        return _resample(x, theta, pad, "bilinear")
+    centres = (2 * torch.arange(d, dtype=torch.float32, device=x.device) + 1) / d - 1  # (D,) normalised
+    z = ((theta[:, 2, 2:3] * centres + theta[:, 2, 3:4] + 1) * d - 1) / 2  # (B, D) input slices
+    below = torch.floor(z)
+    frac = z - below  # (B, D)
+    # rows of `flat`: the B x D slices of x - pad, then one zero slice that every tap outside the volume reads
+    flat = x.new_empty((b * d + 1, c * h * w))
+    torch.sub(x.transpose(1, 2), pad, out=flat[:-1].view(b, d, c, h, w))
+    flat[-1] = 0.0
+    offset = torch.arange(b, device=x.device)[:, None] * d  # (B, 1) first row of each sample
+    taps = [below.long() + k for k in (0, 1)]  # (B, D) each: the slices below and above z
+    rows = [torch.where((k >= 0) & (k < d), k + offset, b * d).flatten() for k in taps]
+    frac = frac.reshape(b * d, 1)
+    blended = torch.lerp(flat.index_select(0, rows[0]), flat.index_select(0, rows[1]), frac)  # (B * D, C * H * W)
+    grid = F.affine_grid(theta[:, :2][:, :, [0, 1, 3]], [b, d * c, h, w], align_corners=False)  # (B, H, W, 2)
+    out = F.grid_sample(blended.view(b, d * c, h, w), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.view(b, d, c, h, w).transpose(1, 2).add_(pad).contiguous()

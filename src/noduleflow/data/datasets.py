@@ -5,10 +5,16 @@ scaled to [-1, 1]; label int64; index int64 into `dataset.records` (series UID, 
 Patches are cut from the read-only memmaps of the cache, which each process opens on first use
 and keeps open; nothing but the patch's own voxels is read, so a DataLoader worker costs little
 memory and the page cache is shared by all of them.
+
+A DataLoader that batches calls `__getitems__` with a batch's indices: the patches are cut straight
+into one (B, 1, D, H, W) buffer and the transform runs once on the whole batch. The result is a
+`PatchBatch`, a list of per-sample views that torch's default collate stacks into what per-sample
+`__getitem__` would give, and whose `collated` tuple `make_loader`'s collate passes on without a copy.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -21,10 +27,26 @@ from noduleflow.data.cache import CachedScan, LungMask, ScanCache
 from noduleflow.data.luna16 import Candidate, Nodule
 from noduleflow.data.patches import crop_box, crop_mm, hu_to_unit
 
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""(patches (B, 1, D, H, W) float32, labels (B,) int64, indices (B,) int64)."""
+
 DEFAULT_PATCH = (32, 48, 48)
 """Patch size in voxels (I, R, C), as in "Deep Learning with PyTorch" ch. 11."""
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class PatchBatch(list):
+    """A batch from `PatchDataset.__getitems__`: B samples (patch, label, index), views of `collated`.
+
+    A list, so that torch's default collate stacks it as it would B separate samples; `make_loader`'s
+    collate takes `collated` (a `Batch`) as it is instead.
+    """
+
+    def __init__(self, collated: Batch):
+        patches, labels, index = collated
+        super().__init__(zip(patches, labels, index))
+        self.collated = collated
 
 
 class OpenScans:
@@ -86,7 +108,9 @@ class PatchDataset(Dataset):
 
     size: patch voxels (D, H, W) along (I, R, C). size_mm: when given, the patch spans these mm
     (I, R, C order) whatever the scan's spacing and is resampled to `size` voxels.
-    transform: applied to each (1, D, H, W) tensor (e.g. `noduleflow.data.augment.RandomAffine`).
+    transform: augmentation of a (1, D, H, W) sample or a (B, 1, D, H, W) batch (`noduleflow.data.Augment`
+    takes both): `__getitem__` applies it per sample, `__getitems__` per batch, and `make_loader` after
+    collation (in the worker, or on the training device: `PatchLoader.augment_on`).
     """
 
     def __init__(
@@ -126,24 +150,33 @@ class PatchDataset(Dataset):
             return crop_box(scan.hu, self._corners[index], self.size)
         return crop_mm(scan.hu, self.centers_irc[index], self.size, self.size_mm, scan.spacing_xyz[::-1])
 
-    @property
-    def batchable(self) -> bool:
-        """True when patches are plain int16 crops, which `make_loader` cuts straight into shared batch buffers."""
-        return self.size_mm is None and self.transform is None
-
-    def crop_into(self, index: int, out: np.ndarray) -> None:
-        """Write the int16 HU patch of sample `index` into `out` (D, H, W), e.g. a row of a shared batch buffer."""
-        crop_box(self.scans(self.records[index].series_uid).hu, self._corners[index], self.size, out)
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         patch = torch.from_numpy(hu_to_unit(self.patch_hu(index)))[None]  # (1, D, H, W)
         if self.transform is not None:
             patch = self.transform(patch)
         return patch, torch.tensor(self.labels[index]), torch.tensor(index)
 
-    def positives(self) -> np.ndarray:
-        """Indices with label 1."""
-        return np.flatnonzero(self.labels == 1)
+    def __getitems__(self, indices: Sequence[int]) -> PatchBatch:
+        """The samples of `indices` as one batch: each patch cut into a row of one buffer, the transform run once."""
+        index = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(index), 1, *self.size), dtype=np.float32)  # (B, 1, D, H, W)
+        scratch = np.empty(self.size, dtype=np.int16) if self.size_mm is None else None
+        for row, i in enumerate(index.tolist()):
+            if scratch is None:
+                hu_to_unit(self.patch_hu(i), out=out[row, 0])
+            else:  # the int16 crop, clipped and scaled while converting: no float copy of the patch
+                crop_box(self.scans(self.records[i].series_uid).hu, self._corners[i], self.size, scratch)
+                hu_to_unit(scratch, out=out[row, 0])
+        patches = torch.from_numpy(out)
+        if self.transform is not None:
+            patches = self.transform(patches)
+        return PatchBatch((patches, torch.from_numpy(self.labels[index]), torch.from_numpy(index)))
+
+    def without_transform(self) -> PatchDataset:
+        """A shallow copy that yields the patches as cut (same records, labels and open scans)."""
+        plain = copy.copy(self)
+        plain.transform = None
+        return plain
 
     def balanced_sampler(self, balance: int = 1, *, num_samples: int | None = None, seed: int = 0):
         """A `BalancedSampler` over this dataset's labels: one positive, then `balance` negatives."""

@@ -6,8 +6,11 @@ NumPy's global RNGs from it. Datasets draw their random choices from torch's glo
 runs with the same seed and worker count give the same batches. (With workers=0 the dataset draws
 from this process's global RNG: call torch.manual_seed yourself.)
 
-Patch datasets with `batchable` True (no transform, no resampling) take a faster path, in which
-workers cut batches straight into shared slots instead of new shared-memory tensors (`noduleflow.data.ring`).
+Patch datasets (`PatchDataset`) are read a batch at a time: the DataLoader hands `__getitems__` a
+batch's indices, the patches are cut into one buffer, and the augmentation runs once per batch after
+collation: in the worker (or this process) on the CPU, or on the training device once the trainer
+calls `PatchLoader.augment_on(device)`. Same samples, same per-sample random transforms as one at a
+time, at a fraction of the cost (bench/loader.py).
 """
 
 from __future__ import annotations
@@ -18,10 +21,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torch.utils.data.distributed import DistributedSampler
 
-from noduleflow.data.ring import ring_loader
 from noduleflow.errors import ConfigError
 
 
@@ -120,8 +122,8 @@ def make_loader(
     distributed: shard with DistributedSampler (torchrun / DDP) unless `sampler` already shards
     (BalancedSampler does); call `loader.sampler.set_epoch(epoch)` each epoch in both cases.
     pin_memory: defaults to True when CUDA is available (faster host-to-GPU copies).
-    A `batchable` patch dataset (and no collate_fn) takes the shared-slot path of `noduleflow.data.ring`:
-    its batches are tensors over shared memory that stay valid while referenced.
+    A patch dataset (one with `without_transform`, and no collate_fn given) gets a `PatchLoader`: batches
+    cut by `__getitems__`, its transform applied to each collated batch.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} is not positive", fix="Use a batch size of 1 or more, e.g. 32.")
@@ -142,21 +144,52 @@ def make_loader(
         persistent_workers=persistent_workers and workers > 0,
         prefetch_factor=prefetch_factor,
     )
-    if not (getattr(dataset, "batchable", False) and collate_fn is None):
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle if sampler is None else False,
-            sampler=sampler,
-            drop_last=drop_last,
-            collate_fn=collate_fn,
-            **common,
-        )
-    if sampler is None:
-        sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-    # slots: the batches in flight, the one being handed out, the one the caller's loop still holds, one spare
-    slots = (prefetch_factor or 0) * workers + 3
-    return ring_loader(dataset, BatchSampler(sampler, batch_size, drop_last), batch_size, slots, **common)
+    order = dict(batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler)
+    if hasattr(dataset, "without_transform") and collate_fn is None:
+        return PatchLoader(dataset, drop_last=drop_last, **order, **common)
+    return DataLoader(dataset, drop_last=drop_last, collate_fn=collate_fn, **order, **common)
+
+
+class PatchLoader(DataLoader):
+    """A DataLoader over a patch dataset whose batches are `(patches, labels, indices)`, augmented as whole batches.
+
+    The DataLoader reads `dataset.without_transform()`; the dataset's transform (`augment`) runs on each
+    collated (B, 1, D, H, W) batch: by default inside the collate step (a worker's CPU, or this process
+    with workers=0), after `augment_on(device)` with a GPU in this process on that device. Random numbers
+    come from torch's RNG of the process that augments (workers: seeded by `make_loader`).
+    """
+
+    def __init__(self, dataset, **kwargs):
+        self.augment = dataset.transform
+        self.augment_device: torch.device | None = None
+        super().__init__(dataset.without_transform(), collate_fn=_PatchCollate(self.augment), **kwargs)
+
+    def augment_on(self, device: torch.device | str) -> None:
+        """Augment on `device` from now on (call before iterating): a GPU in this process, the CPU in the collate."""
+        device = torch.device(device)
+        self.augment_device = None if device.type == "cpu" or self.augment is None else device
+        self.collate_fn = _PatchCollate(self.augment if self.augment_device is None else None)
+
+    def __iter__(self):
+        batches = super().__iter__()
+        if self.augment_device is None:
+            yield from batches
+            return
+        for patches, labels, index in batches:
+            yield self.augment(patches.to(self.augment_device, non_blocking=True)), labels, index
+
+
+class _PatchCollate:
+    """Collate `PatchBatch`es without a copy (anything else as torch's default), then augment the batch."""
+
+    def __init__(self, augment: Callable[[torch.Tensor], torch.Tensor] | None):
+        self.augment = augment
+
+    def __call__(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        patches, labels, index = getattr(batch, "collated", None) or default_collate(batch)
+        if self.augment is not None:
+            patches = self.augment(patches)
+        return patches, labels, index
 
 
 def _seed_worker(worker_id: int) -> None:

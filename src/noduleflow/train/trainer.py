@@ -2,8 +2,9 @@
 
 Collaborators: a `WrappedModel` (see `train.wrap`), a loss function `(logits, targets) -> scalar
 mean`, an optimizer, an optional per-step LR scheduler, train/val DataLoaders yielding
-`(inputs, targets, *extra)`, a metrics function `(outputs (N, ...), targets (N,)) -> dict`, the run
-folder (None on non-main ranks or when nothing should be written) and the `TrainConfig`.
+`(inputs, targets, *extra)` (a `PatchLoader` is told to augment on the model's device), a metrics
+function `(outputs (N, ...), targets (N,)) -> dict`, the run folder (None on non-main ranks or when
+nothing should be written) and the `TrainConfig`.
 
 Exact resume: the checkpoint taken after epoch k holds every RNG state (torch, CUDA, numpy,
 Python, and the DataLoader/sampler generators, per rank) captured after that epoch's evaluation.
@@ -67,6 +68,9 @@ class Trainer:
         self.best_threshold: float | None = None  # val_threshold of the best epoch (binary tasks): the operating point
         self.history: list[dict[str, Any]] = []
         self.progress = EpochProgress(config.run.progress and dist.is_main)
+        augment_on = getattr(train_loader, "augment_on", None)  # a PatchLoader augments whole batches ...
+        if augment_on is not None:
+            augment_on(model.policy.device)  # ... on the GPU, where there is one
 
     def fit(self, until_epoch: int | None = None) -> dict[str, Any]:
         """Train from `self.epoch + 1` to `run.epochs` (or `until_epoch`, or an early stop); returns the best epoch's summary."""

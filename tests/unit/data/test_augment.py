@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from noduleflow.data.augment import Augment
+from noduleflow.data.augment import Augment, _resample, _resample_separable
 
 
 def _ball(shape, center, radius) -> torch.Tensor:
@@ -73,3 +73,39 @@ def test_bad_arguments_raise(kwargs):
 def test_wrong_rank_input_raises():
     with pytest.raises(ValueError, match="spatial dims"):
         Augment(spatial_dims=3)(torch.zeros(4, 4))
+
+
+def test_the_separable_3d_resample_equals_one_trilinear_grid_sample():
+    x = torch.rand(6, 2, 7, 12, 10) * 2 - 1
+    aug = Augment(rotate_deg=40, scale=0.3, offset_vox=3)
+    theta = aug._theta(x.shape[2:], torch.rand(6, 3) < 0.5, torch.Generator().manual_seed(4))
+    close = torch.testing.assert_close
+    close(_resample_separable(x, theta, -1.0), _resample(x, theta, -1.0, "bilinear"), atol=1e-5, rtol=0)
+    skew = theta.clone()
+    skew[:, 2, 0] = 0.2  # a D row that mixes in W: not separable, so the 3D kernel runs
+    close(_resample_separable(x, skew, -1.0), _resample(x, skew, -1.0, "bilinear"), atol=0, rtol=0)
+
+
+def test_a_batch_draws_each_sample_its_own_transform_as_often_as_one_sample_at_a_time():
+    # an image whose every flip is told apart: a ramp along each axis
+    d, h, w = torch.meshgrid(torch.arange(4.0), torch.arange(5.0), torch.arange(6.0), indexing="ij")
+    ramp = (d * 100 + h * 10 + w)[None] / 1000  # (1, 4, 5, 6)
+    aug, n = Augment(), 2000
+    generator = torch.Generator().manual_seed(0)
+    batch = aug(ramp.expand(n, 1, 4, 5, 6).clone(), generator=generator)
+    one_by_one = torch.stack([aug(ramp, generator=generator) for _ in range(400)])
+    for axis in range(3):  # each axis flipped in about half of the samples, independently of the others
+        flipped = (batch[:, 0].diff(dim=axis + 1) < 0).flatten(1).all(1).float()
+        assert abs(flipped.mean().item() - 0.5) < 0.04
+        flipped_one = (one_by_one[:, 0].diff(dim=axis + 1) < 0).flatten(1).all(1).float()
+        assert abs(flipped_one.mean().item() - 0.5) < 0.08
+    all_three = (batch[:, 0].diff(dim=1) < 0).flatten(1).all(1) & (batch[:, 0].diff(dim=3) < 0).flatten(1).all(1)
+    assert abs(all_three.float().mean().item() - 0.25) < 0.04
+
+
+def test_batch_augmentation_is_deterministic_under_a_seeded_generator_and_keeps_the_shape():
+    x = torch.rand(8, 1, 6, 12, 12) * 2 - 1
+    aug = Augment(rotate_deg=15, scale=0.1, offset_vox=2, noise_hu=25)
+    a, b = (aug(x, generator=torch.Generator().manual_seed(11)) for _ in range(2))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert not torch.equal(a[0], a[1])  # each sample its own transform

@@ -7,6 +7,7 @@ import pytest
 import torch
 from luna_phantoms import NODULE_DIAMETER_MM, NODULE_HU, NODULE_IRC, SHAPE, nodule_xyz, phantom
 from scipy.spatial.transform import Rotation
+from torch.utils.data import default_collate
 
 from noduleflow.ct import geometry
 from noduleflow.data.datasets import CandidatePatches, MalignancySamples
@@ -194,3 +195,18 @@ def test_crop_mm_reproduces_a_linear_ramp_exactly_at_any_spacing():
     ]
     gi, gr, gc = np.meshgrid(*axes, indexing="ij")
     np.testing.assert_allclose(crop_mm(hu, center, size, size_mm, spacing_irc), 7 * gi + 3 * gr - 2 * gc, atol=1e-3)
+
+
+@pytest.mark.parametrize("size_mm", [None, (10.0, 9.0, 9.0)])
+def test_getitems_is_getitem_then_collate_and_its_collated_batch_is_the_same(luna_prepared, size_mm):
+    volume = luna_prepared["volumes"][0]
+    rows = [
+        Candidate(volume.series_uid, tuple(volume.irc_to_xyz([i, 6 * i // 4, 60])), i % 3 == 0) for i in range(0, 40, 4)
+    ]
+    ds = CandidatePatches(luna_prepared["cache"], rows, size=(6, 10, 12), size_mm=size_mm)  # some past the edge
+    indices = [7, 0, 3, 3, 9]
+    batch = ds.__getitems__(indices)
+    expected = default_collate([ds[i] for i in indices])
+    for got in (default_collate(batch), batch.collated):  # what a plain DataLoader and make_loader make of it
+        assert len(got) == 3 and all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(got, expected))
+    assert batch.collated[0].shape == (5, 1, 6, 10, 12) and batch.collated[2].tolist() == indices

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 import numpy as np
 import pytest
 import torch
@@ -13,7 +11,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from noduleflow.data.augment import Augment
 from noduleflow.data.datasets import CandidatePatches
-from noduleflow.data.loaders import BalancedSampler, make_loader
+from noduleflow.data.loaders import BalancedSampler, PatchLoader, make_loader
 from noduleflow.data.luna16 import Candidate, Nodule
 from noduleflow.data.segmentation import SegmentationCrops
 from noduleflow.errors import ConfigError
@@ -129,38 +127,82 @@ def test_make_loader_options(luna_prepared, tmp_path):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("workers, persistent", [(0, False), (2, True), (2, False)])
-def test_patch_batches_from_shared_slots_equal_the_dataset_and_stay_valid_while_held(
-    luna_prepared, workers, persistent
-):
-    v = luna_prepared["volumes"][0]
-    rows = [
+def _column_rows(v) -> list[Candidate]:
+    return [
         Candidate(v.series_uid, tuple(v.irc_to_xyz([i, r, 30])), i % 7 == 0) for i in range(2, 38, 3) for r in (20, 40)
     ]
-    ds = CandidatePatches(luna_prepared["cache"], rows, size=(6, 10, 10))
+
+
+@pytest.mark.parametrize("workers, size_mm", [(0, None), (2, None), (0, (9.0, 8.0, 8.0))])
+def test_patch_loader_batches_equal_the_dataset_samples(luna_prepared, workers, size_mm):
+    ds = CandidatePatches(
+        luna_prepared["cache"], _column_rows(luna_prepared["volumes"][0]), size=(6, 10, 10), size_mm=size_mm
+    )
     expected = torch.stack([ds[i][0] for i in range(len(ds))])  # (N, 1, 6, 10, 10) via __getitem__
-    loader = make_loader(ds, 4, workers=workers, shuffle=True, seed=0, persistent_workers=persistent)
-    pool = loader.batch_sampler.pool
-    kept = []
-    for _epoch in range(2):
-        for k, (patches, labels, index) in enumerate(loader):
-            assert patches.shape[1:] == (1, 6, 10, 10) and torch.equal(patches, expected[index])
-            assert torch.equal(labels, torch.from_numpy(ds.labels)[index])
-            if k % 2 == 0:
-                kept.append((patches[1:], index[1:]))  # views keep their slot alive
-    del patches
-    assert all(torch.equal(p, expected[i]) for p, i in kept)  # nothing held was overwritten
-    if not loader.pin_memory:  # with CUDA the loader pins a copy of each batch, which hands its slot back at once
-        assert any(pool.busy)
-    kept.clear()
-    assert not any(pool.busy)  # slots free once nothing refers to them
-    batches = iter(loader)
-    first = next(batches)
-    del batches  # an abandoned pass ...
-    assert sum(len(i) for _, _, i in loader) == len(ds)  # ... does not disturb the next one
-    assert torch.equal(first[0], expected[first[2]])
-    del first
-    gc.collect()
-    assert not any(pool.busy) and pool.owner == {}  # and its slots came back
-    assert loader.sampler is loader.batch_sampler.sampler and len(loader) == 6
-    assert len(loader.dataset) == len(ds) and loader.dataset.records is ds.records  # the wrapper forwards
+    loader = make_loader(ds, 4, workers=workers, shuffle=True, seed=0, persistent_workers=workers > 0)
+    assert isinstance(loader, PatchLoader) and loader.augment is None and len(loader) == 6
+    seen = []
+    for patches, labels, index in loader:
+        assert patches.shape[1:] == (1, 6, 10, 10) and torch.equal(patches, expected[index])
+        assert torch.equal(labels, torch.from_numpy(ds.labels)[index])
+        seen += index.tolist()
+    assert sorted(seen) == list(range(len(ds))) and loader.dataset.records is ds.records
+
+
+def test_the_data_loader_calls_getitems_once_per_batch(luna_prepared, monkeypatch):
+    calls = []
+    original = CandidatePatches.__getitems__
+
+    def counted(self, indices):
+        calls.append(list(indices))
+        return original(self, indices)
+
+    monkeypatch.setattr(CandidatePatches, "__getitems__", counted)
+    monkeypatch.setattr(CandidatePatches, "__getitem__", lambda self, i: pytest.fail("per-sample path taken"))
+    ds = CandidatePatches(luna_prepared["cache"], _column_rows(luna_prepared["volumes"][0]), size=(6, 10, 10))
+    batches = [index.tolist() for _, _, index in make_loader(ds, 5, shuffle=True, seed=1)]
+    assert calls == batches and [len(b) for b in batches] == [5, 5, 5, 5, 4]
+
+
+def test_patch_loader_augments_whole_batches_after_collation(luna_prepared):
+    rows = _column_rows(luna_prepared["volumes"][0])
+    plain = CandidatePatches(luna_prepared["cache"], rows, size=(6, 10, 10))
+    flips = Augment(flip_axes=(2,))
+    ds = CandidatePatches(luna_prepared["cache"], rows, size=(6, 10, 10), transform=flips)
+    loader = make_loader(ds, 8, shuffle=True, seed=0)
+    assert loader.augment is flips and loader.dataset.transform is None and ds.transform is flips
+
+    def one_pass(seed: int) -> list:
+        torch.manual_seed(seed)  # workers=0: the batch is augmented in this process, from torch's RNG
+        return list(make_loader(ds, 8, shuffle=True, seed=0))
+
+    first, again = one_pass(3), one_pass(3)
+    flipped = 0
+    for (patches, labels, index), (patches2, _, _) in zip(first, again):
+        assert torch.equal(patches, patches2) and torch.equal(labels, torch.from_numpy(ds.labels)[index])
+        for patch, i in zip(patches, index):
+            cut = plain[int(i)][0]
+            assert torch.equal(patch, cut) or torch.equal(patch, cut.flip(-1))
+            flipped += not torch.equal(patch, cut)
+    assert 0 < flipped < len(ds)
+    loader.augment_on("cpu")  # the trainer's call on a CPU-only run: still augmented in the collate
+    assert loader.augment_device is None and loader.collate_fn.augment is flips
+
+
+def test_augment_on_a_device_moves_the_batch_there_before_augmenting(luna_prepared):
+    seen = []
+
+    def record(patches: torch.Tensor) -> torch.Tensor:
+        seen.append((patches.device.type, tuple(patches.shape)))
+        return patches
+
+    rows = _column_rows(luna_prepared["volumes"][0])
+    loader = make_loader(CandidatePatches(luna_prepared["cache"], rows, size=(6, 10, 10), transform=record), 8)
+    list(loader)
+    assert seen == [("cpu", (8, 1, 6, 10, 10))] * 3  # in the collate, on the CPU
+    seen.clear()
+    loader.augment_on("meta")  # a stand-in for a GPU: any device but the CPU
+    assert loader.collate_fn.augment is None
+    batches = list(loader)
+    assert seen == [("meta", (8, 1, 6, 10, 10))] * 3 and all(b[0].device.type == "meta" for b in batches)
+    assert all(b[1].device.type == "cpu" for b in batches)  # labels stay for the trainer to move
