@@ -3,11 +3,11 @@
 Run: .venv/bin/python bench/loader.py [--samples 3072]   (5-10 minutes on 2 busy cores; the synthetic scans
 are kept in $NODULEFLOW_BENCH_DIR, default /tmp/noduleflow-bench, for the next run)
 
-What is measured is what the detector recipe's classifier training reads (`recipes.detector.RECIPE["classify"]`
-through `train.tasks.build_task`): candidate patches spanning `data.patch_mm` (24 mm a side, resampled to the
+What is measured is what the detector recipe's classifier training reads (`configs/detector.yaml`'s classify part
+through `train.tasks.build_task`): candidate patches spanning `classify.patch_mm` (24 mm a side, resampled to the
 model's 16 x 32 x 32 voxels), HU clipped to [-1000, 1000] and scaled to [-1, 1], augmented (flips, rotation,
 zoom, shift, noise: the task's `Augment`), drawn by the balanced sampler with mined candidates (a CSV of
-extra candidates written next to the scans) weighing `data.extra_weight`. One run, the same synthetic scans
+extra candidates written next to the scans) weighing `classify.extra_weight`. One run, the same synthetic scans
 (`noduleflow.synth`, 8 small scans), the same samples in the same order (un-augmented patches checked equal
 across the three), the same DataLoader settings (batch 32, 2 worker processes), three ways to get them:
 
@@ -111,19 +111,19 @@ def _task_loader(data: Path, samples: int):
     import torch
 
     from noduleflow.config import resolve_config
-    from noduleflow.recipes.detector import RECIPE
+    from noduleflow.recipes.detector import load_recipe
     from noduleflow.train.tasks import build_task
 
     torch.manual_seed(SEED)
     overrides = {
-        **RECIPE["classify"],
         "data.root": str(data),
-        "data.extra_candidates": [str(_mined_csv(data))],
+        "classify.extra_candidates": [str(_mined_csv(data))],
         "data.num_workers": WORKERS,
-        "data.epoch_samples": samples,
+        "classify.epoch_samples": samples,
         "run.seed": SEED,
     }
-    return build_task(resolve_config("classify", overrides=overrides)).train_loader
+    cfg = resolve_config("classify", recipe=load_recipe()["classify"], overrides=overrides)
+    return build_task(cfg).train_loader
 
 
 def _mined_csv(data: Path) -> Path:
