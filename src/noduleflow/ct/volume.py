@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from noduleflow.ct import geometry
+from noduleflow.ct.hu import count_clipped, to_hu_int16, warn_if_not_ct
 from noduleflow.errors import ScanError
 
 MAX_VOXELS = 2**30
@@ -26,6 +27,9 @@ _UNIT_ATOL = 1e-3
 _MIN_ABS_DET = 0.5
 """The smallest |det| of the direction matrix: 1 for a rotation; a gantry-tilted DICOM series keeps
 its sheared slice axis exactly (|det| = cos(tilt), tilts are at most about 30 degrees)."""
+_FROM_ARRAY, _FROM_SITK = "CtVolume.from_array(hu)", "CtVolume.from_sitk(image)"  # what errors name as the input
+_SERIES_UID_TAG = "0020|000e"
+_HEADER_FIX = "Correct the scan's header (its geometry is damaged), or export the scan again"
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,10 +90,73 @@ class CtVolume:
         fn = geometry.xyz_to_irc if rounded else geometry.xyz_to_irc_float
         return fn(xyz, self.origin_xyz, self.spacing_xyz, self.direction)
 
-    def contains_irc(self, irc: ArrayLike) -> np.ndarray:
-        """True for each (I, R, C) index that lies inside the array."""
-        a = np.asarray(irc)
-        return np.all((a >= 0) & (a < np.asarray(self.shape)), axis=-1)
+    @classmethod
+    def from_array(
+        cls,
+        hu: ArrayLike,
+        *,
+        spacing_xyz: ArrayLike,
+        origin_xyz: ArrayLike = (0.0, 0.0, 0.0),
+        direction: ArrayLike | None = None,
+        series_uid: str | None = None,
+    ) -> CtVolume:
+        """A volume from an (I, R, C) = (z, y, x) array of Hounsfield units, such as another library loaded.
+
+        hu: any integer or float dtype, converted as the readers convert (`ct.hu.to_hu_int16`): floats
+        rounded to the nearest integer (halves to even), NaN to air (-1024), then every value clipped to
+        -32768..32767; an int16 array is kept as it is, without a copy. spacing_xyz: mm along C, R, I
+        (X, Y, Z order). origin_xyz: mm, the world position of voxel (0, 0, 0). direction: (3, 3), columns
+        the world directions of the C, R and I axes (default the identity). series_uid: None -> "".
+        The geometry passes the readers' checks (`checked_volume`), so a spacing in metres or a direction
+        that is no rotation is refused here, as a ScanError, instead of misplacing every finding later.
+        """
+        return _from_values(
+            hu, spacing_xyz, origin_xyz, np.eye(3) if direction is None else direction, series_uid, _FROM_ARRAY
+        )
+
+    @classmethod
+    def from_sitk(cls, image, *, series_uid: str | None = None) -> CtVolume:
+        """A volume from a 3D, one-component SimpleITK image, its geometry carried over unchanged.
+
+        SimpleITK's array is (z, y, x) = (I, R, C), its spacing and origin are X, Y, Z, and its direction
+        matrix means what ours does (columns = the world directions of the index axes x, y, z = C, R, I),
+        so every voxel keeps its world position. Values and checks as in `from_array`. series_uid: None ->
+        the image's DICOM Series Instance UID (0020|000e, which SimpleITK's DICOM reader sets), else "".
+        SimpleITK is imported only here: noduleflow's own readers do without it.
+        """
+        import SimpleITK as sitk
+
+        dims, parts = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
+        if dims != 3 or parts != 1:
+            raise ScanError(
+                f"got a {dims}D image of {parts} component(s) per voxel, not a 3D scalar image",
+                path=_FROM_SITK,
+                fix="Pass one 3D CT image (extract one component or one time point first)",
+            )
+        if series_uid is None and image.HasMetaDataKey(_SERIES_UID_TAG):
+            series_uid = image.GetMetaData(_SERIES_UID_TAG).strip()
+        hu = sitk.GetArrayViewFromImage(image)  # (z, y, x), a view of the image's memory, which may be freed
+        hu = hu.copy() if hu.dtype == np.int16 else hu  # other dtypes: to_hu_int16 makes the new array
+        direction = np.reshape(image.GetDirection(), (3, 3))
+        return _from_values(hu, image.GetSpacing(), image.GetOrigin(), direction, series_uid, _FROM_SITK)
+
+
+def _from_values(hu, spacing_xyz, origin_xyz, direction, series_uid: str | None, label: str) -> CtVolume:
+    """`CtVolume.from_array`, its errors and warnings naming `label` as the input."""
+    a = np.asarray(hu)
+    if a.ndim != 3 or a.size == 0 or a.size > MAX_VOXELS:
+        raise ScanError(
+            f"got an array of shape {a.shape}, not a 3D (I, R, C) volume of 1 to {MAX_VOXELS} voxels",
+            path=label,
+            fix="Pass one scan as a 3D array ordered slice, row, column (z, y, x)",
+        )
+    try:
+        values = to_hu_int16(a)
+    except ValueError as err:
+        raise ScanError(str(err), path=label, fix="Pass Hounsfield units as an integer or float array") from None
+    warn_if_not_ct(values, label, clipped=count_clipped(a))
+    fix = "Pass spacing_xyz and origin_xyz in millimetres, ordered X, Y, Z, and a direction matrix of unit columns"
+    return checked_volume(values, origin_xyz, spacing_xyz, direction, series_uid or "", path=label, fix=fix)
 
 
 def spacing_in_range(spacing_mm) -> bool:
@@ -122,14 +189,15 @@ def check_voxel_count(shape, *, path, what: str) -> None:
         )
 
 
-def checked_volume(hu: np.ndarray, origin_xyz, spacing_xyz, direction, series_uid: str, *, path) -> CtVolume:
-    """The `CtVolume` a reader built, after the checks every reader shares, as a ScanError naming `path`:
-    finite origin, finite spacing from `MIN_SPACING_MM` to `MAX_SPACING_MM`, and a direction matrix
-    of unit columns with |det| >= 0.5 (see `_MIN_ABS_DET`)."""
-    origin = np.asarray(origin_xyz, dtype=np.float64).reshape(3)
-    spacing = np.asarray(spacing_xyz, dtype=np.float64).reshape(3)
-    matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
-    fix = "Correct the scan's header (its geometry is damaged), or export the scan again"
+def checked_volume(
+    hu: np.ndarray, origin_xyz, spacing_xyz, direction, series_uid: str, *, path, fix: str = _HEADER_FIX
+) -> CtVolume:
+    """The `CtVolume` a reader built, after the checks every reader shares, as a ScanError naming `path`
+    (and `fix`): finite origin, finite spacing from `MIN_SPACING_MM` to `MAX_SPACING_MM`, and a direction
+    matrix of unit columns with |det| >= 0.5 (see `_MIN_ABS_DET`)."""
+    origin = _floats(origin_xyz, 3, "origin", path=path, fix=fix)
+    spacing = _floats(spacing_xyz, 3, "spacing", path=path, fix=fix)
+    matrix = _floats(direction, 9, "direction matrix", path=path, fix=fix).reshape(3, 3)
     if not np.all(np.isfinite(origin)):
         raise ScanError(f"places the volume at a non-finite origin {origin.tolist()} mm", path=path, fix=fix)
     if not spacing_in_range(spacing):
@@ -147,3 +215,14 @@ def checked_volume(hu: np.ndarray, origin_xyz, spacing_xyz, direction, series_ui
             f"has a direction matrix {np.round(matrix, 6).tolist()} that is not a rotation", path=path, fix=fix
         )
     return CtVolume(hu, origin, spacing, matrix, series_uid=series_uid)
+
+
+def _floats(values, count: int, name: str, *, path, fix: str) -> np.ndarray:
+    """`values` as (count,) float64, or a ScanError naming `path` when they are not `count` numbers."""
+    try:
+        a = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        a = None
+    if a is None or a.size != count:
+        raise ScanError(f"has a {name} of {values!r}, not {count} numbers", path=path, fix=fix)
+    return a.reshape(count)

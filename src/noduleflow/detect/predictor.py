@@ -39,8 +39,25 @@ from noduleflow.data.patches import crop_patch
 from noduleflow.detect.components import Components, find_components
 from noduleflow.detect.contract import Nets, softmax1
 from noduleflow.detect.windows import Window, full_windows, lung_windows, segment_windows
+from noduleflow.errors import NoduleflowError
 
 RUNTIMES = ("auto", "int8", "onnx", "torch")
+FRAME_COLUMNS = (
+    "seriesuid",
+    "coordX",
+    "coordY",
+    "coordZ",
+    "index_i",
+    "index_r",
+    "index_c",
+    "diameter_mm",
+    "probability",
+    "malignancy",
+    "classifier",
+    "segmentation",
+)
+"""The columns of `ScanResult.to_frame`: world mm (X, Y, Z, the LUNA16 CSVs' names), fractional voxel
+indices (I, R, C), then the finding's size and scores as detections.json names them."""
 _AIR_ONLY_HU = -900  # a scan whose every voxel lies below this holds no tissue at all
 
 
@@ -89,6 +106,44 @@ class ScanResult:
     candidates: int = 0
     warnings: list[str] = field(default_factory=list)
     candidate_mask: np.ndarray | None = None
+
+    def to_dict(self) -> dict:
+        """The result as plain JSON types (str, int, float, None, lists, dicts), for `json.dumps` or a notebook.
+
+        Keys: seriesuid, shape (I, R, C voxels), seconds, candidates (scored), warnings, findings. Each finding
+        is its detections.json entry (`Finding.to_dict`: coordX/Y/Z mm, probability, malignancy or None,
+        diameter_mm, classifier, segmentation) plus center_irc (fractional voxel indices), as the server's
+        /v1/scans answer has it. The candidate mask, a whole volume, is left out.
+        """
+        return {
+            "seriesuid": self.series_uid,
+            "shape": [int(n) for n in self.shape],
+            "seconds": float(self.seconds),
+            "candidates": int(self.candidates),
+            "warnings": list(self.warnings),
+            "findings": [dict(f.to_dict(), center_irc=[float(v) for v in f.center_irc]) for f in self.findings],
+        }
+
+    def to_frame(self):
+        """A pandas DataFrame, one row per finding (most probable first), columns `FRAME_COLUMNS`.
+
+        center_irc becomes the columns index_i, index_r, index_c; malignancy is NaN when the run has no
+        malignancy model, so the column stays float. No findings -> an empty frame with the same columns.
+        pandas is imported here only: the rest of detection does without it.
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise NoduleflowError(
+                "ScanResult.to_frame needs pandas, which is not installed", fix="Install it: pip install pandas"
+            ) from None
+        rows = [
+            (self.series_uid, *f.center_xyz, *f.center_irc, f.diameter_mm, f.probability)
+            + (np.nan if f.malignancy is None else f.malignancy, f.classifier, f.segmentation)
+            for f in self.findings
+        ]
+        frame = pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
+        return frame.astype({c: "float64" for c in FRAME_COLUMNS[1:]})
 
 
 class Predictor:

@@ -68,7 +68,7 @@ def test_every_coordinate_lies_inside_its_scan(dataset):
         for row in rows:
             volume = volumes[row["seriesuid"]]
             irc = volume.xyz_to_irc([float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])])
-            assert volume.contains_irc(irc), (name, row)
+            assert np.all((irc >= 0) & (irc < volume.shape)), (name, row)
 
 
 def test_candidates_are_mostly_hard_negatives_with_hits_on_every_nodule(dataset):
