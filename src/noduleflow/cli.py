@@ -1,6 +1,6 @@
 """The `noduleflow` command line: thin typer commands, each parsing flags and calling one library function.
 
-Heavy imports (torch, SimpleITK) happen inside the commands so that `--help` stays instant.
+Heavy imports (torch) happen inside the commands so that `--help` stays instant.
 """
 
 from __future__ import annotations
