@@ -74,7 +74,7 @@ class Luna16Index:
     """Everything known about a LUNA16-layout folder, restricted to the series present on disk.
 
     scans:      series UID -> scan file (subsetN/<uid>.mhd).
-    folds:      series UID -> N of its subsetN folder (LUNA16's ten cross-validation folds).
+    folds:      series UID -> N of its subsetN folder (recorded only: splits are random by series, `split`).
     candidates: candidates.csv joined with the annotations (see `Candidate`).
     nodules:    annotated nodules (from annotations_with_malignancy.csv when present).
     excluded:   annotations_excluded.csv rows (findings that count neither as hit nor as miss).
@@ -97,22 +97,6 @@ class Luna16Index:
     def split(self, *, val_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 0) -> Split:
         """A random split by series, the same for the same seed (see `split_series`)."""
         return split_series(self.series_uids, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-
-    def fold_split(self, val_fold: int, test_fold: int | None = None) -> Split:
-        """LUNA16 cross-validation: subset`val_fold` validates, subset`test_fold` tests, the rest train."""
-        present = sorted(set(self.folds.values()))
-        for fold in (val_fold, test_fold):
-            if fold is not None and fold not in present:
-                raise CsvError(
-                    f"there is no subset{fold} folder with scans", path=self.root, fix=f"Pick a fold among {present}."
-                )
-        if val_fold == test_fold:
-            raise ValueError(f"val_fold and test_fold must differ, got {val_fold} for both")
-        train, val, test = [], [], []
-        for uid in self.series_uids:
-            fold = self.folds[uid]
-            (val if fold == val_fold else test if fold == test_fold else train).append(uid)
-        return Split(tuple(train), tuple(val), tuple(test))
 
     def candidates_of(self, series_uids: Iterable[str], *, keep_excluded: bool = True) -> tuple[Candidate, ...]:
         """The candidates whose series is in `series_uids`, in index order.
