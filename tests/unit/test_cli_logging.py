@@ -4,33 +4,34 @@ import logging
 
 from rich.logging import RichHandler
 
+from noduleflow import cli
+from noduleflow.errors import CsvError
 
-def test_the_cli_installs_one_rich_handler_on_noduleflow_and_none_on_root(run_cli, tmp_path):
+
+def test_the_cli_installs_one_rich_handler_on_noduleflow_and_none_on_root():
     logger, root = logging.getLogger("noduleflow"), logging.getLogger()
-    root_before = list(root.handlers)
-    before = list(logger.handlers)
+    before, root_before, level = list(logger.handlers), list(root.handlers), logger.level
     try:
-        for _ in range(2):  # a second run in the same process adds no second handler
-            code, _, err = run_cli("evaluate", tmp_path / "missing.csv", tmp_path)
-            assert code == 2 and "error:" in err
-        rich = [h for h in logger.handlers if isinstance(h, RichHandler)]
-        assert len(rich) == 1 and logger.level == logging.INFO
+        cli._log_to_terminal()
+        cli._log_to_terminal()  # a second command in the same process adds no second handler
+        assert len([h for h in logger.handlers if isinstance(h, RichHandler)]) == 1 and logger.level == logging.INFO
         assert root.handlers == root_before
     finally:
-        for h in logger.handlers:
-            if h not in before:
-                logger.removeHandler(h)
+        for h in [h for h in logger.handlers if h not in before]:
+            logger.removeHandler(h)
+        logger.setLevel(level)
 
 
-def test_a_library_warning_reaches_the_terminal_once(run_cli, tmp_path, capsys):
-    logger = logging.getLogger("noduleflow")
-    before = list(logger.handlers)
-    try:
-        run_cli("evaluate", tmp_path / "missing.csv", tmp_path)
-        logger.warning("a scan of the previous run is gone; starting afresh")
-        err = capsys.readouterr().err
-        assert err.count("starting afresh") == 1 and "WARNING" in err
-    finally:
-        for h in logger.handlers:
-            if h not in before:
-                logger.removeHandler(h)
+def test_a_library_warning_reaches_the_terminal_once_before_the_error(run_cli, tmp_path, monkeypatch):
+    import noduleflow.evaluate
+
+    def scoring(*args, **kwargs):
+        logging.getLogger("noduleflow").warning("3 marks name no scored scan")
+        raise CsvError("has no scored marks", path=tmp_path / "s.csv", fix="Check it.")
+
+    monkeypatch.setattr(noduleflow.evaluate, "evaluate", scoring)
+    code, _, err = run_cli("evaluate", tmp_path, tmp_path / "s.csv")
+    lines = err.strip().splitlines()
+    assert code == 2 and err.count("3 marks name no scored scan") == 1 and "WARNING" in lines[0]
+    assert lines[-1] == f"error: {tmp_path / 's.csv'}: has no scored marks. Check it."
+    assert not [h for h in logging.getLogger("noduleflow").handlers if isinstance(h, RichHandler)]  # run_cli ends it
