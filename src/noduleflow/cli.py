@@ -1,6 +1,6 @@
 """The `noduleflow` command line: thin typer commands, each parsing flags and calling one library function.
 
-Heavy imports (torch, SimpleITK) happen inside the commands so that `--help` stays instant.
+Heavy imports (torch) happen inside the commands so that `--help` stays instant.
 """
 
 from __future__ import annotations
@@ -43,6 +43,21 @@ def _root(
 
     Start with `noduleflow demo`, or `noduleflow synth data/ --scans 10` for synthetic scans in the LUNA16 layout.
     """
+    _log_to_terminal()
+
+
+def _log_to_terminal() -> None:
+    """The one handler noduleflow installs, and only here: the library's records (logger "noduleflow", INFO and
+    up) on stderr through rich. Never on the root logger; once per process (tests run the CLI many times)."""
+    import logging
+
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("noduleflow")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        logger.addHandler(RichHandler(console=Console(stderr=True), show_time=False, show_path=False))
+    logger.setLevel(logging.INFO)
 
 
 @app.command()
@@ -358,8 +373,6 @@ def serve(
 
     Example: noduleflow serve --run runs/detector   (then open http://127.0.0.1:8000/)
     """
-    import logging
-
     from noduleflow.serve import ServeSettings
 
     settings = ServeSettings.from_env(
@@ -390,8 +403,6 @@ def serve(
 
     from noduleflow.serve.app import create_app
 
-    logging.getLogger("noduleflow").addHandler(logging.StreamHandler())
-    logging.getLogger("noduleflow").setLevel(logging.INFO)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
 

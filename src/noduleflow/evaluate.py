@@ -14,7 +14,8 @@ SUBMISSION is the challenge's CSV, world mm::
 
     seriesuid,coordX,coordY,coordZ,probability[,malignancy]
 
-or a detections JSON, the format `noduleflow detect` writes (world mm, X, Y, Z like the CSVs)::
+or a detections JSON, the format `noduleflow detect` writes (`noduleflow.detect.detections_file`;
+world mm, X, Y, Z like the CSVs)::
 
     {"scans": [{"seriesuid": "1.3.6.1.4...",
                 "findings": [{"coordX": -56.1, "coordY": 67.2, "coordZ": -101.4,
@@ -50,6 +51,7 @@ from noduleflow.data.luna16 import (
     read_nodules,
     require_file,
 )
+from noduleflow.detect import detections_file
 from noduleflow.errors import CsvError
 from noduleflow.figures import save_png
 from noduleflow.files import atomic_write, output_error, writable_dir
@@ -66,10 +68,6 @@ from noduleflow.metrics.froc import (
 
 _XYZ = ("coordX", "coordY", "coordZ")
 _SUBMISSION_COLUMNS = ("seriesuid", *_XYZ, "probability")
-_JSON_FIX = (
-    'Write {"scans": [{"seriesuid": ..., "findings": [{"coordX": .., "coordY": .., "coordZ": .., '
-    '"probability": ..}]}]} (see `noduleflow evaluate --help`).'
-)
 _RATE_LABELS = ("1/8", "1/4", "1/2", "1", "2", "4", "8")
 
 
@@ -207,55 +205,25 @@ def read_submission(path: str | Path) -> list[Mark]:
 
 
 def read_detections(path: str | Path) -> list[Mark]:
-    """The marks of a detections JSON (format in the module docstring)."""
+    """The marks of a detections JSON (format in the module docstring), checked by `detect.detections_file.read`."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        detail = str(err).splitlines()[0][:200] if not isinstance(err, RecursionError) else "nested too deeply"
-        raise CsvError(f"is not valid JSON ({detail})", path=path, fix=_JSON_FIX) from None
-    scans = doc.get("scans") if isinstance(doc, dict) else None
-    if not isinstance(scans, list):
-        raise CsvError('has no "scans" list at the top', path=path, fix=_JSON_FIX)
+    doc = detections_file.read(path)
     if doc.get("complete") is False:
         warnings.warn(
             f"{path}: written by a `noduleflow detect` run that has not finished (or had scans fail); "
             "scans without results count their nodules as missed",
             stacklevel=3,
         )
-    marks = []
-    for i, scan in enumerate(scans):
-        findings = scan.get("findings") if isinstance(scan, dict) else None
-        if (
-            not isinstance(findings, list)
-            or not isinstance(scan.get("seriesuid"), str)
-            or not scan["seriesuid"].strip()
-        ):
-            raise CsvError(f'scans[{i}] lacks a "seriesuid" string or a "findings" list', path=path, fix=_JSON_FIX)
-        for j, finding in enumerate(findings):
-            try:
-                numbers = [finding[key] for key in (*_XYZ, "probability")] + [finding.get("malignancy")]
-                if any(isinstance(v, (bool, str)) for v in numbers):
-                    raise TypeError("a number written as text or a boolean")
-                x, y, z, p = (float(v) for v in numbers[:4])
-                mal = None if numbers[4] is None else float(numbers[4])
-            except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
-                raise CsvError(
-                    f"scans[{i}].findings[{j}] lacks a numeric coordX, coordY, coordZ or probability "
-                    "(or has a non-numeric malignancy)",
-                    path=path,
-                    fix=_JSON_FIX,
-                ) from None
-            if not all(math.isfinite(v) for v in (x, y, z)):
-                raise CsvError(f"scans[{i}].findings[{j}] holds a non-finite coordinate", path=path, fix=_JSON_FIX)
-            if not (0 <= p <= 1 and (mal is None or 0 <= mal <= 1)):
-                raise CsvError(
-                    f"scans[{i}].findings[{j}] has a probability or malignancy outside [0, 1]",
-                    path=path,
-                    fix="Write probabilities as numbers from 0 to 1 (malignancy may be null).",
-                )
-            marks.append(Mark(scan["seriesuid"].strip(), (x, y, z), p, mal))
-    return marks
+    return [
+        Mark(
+            scan["seriesuid"].strip(),
+            tuple(float(f[k]) for k in _XYZ),
+            float(f["probability"]),
+            None if f.get("malignancy") is None else float(f["malignancy"]),
+        )
+        for scan in doc["scans"]
+        for f in scan["findings"]
+    ]
 
 
 def plot_froc(result: FrocResult, path: str | Path) -> Path:

@@ -65,17 +65,34 @@ def test_detect_folder_then_evaluate_both_outputs(trained, tmp_path):
     assert sorted(p.stem for p in (out / "png").glob("*.png")) == scans
     with open(out / "submission.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert all(r["seriesuid"] in scans and 0 <= float(r["probability"]) <= 1 for r in rows)
     doc = json.loads((out / "detections.json").read_text())
     assert sorted(s["seriesuid"] for s in doc["scans"]) == scans
-    findings = [f for s in doc["scans"] for f in s["findings"]]
-    assert len(findings) == len(rows) and all(0 <= f["malignancy"] <= 1 and f["diameter_mm"] > 0 for f in findings)
+    findings = [(s["seriesuid"], f) for s in doc["scans"] for f in s["findings"]]
+    # submission.csv is detections.json's findings, row for row, rounded as the CSV writes them
+    assert [tuple(r.values()) for r in rows] == [
+        (uid, *(f"{f[k]:.3f}" for k in ("coordX", "coordY", "coordZ")), f"{f['probability']:.6f}")
+        for uid, f in findings
+    ]
+    for scan in doc["scans"]:  # most probable first; the score is the two models' product; sizes are sizes
+        probs = [f["probability"] for f in scan["findings"]]
+        assert probs == sorted(probs, reverse=True)
+        for f in scan["findings"]:
+            assert f["probability"] == pytest.approx(f["classifier"] * f["segmentation"], rel=1e-6)
+            assert 0 <= f["malignancy"] <= 1 and f["diameter_mm"] > 0
+    reports = {}
     for name in ("submission.csv", "detections.json"):
         scored = runner.invoke(
             app, ["evaluate", str(data), str(out / name), "--bootstrap", "0", "-o", str(tmp_path / name)]
         )
         assert scored.exit_code == 0, scored.output
-        assert 0.0 <= json.loads((tmp_path / name / "froc.json").read_text())["cpm"] <= 1.0
+        reports[name] = json.loads((tmp_path / name / "froc.json").read_text())
+    # both files score the same marks: the same hits, false positives and CPM (the CSV's rounding aside)
+    csv_report, json_report = reports["submission.csv"], reports["detections.json"]
+    assert (csv_report["hits"], csv_report["false_positives"]) == (json_report["hits"], json_report["false_positives"])
+    assert csv_report["cpm"] == pytest.approx(json_report["cpm"], abs=1e-6)
+    assert csv_report["scans"] == len(scans) and csv_report["nodules"] == len(
+        (data / "annotations.csv").read_text().splitlines()[1:]
+    )
 
 
 def test_detect_one_nifti_scan(trained, tmp_path):

@@ -60,7 +60,7 @@ def test_a_scan_left_out_of_the_submission_counts_its_nodules_as_misses(run_cli,
     assert report["cpm"] == pytest.approx(len(kept) / len(truth))
     assert (report["scans"], report["hits"]) == (2, len(kept))
     assert report["malignancy"] is None  # the CSV has no malignancy column
-    assert (tmp_path / "froc.png").exists()
+    assert (tmp_path / "froc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("beside", ["stale", "broken"])

@@ -71,9 +71,10 @@ def test_balanced_batches_of_synthetic_candidates_match_the_scans(synth_data, pr
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # synth CSVs name only scans on disk
         index = load_index(synth_data)
-    split = index.fold_split(val_fold=2)
-    train = CandidatePatches(ScanCache(synth_data / ".noduleflow-cache"), index.candidates_of(split.train))
-    assert {c.series_uid for c in train.records} == set(split.train) and len(split.val) == 1
+    val = [uid for uid in index.series_uids if index.folds[uid] == 2]  # subset2's one scan held out
+    train_uids = [uid for uid in index.series_uids if uid not in val]
+    train = CandidatePatches(ScanCache(synth_data / ".noduleflow-cache"), index.candidates_of(train_uids))
+    assert {c.series_uid for c in train.records} == set(train_uids) and len(val) == 1
     loader = make_loader(train, 16, workers=2, sampler=train.balanced_sampler(1, num_samples=64, seed=0))
     patches, labels, indices = next(iter(loader))
     assert patches.shape == (16, 1, 32, 48, 48) and labels.tolist() == [1, 0] * 8

@@ -28,7 +28,6 @@ _EXPORTS = {
     "PrepareSummary": "prepare_cache",
     "prepare": "prepare_cache",
     "SegmentationCrops": "segmentation",
-    "SegmentationSlices": "segmentation",
 }
 __all__ = sorted(_EXPORTS)
 

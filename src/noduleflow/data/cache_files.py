@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from noduleflow.errors import CacheError
+from noduleflow.files import atomic_path
 
 CACHE_VERSION = 1
 ENTRY_JSON, HU_NPY, MASK_NPZ = "entry.json", "hu.npy", "lung_mask.npz"
@@ -168,18 +169,15 @@ class HashingWriter:
 
 
 def atomic_write_hashed(path: Path, write) -> dict:
-    """Write through `write(file)` into a temp name beside `path` (holding our pid), fsync, then rename over `path`."""
-    temp = path.with_name(f".{path.name}{TMP}{os.getpid()}")
-    try:
-        with open(temp, "wb") as f:
-            writer = HashingWriter(f)
-            write(writer)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    """Write through `write(file)` atomically (`files.atomic_path`: temp beside `path`, fsync, rename over `path`),
+    hashing the bytes as they pass; returns {"bytes", "blake2b"}.
+
+    The temporary name ends in TMP + our pid, so that a writer that cleans a cache entry can tell a dead
+    writer's leftovers from a live one's.
+    """
+    with atomic_path(path, suffix=f"{TMP}{os.getpid()}") as temp, open(temp, "wb") as f:
+        writer = HashingWriter(f)
+        write(writer)
     return {"bytes": writer.bytes, "blake2b": writer.hash.hexdigest()}
 
 

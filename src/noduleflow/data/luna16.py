@@ -25,13 +25,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from noduleflow.data.hit_rule import hits
 from noduleflow.errors import CsvError, ScanError
 
 SCAN_SUFFIXES = (".mhd", ".mha", ".nii.gz", ".nii")
 _SUBSET = re.compile(r"^subset(\d+)$")
 _XYZ = ("coordX", "coordY", "coordZ")
-UNKNOWN_DIAMETER_MM = 10.0
-"""Diameter read for a finding stored with a negative one (-1: size unknown, in annotations_excluded.csv), as the LUNA16 evaluation does."""
 MAX_DIAMETER_MM = 150.0
 """Largest diameter a CSV may give: half a chest. A larger one (or infinity) would turn any mark in the scan into a hit."""
 
@@ -75,7 +74,7 @@ class Luna16Index:
     """Everything known about a LUNA16-layout folder, restricted to the series present on disk.
 
     scans:      series UID -> scan file (subsetN/<uid>.mhd).
-    folds:      series UID -> N of its subsetN folder (LUNA16's ten cross-validation folds).
+    folds:      series UID -> N of its subsetN folder (recorded only: splits are random by series, `split`).
     candidates: candidates.csv joined with the annotations (see `Candidate`).
     nodules:    annotated nodules (from annotations_with_malignancy.csv when present).
     excluded:   annotations_excluded.csv rows (findings that count neither as hit nor as miss).
@@ -99,22 +98,6 @@ class Luna16Index:
         """A random split by series, the same for the same seed (see `split_series`)."""
         return split_series(self.series_uids, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
 
-    def fold_split(self, val_fold: int, test_fold: int | None = None) -> Split:
-        """LUNA16 cross-validation: subset`val_fold` validates, subset`test_fold` tests, the rest train."""
-        present = sorted(set(self.folds.values()))
-        for fold in (val_fold, test_fold):
-            if fold is not None and fold not in present:
-                raise CsvError(
-                    f"there is no subset{fold} folder with scans", path=self.root, fix=f"Pick a fold among {present}."
-                )
-        if val_fold == test_fold:
-            raise ValueError(f"val_fold and test_fold must differ, got {val_fold} for both")
-        train, val, test = [], [], []
-        for uid in self.series_uids:
-            fold = self.folds[uid]
-            (val if fold == val_fold else test if fold == test_fold else train).append(uid)
-        return Split(tuple(train), tuple(val), tuple(test))
-
     def candidates_of(self, series_uids: Iterable[str], *, keep_excluded: bool = True) -> tuple[Candidate, ...]:
         """The candidates whose series is in `series_uids`, in index order.
 
@@ -137,7 +120,7 @@ class Luna16Index:
 
 
 def on_findings(series_uids: Sequence[str], points_xyz: np.ndarray, findings: Sequence[Nodule]) -> np.ndarray:
-    """(N,) bool: which points lie closer to a finding of their own series than its radius (d / 2; d < 0: UNKNOWN_DIAMETER_MM)."""
+    """(N,) bool: which points hit a finding of their own series (`hit_rule.hits`: closer than its radius)."""
     hit = np.zeros(len(series_uids), dtype=bool)
     by_series: dict[str, list[int]] = {}
     for i, uid in enumerate(series_uids):
@@ -146,9 +129,7 @@ def on_findings(series_uids: Sequence[str], points_xyz: np.ndarray, findings: Se
         mine = [f for f in findings if f.series_uid == uid]
         if mine:
             centres = np.array([f.center_xyz for f in mine])  # (F, 3)
-            radius = np.array([f.diameter_mm if f.diameter_mm >= 0 else UNKNOWN_DIAMETER_MM for f in mine]) / 2  # (F,)
-            d2 = ((points_xyz[rows, None, :] - centres[None]) ** 2).sum(-1)  # (n, F)
-            hit[rows] = (d2 < radius**2).any(axis=1)
+            hit[rows] = hits(centres, [f.diameter_mm for f in mine], points_xyz[rows]).any(axis=0)  # (n,)
     return hit
 
 
@@ -361,7 +342,7 @@ def read_nodules(
 
     diameter_mm must be in (0, MAX_DIAMETER_MM]: a diameter of 0 makes a mark on the centre miss and
     an infinite one makes every mark hit. `excluded`: annotations_excluded.csv, where a negative
-    diameter (LUNA16 writes -1) means "size unknown" (read as UNKNOWN_DIAMETER_MM when matching).
+    diameter (LUNA16 writes -1) means "size unknown" (read as `hit_rule.UNKNOWN_DIAMETER_MM` when matching).
     """
     columns = ("seriesuid", *_XYZ, "diameter_mm") + (("mal_bool",) if malignancy else ())
     frame = read_csv(path, columns)
@@ -423,12 +404,16 @@ def _read_candidates(
 
 
 def nearest(center: list[float], nodules: Iterable[Nodule]) -> Nodule | None:
-    best, best_mm = None, np.inf
-    for nodule in nodules:
-        mm = float(np.linalg.norm(np.subtract(center, nodule.center_xyz)))
-        if mm <= nodule.diameter_mm / 2 and mm < best_mm:
-            best, best_mm = nodule, mm
-    return best
+    """The nodule that `center` (mm, X, Y, Z) hits (`hit_rule.hits`) whose centre is closest; None if it hits none."""
+    nodules = list(nodules)
+    if not nodules:
+        return None
+    centres = np.array([n.center_xyz for n in nodules])  # (F, 3)
+    hit = hits(centres, [n.diameter_mm for n in nodules], [center])[:, 0]  # (F,)
+    if not hit.any():
+        return None
+    d2 = np.where(hit, ((centres - np.asarray(center, dtype=np.float64)) ** 2).sum(axis=1), np.inf)
+    return nodules[int(d2.argmin())]
 
 
 def _parse_bool(value, path: Path) -> bool:

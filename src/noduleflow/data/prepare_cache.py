@@ -188,10 +188,7 @@ def _run(jobs: list[tuple], workers: int):
 
 
 def _init_worker(parent_pid: int) -> None:
-    """One ITK thread per worker process (the processes already use every core); die with the parent."""
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    """Die with the parent (the readers are our own numpy code: no library thread pool to size here)."""
     _die_with_parent(parent_pid)
 
 

@@ -1,4 +1,4 @@
-"""Segmentation samples on the scan cache: crops (training) and whole slices or volumes (validation).
+"""Segmentation samples on the scan cache: random crops around nodules and lung voxels, for training.
 
 The nodule mask is built on the fly from the annotations: a ball of the annotated diameter around
 each centre, measured in world mm (so it stays round in anisotropic scans), intersected with
@@ -134,39 +134,3 @@ class SegmentationCrops(Dataset):
         draws = lo + (torch.rand(tries, 3, dtype=torch.float64).numpy() * extent).astype(np.int64)  # (tries, 3)
         hits = np.flatnonzero(mask.contains(draws)) if not mask.empty else np.zeros(1, np.int64)
         return draws[hits[0] if hits.size else 0]
-
-
-class SegmentationSlices(Dataset):
-    """Every slice of the given series, whole, for validation: (image (2k + 1, R, C), mask (1, R, C), index).
-
-    `keys[index]` is (series UID, slice). `volume(uid)` gives a whole scan for 3D models.
-    """
-
-    def __init__(
-        self,
-        cache: ScanCache,
-        nodules: Sequence[Nodule],
-        series_uids: Sequence[str],
-        *,
-        context: int = 3,
-        hu_threshold: float = NODULE_MIN_HU,
-    ):
-        self.scans = OpenScans(cache)
-        keep = set(series_uids)
-        self.masks = NoduleMasks(self.scans, [n for n in nodules if n.series_uid in keep], hu_threshold)
-        self.context = int(context)
-        self.keys = tuple((uid, i) for uid in sorted(keep) for i in range(self.scans(uid).shape[0]))
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __getitem__(self, index: int):
-        uid, i = self.keys[index]
-        _, rows, cols = self.scans(uid).shape
-        hu, mask = self.masks.block(uid, (i - self.context, 0, 0), (2 * self.context + 1, rows, cols))
-        return torch.from_numpy(hu_to_unit(hu)), torch.from_numpy(mask[self.context][None].copy()), torch.tensor(index)
-
-    def volume(self, series_uid: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """A whole scan: (image (1, I, R, C) float32, mask (1, I, R, C) bool)."""
-        hu, mask = self.masks.block(series_uid, (0, 0, 0), self.scans(series_uid).shape)
-        return torch.from_numpy(hu_to_unit(hu))[None], torch.from_numpy(mask)[None]

@@ -4,9 +4,8 @@ SOURCE is a scan file (.mhd, .mha, .nii, .nii.gz), a DICOM series folder, or a L
 folder (its subset*/ scans). OUT receives::
 
     submission.csv      seriesuid,coordX,coordY,coordZ,probability   (LUNA16 format, world mm)
-    detections.json     {"settings": {...}, "complete": bool, "failed": {source: reason},
-                         "scans": [{"seriesuid", "source", "files", "findings": [{coordX.., probability, malignancy,
-                                    diameter_mm}], ...}]}
+    detections.json     {"format": 2, "settings": {...}, "complete": bool, "failed": {source: reason},
+                         "scans": [{"seriesuid", "source", "files", "findings": [...]}]} (`detections_file`)
     png/<name>.png      axial slices through each scan's top findings; name = safe_name(seriesuid)
     markups/<name>.mrk.json, masks/<name>.nii.gz, sr/<name>.dcm (DICOM series only): `detect.outputs`
 
@@ -34,20 +33,20 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from noduleflow.ct import CtVolume, read_volume
+from noduleflow.detect import detections_file
 from noduleflow.detect.outputs import MARKUPS_DIR, MASKS_DIR, SR_DIR, scan_name, series_uid, write_scan_outputs
 from noduleflow.detect.predictor import Predictor, ScanResult
 from noduleflow.detect.render import write_scan_png
-from noduleflow.errors import CheckpointError, ConfigError, NoduleflowError, OutputError, ScanError
+from noduleflow.errors import CheckpointError, ConfigError, CsvError, NoduleflowError, OutputError, ScanError
 from noduleflow.files import atomic_open, output_error, writable_dir
 
-SUBMISSION_CSV, DETECTIONS_JSON, PNG_DIR = "submission.csv", "detections.json", "png"
+SUBMISSION_CSV, DETECTIONS_JSON, PNG_DIR = "submission.csv", detections_file.NAME, "png"
 PER_SCAN_DIRS = (
     PNG_DIR,
     MARKUPS_DIR,
     MASKS_DIR,
     SR_DIR,
 )  # folders of OUT that hold only per-scan files `_write_scan` wrote: a fresh job empties them
-_FORMAT = 2  # of detections.json: 2 added settings, complete, failed and per-scan source and files
 _LISTED_FAILURES = 3  # failed scans named in the final error (all are printed as they fail)
 log = logging.getLogger("noduleflow")
 
@@ -270,17 +269,11 @@ class DetectionsFile:
             for e in entries
             for f in e["findings"]
         ]
-        doc = {
-            "format": _FORMAT,
-            "settings": self.settings,
-            "complete": complete,
-            "failed": self.failed,
-            "scans": entries,
-        }
+        doc = detections_file.document(self.settings, complete, self.failed, entries)
         # detections.json last: a crash between the two leaves a json that does not yet claim the scan,
         # so a rerun redoes it and rewrites both
         _write_text(self.out / SUBMISSION_CSV, lambda fh: csv.writer(fh, lineterminator="\n").writerows(rows))
-        _write_text(self.out / DETECTIONS_JSON, lambda fh: fh.write(json.dumps(doc, indent=1) + "\n"))
+        detections_file.write(self.out / DETECTIONS_JSON, doc)
 
 
 def write_results(results: list[ScanResult], out: str | Path) -> tuple[Path, Path]:
@@ -298,15 +291,15 @@ def _key(source: Path) -> str:
 
 def _entry(source: str, result: ScanResult, files: list[str]) -> dict:
     """One scan's detections.json entry: everything submission.csv and the summary are made of."""
-    return {
-        "seriesuid": series_uid(result, Path(source)),
-        "source": source,
-        "files": files,
-        "candidates": result.candidates,
-        "seconds": round(result.seconds, 3),
-        "warnings": list(result.warnings),
-        "findings": [f.to_dict() for f in result.findings],
-    }
+    return detections_file.scan_entry(
+        series_uid(result, Path(source)),
+        source,
+        files,
+        candidates=result.candidates,
+        seconds=result.seconds,
+        warnings=list(result.warnings),
+        findings=[f.to_dict() for f in result.findings],
+    )
 
 
 def _write_text(path: Path, write) -> None:
@@ -326,20 +319,7 @@ def _read_previous(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        if doc.get("format") != _FORMAT or not isinstance(doc.get("settings"), dict):
-            raise ValueError("another format")
-        for e in doc["scans"]:  # what `begin` and `write` rely on
-            if not (
-                isinstance(e["seriesuid"], str)
-                and isinstance(e["source"], str)
-                and all(isinstance(f, str) for f in e["files"])
-            ):
-                raise ValueError("a scan entry of the wrong type")
-            for f in e["findings"]:
-                if not all(isinstance(f[k], (int, float)) for k in ("coordX", "coordY", "coordZ", "probability")):
-                    raise ValueError("a finding without numbers")
-        return doc
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        log.warning("%s: not a detections file of this version (%s); starting afresh", path, err)
+        return detections_file.read(path, own=True)
+    except CsvError as err:
+        log.warning("%s: not a detections file of this version (%s); starting afresh", path, err.what)
         return {}

@@ -76,7 +76,7 @@ class Finding:
     classifier: float
 
     def to_dict(self) -> dict:
-        """The finding as `detections.json` writes it (see `noduleflow.evaluate`)."""
+        """The finding as `detections.json` writes it (`noduleflow.detect.detections_file`)."""
         x, y, z = self.center_xyz
         return {
             "coordX": x,

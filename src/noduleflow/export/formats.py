@@ -49,6 +49,39 @@ def _quiet(*loggers: str):
             logger.setLevel(level)
 
 
+class _NamedLogging:
+    """Stands in for the `logging` module inside a library that logs through the root logger (`logging.warning(...)`):
+    the same calls, sent to the library module's own named logger, so `_quiet` can silence them and the root
+    logger is never touched (a root-level call on a root without handlers would even install one: basicConfig)."""
+
+    def __init__(self, name: str):
+        self._logger = logging.getLogger(name)
+        for level in ("debug", "info", "warning", "error", "critical", "exception", "log"):
+            setattr(self, level, getattr(self._logger, level))
+
+    def __getattr__(self, name: str):
+        return getattr(logging, name)  # everything else (levels, getLogger, Handler...) is the real module's
+
+
+@contextlib.contextmanager
+def _named_loggers(package: str):
+    """While inside, the loaded modules of `package` that log through the root logger log through their own name."""
+    import sys
+
+    patched = [
+        (module, module.logging)
+        for name, module in list(sys.modules.items())
+        if (name == package or name.startswith(package + ".")) and getattr(module, "logging", None) is logging
+    ]
+    try:
+        for module, _ in patched:
+            module.logging = _NamedLogging(module.__name__)
+        yield
+    finally:
+        for module, original in patched:
+            module.logging = original
+
+
 def export_onnx(
     model: torch.nn.Module, example: torch.Tensor, path: str | Path, *, multiple: int | None = None
 ) -> Path:
@@ -103,24 +136,18 @@ def quantize_onnx(source: str | Path, target: str | Path, inputs: Iterable[np.nd
 
     with tempfile.TemporaryDirectory() as folder:
         prepared = Path(folder) / "prepared.onnx"
-        root = logging.getLogger()  # onnxruntime.quantization logs through the root logger
-        level = root.level
-        root.setLevel(logging.ERROR)
-        try:
-            with _quiet("onnxruntime"), atomic_path(target) as tmp:
-                quant_pre_process(
-                    str(source), str(prepared), skip_symbolic_shape=True
-                )  # dynamic sizes: ONNX's own inference
-                quantize_static(
-                    str(prepared),
-                    str(tmp),
-                    Reader(),
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=True,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax,
-                )
-            return target
-        finally:
-            root.setLevel(level)
+        with _quiet("onnxruntime"), _named_loggers("onnxruntime.quantization"), atomic_path(target) as tmp:
+            quant_pre_process(
+                str(source), str(prepared), skip_symbolic_shape=True
+            )  # dynamic sizes: ONNX's own inference
+            quantize_static(
+                str(prepared),
+                str(tmp),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+            )
+        return target

@@ -1,1 +1,1 @@
-"""Evaluation metrics: classification (P/R/F1, ROC AUC); segmentation and FROC live beside it."""
+"""Evaluation metrics: classification (P/R/F1, ROC AUC) and the LUNA16 FROC beside it."""

@@ -8,8 +8,8 @@ calculator"). Its rules, reproduced here in numpy:
   strictly above its 101st highest; marks tied with the 101st are dropped too (so it may keep fewer
   than 100). The script does this silently; `Matching.n_dropped` counts them.
 * A mark hits a finding when its squared distance to the finding's centre is < (diameter / 2)^2, in
-  mm. There is no minimum radius; only a negative diameter (-1: size unknown, in
-  annotations_excluded.csv) is read as 10 mm.
+  mm (`data.hit_rule.hits`, the one definition). There is no minimum radius; only a negative
+  diameter (-1: size unknown, in annotations_excluded.csv) is read as 10 mm.
 * A nodule hit by several marks counts once, with the highest probability among them; the other
   marks are neither TP nor FP. A mark inside two overlapping nodules counts for both.
 * Marks that hit an excluded finding (annotations_excluded.csv) and no nodule are ignored.
@@ -38,7 +38,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from noduleflow.data.luna16 import UNKNOWN_DIAMETER_MM, Nodule
+from noduleflow.data import hit_rule
+from noduleflow.data.luna16 import Nodule
 from noduleflow.metrics.classification import roc_auc
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # FPs per scan where the CPM is read
@@ -169,10 +170,10 @@ def match_marks(
     m_scan, m_xyz = _locate(marks, index)
     prob = np.array([m.probability for m in marks], dtype=np.float64)
     n_scan, n_xyz = _locate(nodules, index)
-    n_r2 = _radius_sq(nodules)
+    n_diam = np.array([n.diameter_mm for n in nodules], dtype=np.float64)
     x_kept = [n for n in excluded if n.series_uid in index]
     x_scan, x_xyz = _locate(x_kept, index)
-    x_r2 = _radius_sq(x_kept)
+    x_diam = np.array([n.diameter_mm for n in x_kept], dtype=np.float64)
 
     best = np.full(len(nodules), -1, dtype=np.int64)
     hit_rows, fp_rows = [], []
@@ -185,8 +186,8 @@ def match_marks(
             n_dropped += int((prob[mine] <= cut).sum())
             mine = mine[prob[mine] > cut]
         n_marks += mine.size
-        hit = _sq_dist(n_xyz[n_groups[s]], m_xyz[mine]) < n_r2[n_groups[s], None]  # (N_s, M_s)
-        on_excluded = (_sq_dist(x_xyz[x_groups[s]], m_xyz[mine]) < x_r2[x_groups[s], None]).any(axis=0)
+        hit = hit_rule.hits(n_xyz[n_groups[s]], n_diam[n_groups[s]], m_xyz[mine])  # (N_s, M_s)
+        on_excluded = hit_rule.hits(x_xyz[x_groups[s]], x_diam[x_groups[s]], m_xyz[mine]).any(axis=0)  # (M_s,)
         used = hit.any(axis=0)
         found = hit.any(axis=1)
         top = (
@@ -295,23 +296,11 @@ def _locate(items: Sequence, index: dict[str, int]) -> tuple[np.ndarray, np.ndar
     return scan, xyz
 
 
-def _radius_sq(findings: Sequence[Nodule]) -> np.ndarray:
-    diameter = np.array([f.diameter_mm for f in findings], dtype=np.float64)
-    diameter = np.where(diameter < 0, UNKNOWN_DIAMETER_MM, diameter)
-    return (diameter / 2.0) ** 2
-
-
 def _groups(scan: np.ndarray, n_scans: int) -> list[np.ndarray]:
     """Indices of the items of each scan, in input order (the order the script breaks ties in)."""
     order = np.argsort(scan, kind="stable")
     bounds = np.searchsorted(scan[order], np.arange(n_scans + 1))
     return [order[bounds[s] : bounds[s + 1]] for s in range(n_scans)]
-
-
-def _sq_dist(centres: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """(N, 3) and (M, 3) mm -> (N, M) squared distances, summed x, y, z in the script's order."""
-    d = centres[:, None, :] - points[None, :, :]
-    return d[..., 0] ** 2 + d[..., 1] ** 2 + d[..., 2] ** 2
 
 
 def _step_ends(prob_desc: np.ndarray) -> np.ndarray:

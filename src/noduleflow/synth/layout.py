@@ -18,7 +18,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from noduleflow.ct import CtVolume, write_volume
 from noduleflow.errors import NoduleflowError
@@ -85,6 +84,8 @@ def write_scan(out: Path, volume: CtVolume, mhd: Path, key: str, rows: dict) -> 
         write_volume(volume, tmp_dir / mhd.name)
         mhd.parent.mkdir(parents=True, exist_ok=True)
         files = {}
+        # Hand-written renames, not files.atomic_path: one writer makes both files and the header names the
+        # .raw by its final name, so both are written under their final names in a private folder, then moved.
         for suffix in (".raw", ".mhd"):  # data first: the header makes the scan visible
             final = mhd.with_suffix(suffix)
             files[final.relative_to(out).as_posix()] = _sha256(tmp_dir / final.name)
@@ -145,8 +146,8 @@ def remove_stale(out: Path, keep: dict[str, Path]) -> int:
 
 
 def code_digest() -> str:
-    """SHA-256 of what decides a scan's bytes (this package, the CT writers, numpy and SimpleITK): part of every key."""
-    h = hashlib.sha256(f"{np.__version__} {sitk.Version_VersionString()}".encode())
+    """SHA-256 of what decides a scan's bytes (this package, the CT writers and numpy): part of every key."""
+    h = hashlib.sha256(f"{np.__version__}".encode())
     roots = [Path(__file__).parent, Path(__file__).parent.parent / "ct"]
     for path in sorted(p for root in roots for p in root.rglob("*.py")):
         h.update(path.name.encode())

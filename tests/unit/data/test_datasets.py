@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from luna_phantoms import NODULE_DIAMETER_MM, NODULE_HU, NODULE_IRC, SHAPE, nodule_xyz, phantom
+from luna_phantoms import NODULE_DIAMETER_MM, NODULE_HU, SHAPE, nodule_xyz, phantom
 from scipy.spatial.transform import Rotation
 from torch.utils.data import default_collate
 
@@ -13,7 +13,7 @@ from noduleflow.ct import geometry
 from noduleflow.data.datasets import CandidatePatches, MalignancySamples
 from noduleflow.data.luna16 import Candidate, Nodule
 from noduleflow.data.patches import crop, crop_mm, sphere_mask
-from noduleflow.data.segmentation import SegmentationCrops, SegmentationSlices
+from noduleflow.data.segmentation import SegmentationCrops
 
 DISK_VOXELS = np.pi * (NODULE_DIAMETER_MM / 2 / 0.8) ** 2  # ~44 in the centre slice
 BALL_VOXELS = 4 / 3 * np.pi * (NODULE_DIAMETER_MM / 2) ** 3 / (0.8 * 0.8 * 2.0)  # ~88
@@ -156,19 +156,6 @@ def test_random_lung_crops_are_centred_inside_the_lungs(luna_prepared):
         assert mask.contains(centres).all() and len({tuple(c) for c in centres}) > 10
     image, mask, _ = ds[11]
     assert image.shape == (7, 64, 64) and mask.shape == (1, 64, 64)
-
-
-def test_full_slices_and_volume_for_validation(luna_prepared):
-    uid = luna_prepared["uids"][0]
-    ds = SegmentationSlices(luna_prepared["cache"], _nodules(luna_prepared), [uid], context=1)
-    assert len(ds) == SHAPE[0] and ds.keys[NODULE_IRC[0]] == (uid, NODULE_IRC[0])
-    image, mask, _ = ds[NODULE_IRC[0]]
-    assert image.shape == (3, 64, 64) and 0.8 * DISK_VOXELS <= mask.sum() <= 1.2 * DISK_VOXELS
-    assert ds[5][1].sum() == 0 and (ds[0][0][0] == -1).all()  # slice -1 is padding
-    volume, full_mask = ds.volume(uid)
-    assert volume.shape == (1, *SHAPE) and full_mask.shape == (1, *SHAPE)
-    assert 0.8 * BALL_VOXELS <= full_mask.sum() <= 1.2 * BALL_VOXELS
-    assert torch.equal(full_mask[0, NODULE_IRC[0]], mask[0])
 
 
 def test_sphere_mask_is_round_in_world_mm_for_oblique_anisotropic_grids():

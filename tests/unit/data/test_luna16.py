@@ -94,15 +94,6 @@ def test_candidates_of_a_split_never_leak_across_series(luna):
     assert {c.series_uid for c in train}.isdisjoint({c.series_uid for c in val})
 
 
-def test_subset_folders_are_cross_validation_folds(luna):
-    with pytest.warns(UserWarning):
-        index = load_index(luna["root"])
-    split = index.fold_split(val_fold=1)
-    assert split.val == (luna["uids"][2],) and set(split.train) == set(luna["uids"][:2]) and split.test == ()
-    with pytest.raises(CsvError, match="no subset7 folder"):
-        index.fold_split(val_fold=7)
-
-
 def test_candidates_on_excluded_findings_can_be_left_out_but_nodules_never(luna):
     with pytest.warns(UserWarning):
         index = load_index(luna["root"])

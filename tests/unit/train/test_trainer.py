@@ -75,7 +75,7 @@ def test_val_every_validates_every_nth_epoch_and_the_last_and_picks_best_among_t
     best = max(validated, key=lambda r: r["val_accuracy"])  # the first of equals, as _update_best keeps it
     assert summary["best_epoch"] == best["epoch"] and load_checkpoint(tmp_path / "best.pt")["epoch"] == best["epoch"]
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 5
-    assert (tmp_path / "curves.png").is_file()
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_val_every_0_validates_only_the_last_epoch(tmp_path):

@@ -35,7 +35,7 @@ def test_forward_backward(name, dims):
 
 
 def test_registry_lists_all_architectures():
-    assert {"nodule_classifier", "nodule_net", "unet", "digits_cnn"} <= set(list_models())
+    assert sorted(list_models()) == ["digits_cnn", "nodule_classifier", "nodule_net", "unet"]
 
 
 def test_unknown_model_lists_known_names():
