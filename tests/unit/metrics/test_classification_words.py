@@ -97,3 +97,14 @@ def test_evaluate_names_the_missing_malignancy_class_instead_of_an_undefined_auc
     report = Evaluation(froc, MalignancyScore(auc, 4, malignant), "annotations.csv", tmp_path / "j", tmp_path / "p")
     lines = report.describe().splitlines()
     assert lines[1] == words and not re.search(r"\bnan\b", report.describe())  # "malignancy" holds "nan"
+
+
+def test_a_run_summary_without_positives_prints_words_not_nan(tmp_path):
+    from noduleflow.train.run import RunResult
+
+    best = {"best_epoch": 0, "val_ap": -math.inf, "epochs": 2, "steps": 4, "stopped_early": False}
+    test = {"loss": 0.3, "accuracy": 0.9, "recall": 0.0, "auc": math.nan, "ap": math.nan, "f1_best": math.nan}
+    text = RunResult(tmp_path, best, test, 1.0).describe()
+    assert "best best_epoch 0, val_ap n/a" in text
+    assert text.splitlines()[-1] == "test loss 0.3000  accuracy 0.9000  no positive in the test split"
+    assert not re.search(r"\b(nan|inf)\b", text)
