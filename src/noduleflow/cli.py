@@ -137,7 +137,7 @@ def evaluate(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the demo's data, runs and results."),
-    scans: int = typer.Option(12, "--scans", min=2, help="Synthetic training scans to generate."),
+    scans: int = typer.Option(24, "--scans", min=2, help="Synthetic training scans to generate."),
     held_out: int = typer.Option(
         12, "--held-out", min=1, help="Synthetic held-out scans (another seed) to detect on and score."
     ),

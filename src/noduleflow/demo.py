@@ -29,7 +29,7 @@ from noduleflow.files import atomic_write, output_error, writable_dir
 log = logging.getLogger("noduleflow")
 
 _HELD_OUT_SEED_OFFSET = 10_000  # held-out scans never share a seed with training scans
-DEMO_SCANS = 12
+DEMO_SCANS = 24
 """Synthetic training scans (small, 256 x 256 in-plane at most)."""
 DEMO_HELD_OUT = 12
 """Held-out scans, detected and scored: at least 20 nodules with the default seed."""
