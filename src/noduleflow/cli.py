@@ -153,27 +153,27 @@ def evaluate(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the demo's data, runs and results."),
-    scans: int = typer.Option(12, "--scans", min=2, help="Synthetic training scans to generate."),
+    scans: int = typer.Option(24, "--scans", min=2, help="Synthetic training scans to generate."),
     held_out: int = typer.Option(
-        3, "--held-out", min=1, help="Synthetic held-out scans (another seed) to detect on and score."
+        12, "--held-out", min=1, help="Synthetic held-out scans (another seed) to detect on and score."
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed of the synthetic data and the training."),
     scale: float = typer.Option(
-        0.25,
-        "--scale",
-        min=0.001,
-        help="Fraction of the default detector recipe's training (1.0: about 28 minutes on 2 cores).",
+        0.25, "--scale", min=0.001, help="Fraction of the default detector recipe's training samples per epoch."
+    ),
+    mine: bool = typer.Option(
+        True, "--mine/--no-mine", help="Train the classifier on the U-Net's own false positives too (recipes.mining)."
     ),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch; 0 keeps PyTorch's choice."),
 ) -> None:
-    """Run the whole pipeline on built-in synthetic CT: synthesize, train, detect, evaluate.
+    """Run the whole pipeline on built-in synthetic CT: synthesize, train, detect, evaluate; the last line is `CPM X`.
 
-    Writes OUT/data and OUT/held_out (scans, CSVs, previews), OUT/runs/detector (models, training curves), OUT/detections (LUNA16 submission, detections.json, PNGs) and OUT/evaluation (FROC). A second run reuses the trained detector.
+    Writes OUT/data and OUT/held_out (scans, CSVs, previews), OUT/runs/detector (models, training curves), OUT/detections (LUNA16 submission, detections.json, PNGs), OUT/evaluation (FROC) and OUT/timings.json (seconds per stage). A second run reuses the trained detector.
     Example: noduleflow demo --out demo
     """
     from noduleflow.demo import run_demo
 
-    run_demo(out, scans=scans, held_out=held_out, seed=seed, scale=scale, threads=threads)
+    run_demo(out, scans=scans, held_out=held_out, seed=seed, scale=scale, threads=threads, mine=mine)
 
 
 class Runtime(StrEnum):

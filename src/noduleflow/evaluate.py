@@ -98,8 +98,13 @@ class Evaluation:
             )
         if self.malignancy is not None:
             mal = self.malignancy
-            auc = "undefined (needs both classes)" if math.isnan(mal.auc) else f"{mal.auc:.3f}"
-            lines.append(f"malignancy ROC AUC {auc} over {mal.nodules} hit nodules ({mal.malignant} malignant)")
+            if mal.malignant == 0 or mal.malignant == mal.nodules:  # the AUC (NaN) needs both classes
+                missing = "positive (malignant)" if mal.malignant == 0 else "negative (benign)"
+                lines.append(f"malignancy: no {missing} among the {mal.nodules} hit nodules, so no ROC AUC")
+            else:
+                lines.append(
+                    f"malignancy ROC AUC {mal.auc:.3f} over {mal.nodules} hit nodules ({mal.malignant} malignant)"
+                )
         lines.append(f"wrote {self.json_path} and {self.png_path}")
         return "\n".join(lines)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -95,8 +95,14 @@ class Luna16Index:
         return tuple(sorted(self.scans))
 
     def split(self, *, val_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 0) -> Split:
-        """A random split by series, the same for the same seed (see `split_series`)."""
-        return split_series(self.series_uids, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+        """A random split by series, the same for the same seed, stratified by `series_strata` (see `split_series`)."""
+        return split_series(
+            self.series_uids,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+            strata=series_strata(self.nodules),
+        )
 
     def candidates_of(self, series_uids: Iterable[str], *, keep_excluded: bool = True) -> tuple[Candidate, ...]:
         """The candidates whose series is in `series_uids`, in index order.
@@ -196,25 +202,93 @@ def load_index(root: str | Path, *, extra_candidates: Iterable[str | Path] = (),
 
 
 def split_series(
-    series_uids: Iterable[str], *, val_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 0
+    series_uids: Iterable[str],
+    *,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    strata: Mapping[str, str] | None = None,
 ) -> Split:
     """Shuffle the series with `seed` and cut them into train / val / test.
 
     Deterministic: the sorted UIDs are permuted by `np.random.default_rng(seed)`, so the split does
     not depend on the order of the input. A non-zero fraction gets at least one series whenever
     that still leaves one for training.
+    strata: series UID -> label (e.g. `series_strata`: "" for a series without nodules, absent counts as "").
+    Each label is then spread over the parts in proportion; training gets a series of every non-empty
+    label, then val one of every non-empty label that training (or else test) can spare, then test: without
+    a nodule in validation, AP, AUC and the best epoch are undefined. The parts keep their sizes.
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(
             f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) and sum below 1"
         )
     uids = sorted(set(series_uids))
-    order = [uids[i] for i in np.random.default_rng(seed).permutation(len(uids))]
+    rng = np.random.default_rng(seed)
     n_val, n_test = (_count(len(uids), f) for f in (val_fraction, test_fraction))
     while n_val + n_test >= len(uids) and n_val + n_test > 0:
         n_val, n_test = (n_val - 1, n_test) if n_val >= n_test else (n_val, n_test - 1)
+    if strata is None:
+        order = [uids[i] for i in rng.permutation(len(uids))]
+        val, test, train = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
+        return Split(tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test)))
+    label = {uid: strata.get(uid, "") or "" for uid in uids}
+    order = _stratified_order(uids, label, rng)
     val, test, train = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
+    coarse = {uid: "nodule" if name else "" for uid, name in label.items()}
+    for labels, guard in ((coarse, False), (label, True)):  # "has nodules" first, then the finer labels
+        for wanted in sorted(set(labels.values()) - {""}):  # training first: a label it never sees cannot be learned
+            _move_one(train, val, wanted, labels, keep=0, guard=guard)
+            _move_one(train, test, wanted, labels, keep=0, guard=guard)
+            _move_one(val, train, wanted, labels, keep=1, guard=guard)
+            _move_one(val, test, wanted, labels, keep=0, guard=guard)  # validation picks the best epoch: before test
+            _move_one(test, train, wanted, labels, keep=1, guard=guard)
     return Split(tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test)))
+
+
+def series_strata(nodules: Iterable[Nodule]) -> dict[str, str]:
+    """Series UID -> "malignant" (a malignant nodule), "benign" (labelled nodules, none malignant) or "nodule"
+    (nodules without labels); series without nodules are absent. What `split_series` stratifies by."""
+    kinds: dict[str, set[bool | None]] = {}
+    for nodule in nodules:
+        kinds.setdefault(nodule.series_uid, set()).add(nodule.malignant)
+    return {
+        uid: "malignant" if True in found else "benign" if False in found else "nodule" for uid, found in kinds.items()
+    }
+
+
+def _stratified_order(uids: list[str], label: dict[str, str], rng: np.random.Generator) -> list[str]:
+    """All series, each label's members shuffled and spaced evenly over [0, 1) from a random offset, then merged:
+    any prefix of the order holds each label in proportion (systematic sampling per label)."""
+    keys: dict[str, float] = {}
+    for name in sorted(set(label.values())):
+        members = [uid for uid in uids if label[uid] == name]
+        offset = rng.random()
+        for rank, i in enumerate(rng.permutation(len(members))):
+            keys[members[i]] = (rank + offset) / len(members)
+    return sorted(uids, key=lambda uid: (keys[uid], uid))
+
+
+def _move_one(
+    into: list[str], source: list[str], wanted: str, label: dict[str, str], *, keep: int, guard: bool
+) -> None:
+    """If `into` holds no series labelled `wanted` and `source` holds more than `keep`, swap `source`'s first one
+    into `into` (both in place); `into` gives back its last series of the label it holds most of (the empty label
+    on a tie), never its only one of a non-empty label. guard: nor may `source` be left without any labelled
+    series when it had one (the finer labels keep what the "has nodules" pass gave each part)."""
+    spare = [uid for uid in source if label[uid] == wanted]
+    if not into or len(spare) <= keep or any(label[uid] == wanted for uid in into):
+        return
+    held = {name: sum(label[uid] == name for uid in into) for name in {label[uid] for uid in into}}
+    donors = [name for name, n in held.items() if name == "" or n >= 2]
+    if guard and sum(bool(label[uid]) for uid in source) == 1:
+        donors = [name for name in donors if name]
+    if not donors:
+        return
+    donor = max(donors, key=lambda name: (held[name], name == "", name))
+    back = [uid for uid in into if label[uid] == donor][-1]
+    into[into.index(back)] = spare[0]
+    source[source.index(spare[0])] = back
 
 
 def _count(n: int, fraction: float) -> int:

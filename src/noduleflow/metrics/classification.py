@@ -2,23 +2,31 @@
 
 Two classes are scored as a binary problem with class 1 as the positive (nodule / malignant),
 plus what a rare positive class needs: average precision (`ap`, the area under the
-precision-recall curve, as scikit-learn's `average_precision_score`) and the best F1 over all
-probability thresholds (`f1_best`) with the threshold that reaches it (`threshold`). A classifier
-trained on balanced batches (one nodule per negative) judges P(nodule) as if half the candidates
-were nodules; at LUNA16's 1:80 its F1 at 0.5 says more about that prior than about the ranking,
-so the operating threshold is chosen on validation data.
-more classes are macro-averaged one-vs-rest, as scikit-learn's `average="macro"` and
+precision-recall curve) and the best F1 over all probability thresholds (`f1_best`) with the
+threshold that reaches it (`threshold`). A classifier trained on balanced batches (one nodule per
+negative) judges P(nodule) as if half the candidates were nodules; at LUNA16's 1:80 its F1 at 0.5
+says more about that prior than about the ranking, so the operating threshold is chosen on validation data.
+More classes are macro-averaged one-vs-rest, as scikit-learn's `average="macro"` and
 `multi_class="ovr"` do. Undefined ratios (no predicted or no true positives) count as 0, as
-in scikit-learn with `zero_division=0`; an AUC without both classes present is NaN.
+in scikit-learn with `zero_division=0`; an AUC without both classes present, and AP / best F1
+without a positive, are NaN (kept as numbers for metrics.jsonl and TensorBoard; `describe_metrics`
+turns them into words for people). ROC AUC, AP and the precision-recall curve are scikit-learn's,
+so they mean exactly what its documentation says.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+NO_POSITIVE = "no positive in validation"
+"""What `describe_metrics` prints instead of the metrics a split without positives leaves undefined."""
+_NEEDS_POSITIVE = ("precision", "recall", "f1", "auc", "ap", "f1_best", "threshold")
+"""Metrics that say nothing without a positive (class 1): undefined (NaN) or 0 by convention only."""
 
 
 def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -28,18 +36,14 @@ def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes:
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve of `scores` (N,) for boolean targets `positive` (N,).
+    """Area under the ROC curve of `scores` (N,) for boolean targets `positive` (N,); NaN without both classes.
 
-    Computed as the Mann-Whitney U statistic over average ranks, so tied scores count one half,
-    exactly like the trapezoidal ROC area; O(N log N), no threshold sweep.
+    scikit-learn's `roc_auc_score`: tied scores count one half (the trapezoidal ROC area).
     """
     positive = np.asarray(positive, dtype=bool)
-    n_pos = int(positive.sum())
-    n_neg = positive.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if positive.all() or not positive.any():  # also N = 0
         return math.nan
-    ranks = rankdata(np.asarray(scores, dtype=np.float64))  # 1-based, ties averaged
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(positive, np.asarray(scores, dtype=np.float64)))
 
 
 def classification_metrics(
@@ -92,20 +96,44 @@ def classification_metrics(
 def threshold_metrics(scores: np.ndarray, positive: np.ndarray) -> dict[str, float]:
     """{ap, f1_best, threshold} of `scores` (N,) for boolean targets `positive` (N,); NaN without positives.
 
-    Thresholds sweep the distinct scores from the highest down (a sample counts as positive when its
-    score >= threshold); tied scores enter together, as in scikit-learn's precision_recall_curve.
+    scikit-learn's `average_precision_score` and `precision_recall_curve`: thresholds are the distinct
+    scores (a sample counts as positive when its score >= threshold), tied scores enter together. Among
+    thresholds of equal best F1 the highest is kept: the fewest calls for the same F1.
     """
     positive = np.asarray(positive, dtype=bool)
-    n_pos = int(positive.sum())
-    if n_pos == 0:
+    if not positive.any():
         return {"ap": math.nan, "f1_best": math.nan, "threshold": math.nan}
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    s, hit = np.asarray(scores, dtype=np.float64)[order], positive[order]
-    ends = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each run of tied scores
-    tp = np.cumsum(hit)[ends]
-    called = ends + 1
-    precision, recall = tp / called, tp / n_pos
-    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-    f1 = np.where(tp > 0, 2 * tp / (called + n_pos), 0.0)  # = 2PR / (P + R)
-    best = int(np.argmax(f1))
-    return {"ap": ap, "f1_best": float(f1[best]), "threshold": float(s[ends[best]])}
+    scores = np.asarray(scores, dtype=np.float64)
+    precision, recall, thresholds = precision_recall_curve(positive, scores)
+    precision, recall = precision[:-1], recall[:-1]  # the last point (recall 0, precision 1) has no threshold
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-300), 0.0)
+    best = int(np.flatnonzero(f1 >= f1.max() - 1e-12)[-1])  # thresholds ascend: the last is the highest
+    return {
+        "ap": float(average_precision_score(positive, scores)),
+        "f1_best": float(f1[best]),
+        "threshold": float(thresholds[best]),
+    }
+
+
+def describe_metrics(values: Mapping[str, float], *, prefix: str = "", where: str = "validation") -> str:
+    """`values` as "name 0.1234" pairs for a terminal, with undefined metrics said in words, never `nan`.
+
+    prefix: only keys starting with it are shown, without it (e.g. "val_" for a trainer's epoch record).
+    A split without positives (AP undefined, or no AP and an undefined AUC: binary and multi-class
+    alike) shows its loss and accuracy and then NO_POSITIVE (with `where`) instead of precision,
+    recall, F1, AUC and AP, whose values there are NaN or a meaningless 0. Other NaNs print as "n/a".
+    """
+    shown = {k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)}
+    undefined = _nan(shown.get("ap")) or ("ap" not in shown and _nan(shown.get("auc")))
+    parts = []
+    for name, value in shown.items():
+        if undefined and (name in _NEEDS_POSITIVE or name.endswith("_at_val_threshold")):
+            continue
+        parts.append(f"{name} {'n/a' if _nan(value) else f'{value:.4f}'}")
+    if undefined:
+        parts.append(NO_POSITIVE.replace("validation", where))
+    return "  ".join(parts)
+
+
+def _nan(value: object) -> bool:
+    return isinstance(value, float) and math.isnan(value)

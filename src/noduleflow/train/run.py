@@ -23,6 +23,7 @@ import torch
 from noduleflow.config import OptimConfig, TrainConfig, save_config
 from noduleflow.errors import CheckpointError, NoduleflowError
 from noduleflow.files import atomic_write, output_error, writable_dir
+from noduleflow.metrics.classification import describe_metrics
 from noduleflow.train.checkpoint import freeze_blocks, init_from_checkpoint, load_checkpoint, load_model_state
 from noduleflow.train.distributed import barrier, init_distributed, resolve_device
 from noduleflow.train.host import configure_host
@@ -47,13 +48,13 @@ class RunResult:
             + (" (stopped early)" if self.best["stopped_early"] else ""),
             "best "
             + ", ".join(
-                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                (f"{k} {v:.4f}" if math.isfinite(v) else f"{k} n/a") if isinstance(v, float) else f"{k} {v}"
                 for k, v in self.best.items()
                 if k not in ("epochs", "steps", "stopped_early")
             ),
         ]
         if self.test is not None:
-            lines.append("test " + ", ".join(f"{k} {v:.4f}" for k, v in self.test.items()))
+            lines.append("test " + describe_metrics(self.test, where="the test split"))  # no `nan` for people
         return "\n".join(lines)
 
 

@@ -143,12 +143,12 @@ class EpochProgress:
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:>8.1f} samples/s  loss {task.fields[loss]:.4f}"),
+            TextColumn("{task.fields[rate]:>8.1f} samples/s  loss {task.fields[loss]}"),
             TimeElapsedColumn(),
             transient=False,
         )
         self._bar.start()
-        self._task = self._bar.add_task("train", total=batches, epoch=f"{epoch}/{epochs}", rate=0.0, loss=math.nan)
+        self._task = self._bar.add_task("train", total=batches, epoch=f"{epoch}/{epochs}", rate=0.0, loss="-")
 
     def advance(self, samples: int, loss: float | None = None) -> None:
         """One batch of `samples` done; `loss` (if given) refreshes the shown running loss."""
@@ -156,7 +156,7 @@ class EpochProgress:
         if self._bar is not None:
             fields = {"rate": self.rate}
             if loss is not None:
-                fields["loss"] = loss
+                fields["loss"] = f"{loss:.4f}"
             self._bar.update(self._task, advance=1, **fields)
 
     @property
@@ -170,12 +170,17 @@ class EpochProgress:
             self._bar = None
 
     def report(self, record: dict[str, Any], improved: bool) -> None:
-        """Print one line per epoch: train loss, samples/s and the validation metrics (* marks a new best)."""
+        """Print one line per epoch: train loss, samples/s and the validation metrics (* marks a new best).
+
+        Metrics a validation split without positives leaves undefined read "no positive in validation".
+        """
         if not self.enabled:
             return
         from rich import print as rprint
 
-        vals = "  ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in record.items() if k.startswith("val_"))
+        from noduleflow.metrics.classification import describe_metrics
+
+        vals = describe_metrics(record, prefix="val_")
         rprint(
             f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, {record['samples_per_s']:.0f} samples/s | "
             + (
