@@ -146,7 +146,7 @@ def demo(
         0.25,
         "--scale",
         min=0.001,
-        help="Fraction of the default detector recipe's training (1.0: about 28 minutes on 2 cores).",
+        help="Fraction of the default detector recipe's training (1.0: the whole recipe; README, Benchmarks).",
     ),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch; 0 keeps PyTorch's choice."),
 ) -> None:
@@ -208,7 +208,7 @@ def detect(
         True,
         "--mirror/--no-mirror",
         help="Average the nodule classifier over each patch and its mirror "
-        "image (CPM 0.84 instead of 0.83 on the bench; one more classifier pass per candidate).",
+        "image (ranks better, as training flips patches too; one more classifier pass per candidate).",
     ),
     restart: bool = typer.Option(
         False,
@@ -587,7 +587,7 @@ def train_detector(
 ) -> None:
     """Train the whole detector (segmentation U-Net, nodule classifier, malignancy) into RUNS_DIR/RUN with the default recipe.
 
-    About 28 minutes on a 2-core CPU, for 160 small or 80 full-resolution synthetic scans alike (27.6 measured at 512x512: segment 7.6, mining 2.1, classify 17.3); prints the time each part took. Then: noduleflow detect SCANS --run runs/detector
+    The recipe is sized to train in under half an hour on a 2-core CPU (README, Benchmarks; docs/decisions.md); prints the time each part took. Then: noduleflow detect SCANS --run runs/detector
     Example: noduleflow synth data/synth --scans 160 && noduleflow train detector data/synth --run detector
     """
     from noduleflow.recipes.detector import train_detector as train_all
