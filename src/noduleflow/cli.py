@@ -224,7 +224,7 @@ def detect(
         True,
         "--mirror/--no-mirror",
         help="Average the nodule classifier over each patch and its mirror "
-        "image (CPM 0.84 instead of 0.83 on the bench; one more classifier pass per candidate).",
+        "image (ranks better, as training flips patches too; one more classifier pass per candidate).",
     ),
     restart: bool = typer.Option(
         False,

@@ -295,7 +295,7 @@ def _stored_pixels(path: Path, ds: pydicom.Dataset, size: tuple[int, int]) -> np
     signed values sign-extended, as pydicom does.
 
     Uncompressed little-endian 16-bit pixels (nearly every CT) are viewed straight from the
-    bytes, three times faster than pydicom's general decoder, which handles everything else
+    bytes, faster than pydicom's general decoder, which handles everything else
     (JPEG Lossless, JPEG-LS, JPEG 2000 and RLE through pylibjpeg).
     """
     rows, cols = size

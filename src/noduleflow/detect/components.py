@@ -96,8 +96,8 @@ def _label_marked(marked: tuple[np.ndarray, ...], shape: tuple[int, ...]) -> tup
     """26-connected components of the marked voxels (3 x (m,) indices in raster order): their count and (m,) labels,
     numbered in the order of each component's first voxel, as ndimage.label numbers them.
 
-    A graph over the marked voxels only: ndimage.label walks every voxel of the volume (2.2 s of a
-    361 x 512 x 512 scan on this CPU, 0.5 s this way), and a probability map marks a few thousand.
+    A graph over the marked voxels only: ndimage.label walks every voxel of the volume, and a
+    probability map marks a few thousand (docs/decisions.md, 2026-11-30).
     """
     m = len(marked[0])
     if m == 0:

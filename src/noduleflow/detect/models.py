@@ -148,9 +148,8 @@ def _fix(run_dir: Path, part: str) -> str:
 class TorchNet:
     """A torch module as a `detect.contract.Net`: float32 numpy batch in, float32 numpy logits out, eager PyTorch.
 
-    Runs a batch-norm-folded copy in channels_last(_3d) memory format (measured on 16 x 7 x 160 x 160
-    slices: folding 1.1x faster, channels_last on top 1.6x more), so the caller's module is left as
-    given; a module without parameters (a test's stand-in) is used as it is. threads: torch's thread
+    Runs a batch-norm-folded copy in channels_last(_3d) memory format (both faster at inference:
+    docs/decisions.md, 2026-11-29), so the caller's module is left as given; a module without parameters (a test's stand-in) is used as it is. threads: torch's thread
     count during each call, set and restored (0 keeps the process's).
     """
 

@@ -1,9 +1,9 @@
 """The detector's models under ONNX Runtime, from what `noduleflow export` wrote: no torch in the process.
 
-Why ONNX Runtime on a CPU: measured on this project's 2-core CPU with a width-8 U-Net, batch norm
-folded, 8 slices of 7 x 160 x 112 took 48 ms in eager PyTorch (channels_last) and 33 ms in ONNX
-Runtime 1.32, whose graph optimiser fuses each convolution with its ReLU. The int8 U-Net
-(onnxruntime's static quantization, calibrated on lung windows of training scans) is faster again.
+Why ONNX Runtime on a CPU: its graph optimiser fuses each convolution with its ReLU, so the U-Net
+runs faster there than in eager PyTorch (channels_last, batch norm folded), and the int8 U-Net
+(onnxruntime's static quantization, calibrated on lung windows of training scans) faster again
+(docs/decisions.md, 2026-11-29).
 
 Runtimes: "onnx" runs every model's float32 export; "int8" the U-Net's int8 export and the
 classifiers' int8 exports where the manifest has them (else their float32 ones). Each file is

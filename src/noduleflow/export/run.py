@@ -3,8 +3,7 @@
 Files: RUN/export/<part>.onnx, <part>.pt2 for every part (segment, classify, malignancy when the run
 has it), segment.int8.onnx for the U-Net (format "int8"). The int8 export is the U-Net's only: the
 classifiers see at most a few hundred patches a scan, a small share of its time, and quantized they were
-no faster (measured on the tiny test detector, under load: about the same milliseconds per 16 patches
-as float32 ONNX), while their probabilities moved by up to 1e-3; so they keep float32.
+no faster while their probabilities moved (docs/decisions.md, 2026-12-06); so they keep float32.
 
 Real inputs for the parity checks and the int8 calibration come from the run's training data (the
 segment run's data.root, or `data`): lung windows of the first `scans` scans, as `detect` cuts them

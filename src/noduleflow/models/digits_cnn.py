@@ -43,10 +43,9 @@ class DigitsCNN(nn.Module):
         self.head = nn.Linear(channels[-1] * (image_size // 2**depth) ** 2, num_classes)
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):
-                # 1,300 images make 20 steps an epoch: at the default 0.1 the running statistics used
-                # at evaluation still hold ~40% of their initial values after two epochs (ones vs.
-                # zeros: 4 steps an epoch). Measured: test accuracy after 2-3 epochs of 0 vs 1 rises
-                # from 0.69-0.96 to 0.85-1.0, while 20 epochs on all ten digits stay at 0.99-1.0.
+                # 1,300 images make 20 steps an epoch (ones vs. zeros: 4): at the default 0.1 the
+                # running statistics used at evaluation still hold much of their initial values after
+                # two epochs, so a short run tests badly (docs/decisions.md, 2026-11-29).
                 m.momentum = bn_momentum
         init_relu_convs(self)
 

@@ -24,9 +24,8 @@ class NoduleClassifier(nn.Module):
     """Book-shaped conv classifier; top-level children (tail, block1..N, head) are the fine-tuning units.
 
     input_size: spatial size of one patch, (D, H, W) or (H, W), each divisible by 2**depth.
-    norm: batch norm after each conv of the blocks (a change from the book). Measured on 256
-        balanced synthetic candidate patches, AdamW lr 1e-3, batch 32: without it the loss sat at
-        ln 2 (chance) for 6 epochs; with it, 0.53 and 74% training accuracy after 4 epochs.
+    norm: batch norm after each conv of the blocks (a change from the book): without it the loss
+        sat at chance for epochs on synthetic candidates (docs/decisions.md, 2026-11-29).
     """
 
     def __init__(

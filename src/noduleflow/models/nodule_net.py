@@ -5,12 +5,11 @@ Shape at the defaults (3D, width 16, depth 3):
     -> 3 x [conv3 stride 2 + BN + ReLU, conv3 + BN + ReLU]: 32, 64, 128 channels; 16x32x32 -> 8x16x16 -> 4x8x8 -> 2x4x4
     -> flatten (B, 4096) -> linear -> (B, 2) logits.
 
-Why not the book's shape (`nodule_classifier`): measured on 40 synthetic scans with 2 threads, the
-book's 32x48x48 net trains at ~18 samples/s and spends 55% of its FLOPs on the first full-resolution
-conv pair; this net trains at ~66 samples/s and, in the same 3 minutes, reaches a validation ROC AUC
-of 0.98 where the book's net is still at chance. The head flattens the final map instead of pooling
-it: a nodule classifier must know what lies at the patch centre, and a global average pool throws
-that away (the same net with a pooled head stayed at chance, AUC 0.4-0.5, for 13,000 samples).
+Why not the book's shape (`nodule_classifier`): the book's 32x48x48 net spends most of its FLOPs on
+the first full-resolution conv pair; this net trains several times faster and learns far more in the
+same minutes. The head flattens the final map instead of pooling it: a nodule classifier must know
+what lies at the patch centre, and a global average pool throws that away (a pooled head stayed at
+chance). The measurements: docs/decisions.md, 2026-11-29.
 """
 
 from __future__ import annotations

@@ -5,21 +5,10 @@ points (LUNA16's, or synth's hard negatives). `mine_candidates` runs the U-Net o
 prepared data folder and writes its components in candidates.csv's format: class 1 when the
 centre lies within an annotated nodule's radius (the LUNA16 hit rule), else 0.
 
-Mining costs U-Net time per voxel (about 7 million voxels a second with the int8 U-Net on 2 cores),
-so it covers at most `max_voxels` of scans, taken in a fixed shuffled order: all 160 of the bench's
-256 x 256 scans (1 billion voxels, about 2.5 min), but 36 of 80 full-resolution 512 x 512 ones
-(4.3 min; all 80 took 11.4 min, LUNA16's 888 scans would take over 2 hours). Same U-Net and
-candidates, classifier retrained and kept at its last epoch, `detect`'s mirror-averaged P(nodule)
-(CPM on the bench's 30 held-out scans / 30 development scans of another seed):
-
-    mined full scans      classify epochs   held-out   development
-    19 (the cap before)   8                 0.843      0.783
-    36 (this cap)         7                 0.863      0.763
-    36 (this cap)         8                 0.871      0.774      the recipe: 27.1 min in all
-    80                    8                 0.854      0.786      34.8 min in all
-
-Both seed sets are within a nodule or two of what the U-Net's candidates allow (46 of 52 and
-about 40 of 50 nodules have one): past ~36 scans more mining buys nothing measurable.
+Mining costs U-Net time per voxel, so it covers at most `max_voxels` of scans, taken in a fixed
+shuffled order: every scan of a small data set, a share of a full-resolution or LUNA16-sized one.
+The cap is where more mined scans stopped raising the held-out CPM while the recipe's time kept
+growing (the measured trade of mined scans against classifier epochs: docs/decisions.md, 2026-11-30).
 
 `train detector` adds the file to the classifier's candidates (`classify.extra_candidates`), so the
 classifier sees the segmentation's own false positives (vessel ends, hilum, wall) before it meets
@@ -37,7 +26,7 @@ from rich.progress import track
 from noduleflow.data.luna16 import on_findings
 from noduleflow.files import atomic_open
 
-MINE_VOXELS = 2.5e9  # scan voxels mined at most: about 4.5 minutes (module docstring)
+MINE_VOXELS = 2.5e9  # scan voxels mined at most (module docstring; docs/decisions.md, 2026-11-30)
 
 
 def mine_candidates(

@@ -82,7 +82,7 @@ def series_uid(seed: int, index: int, size: str) -> str:
 
 
 def plan_scan(seed: int, index: int, size: str = "small", scale: float = 1.0) -> ScanPlan:
-    """Everything about scan `index` of a run with `seed` except its voxels (about 0.1-0.3 s)."""
+    """Everything about scan `index` of a run with `seed` except its voxels (cheap next to rendering them)."""
     check_size(size, scale)
     body = sample_body(stream(seed, index, "body"))
     vessels = grow_vessels(body, stream(seed, index, "vessels"))

@@ -1,11 +1,10 @@
 """Process-wide CPU settings for training: intra-op threads and glibc's handling of large frees.
 
 Why the allocator: a training step on CPU allocates and frees the same large activation and
-gradient buffers every step (75 MB each for the nodule classifier's first block at batch 32).
-glibc serves blocks above its mmap threshold (at most 32 MB) with fresh mmap()s, and the kernel
-zero-fills every new page on first touch: measured 130k page faults and ~0.5 s of system time per
-step on 2 AVX2 cores, about 20% of the step. Raising the mmap and trim thresholds keeps freed
-blocks in the heap for reuse (faults drop to ~0), at the price of not returning the peak to the OS
+gradient buffers every step, larger than glibc's mmap threshold (at most 32 MB). glibc serves such
+blocks with fresh mmap()s, and the kernel zero-fills every new page on first touch: a sizeable share
+of each step went to page faults (docs/decisions.md, 2026-11-29). Raising the mmap and trim
+thresholds keeps freed blocks in the heap for reuse, at the price of not returning the peak to the OS
 until the process exits - the right trade for a training process, not for a long-lived server.
 """
 

@@ -5,9 +5,9 @@ Models stay plain single-device modules; `wrap_model` returns a `WrappedModel` h
     train_model: what the training step calls (DDP and/or compiled around `module`),
     eval_model:  what evaluation calls (compiled when asked, never DDP: evaluation shards need no sync),
 and an `ExecPolicy` that moves batches to the device in the model's memory format and opens the
-autocast context. Measured on a 2-core AVX2 CPU: channels_last_3d makes the 3D nodule classifier
-about 1.7x faster, while bf16 autocast is about 10x slower there, so 'auto' turns bf16 on only
-for CUDA and for CPUs with native bf16 (AMX or AVX512-BF16).
+autocast context. On a CPU without native bf16, channels_last_3d makes the 3D nodule classifier
+faster while bf16 autocast makes it much slower (docs/decisions.md, 2026-11-29), so 'auto' turns bf16
+on only for CUDA and for CPUs with native bf16 (AMX or AVX512-BF16).
 """
 
 from __future__ import annotations
