@@ -12,6 +12,7 @@ import pytest
 import noduleflow.detect
 import noduleflow.evaluate
 import noduleflow.recipes.detector
+import noduleflow.report
 import noduleflow.synth
 from noduleflow.demo import DEMO_HELD_OUT, DEMO_SCALE, DEMO_SCANS, STAGES
 
@@ -41,7 +42,14 @@ def stubbed(monkeypatch):
     monkeypatch.setattr(noduleflow.synth, "synthesize", synthesize)
     monkeypatch.setattr(noduleflow.recipes.detector, "train_detector", train_detector)
     monkeypatch.setattr(noduleflow.detect, "detect", detect)
+
+    def write_report(run_dir, out, *, detections, evaluation, timings):
+        calls.append(("report", {"run": run_dir, "detections": detections, "evaluation": evaluation, **timings}))
+        out.write_text("<html></html>")
+        return out
+
     monkeypatch.setattr(noduleflow.evaluate, "evaluate", evaluate)
+    monkeypatch.setattr(noduleflow.report, "write_report", write_report)
     return calls
 
 
@@ -49,7 +57,14 @@ def test_demo_runs_the_stages_in_order_writes_timings_and_ends_with_the_cpm(stub
     out = tmp_path / "demo"
     code, stdout, _ = run_cli("demo", "--out", out)
     assert code in (0, None)
-    assert [name for name, _ in stubbed] == ["synthesize", "synthesize", "train", "detect", "evaluate"]
+    assert [name for name, _ in stubbed] == ["synthesize", "synthesize", "train", "detect", "evaluate", "report"]
+    report = stubbed[-1][1]  # the report is handed the run, its detections, its evaluation and the stages before it
+    assert (report["run"], report["detections"], report["evaluation"]) == (
+        out / "runs" / "detector",
+        out / "detections",
+        out / "evaluation",
+    )
+    assert set(report) - {"run", "detections", "evaluation"} == set(STAGES[:-1])
     train, held_out = stubbed[0][1], stubbed[1][1]
     assert (train["scans"], train["seed"], held_out["scans"], held_out["seed"]) == (DEMO_SCANS, 0, DEMO_HELD_OUT, 10000)
     kwargs = stubbed[2][1]
