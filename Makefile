@@ -25,8 +25,8 @@ demo: $(STAMP)
 
 # ruff first (lint, then the formatter's check): a style slip fails in a second, before the suite's minutes
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +42,21 @@ def run_cli(monkeypatch, capsys):
         return stop.value.code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_detector(tmp_path_factory) -> tuple[Path, Path]:
+    """(data folder, run folder): 3 half-size synthetic scans (seed 2: nodules of both malignancy classes in
+    training and validation) and a detector trained for one short epoch per part, exported as `train detector`
+    leaves it. Trained once per session for every test that needs a run; read it, copy what a test changes."""
+    from noduleflow.recipes.detector import train_detector
+    from noduleflow.synth import synthesize
+
+    root = tmp_path_factory.mktemp("tiny-detector")
+    data = root / "data"
+    synthesize(data, scans=3, seed=2, size="small", scale=0.5, progress=False)
+    tiny = {part: {"run.epochs": 1, "data.num_workers": 0} for part in ("segment", "classify", "malignancy")}
+    result = train_detector(
+        data, run="tiny", runs_dir=root / "runs", scale=0.02, progress=False, threads=2, overrides=tiny
+    )
+    return data, result.run_dir

@@ -11,26 +11,15 @@ from typer.testing import CliRunner
 from noduleflow.cli import app
 from noduleflow.ct import read_volume, write_volume
 from noduleflow.errors import CheckpointError, ScanError
-from noduleflow.recipes.detector import MINED_CSV, TRAINING_JSON, train_detector
-from noduleflow.synth import synthesize
+from noduleflow.recipes.detector import MINED_CSV, TRAINING_JSON
 
 runner = CliRunner()
-TINY = {
-    part: {"run.epochs": 1, "data.num_workers": 0} for part in ("segment", "classify", "malignancy")
-}  # no worker start-up
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """3 half-size scans (seed 2: nodules of both malignancy classes in training and validation) and a detector
-    trained for one short epoch per part."""
-    root = tmp_path_factory.mktemp("detect")
-    data = root / "data"
-    synthesize(data, scans=3, seed=2, size="small", scale=0.5, progress=False)
-    result = train_detector(
-        data, run="tiny", runs_dir=root / "runs", scale=0.02, progress=False, threads=2, overrides=TINY
-    )
-    return data, result.run_dir
+def trained(tiny_detector):
+    """The session's tiny detector (tests/conftest.py): 3 half-size scans, one short epoch per part."""
+    return tiny_detector
 
 
 def test_recipe_writes_every_part_and_its_budget(trained):

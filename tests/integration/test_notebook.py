@@ -14,12 +14,9 @@ from nbclient import NotebookClient
 
 import noduleflow
 from noduleflow.detect.predictor import FRAME_COLUMNS
-from noduleflow.recipes.detector import train_detector
-from noduleflow.synth import synthesize
 
 NOTEBOOK = Path(__file__).parents[2] / "examples" / "quickstart.ipynb"
 SRC = str(Path(noduleflow.__file__).parents[1])  # the sources under test, for the kernel too
-TINY = {part: {"run.epochs": 1, "data.num_workers": 0} for part in ("segment", "classify", "malignancy")}
 KERNEL = "noduleflow-test"
 PROBE = (
     "import json\n"
@@ -28,15 +25,10 @@ PROBE = (
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """(one scan, a detector run): 3 half-size scans and one short epoch per part, as test_detect trains."""
-    root = tmp_path_factory.mktemp("notebook")
-    data = root / "data"
-    synthesize(data, scans=3, seed=2, size="small", scale=0.5, progress=False)
-    result = train_detector(
-        data, run="tiny", runs_dir=root / "runs", scale=0.02, progress=False, threads=2, overrides=TINY
-    )
-    return sorted(data.glob("subset*/*.mhd"))[0], result.run_dir
+def trained(tiny_detector) -> tuple[Path, Path]:
+    """(one scan, a detector run): a scan of the session's tiny detector (tests/conftest.py) and that run."""
+    data, run = tiny_detector
+    return sorted(data.glob("subset*/*.mhd"))[0], run
 
 
 def _kernel(folder: Path) -> KernelManager:

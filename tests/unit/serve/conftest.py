@@ -6,17 +6,14 @@ worker process pays torch's import once. Tests that need other settings build th
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from serve_waits import wait_ready
 
-from noduleflow.recipes.detector import train_detector
 from noduleflow.serve import ServeSettings, create_app
-from noduleflow.synth import synthesize
 
-TINY = {part: {"run.epochs": 1, "data.num_workers": 0} for part in ("segment", "classify", "malignancy")}
 # small limits, so that the hostile tests stay small; the test scans (69 x 128 x 128 int16) are 2.2 MiB
 LIMITS = {
     "max_upload_mb": 4.0,
@@ -33,15 +30,9 @@ LIMITS = {
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """(data folder of 3 half-size synthetic scans, detector run folder trained for one short epoch per part)."""
-    root = tmp_path_factory.mktemp("serve-run")
-    data = root / "data"
-    synthesize(data, scans=3, seed=2, size="small", scale=0.5, progress=False)
-    result = train_detector(
-        data, run="tiny", runs_dir=root / "runs", scale=0.02, progress=False, threads=2, overrides=TINY
-    )
-    return data, result.run_dir
+def trained(tiny_detector) -> tuple[Path, Path]:
+    """(data folder of 3 half-size synthetic scans, detector run folder): the session's tiny detector."""
+    return tiny_detector
 
 
 @pytest.fixture(scope="session")
@@ -52,24 +43,6 @@ def scans(trained) -> list[Path]:
 
 def settings_for(run: Path, state: Path, **overrides) -> ServeSettings:
     return ServeSettings(run=run, state=state, **{**LIMITS, **overrides})
-
-
-def wait_ready(client: TestClient, timeout: float = 120.0) -> None:
-    end = time.monotonic() + timeout
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < end, client.get("/readyz").json()
-        time.sleep(0.1)
-
-
-def wait_job(client: TestClient, job_id: str, timeout: float = 120.0, headers=None) -> dict:
-    """Poll GET /v1/scans/{id} until the job is done or failed; returns its JSON."""
-    end = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/v1/scans/{job_id}", headers=headers).json()
-        if job["status"] in ("done", "failed"):
-            return job
-        assert time.monotonic() < end, job
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scan_files import symlink_zip, zip_bytes
-
-from conftest import wait_job
+from serve_waits import wait_job
 
 MIB = 2**20
 

@@ -10,8 +10,8 @@ import time
 import fake_workers
 import pytest
 from scan_files import read, upload_file
+from serve_waits import wait_job, wait_ready
 
-from conftest import wait_job, wait_ready
 from noduleflow.serve.jobs import JobStore
 from noduleflow.serve.settings import ServeSettings
 from noduleflow.serve.worker import DetectionRunner

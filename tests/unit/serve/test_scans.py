@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scan_files import FORMATS, png, read, upload_file
+from serve_waits import wait_job
 
-from conftest import wait_job
 from noduleflow.detect import Predictor
 
 
