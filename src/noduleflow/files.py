@@ -28,6 +28,9 @@ from typing import IO
 
 from noduleflow.errors import OutputError
 
+_UMASK = os.umask(0o022)  # read once, at import (single-threaded): os.umask can only be read by setting it
+os.umask(_UMASK)
+
 # letters, digits, '.', '_', '-'; not starting with '.' (no hidden files, no '.' or '..'); at most 128 characters
 _SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
@@ -55,7 +58,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    try:  # mkstemp makes it 0600; the file gets the mode open() would have given it (a report others may read)
+        os.fchmod(fd, 0o666 & ~_UMASK)
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, "rb") as fh:

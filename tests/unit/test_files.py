@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 import pytest
 from hypothesis import given, settings
@@ -47,3 +48,11 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path) -> None:
         fh.write("half")
         raise RuntimeError("disk full")
     assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["a.csv"]
+
+
+def test_atomic_writes_get_the_mode_open_gives_not_mkstemps_0600(tmp_path):
+    """A report or a FROC is meant to be shared: its mode follows the umask, as a plain open() would."""
+    written = atomic_write(tmp_path / "report.html", "<html></html>")
+    plain = tmp_path / "plain.html"
+    plain.write_text("<html></html>")
+    assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
