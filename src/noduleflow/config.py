@@ -182,7 +182,7 @@ def resolve_config(
     if (
         inherited and not resume
     ):  # fine-tuning: the source run's architecture and patches, unless file or flags say otherwise
-        preset = _merged(_merged({}, PRESETS[task]), inherited)
+        preset = deep_merge(deep_merge({}, PRESETS[task]), inherited)
         cfg = config_from_dict(data, overrides=overrides, source=source, preset=preset)
     if resume:
         saved = cfg.run_dir / "config.yaml"
@@ -225,15 +225,15 @@ def config_from_dict(
     task = overrides.get("task", data.get("task", "digits"))
     if task not in TASKS:
         raise ConfigError(f"{source}: unknown task {task!r}", fix=f"Choose one of: {', '.join(TASKS)}.")
-    base = _merged({"task": task, task: {}}, preset or {})
-    merged = _merged({}, base)
+    base = deep_merge({"task": task, task: {}}, preset or {})
+    merged = deep_merge({}, base)
     nested: dict[str, Any] = {}
     for dotted, value in overrides.items():
-        _merged(nested, _nest(dotted.split("."), value))
+        deep_merge(nested, _nest(dotted.split("."), value))
     layers = [(source, _legacy(data, task, source)), ("command line", _legacy(nested, task, "command line"))]
     for where, layer in layers:
         _refuse_unread(layer, task, where, base)
-        _merged(merged, layer)
+        deep_merge(merged, layer)
     return _validate(merged, layers)
 
 
@@ -452,11 +452,11 @@ def _nest(keys: list[str], value: Any) -> dict[str, Any]:
     return {keys[0]: _nest(keys[1:], value) if len(keys) > 1 else value}
 
 
-def _merged(into: dict[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(into: dict[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """Deep-merge `new` into `into` (a section replaces a value, not the reverse: validation names the bad key)."""
     for key, value in new.items():
         if isinstance(value, Mapping) and isinstance(into.get(key), dict):
-            _merged(into[key], value)
+            deep_merge(into[key], value)
         else:
-            into[key] = _merged({}, value) if isinstance(value, Mapping) else value
+            into[key] = deep_merge({}, value) if isinstance(value, Mapping) else value
     return into

@@ -23,11 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EN, KO = ROOT / "README.md", ROOT / "README.ko.md"
 LANGUAGE_LINKS = {"README.md", "README.ko.md"}  # each file links the other: targets that differ by design
 
-# Named in a README before the code that provides them lands (a branch that documents ahead of another);
-# keep them empty on main, so that every command, option and file a README names exists.
-PENDING_COMMANDS: set[tuple[str, ...]] = set()  # commands a README may name before they land
-PENDING_OPTIONS: dict[tuple[str, ...], set[str]] = {}  # options likewise
-PENDING_FILES: set[str] = set()  # files likewise
 
 _FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
 _LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
@@ -104,7 +99,7 @@ def drift(en: str, ko: str) -> list[str]:
 def missing_files(text: str) -> list[str]:
     """Relative link targets that name no file of the repository."""
     targets = [t.split("#")[0] for t in link_targets(text) if not re.match(r"^[a-z]+:|^#", t)]
-    return [t for t in targets if t and not (ROOT / t).exists() and t not in PENDING_FILES]
+    return [t for t in targets if t and not (ROOT / t).exists()]
 
 
 def _commands(text: str) -> list[list[str]]:
@@ -133,38 +128,23 @@ def _walk(argv: list[str]):
     return command, tuple(path), argv
 
 
-def _without_pending(command, path: tuple[str, ...], args: list[str]) -> list[str]:
-    """args without the options another branch adds to this command (and their values), while it lacks them."""
-    known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
-    pending = PENDING_OPTIONS.get(path, set()) - known
-    kept, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg in pending:
-            skip = True
-        else:
-            kept.append(arg)
-    return kept
-
-
 def cli_problems(text: str) -> list[str]:
     """Every `noduleflow ...` that the app would refuse; empty when all parse."""
     problems = []
     for argv in _commands(text):
         command, path, args = _walk(argv)
         if hasattr(command, "commands"):  # stopped at a group: the next word is no command of it
-            if args and not args[0].startswith("-") and (*path, args[0]) not in PENDING_COMMANDS:
+            if args and not args[0].startswith("-"):
                 problems.append(f"noduleflow {' '.join(argv)}: no command {' '.join((*path, args[0]))!r}")
             continue
         try:
-            command.make_context(" ".join(("noduleflow", *path)), _without_pending(command, path, args))
+            command.make_context(" ".join(("noduleflow", *path)), args)
         except Exception as err:  # the app's usage errors (typer's own click), whatever their class
             problems.append(f"noduleflow {' '.join(argv)}: {err}")
     for span in (m for line in _split(text)[0] for m in _INLINE.findall(line)):
         words = [w for w in span.split()[1:] if not w.startswith(("-", "["))]
         command, path, rest = _walk(words)
-        if hasattr(command, "commands") and rest and not rest[0].isupper() and (*path, rest[0]) not in PENDING_COMMANDS:
+        if hasattr(command, "commands") and rest and not rest[0].isupper():
             problems.append(f"`{span}`: no command {' '.join((*path, rest[0]))!r}")
     return problems
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from noduleflow.config import resolve_config
+from noduleflow.config import deep_merge, resolve_config
 from noduleflow.errors import ConfigError
 
 PARTS = ("segment", "classify", "malignancy")
@@ -64,16 +64,7 @@ def load_recipe(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
             path=source,
             fix=f"Use only the top-level keys {', '.join(known)}, as configs/detector.yaml does.",
         )
-    return {part: _merged(_merged({}, tree.get("common", {})), tree.get(part, {})) for part in PARTS}
-
-
-def _merged(into: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merged(into[key], value)
-        else:
-            into[key] = _merged({}, value) if isinstance(value, dict) else value
-    return into
+    return {part: deep_merge(deep_merge({}, tree.get("common", {})), tree.get(part, {})) for part in PARTS}
 
 
 @dataclass(frozen=True)

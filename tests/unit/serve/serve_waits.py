@@ -1,4 +1,4 @@
-"""Polling helpers of the server tests, in a module of their own: `from conftest import ...` resolves to
+"""Polling and request helpers of the server tests, in a module of their own: `from conftest import ...` resolves to
 whichever folder's conftest.py was imported first, so tests import these by this unique name."""
 
 from __future__ import annotations
@@ -24,3 +24,22 @@ def wait_job(client: TestClient, job_id: str, timeout: float = 120.0, headers=No
             return job
         assert time.monotonic() < end, job
         time.sleep(0.1)
+
+
+def multipart_upload_scope() -> dict:
+    """The ASGI scope of a multipart POST /v1/scans, for tests that drive the app with their own receive()."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/scans",
+        "raw_path": b"/v1/scans",
+        "query_string": b"",
+        "root_path": "",
+        "state": {},
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+        "headers": [(b"content-type", b"multipart/form-data; boundary=b")],
+    }

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scan_files import symlink_zip, zip_bytes
-from serve_waits import wait_job
+from serve_waits import multipart_upload_scope, wait_job
 
 MIB = 2**20
 
@@ -231,20 +231,6 @@ def test_a_client_that_disconnects_mid_upload_leaves_nothing(client, unchanged):
     async def send(message):
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/scans",
-        "raw_path": b"/v1/scans",
-        "query_string": b"",
-        "root_path": "",
-        "client": ("127.0.0.1", 1),
-        "server": ("testserver", 80),
-        "headers": [(b"content-type", b"multipart/form-data; boundary=b")],
-        "state": {},
-    }
+    scope = multipart_upload_scope()
     asyncio.run(client.app(scope, receive, send))
     assert sent[0]["status"] == 400

@@ -10,7 +10,7 @@ import time
 import fake_workers
 import pytest
 from scan_files import read, upload_file
-from serve_waits import wait_job, wait_ready
+from serve_waits import multipart_upload_scope, wait_job, wait_ready
 
 from noduleflow.serve.jobs import JobStore
 from noduleflow.serve.settings import ServeSettings
@@ -182,21 +182,7 @@ def test_a_slow_upload_is_cut_off_with_408(make_app, idle_runner):
     async def send(message):
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/scans",
-        "raw_path": b"/v1/scans",
-        "query_string": b"",
-        "root_path": "",
-        "state": {},
-        "client": ("127.0.0.1", 1),
-        "server": ("testserver", 80),
-        "headers": [(b"content-type", b"multipart/form-data; boundary=b")],
-    }
+    scope = multipart_upload_scope()
     start = time.monotonic()
     asyncio.run(client.app(scope, receive, send))
     assert sent[0]["status"] == 408 and time.monotonic() - start < 3
