@@ -1,14 +1,15 @@
 """Malignancy of the nodules a detector found, scored by ROC AUC beside a ruler: the annotated diameter alone.
 
 A learned malignancy model is only worth its weights if it ranks malignant nodules above benign
-ones better than their size does (the LUNA16 book reaches AUC 0.90 with the diameter alone), so
+ones better than their size does (the LUNA16 book's chapter 14 does well with the diameter alone), so
 `malignancy_auc` scores both on the same hit nodules and bootstraps them together: each resample
 draws the hit nodules with replacement (the count stays the same) and scores the model, the
 diameter and their difference on it, so the difference gets its own interval. A resample holding
 one class only has no AUC and is skipped. Intervals are indexed as the FROC's (`froc.percentile_bounds`).
 The AUCs are `classification.roc_auc` (scikit-learn's; tied scores count one half); the resamples'
 are `classification.roc_auc_weighted`, the same area for all resamples at once (one multiplicity per
-nodule), since 3,000 calls to scikit-learn take seconds.
+nodule), since one scikit-learn call per resample makes the bootstrap the slowest part of `evaluate`
+(docs/decisions.md).
 """
 
 from __future__ import annotations
