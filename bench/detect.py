@@ -38,7 +38,10 @@ pass --retrain to train the detector again even though a complete one is cached 
    float32 ONNX exports (`--runtime onnx`, no torch in the pipeline) and the int8 U-Net (`--runtime int8`,
    the default), each scored -> `cpm_torch`, `cpm_onnx`, `cpm_int8` and their differences from eager (the
    exports must stay within 0.005 of it); and the seconds per small scan of each, interleaved.
-After the CPM it prints the candidate recall (nodules that get at least one candidate, by size, kind and site).
+After the CPM it prints the candidate recall (nodules that get at least one candidate, by size, kind and site),
+and the malignancy ROC AUC of the hit nodules three ways: the model's, the annotated diameter's alone (the
+baseline a learned model must beat), and the ceiling: the generator's own noiseless log-odds, which even a
+perfect model cannot pass, since each label was drawn from those log-odds plus noise.
 Ends with `candidate_recall R`, `cpm X`, `seconds_per_scan Y` (noduleflow) and `ratio_vs_baseline Z` (baseline s / noduleflow s).
 """
 
@@ -60,13 +63,15 @@ from noduleflow.data.patches import crop_box, crop_patch, hu_to_unit
 from noduleflow.detect import Predictor, detect, load_detector
 from noduleflow.detect.pipeline import SUBMISSION_CSV, scan_sources
 from noduleflow.detect.runtime import exported_runtime
-from noduleflow.evaluate import evaluate
+from noduleflow.evaluate import evaluate, read_submission
 from noduleflow.export import export_run
+from noduleflow.metrics.classification import roc_auc
+from noduleflow.metrics.malignancy import malignancy_inputs
 from noduleflow.metrics.recall import candidate_recall
 from noduleflow.models import input_size_of
 from noduleflow.recipes.detector import EXPORT_FORMATS, TRAINING_JSON, train_detector
 from noduleflow.synth import synthesize
-from noduleflow.synth.truth import nodule_labels
+from noduleflow.synth.truth import nodule_labels, nodule_log_odds
 
 TRAIN_SEED, TRAIN_SCANS = 11, 80
 HELDOUT_SEED, HELDOUT_SCANS = 9001, 30
@@ -129,6 +134,13 @@ def main() -> None:
     recall = candidate_recall(matching, labels=labels)
     print(recall.describe())
 
+    mal, ceiling = report.malignancy, malignancy_ceiling(report, out / SUBMISSION_CSV)
+    if mal is not None:
+        print(
+            f"malignancy ROC AUC over {mal.nodules} hit nodules: model {mal.auc:.3f}, diameter alone "
+            f"{mal.diameter_auc:.3f}, ceiling {ceiling:.3f} (the generator's noiseless log-odds)"
+        )
+
     ours, base = _time_both(run_dir, scan_sources(timed), rounds=TIMED_ROUNDS)
     print(
         f"timed on {TIMED_SCANS} small held-out scans ({TIMED_ROUNDS} rounds): noduleflow {np.mean(ours):.2f} s/scan, baseline {np.mean(base):.2f} s/scan"
@@ -148,10 +160,20 @@ def main() -> None:
     for runtime in RUNTIMES[1:]:
         print(f"cpm_{runtime}_minus_torch {cpms[runtime] - cpms['torch']:+.4f}")
         print(f"speedup_{runtime}_vs_torch {speeds['torch'] / speeds[runtime]:.2f}")
+    if mal is not None:
+        print(f"malignancy_auc {mal.auc:.4f}\nmalignancy_diameter_auc {mal.diameter_auc:.4f}")
+        print(f"malignancy_ceiling_auc {ceiling:.4f}")
     print(f"candidate_recall {recall.recall:.4f}")
     print(f"cpm {report.froc.cpm:.4f}")
     print(f"seconds_per_scan {np.mean(ours):.3f}")
     print(f"ratio_vs_baseline {np.mean(base) / np.mean(ours):.2f}")
+
+
+def malignancy_ceiling(report, submission: Path) -> float:
+    """ROC AUC of the generator's noiseless malignancy log-odds on the hit nodules `report`'s AUCs are over."""
+    picked = malignancy_inputs(report.froc.matching, read_submission(submission))
+    log_odds = nodule_log_odds(report.froc.matching.nodules, seed=HELDOUT_SEED, scans=HELDOUT_SCANS, size=SIZE)
+    return roc_auc(log_odds[picked.index], picked.malignant)
 
 
 def compare_runtimes(run_dir: Path, scans: Path, out: Path) -> dict[str, float]:

@@ -132,13 +132,17 @@ def evaluate(
         None, "--out", "-o", help="Folder for froc.json and froc.png; default: the submission's folder."
     ),
     bootstrap: int = typer.Option(
-        1000, "--bootstrap", min=0, help="Resamplings of the scans for the 95% intervals; 0 skips them."
+        1000,
+        "--bootstrap",
+        min=0,
+        help="Resamplings of the scans (of the hit nodules for the malignancy AUCs) for the 95% intervals; 0 skips them.",
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed of the bootstrap."),
 ) -> None:
     """Score detections as the LUNA16 challenge does: FROC, CPM (mean sensitivity at 1/8..8 false positives per scan) and its 95% interval.
 
     Marks within a nodule's radius hit it (once), marks on excluded findings are ignored, at most 100 marks per scan count.
+    With malignancy in the submission, also its ROC AUC on the hit nodules beside their annotated diameter's alone.
     Example: noduleflow evaluate data/synth runs/detect/submission.csv -o runs/eval
     """
     from rich.console import Console

@@ -30,6 +30,11 @@ a non-finite coordinate, a probability or malignancy outside [0, 1], a row witho
 in the annotations a diameter that is not a size (0, negative, infinite) are each a `CsvError`
 naming the file and the row, never a silently wrong score.
 
+The malignancy ROC AUC of the hit nodules is printed beside the diameter-only baseline's on the same
+nodules (the score is each nodule's diameter in annotations_with_malignancy.csv, the row its label comes
+from), both with bootstrap intervals over the same resamples of those nodules, and their difference:
+a learned model is only worth it where it beats a ruler (`metrics.malignancy`).
+
 Writes OUT/froc.json and OUT/froc.png (OUT defaults to the submission's folder).
 """
 
@@ -55,16 +60,8 @@ from noduleflow.detect import detections_file
 from noduleflow.errors import CsvError
 from noduleflow.figures import save_png
 from noduleflow.files import atomic_write, output_error, writable_dir
-from noduleflow.metrics.froc import (
-    BAND_FPS,
-    FP_RATES,
-    MAX_MARKS,
-    FrocResult,
-    MalignancyScore,
-    Mark,
-    froc,
-    malignancy_auc,
-)
+from noduleflow.metrics.froc import BAND_FPS, FP_RATES, MAX_MARKS, FrocResult, Mark, froc
+from noduleflow.metrics.malignancy import MalignancyScore, malignancy_auc
 
 _XYZ = ("coordX", "coordY", "coordZ")
 _SUBMISSION_COLUMNS = ("seriesuid", *_XYZ, "probability")
@@ -97,14 +94,7 @@ class Evaluation:
                 f"{m.n_dropped} marks beyond the top {m.max_marks} of their scan were dropped, as the LUNA16 script drops them"
             )
         if self.malignancy is not None:
-            mal = self.malignancy
-            if mal.malignant == 0 or mal.malignant == mal.nodules:  # the AUC (NaN) needs both classes
-                missing = "positive (malignant)" if mal.malignant == 0 else "negative (benign)"
-                lines.append(f"malignancy: no {missing} among the {mal.nodules} hit nodules, so no ROC AUC")
-            else:
-                lines.append(
-                    f"malignancy ROC AUC {mal.auc:.3f} over {mal.nodules} hit nodules ({mal.malignant} malignant)"
-                )
+            lines.append(describe_malignancy(self.malignancy))
         lines.append(f"wrote {self.json_path} and {self.png_path}")
         return "\n".join(lines)
 
@@ -138,7 +128,7 @@ def evaluate(
     data, submission = Path(data), Path(submission)
     marks = read_submission(submission)
     series, series_from = _series(data)
-    nodules, excluded = _annotations(data, series)
+    nodules, excluded, baseline_mm = _annotations(data, series)
     if not nodules:
         warnings.warn(
             f"{data / 'annotations.csv'}: no nodule in the {len(series)} scan(s) scored, so every sensitivity and "
@@ -151,7 +141,8 @@ def evaluate(
 
     malignancy = None
     if any(mk.malignancy is not None for mk in marks):
-        malignancy = malignancy_auc(result.matching, marks)
+        diameters = [baseline_mm.get(n, n.diameter_mm) for n in result.matching.nodules]
+        malignancy = malignancy_auc(result.matching, marks, diameters=diameters, bootstrap=bootstrap, seed=seed)
     if malignancy is not None and malignancy.nodules == 0:
         malignancy = None
 
@@ -306,9 +297,12 @@ def _series(data: Path) -> tuple[tuple[str, ...], str]:
     return tuple(sorted(named)), "annotations.csv + candidates.csv"
 
 
-def _annotations(data: Path, series: tuple[str, ...]) -> tuple[list[Nodule], list[Nodule]]:
-    """Nodules (with `malignant` joined from annotations_with_malignancy.csv when present) and excluded findings."""
+def _annotations(data: Path, series: tuple[str, ...]) -> tuple[list[Nodule], list[Nodule], dict[Nodule, float]]:
+    """Nodules (with `malignant` joined from annotations_with_malignancy.csv when present), excluded findings, and
+    the diameter (mm) of the malignancy row joined to each nodule: the baseline's score, from the same row as the
+    label (in LUNA16 that file's diameters are not annotations.csv's; the FROC keeps annotations.csv's)."""
     keep, skipped = dict.fromkeys(series), {}
+    baseline_mm: dict[Nodule, float] = {}
     nodules = list(read_nodules(require_file(data, "annotations.csv"), keep, skipped))
     excluded_csv = data / "annotations_excluded.csv"
     excluded = list(read_nodules(excluded_csv, keep, skipped, excluded=True)) if excluded_csv.is_file() else []
@@ -318,13 +312,10 @@ def _annotations(data: Path, series: tuple[str, ...]) -> tuple[list[Nodule], lis
         for row in read_nodules(malignancy_csv, keep, skipped, malignancy=True):
             by_series.setdefault(row.series_uid, []).append(row)
         # the rows need not be those of annotations.csv: join each nodule to the row whose sphere holds its centre
-        nodules = [
-            n._replace(
-                malignant=getattr(nearest(list(n.center_xyz), by_series.get(n.series_uid, ())), "malignant", None)
-            )
-            for n in nodules
-        ]
-    return nodules, excluded
+        joined = [(n, nearest(list(n.center_xyz), by_series.get(n.series_uid, ()))) for n in nodules]
+        nodules = [n._replace(malignant=getattr(row, "malignant", None)) for n, row in joined]
+        baseline_mm = {n: row.diameter_mm for n, (_, row) in zip(nodules, joined) if row is not None}
+    return nodules, excluded, baseline_mm
 
 
 def _check_series(marks: list[Mark], series: tuple[str, ...], submission: Path) -> None:
@@ -343,6 +334,38 @@ def _check_series(marks: list[Mark], series: tuple[str, ...], submission: Path) 
         f"{submission}: {len(unknown)} mark(s) of {len(set(unknown))} series not among the scans scored were left out",
         stacklevel=3,
     )
+
+
+def describe_malignancy(mal: MalignancyScore) -> str:
+    """The model's malignancy ROC AUC beside the diameter-only baseline's and their difference, on one line.
+
+    An AUC that needs a class the hit nodules lack is said in words, never printed as NaN.
+    """
+    if mal.malignant == 0 or mal.malignant == mal.nodules:  # the AUC (NaN) needs both classes
+        missing = "positive (malignant)" if mal.malignant == 0 else "negative (benign)"
+        return f"malignancy: no {missing} among the {mal.nodules} hit nodules, so no ROC AUC"
+    level = f"{mal.confidence:.0%} " if not math.isnan(mal.auc_ci[0]) else ""
+    line = (
+        f"malignancy ROC AUC {mal.auc:.3f}{_brackets(mal.auc_ci, level)} over {mal.nodules} hit nodules "
+        f"({mal.malignant} malignant)"
+    )
+    skipped = mal.nodules - mal.diameter_nodules
+    over = f" over the {mal.diameter_nodules} with an annotated diameter ({skipped} without one skipped)"
+    if mal.diameter_nodules == 0:
+        return f"{line}; diameter alone: no hit nodule has an annotated diameter"
+    if math.isnan(mal.diameter_auc):
+        return f"{line}; diameter alone: one class only among the {mal.diameter_nodules} with an annotated diameter"
+    return (
+        f"{line}; diameter alone {mal.diameter_auc:.3f}{_brackets(mal.diameter_ci)}{over if skipped else ''}; "
+        f"difference {mal.difference:+.3f}{_brackets(mal.difference_ci, signed=True)}"
+    )
+
+
+def _brackets(ci: tuple[float, float], level: str = "", *, signed: bool = False) -> str:
+    """ " (95% 0.55-0.86)", or " (-0.15 to +0.18)" for a difference; empty without an interval."""
+    if math.isnan(ci[0]):
+        return ""
+    return f" ({level}{ci[0]:+.2f} to {ci[1]:+.2f})" if signed else f" ({level}{ci[0]:.2f}-{ci[1]:.2f})"
 
 
 def _interval(lo: float, hi: float) -> str:

@@ -3,6 +3,7 @@ submission score CPM 1, a partial one scores what it found, and every bad input 
 `error:` line with exit status 2."""
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -48,6 +49,46 @@ def test_the_annotations_as_submission_score_one(run_cli, data, truth, tmp_path)
     assert report["series_from"] == "subset*/"
     assert report["malignancy"]["auc"] == 1.0 and report["malignancy"]["nodules"] == len(truth)
     assert (tmp_path / "eval" / "froc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_malignancy_auc_is_printed_beside_the_diameter_baselines(run_cli, data, truth, tmp_path):
+    from noduleflow.metrics.classification import roc_auc
+
+    # the malignancy CSV's diameters are the baseline's score (the label's row), not annotations.csv's
+    with_mal = data.parent / "with-mal"
+    shutil.copytree(data, with_mal)
+    rescaled = truth.assign(diameter_mm=truth["mal_bool"] * 10 + 5)  # ranks every pair right
+    rescaled.to_csv(with_mal / "annotations_with_malignancy.csv", index=False)
+    sub = _submission(truth, tmp_path / "submission.csv", malignancy=1.0 - truth["mal_bool"].astype(float))
+    args = ("evaluate", str(with_mal), str(sub), "-o", str(tmp_path / "eval"), "--bootstrap", "300", "--seed", "5")
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    n, k = len(truth), int(truth["mal_bool"].sum())
+    line = next(text for text in out.splitlines() if text.startswith("malignancy ROC AUC"))
+    assert line == (
+        f"malignancy ROC AUC 0.000 (95% 0.00-0.00) over {n} hit nodules ({k} malignant); "
+        "diameter alone 1.000 (1.00-1.00); difference -1.000 (-1.00 to -1.00)"
+    )
+    report = json.loads((tmp_path / "eval" / "froc.json").read_text())["malignancy"]
+    assert report == {
+        "auc": 0.0,
+        "nodules": n,
+        "malignant": k,
+        "auc_ci": [0.0, 0.0],
+        "diameter_auc": 1.0,
+        "diameter_ci": [1.0, 1.0],
+        "difference": -1.0,
+        "difference_ci": [-1.0, -1.0],
+        "diameter_nodules": n,
+        "bootstrap": 300,
+        "confidence": 0.95,
+    }
+    # on annotations.csv's own diameters (the generator's), the baseline is the truth's diameter AUC
+    code, out, err = run_cli("evaluate", str(data), str(sub), "-o", str(tmp_path / "plain"), "--bootstrap", "0")
+    assert code == 0, err
+    ruler = roc_auc(truth["diameter_mm"].to_numpy(), truth["mal_bool"].to_numpy().astype(bool))
+    assert f"; diameter alone {ruler:.3f}; difference {-ruler:+.3f}" in out
+    assert json.loads((tmp_path / "plain" / "froc.json").read_text())["malignancy"]["diameter_auc"] == ruler
 
 
 def test_a_scan_left_out_of_the_submission_counts_its_nodules_as_misses(run_cli, data, truth, tmp_path):

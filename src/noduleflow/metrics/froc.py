@@ -40,7 +40,6 @@ import numpy as np
 
 from noduleflow.data import hit_rule
 from noduleflow.data.luna16 import Nodule
-from noduleflow.metrics.classification import roc_auc
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # FPs per scan where the CPM is read
 MAX_MARKS = 100  # marks per scan, the LUNA16 limit
@@ -56,14 +55,6 @@ class Mark(NamedTuple):
     center_xyz: tuple[float, float, float]
     probability: float
     malignancy: float | None = None
-
-
-class MalignancyScore(NamedTuple):
-    """ROC AUC of mark malignancy against `mal_bool` over the hit nodules that have both."""
-
-    auc: float  # NaN unless both classes are present
-    nodules: int
-    malignant: int
 
 
 @dataclass(frozen=True)
@@ -252,7 +243,7 @@ def froc(
         samples = _resampled(m_sorted, m.nodules_per_scan, weights, np.r_[FP_RATES, BAND_FPS])  # (B, 7 + 97)
         samples = samples[np.isfinite(samples).all(axis=1)]  # resamplings without any nodule say nothing
         cpms = samples[:, : len(FP_RATES)].mean(axis=1)
-        lo, hi = _percentiles(np.column_stack([cpms, samples]), confidence)
+        lo, hi = percentile_bounds(np.column_stack([cpms, samples]), confidence)
         cpm_ci, ci, band = (lo[0], hi[0]), list(zip(lo[1:8], hi[1:8])), (lo[8:], hi[8:])
     else:
         curve = np.interp(BAND_FPS, fps[0], sens[0])
@@ -271,22 +262,6 @@ def froc(
         bootstrap=bootstrap,
         confidence=confidence,
     )
-
-
-def malignancy_auc(matching: Matching, marks: Sequence[Mark]) -> MalignancyScore:
-    """ROC AUC of the malignancy of each hit nodule's best mark against the nodule's `malignant`.
-
-    `marks` are the ones `matching` was made from. Nodules that were missed, whose malignancy is
-    unknown, or whose best mark carries none are left out: a malignancy score is only meaningful
-    for a nodule that was found.
-    """
-    scores, labels = [], []
-    for nodule, k in zip(matching.nodules, matching.best_mark):
-        if k >= 0 and nodule.malignant is not None and marks[k].malignancy is not None:
-            scores.append(float(marks[k].malignancy))
-            labels.append(bool(nodule.malignant))
-    labels_arr = np.array(labels, dtype=bool)
-    return MalignancyScore(roc_auc(np.array(scores, dtype=np.float64), labels_arr), len(labels), int(labels_arr.sum()))
 
 
 def _locate(items: Sequence, index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -370,8 +345,11 @@ def _resampled(m_sorted, nodules_per_scan: np.ndarray, weights: np.ndarray, rate
     return np.array(out).reshape(len(out), rates.size)
 
 
-def _percentiles(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
-    """(B, K) samples -> lower and upper (K,) bounds, indexed as the script's `compute_mean_ci`."""
+def percentile_bounds(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """(B, K) samples -> lower and upper (K,) bounds, indexed as the script's `compute_mean_ci`; NaN without samples.
+
+    Shared by every bootstrap interval of the evaluation (the FROC's, the malignancy AUCs'), so they read alike.
+    """
     if samples.shape[0] == 0:
         nan = np.full(samples.shape[1], np.nan)
         return nan, nan

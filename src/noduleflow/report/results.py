@@ -53,13 +53,41 @@ def froc_section(evaluation: dict[str, Any], where: Path | None) -> str:
     body += html.table(("FPs per scan", "sensitivity", f"{level} interval"), rows, numeric=(0, 1, 2))
     mal = evaluation.get("malignancy")
     if isinstance(mal, dict):
-        body += html.para(
-            f"Malignancy ROC AUC {html.number(mal.get('auc'))} over {mal.get('nodules', '-')} hit nodules."
-        )
+        body += html.para(_malignancy_text(mal, level))
     curve = evaluation.get("curve")
     png = _plot(curve, cpm, ci, level) if isinstance(curve, dict) else None
     body += html.image(png, "FROC curve", "FROC") if png else html.note("froc.json holds no curve to draw.")
     return body
+
+
+def _malignancy_text(mal: dict[str, Any], level: str) -> str:
+    """The model's malignancy AUC beside the diameter-only baseline's and their difference, as `evaluate` prints
+    them; a froc.json written before the baseline existed shows the model's AUC alone."""
+    nodules, malignant = mal.get("nodules", "-"), mal.get("malignant")
+    if malignant in (0, nodules):  # the AUC needs both classes
+        missing = "positive (malignant)" if malignant == 0 else "negative (benign)"
+        return f"Malignancy: no {missing} among the {nodules} hit nodules, so no ROC AUC."
+    ci = _pair(mal.get("auc_ci"))
+    text = (
+        f"Malignancy ROC AUC {html.number(mal.get('auc'))}{_span(ci, f'{level} interval ')} over {nodules} hit nodules"
+    )
+    text += f" ({malignant} malignant)" if isinstance(malignant, int) else ""
+    if "diameter_auc" not in mal:
+        return text + "."
+    size_ci, diff_ci = _pair(mal.get("diameter_ci")), _pair(mal.get("difference_ci"))
+    diff = mal.get("difference")
+    diff = f"{diff:+.3f}" if isinstance(diff, float) and math.isfinite(diff) else "-"
+    return (
+        f"{text}; the annotated diameter alone {html.number(mal.get('diameter_auc'))}{_span(size_ci)} "
+        f"on {mal.get('diameter_nodules', '-')} of them; difference {diff}{_span(diff_ci, signed=True)}."
+    )
+
+
+def _span(ci: tuple[float, float], prefix: str = "", *, signed: bool = False) -> str:
+    """ " (95% interval 0.55-0.86)", or " (-0.15 to +0.18)" for a difference; empty without an interval."""
+    if not all(math.isfinite(v) for v in ci):
+        return ""
+    return f" ({prefix}{ci[0]:+.2f} to {ci[1]:+.2f})" if signed else f" ({prefix}{ci[0]:.2f}-{ci[1]:.2f})"
 
 
 def _pair(value: object) -> tuple[float, float]:

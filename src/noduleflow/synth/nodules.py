@@ -123,9 +123,20 @@ def sample_kind(rng: np.random.Generator, diameter: float) -> str:
     return str(KINDS[rng.choice(len(KINDS), p=p / p.sum())])
 
 
+def malignancy_log_odds(diameter: float, kind: str, site: str) -> float:
+    """The noiseless log-odds of malignancy of a nodule of `diameter` (mm), `kind` and `site`.
+
+    Linear in log-size, shifted by kind, lowered against the pleura. `malignancy` adds N(0, 0.7)
+    noise before drawing the label, so this score is the best any model of the nodule's look can do:
+    its ROC AUC is the ceiling a learned malignancy model is measured against.
+    """
+    pleural = 0.4 if site == "juxta-pleural" else 0.0
+    return float(-1.3 + 2.2 * np.log(diameter / 10.0) + _MALIGNANCY_SHIFT[kind] - pleural)
+
+
 def malignancy(rng: np.random.Generator, diameter: float, kind: str, site: str) -> tuple[bool, float]:
     """(malignant, probability): logistic in log-size and kind, with noise so that the classes overlap."""
-    logit = -1.3 + 2.2 * np.log(diameter / 10.0) + _MALIGNANCY_SHIFT[kind] - (0.4 if site == "juxta-pleural" else 0.0)
+    logit = malignancy_log_odds(diameter, kind, site)
     p = float(1.0 / (1.0 + np.exp(-(logit + rng.normal(0.0, 0.7)))))
     return bool(rng.random() < p), p
 

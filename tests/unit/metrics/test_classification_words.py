@@ -82,19 +82,23 @@ def test_the_progress_bar_shows_no_nan_before_the_first_loss(capsys):
     [
         (0, "malignancy: no positive (malignant) among the 4 hit nodules, so no ROC AUC"),
         (4, "malignancy: no negative (benign) among the 4 hit nodules, so no ROC AUC"),
-        (1, "malignancy ROC AUC 0.667 over 4 hit nodules (1 malignant)"),
+        (
+            1,
+            "malignancy ROC AUC 0.667 over 4 hit nodules (1 malignant); diameter alone 0.333; difference +0.333",
+        ),
     ],
 )
 def test_evaluate_names_the_missing_malignancy_class_instead_of_an_undefined_auc(malignant, words, tmp_path):
     from types import SimpleNamespace
 
     from noduleflow.evaluate import Evaluation
-    from noduleflow.metrics.froc import MalignancyScore
+    from noduleflow.metrics.malignancy import MalignancyScore
 
     matching = SimpleNamespace(n_hits=4, n_false_positives=2, n_ignored=0, n_dropped=0)
     froc = SimpleNamespace(n_scans=3, n_nodules=4, matching=matching)
-    auc = 2 / 3 if 0 < malignant < 4 else math.nan
-    report = Evaluation(froc, MalignancyScore(auc, 4, malignant), "annotations.csv", tmp_path / "j", tmp_path / "p")
+    auc, ruler = (2 / 3, 1 / 3) if 0 < malignant < 4 else (math.nan, math.nan)
+    score = MalignancyScore(auc, 4, malignant, diameter_auc=ruler, difference=auc - ruler, diameter_nodules=4)
+    report = Evaluation(froc, score, "annotations.csv", tmp_path / "j", tmp_path / "p")
     lines = report.describe().splitlines()
     assert lines[1] == words and not re.search(r"\bnan\b", report.describe())  # "malignancy" holds "nan"
 

@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import roc_curve
 
 from noduleflow.data.luna16 import Nodule
-from noduleflow.metrics.froc import FP_RATES, Mark, froc, malignancy_auc, match_marks
+from noduleflow.metrics.froc import FP_RATES, Mark, froc, match_marks
 
 
 def _nod(uid, x, diameter=10.0, malignant=None):
@@ -262,26 +262,6 @@ def test_bootstrap_interval_holds_the_estimate_and_follows_the_seed():
     assert (r.band_lower <= r.band_upper).all()
     assert froc(marks, nodules, series, excluded=excluded, bootstrap=300, seed=1).cpm_ci == r.cpm_ci
     assert froc(marks, nodules, series, excluded=excluded, bootstrap=300, seed=2).cpm_ci != r.cpm_ci
-
-
-def test_malignancy_auc_uses_each_hit_nodules_most_probable_mark():
-    nodules = [
-        _nod("a", 0, malignant=True),
-        _nod("a", 50, malignant=False),
-        _nod("a", 100, malignant=False),
-        _nod("a", 150, malignant=True),
-    ]  # the last one is missed
-    marks = [
-        _mark("a", 0, 0.9, malignancy=0.1),
-        _mark("a", 1, 0.3, malignancy=0.99),  # the 0.9 mark counts
-        _mark("a", 50, 0.8, malignancy=0.05),
-        _mark("a", 100, 0.7, malignancy=0.5),
-    ]
-    score = malignancy_auc(match_marks(marks, nodules, ["a"]), marks)
-    assert (score.nodules, score.malignant) == (3, 1)
-    assert score.auc == pytest.approx(0.5)  # malignant 0.1 beats 0.05, loses to 0.5
-    one_class = malignancy_auc(match_marks(marks[2:], nodules, ["a"]), marks[2:])
-    assert math.isnan(one_class.auc) and one_class.nodules == 2
 
 
 def test_to_dict_is_json_ready():

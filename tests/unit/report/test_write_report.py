@@ -191,3 +191,42 @@ def test_a_failing_section_costs_only_itself(inputs, monkeypatch, caplog):
     assert "This section could not be drawn: RuntimeError: &lt;b&gt;boom&lt;/b&gt;" in training
     assert "the training section failed" in caplog.text
     assert '<section id="environment">' in page and "<td>torch</td>" in page
+
+
+def test_the_froc_section_shows_the_malignancy_auc_beside_the_diameter_baseline():
+    from noduleflow.report.results import froc_section
+
+    mal = {
+        "auc": 0.712,
+        "nodules": 32,
+        "malignant": 10,
+        "auc_ci": [0.55, 0.86],
+        "diameter_auc": 0.696,
+        "diameter_ci": [0.51, 0.85],
+        "difference": 0.016,
+        "difference_ci": [-0.15, 0.18],
+        "diameter_nodules": 32,
+    }
+    section = froc_section({"cpm": 0.9, "confidence": 0.95, "malignancy": mal}, None)
+    assert (
+        "Malignancy ROC AUC 0.712 (95% interval 0.55-0.86) over 32 hit nodules (10 malignant); the annotated "
+        "diameter alone 0.696 (0.51-0.85) on 32 of them; difference +0.016 (-0.15 to +0.18)." in section
+    )
+    # a froc.json from before the baseline, one without bootstrap, and one whose hit nodules are all benign
+    old = froc_section({"malignancy": {"auc": 0.7, "nodules": 5, "malignant": 2}}, None)
+    assert "Malignancy ROC AUC 0.700 over 5 hit nodules (2 malignant)." in old
+    plain = {**mal, "auc_ci": [None, None], "diameter_ci": [None, None], "difference_ci": [None, None]}
+    assert "AUC 0.712 over 32 hit nodules (10 malignant); the annotated diameter alone 0.696 on 32 of them; " in (
+        froc_section({"malignancy": plain}, None)
+    )
+    benign = froc_section({"malignancy": {**mal, "malignant": 0, "auc": None}}, None)
+    assert "Malignancy: no positive (malignant) among the 32 hit nodules, so no ROC AUC." in benign
+
+
+def test_the_page_shows_the_evaluations_malignancy_line(inputs, page):
+    mal = json.loads((inputs.evaluation / "froc.json").read_text())["malignancy"]
+    from noduleflow.report import html
+    from noduleflow.report.results import _malignancy_text
+
+    assert mal is not None and "diameter_auc" in mal
+    assert f"<p>{html.esc(_malignancy_text(mal, '95%'))}</p>" in page and f" {mal['nodules']} hit nodules" in page
