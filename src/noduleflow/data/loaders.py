@@ -10,7 +10,8 @@ Patch datasets (`PatchDataset`) are read a batch at a time: the DataLoader hands
 batch's indices, the patches are cut into one buffer, and the augmentation runs once per batch after
 collation: in the worker (or this process) on the CPU, or on the training device once the trainer
 calls `PatchLoader.augment_on(device)`. Same samples, same per-sample random transforms as one at a
-time, at a fraction of the cost (bench/loader.py).
+time, at a fraction of the cost (bench/loader.py). A worker writes the augmented batch straight into
+shared memory, so sending it to the main process copies nothing.
 """
 
 from __future__ import annotations

@@ -138,3 +138,10 @@ def test_out_receives_the_augmented_batch_and_equals_the_result_without_it():
         into, _ = aug.batch(x, out=out, generator=torch.Generator().manual_seed(5))
         alone, _ = aug.batch(x, generator=torch.Generator().manual_seed(5))
         assert into.data_ptr() == out.data_ptr() and torch.equal(out, alone)
+
+
+def test_noise_is_read_from_a_bank_on_the_batch_device():
+    x = torch.zeros(2, 1, 4, 8, 8, device="meta")  # a stand-in for a GPU: any device but the CPU
+    out = Augment(noise_hu=25)(x)
+    assert out.device.type == "meta" and out.shape == x.shape
+    assert noise_bank(torch.device("meta")).device.type == "meta"
