@@ -12,7 +12,9 @@ extra candidates written next to the scans) weighing `classify.extra_weight`. On
 across the three), the same DataLoader settings (batch 32, 2 worker processes), three ways to get them:
 
 - noduleflow: the task's own train loader on the memory-mapped cache of `noduleflow prepare`: each batch cut
-              at once (`__getitems__`) and augmented as one batch after collation.
+              at once (`__getitems__`: the mm patches interpolated as batched matrix products) and augmented
+              as one batch after collation (noise read from a bank of normals), straight into the shared
+              memory that takes it to the main process.
 - naive:      open the patch's scan with SimpleITK, resample the mm patch and augment it, for every sample.
 - diskcache:  "Deep Learning with PyTorch" p2ch11-12: `getCtRawCandidate` (here the mm patch) memoized on disk
               by a diskcache `FanoutCache`, filled in series order first as the book's prepcache does, and

@@ -8,15 +8,26 @@ A 3D image is resampled in two separable steps that give the trilinear result of
 (to float rounding): the rotation is in-plane, so every output slice reads one fractional input slice.
 A linear blend of two slices along I, then one 2D bilinear `grid_sample` over all slices at once, is
 about 3x faster on a CPU than the 3D kernel, which is most of the cost of a training batch.
+
+The Gaussian noise is read, not drawn: each batch adds a window at a random offset of a bank of standard
+normals drawn once per process (`noise_bank`, from a fixed seed) and scaled by `noise_hu`. Every voxel still
+gets an N(0, noise_hu) value and the voxels of one batch get distinct bank entries; windows of different
+batches may overlap, so two batches can share noise values at shifted positions, which is harmless for an
+augmentation. Drawing 0.5 M normals a batch was the largest single cost of augmenting on a CPU.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+
+NOISE_BANK_SIZE = 1 << 22
+"""Standard normals in the noise bank (16 MB of float32): 8x a 32-patch batch of 16 x 32 x 32 voxels."""
+_NOISE_BANK_SEED = 20261206
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,12 @@ class Augment:
             raise ValueError("rotate_deg, offset_vox and noise_hu must be >= 0, and scale in [0, 1)")
         object.__setattr__(self, "flip_axes", axes)
 
+    def warm_up(self) -> None:
+        """Draw the CPU noise bank now (else on the first batch): `PatchLoader` calls this before it forks its
+        workers, which then share the parent's bank instead of each drawing its own every epoch."""
+        if self.noise_hu:
+            noise_bank(torch.device("cpu"))
+
     def __call__(self, image: torch.Tensor, mask: torch.Tensor | None = None, generator: torch.Generator | None = None):
         """Augment one sample (C, *spatial) or a batch (B, C, *spatial); returns image or (image, mask).
 
@@ -67,9 +84,19 @@ class Augment:
             x, m = x[0], None if m is None else m[0]
         return x if mask is None else (x, m)
 
-    def batch(self, x: torch.Tensor, mask: torch.Tensor | None = None, generator: torch.Generator | None = None):
-        """(B, C, *spatial) -> (image, mask or None), each sample with its own random transform."""
-        b, s = x.shape[0], self.spatial_dims
+    def batch(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        out: torch.Tensor | None = None,
+    ):
+        """(B, C, *spatial) -> (image, mask or None), each sample with its own random transform.
+
+        out: a float32 tensor of x's shape that receives the image (e.g. shared memory in a DataLoader
+        worker, which then sends the batch to the main process without a copy); x itself is never changed.
+        """
+        image, b, s = x, x.shape[0], self.spatial_dims
         flips = torch.rand(b, s, generator=generator) < 0.5  # (B, S)
         flips[:, [a for a in range(s) if a not in self.flip_axes]] = False
         if self.rotate_deg or self.scale or self.offset_vox:
@@ -84,10 +111,15 @@ class Augment:
                 x = torch.where(f, x.flip(2 + a), x)
                 if mask is not None:
                     mask = torch.where(f, mask.flip(2 + a), mask)
-        if self.noise_hu:  # drawn where the generator lives (torch's global RNG: on x's device)
-            device = x.device if generator is None else generator.device
-            noise = torch.empty(x.shape, device=device).normal_(0.0, self.noise_hu / 1000.0, generator=generator)
-            x = x + noise.to(x)
+        if self.noise_hu:
+            noise = _noise_window(x.shape, x.device, generator).view(x.shape).to(x.dtype)  # (B, C, *spatial) N(0, 1)
+            scale = self.noise_hu / 1000.0
+            if out is not None:
+                x = torch.add(x, noise, alpha=scale, out=out)
+            else:  # in place into the resample's (or the flips') own output, never into the input
+                x = x.add(noise, alpha=scale) if x is image else x.add_(noise, alpha=scale)
+        elif out is not None:
+            x = out.copy_(x)
         return x, mask
 
     def _theta(self, spatial: torch.Size, flips: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -105,6 +137,30 @@ class Augment:
         size = torch.tensor(list(spatial)[::-1], dtype=torch.float64)  # (S,) W, H, D voxels
         theta[:, :, s] = u(b, s) * self.offset_vox * 2 / size  # voxels -> [-1, 1] units
         return theta.float()
+
+
+@lru_cache(maxsize=4)
+def noise_bank(device: torch.device, size: int = NOISE_BANK_SIZE) -> torch.Tensor:
+    """(size,) float32 standard normals on `device`, drawn once per process and device from a fixed seed.
+
+    The same values in every process (so a run's noise depends only on the offsets its RNG draws); the
+    offsets, drawn from the augmenting process's RNG, make the batches differ.
+    """
+    bank = torch.randn(size, generator=torch.Generator().manual_seed(_NOISE_BANK_SEED))
+    return bank.to(device)
+
+
+def _noise_window(shape: torch.Size, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    """math.prod(shape) consecutive standard normals from a random offset of the bank on `device`.
+
+    The offset comes from `generator` (else torch's global RNG). A batch larger than half the bank gets a
+    bank of twice its size, drawn once for that size.
+    """
+    n = math.prod(shape)
+    bank = noise_bank(device) if 2 * n <= NOISE_BANK_SIZE else noise_bank(device, 2 * n)
+    on = None if generator is None else generator.device  # randint draws where its generator lives
+    start = int(torch.randint(0, bank.numel() - n + 1, (1,), generator=generator, device=on).item())
+    return bank[start : start + n]
 
 
 def _resample(x: torch.Tensor, theta: torch.Tensor, pad: float, mode: str) -> torch.Tensor:
@@ -134,7 +190,7 @@ def _resample_separable(x: torch.Tensor, theta: torch.Tensor, pad: float) -> tor
     taps = [below.long() + k for k in (0, 1)]  # (B, D) each: the slices below and above z
     rows = [torch.where((k >= 0) & (k < d), k + offset, b * d).flatten() for k in taps]
     frac = frac.reshape(b * d, 1)
-    blended = torch.lerp(flat.index_select(0, rows[0]), flat.index_select(0, rows[1]), frac)  # (B * D, C * H * W)
+    blended = flat.index_select(0, rows[0]).lerp_(flat.index_select(0, rows[1]), frac)  # (B * D, C * H * W)
     grid = F.affine_grid(theta[:, :2][:, :, [0, 1, 3]], [b, d * c, h, w], align_corners=False)  # (B, H, W, 2)
     out = F.grid_sample(blended.view(b, d * c, h, w), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.view(b, d, c, h, w).transpose(1, 2).add_(pad).contiguous()

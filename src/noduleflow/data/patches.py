@@ -86,7 +86,8 @@ def crop_patch(
     spacing_irc: Sequence[float] | None = None,
 ) -> np.ndarray:
     """A classifier's patch around a fractional voxel centre, as its training datasets cut it (`PatchDataset`):
-    `size` voxels centred on the nearest voxel, or, with `size_mm`, resampled to span those mm (`crop_mm`)."""
+    `size` voxels centred on the nearest voxel, or, with `size_mm`, resampled to span those mm (`crop_mm`;
+    the datasets interpolate a whole batch at once, which agrees to float rounding)."""
     if size_mm is None:
         return crop(hu, [int(np.floor(c + 0.5)) for c in center_irc], size)
     return crop_mm(hu, center_irc, size, size_mm, spacing_irc)

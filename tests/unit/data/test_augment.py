@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from noduleflow.data.augment import Augment, _resample, _resample_separable
+from noduleflow.data.augment import NOISE_BANK_SIZE, Augment, _resample, _resample_separable, noise_bank
 
 
 def _ball(shape, center, radius) -> torch.Tensor:
@@ -109,3 +109,39 @@ def test_batch_augmentation_is_deterministic_under_a_seeded_generator_and_keeps_
     a, b = (aug(x, generator=torch.Generator().manual_seed(11)) for _ in range(2))
     assert a.shape == x.shape and torch.equal(a, b)
     assert not torch.equal(a[0], a[1])  # each sample its own transform
+
+
+def test_noise_from_the_bank_has_mean_0_the_asked_std_and_differs_between_samples_and_batches():
+    x = torch.zeros(8, 1, 16, 24, 24)
+    aug = Augment(flip_axes=(), noise_hu=40)
+    generator = torch.Generator().manual_seed(12)
+    a, b = aug(x, generator=generator), aug(x, generator=generator)
+    assert torch.equal(x, torch.zeros_like(x))  # the input is left as it was
+    bank = noise_bank(torch.device("cpu"))
+    for noise in (a, b):
+        assert abs(noise.mean().item()) < 0.04 * 0.02 and noise.std().item() == pytest.approx(0.04, rel=0.02)
+        per_sample = noise.flatten(1)
+        assert not any(torch.equal(per_sample[0], row) for row in per_sample[1:])
+        # one window of consecutive bank entries, so the samples of a batch never share an entry
+        starts = [int(i) for i in torch.nonzero(bank * 0.04 == noise.flatten()[0]).flatten()]
+        assert any(torch.equal(bank[i : i + noise.numel()] * 0.04, noise.flatten()) for i in starts)
+    assert not torch.equal(a, b)  # another offset into the bank
+    assert bank.shape == (NOISE_BANK_SIZE,) and abs(bank.mean().item()) < 2e-3 and abs(bank.std().item() - 1) < 2e-3
+    big = Augment(flip_axes=(), noise_hu=10)(torch.zeros(1, 1, 1, 1, NOISE_BANK_SIZE // 2 + 1), generator=generator)
+    assert big.std().item() == pytest.approx(0.01, rel=0.01)  # larger than half the bank: a bank of its own size
+
+
+def test_out_receives_the_augmented_batch_and_equals_the_result_without_it():
+    x = torch.rand(4, 1, 6, 12, 12) * 2 - 1
+    for aug in (Augment(rotate_deg=15, scale=0.1, offset_vox=2, noise_hu=25), Augment(rotate_deg=15)):
+        out = torch.full_like(x, float("nan"))
+        into, _ = aug.batch(x, out=out, generator=torch.Generator().manual_seed(5))
+        alone, _ = aug.batch(x, generator=torch.Generator().manual_seed(5))
+        assert into.data_ptr() == out.data_ptr() and torch.equal(out, alone)
+
+
+def test_noise_is_read_from_a_bank_on_the_batch_device():
+    x = torch.zeros(2, 1, 4, 8, 8, device="meta")  # a stand-in for a GPU: any device but the CPU
+    out = Augment(noise_hu=25)(x)
+    assert out.device.type == "meta" and out.shape == x.shape
+    assert noise_bank(torch.device("meta")).device.type == "meta"

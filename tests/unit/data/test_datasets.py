@@ -197,3 +197,23 @@ def test_getitems_is_getitem_then_collate_and_its_collated_batch_is_the_same(lun
     for got in (default_collate(batch), batch.collated):  # what a plain DataLoader and make_loader make of it
         assert len(got) == 3 and all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(got, expected))
     assert batch.collated[0].shape == (5, 1, 6, 10, 12) and batch.collated[2].tolist() == indices
+
+
+@pytest.mark.parametrize("size_mm", [(10.0, 9.0, 9.0), (30.0, 7.0, 20.0)])
+def test_batched_mm_patches_equal_crop_mm_to_float_rounding_in_any_batch(luna_prepared, size_mm):
+    rows = [
+        Candidate(v.series_uid, tuple(v.irc_to_xyz([i, 7 * i % 60, 60 - i])), i % 2 == 0)
+        for v in luna_prepared["volumes"]
+        for i in range(0, 40, 6)
+    ]  # centres at different fractions of a voxel (blocks of different sizes, padded), some past the edge
+    ds = CandidatePatches(luna_prepared["cache"], rows, size=(6, 10, 12), size_mm=size_mm)
+    order = np.random.default_rng(0).permutation(len(ds)).tolist()
+    batch = ds.__getitems__(order).collated[0]
+    for row, i in enumerate(order):
+        scan = ds.scans(ds.records[i].series_uid)
+        hu = crop_mm(scan.hu, ds.centers_irc[i], ds.size, size_mm, scan.spacing_xyz[::-1])
+        np.testing.assert_allclose(ds.patch_hu(i), hu, rtol=0, atol=2e-3)  # HU, float32 sums in another order
+        expected = np.clip(hu, -1000, 1000) / 1000
+        np.testing.assert_allclose(batch[row, 0].numpy(), expected, rtol=0, atol=2e-6)
+        assert torch.equal(batch[row], ds.__getitems__([i, *order[:3]]).collated[0][0])  # whatever shares its batch
+    assert batch.min() >= -1 and batch.max() <= 1 and (batch == -1).any()  # air past the edge, clipped

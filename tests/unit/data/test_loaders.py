@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -206,3 +208,31 @@ def test_augment_on_a_device_moves_the_batch_there_before_augmenting(luna_prepar
     batches = list(loader)
     assert seen == [("meta", (8, 1, 6, 10, 10))] * 3 and all(b[0].device.type == "meta" for b in batches)
     assert all(b[1].device.type == "cpu" for b in batches)  # labels stay for the trainer to move
+
+
+def test_a_worker_augments_straight_into_shared_memory_with_the_same_result(luna_prepared):
+    rows = _column_rows(luna_prepared["volumes"][0])
+    aug = Augment(rotate_deg=15, scale=0.1, offset_vox=2, noise_hu=25)
+    ds = CandidatePatches(luna_prepared["cache"], rows, size=(6, 10, 10), transform=aug)
+    loader = make_loader(ds, 8)
+    batch = loader.dataset.__getitems__(list(range(8)))
+    torch.manual_seed(4)
+    here = loader.collate_fn(batch)[0]
+    torch.manual_seed(4)
+    with mock.patch("noduleflow.data.loaders.get_worker_info", return_value=object()):  # as in a worker
+        shared = loader.collate_fn(batch)[0]
+    assert shared.is_shared() and not here.is_shared() and torch.equal(here, shared)
+    assert torch.equal(batch.collated[0], torch.stack([ds.without_transform()[i][0] for i in range(8)]))  # not written
+
+
+def test_seeded_workers_augment_patch_batches_the_same_way_twice(luna_prepared):
+    rows = _column_rows(luna_prepared["volumes"][0])
+    aug = Augment(rotate_deg=15, scale=0.1, offset_vox=2, noise_hu=25)
+    ds = CandidatePatches(luna_prepared["cache"], rows, size=(6, 10, 10), transform=aug)
+
+    def one_pass(seed: int) -> torch.Tensor:
+        loader = make_loader(ds, 4, workers=2, shuffle=True, seed=seed, persistent_workers=False)
+        return torch.cat([patches for patches, _, _ in loader])
+
+    a, b, c = one_pass(5), one_pass(5), one_pass(6)
+    assert a.shape == (len(ds), 1, 6, 10, 10) and torch.equal(a, b) and not torch.equal(a, c)
