@@ -226,6 +226,12 @@ def detect(
         help="Average the nodule classifier over each patch and its mirror "
         "image (ranks better, as training flips patches too; one more classifier pass per candidate).",
     ),
+    peaks: bool = typer.Option(
+        True,
+        "--peaks/--no-peaks",
+        help="Also classify the segmentation's local maxima below --threshold (small, faint and pleural nodules "
+        "often peak there), after its components, in at most a few of the --max-candidates places.",
+    ),
     restart: bool = typer.Option(
         False,
         "--restart",
@@ -252,6 +258,7 @@ def detect(
         threads=threads,
         runtime=runtime.value,
         mirror=mirror,
+        peaks=peaks,
         restart=restart,
     )
     typer.echo(summary.describe())
