@@ -230,7 +230,7 @@ def detect(
         True,
         "--peaks/--no-peaks",
         help="Also classify the segmentation's local maxima below --threshold (small, faint and pleural nodules "
-        "often peak there), after its components, in at most a few of the --max-candidates places.",
+        "often peak there), after its components; when these fill --max-candidates, the weakest give way to a few peaks.",
     ),
     restart: bool = typer.Option(
         False,
