@@ -9,7 +9,7 @@ Steps (shapes for one scan of I x R x C voxels):
    one the lung mask left out stays), the rest ranked by peak probability (at most `max_candidates`);
    then (`peaks`) the map's local maxima below the threshold, away from every component (`detect.peaks`):
    small, faint and pleural nodules often peak there; they take the places the components leave, and at
-   least `peak_slots` of them (the weakest components give way), since a scan can hold hundreds of components;
+   least `peak_share` of the places (the weakest components give way), since a scan can hold hundreds of components;
 4. classification: (N, 1, D, H, W) patches (the classifier's `input_size`) around the centres, in batches -> P(nodule),
    by default the mean over each patch and its mirror image (flipped along all three axes, as training's
    augmentation flips): on the bench's 30 held-out full-resolution scans, CPM 0.843 instead of 0.827, and
@@ -164,8 +164,8 @@ class Predictor:
     (`noduleflow export`: float32 ONNX, or the U-Net in int8), read from RUN/export/; "auto" (default)
     int8 or onnx when the run has exports, else torch. mirror: the classifier's P(nodule) is the mean
     over the patch and its mirror image (module docstring); False: the patch alone. peaks: add the
-    segmentation's peaks below `threshold` as candidates (`detect.peaks`), in at least `peak_slots` of the
-    `max_candidates` places; a peak's diameter is one voxel's and its `segmentation` the map's value there.
+    segmentation's peaks below `threshold` as candidates (`detect.peaks`), in at least `peak_share` (a fraction)
+    of the `max_candidates` places; a peak's diameter is one voxel's and its `segmentation` the map's value there.
     """
 
     def __init__(
@@ -183,14 +183,14 @@ class Predictor:
         runtime: str = "auto",
         mirror: bool = True,
         peaks: bool = True,
-        peak_slots: int = 30,
+        peak_share: float = 0.3,
     ):
         self.threshold, self.min_voxels, self.mirror = float(threshold), int(min_voxels), bool(mirror)
         self.lung_margin, self.window_margin = int(lung_margin), int(window_margin)
         self.max_candidates, self.batch, self.restrict_to_lung = int(max_candidates), int(batch), restrict_to_lung
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-        self.threads, self.peaks, self.peak_slots = int(threads), bool(peaks), int(peak_slots)
+        self.threads, self.peaks, self.peak_share = int(threads), bool(peaks), float(peak_share)
         self.nets = models if isinstance(models, Nets) else _nets_of(models, runtime, self.threads)
         self.runtime = self.nets.runtime
         self.contracts = self.nets.contracts
@@ -252,14 +252,14 @@ class Predictor:
     def candidates(self, volume: CtVolume, lung: np.ndarray) -> Components:
         """Steps 2-3 (module docstring): the segmentation's components near lung, highest peak first, then (with
         `peaks`) the map's peaks below the threshold, highest first; at most `max_candidates` in all, of which
-        the peaks take at most `peak_slots` when the components would fill the list."""
+        the peaks take `peak_share` of them when the components would fill the list."""
         probs = self.segment(volume, lung)
         comps = find_components(probs, volume.spacing_xyz, threshold=self.threshold, min_voxels=self.min_voxels)
         comps = comps.take(self._near_lung(comps.centers_irc, lung))
         comps = comps.take(np.argsort(-comps.peak, kind="stable"))
         if not self.peaks:
             return comps.take(np.arange(min(len(comps), self.max_candidates)))
-        room = max(self.max_candidates - len(comps), min(self.peak_slots, self.max_candidates))
+        room = max(self.max_candidates - len(comps), int(self.peak_share * self.max_candidates))
         centers, values = probability_peaks(
             probs, comps.centers_irc, volume.spacing_irc, threshold=self.threshold, limit=4 * room + 8
         )
