@@ -230,6 +230,12 @@ def detect(
         help="Average the nodule classifier over each patch and its mirror "
         "image (ranks better, as training flips patches too; one more classifier pass per candidate).",
     ),
+    peaks: bool = typer.Option(
+        True,
+        "--peaks/--no-peaks",
+        help="Also classify the segmentation's local maxima below --threshold (small, faint and pleural nodules "
+        "often peak there), after its components; when these fill --max-candidates, the weakest give way to a few peaks.",
+    ),
     restart: bool = typer.Option(
         False,
         "--restart",
@@ -256,6 +262,7 @@ def detect(
         threads=threads,
         runtime=runtime.value,
         mirror=mirror,
+        peaks=peaks,
         restart=restart,
     )
     typer.echo(summary.describe())

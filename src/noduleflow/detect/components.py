@@ -61,6 +61,25 @@ class Components:
         return out
 
 
+def with_points(comps: Components, centers_irc: np.ndarray, peak: np.ndarray, spacing_xyz) -> Components:
+    """`comps` followed by single-voxel candidates at (K, 3) `centers_irc` with (K,) `peak` probabilities.
+
+    The points carry no marked voxels (labels below 0, which `mask` never draws); their size is one voxel's.
+    """
+    centers = np.asarray(centers_irc, np.float64).reshape(-1, 3)
+    points = _components(centers, np.ones(len(centers), np.int64), spacing_xyz, np.asarray(peak, np.float32))
+    labels = None if comps.labels is None else np.concatenate([comps.labels, -1 - np.arange(len(centers))])
+    return replace(
+        comps,
+        centers_irc=np.concatenate([comps.centers_irc, points.centers_irc]),
+        voxels=np.concatenate([comps.voxels, points.voxels]),
+        volume_mm3=np.concatenate([comps.volume_mm3, points.volume_mm3]),
+        diameter_mm=np.concatenate([comps.diameter_mm, points.diameter_mm]),
+        peak=np.concatenate([comps.peak, points.peak]),
+        labels=labels,
+    )
+
+
 def find_components(probs: np.ndarray, spacing_xyz, *, threshold: float = 0.5, min_voxels: int = 1) -> Components:
     """(I, R, C) probabilities (or a bool mask) -> the components of `probs > threshold` with >= `min_voxels` voxels.
 

@@ -7,6 +7,9 @@ Steps (shapes for one scan of I x R x C voxels):
 3. grouping: threshold + 3D connected components (`detect.components`); components with no lung
    voxel within `lung_margin` voxels of their centre are dropped (a nodule on the pleura or a dense
    one the lung mask left out stays), the rest ranked by peak probability (at most `max_candidates`);
+   then (`peaks`) the map's local maxima below the threshold, away from every component (`detect.peaks`):
+   small, faint and pleural nodules often peak there; they take the places the components leave, and at
+   least `peak_share` of the places (the weakest components give way), since a scan can hold hundreds of components;
 4. classification: (N, 1, D, H, W) patches (the classifier's `input_size`) around the centres, in batches -> P(nodule),
    by default the mean over each patch and its mirror image (flipped along all three axes, as training's
    augmentation flips): on the bench's 30 held-out full-resolution scans, CPM 0.843 instead of 0.827, and
@@ -36,8 +39,9 @@ import numpy as np
 
 from noduleflow.ct import CtVolume, lung_mask
 from noduleflow.data.patches import crop_patch
-from noduleflow.detect.components import Components, find_components
+from noduleflow.detect.components import Components, find_components, with_points
 from noduleflow.detect.contract import Nets, softmax1
+from noduleflow.detect.peaks import probability_peaks
 from noduleflow.detect.windows import Window, full_windows, lung_windows, segment_windows
 from noduleflow.errors import NoduleflowError
 
@@ -159,7 +163,9 @@ class Predictor:
     runtime (for `DetectorModels`): "torch" eager PyTorch; "onnx" / "int8" the run's exports
     (`noduleflow export`: float32 ONNX, or the U-Net in int8), read from RUN/export/; "auto" (default)
     int8 or onnx when the run has exports, else torch. mirror: the classifier's P(nodule) is the mean
-    over the patch and its mirror image (module docstring); False: the patch alone.
+    over the patch and its mirror image (module docstring); False: the patch alone. peaks: add the
+    segmentation's peaks below `threshold` as candidates (`detect.peaks`), in at least `peak_share` (a fraction)
+    of the `max_candidates` places; a peak's diameter is one voxel's and its `segmentation` the map's value there.
     """
 
     def __init__(
@@ -176,13 +182,15 @@ class Predictor:
         threads: int = 0,
         runtime: str = "auto",
         mirror: bool = True,
+        peaks: bool = True,
+        peak_share: float = 0.3,
     ):
         self.threshold, self.min_voxels, self.mirror = float(threshold), int(min_voxels), bool(mirror)
         self.lung_margin, self.window_margin = int(lung_margin), int(window_margin)
         self.max_candidates, self.batch, self.restrict_to_lung = int(max_candidates), int(batch), restrict_to_lung
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-        self.threads = int(threads)
+        self.threads, self.peaks, self.peak_share = int(threads), bool(peaks), float(peak_share)
         self.nets = models if isinstance(models, Nets) else _nets_of(models, runtime, self.threads)
         self.runtime = self.nets.runtime
         self.contracts = self.nets.contracts
@@ -242,21 +250,35 @@ class Predictor:
         )
 
     def candidates(self, volume: CtVolume, lung: np.ndarray) -> Components:
-        """Steps 2-3 (module docstring): the segmentation's components near lung, highest peak first, at most `max_candidates`."""
+        """Steps 2-3 (module docstring): the segmentation's components near lung, highest peak first, then (with
+        `peaks`) the map's peaks below the threshold, highest first; at most `max_candidates` in all, of which
+        the peaks take `peak_share` of them when the components would fill the list."""
         probs = self.segment(volume, lung)
         comps = find_components(probs, volume.spacing_xyz, threshold=self.threshold, min_voxels=self.min_voxels)
-        rounded = np.clip(np.floor(comps.centers_irc + 0.5).astype(np.int64), 0, np.array(volume.shape) - 1)
-        m = self.lung_margin
-        comps = comps.take(
-            np.array(
-                [
-                    lung[max(i - m, 0) : i + m + 1, max(r - m, 0) : r + m + 1, max(c - m, 0) : c + m + 1].any()
-                    for i, r, c in rounded.tolist()
-                ],
-                dtype=bool,
-            )
+        comps = comps.take(self._near_lung(comps.centers_irc, lung))
+        comps = comps.take(np.argsort(-comps.peak, kind="stable"))
+        if not self.peaks:
+            return comps.take(np.arange(min(len(comps), self.max_candidates)))
+        room = max(self.max_candidates - len(comps), int(self.peak_share * self.max_candidates))
+        centers, values = probability_peaks(
+            probs, comps.centers_irc, volume.spacing_irc, threshold=self.threshold, limit=4 * room + 8
         )
-        return comps.take(np.argsort(-comps.peak, kind="stable")[: self.max_candidates])
+        near = self._near_lung(centers, lung)
+        centers, values = centers[near][:room], values[near][:room]
+        comps = comps.take(np.arange(min(len(comps), self.max_candidates - len(centers))))
+        return with_points(comps, centers, values, volume.spacing_xyz)
+
+    def _near_lung(self, centers_irc: np.ndarray, lung: np.ndarray) -> np.ndarray:
+        """(N,) bool: lung lies within `lung_margin` voxels (per axis) of each (N, 3) centre."""
+        rounded = np.clip(np.floor(centers_irc + 0.5).astype(np.int64), 0, np.array(lung.shape) - 1)
+        m = self.lung_margin
+        return np.array(
+            [
+                lung[max(i - m, 0) : i + m + 1, max(r - m, 0) : r + m + 1, max(c - m, 0) : c + m + 1].any()
+                for i, r, c in rounded.reshape(-1, 3).tolist()
+            ],
+            dtype=bool,
+        )
 
     def _detect(self, volume: CtVolume, lung: np.ndarray) -> tuple[list[Finding], int, np.ndarray]:
         comps = self.candidates(volume, lung)
