@@ -241,7 +241,8 @@ def split_series(
             _move_one(train, val, wanted, labels, keep=0, guard=guard)
             _move_one(train, test, wanted, labels, keep=0, guard=guard)
             _move_one(val, train, wanted, labels, keep=1, guard=guard)
-            _move_one(val, test, wanted, labels, keep=0, guard=guard)  # validation picks the best epoch: before test
+            # validation picks the best epoch: it comes before test, even when test then keeps no labelled series
+            _move_one(val, test, wanted, labels, keep=0, guard=False)
             _move_one(test, train, wanted, labels, keep=1, guard=guard)
     return Split(tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test)))
 
