@@ -231,10 +231,11 @@ def detect(
         "image (ranks better, as training flips patches too; one more classifier pass per candidate).",
     ),
     peaks: bool = typer.Option(
-        True,
+        False,
         "--peaks/--no-peaks",
         help="Also classify the segmentation's local maxima below --threshold (small, faint and pleural nodules "
-        "often peak there), after its components; when these fill --max-candidates, the weakest give way to a few peaks.",
+        "often peak there), after its components; when these fill --max-candidates, the weakest give way to a few "
+        "peaks. Off by default: every scan then classifies --max-candidates candidates.",
     ),
     restart: bool = typer.Option(
         False,

@@ -7,9 +7,12 @@ Steps (shapes for one scan of I x R x C voxels):
 3. grouping: threshold + 3D connected components (`detect.components`); components with no lung
    voxel within `lung_margin` voxels of their centre are dropped (a nodule on the pleura or a dense
    one the lung mask left out stays), the rest ranked by peak probability (at most `max_candidates`);
-   then (`peaks`) the map's local maxima below the threshold, away from every component (`detect.peaks`):
-   small, faint and pleural nodules often peak there; they take the places the components leave, and at
-   least `peak_share` of the places (the weakest components give way), since a scan can hold hundreds of components;
+   then, with `peaks` (off by default), the map's local maxima below the threshold, away from every component
+   (`detect.peaks`): small, faint and pleural nodules often peak there; they take the places the components
+   leave, and at least `peak_share` of the places (the weakest components give way), since a scan can hold
+   hundreds of components. Off by default because on the development scans a detector trained with them
+   found no more nodules with them, while every scan then classifies the full `max_candidates` (docs/decisions.md);
+   mining uses them (`recipes.mining`), so the classifier has seen such candidates;
 4. classification: (N, 1, D, H, W) patches (the classifier's `input_size`) around the centres, in batches -> P(nodule),
    by default the mean over each patch and its mirror image (flipped along all three axes, as training's
    augmentation flips): on the bench's 30 held-out full-resolution scans, CPM 0.843 instead of 0.827, and
@@ -182,7 +185,7 @@ class Predictor:
         threads: int = 0,
         runtime: str = "auto",
         mirror: bool = True,
-        peaks: bool = True,
+        peaks: bool = False,
         peak_share: float = 0.3,
     ):
         self.threshold, self.min_voxels, self.mirror = float(threshold), int(min_voxels), bool(mirror)

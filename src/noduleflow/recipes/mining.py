@@ -57,13 +57,18 @@ def mine_candidates(
     index = load_index(data)
     scans = OpenScans(ScanCache(data / DEFAULT_CACHE_NAME))  # each entry opened once: sized, then mined
     segment_run = Path(segment_run)
-    # the int8 U-Net when `train detector` has exported it (`noduleflow export`), else eager PyTorch
+    # the map's peaks below the threshold too (`detect.peaks`): the classifier learns them as well, should
+    # `detect --peaks` show it such candidates. The int8 U-Net when `train detector` has exported it (`noduleflow export`), else eager PyTorch
     if exported_runtime(segment_run.parent) == "int8":
         models = load_exported(segment_run.parent, "int8", parts=("segment",))
-        predictor = Predictor(models, threshold=threshold, max_candidates=max_per_scan)
+        predictor = Predictor(models, threshold=threshold, max_candidates=max_per_scan, peaks=True)
     else:
         predictor = Predictor(
-            load_segmentation(segment_run), runtime="torch", threshold=threshold, max_candidates=max_per_scan
+            load_segmentation(segment_run),
+            runtime="torch",
+            threshold=threshold,
+            max_candidates=max_per_scan,
+            peaks=True,
         )
     uids = _within(index.series_uids, [scans(uid).hu.size for uid in index.series_uids], max_voxels)
     rows: list[tuple[str, float, float, float, int]] = []

@@ -78,3 +78,16 @@ def test_a_segmentation_only_predictor_gives_candidates_but_refuses_to_classify(
     assert len(comps) == 1 and np.allclose(comps.centers_irc[0], NODULE_IRC, atol=0.5)
     with pytest.raises(ValueError, match="no nodule classifier"):
         predictor.predict(volume)
+
+
+def test_mining_also_takes_the_maps_peaks_below_the_threshold(phantom_luna, tmp_path, monkeypatch):
+    """detect leaves the peaks out by default; mining adds them, so the classifier has seen such candidates."""
+    from noduleflow.detect import predictor as predictor_module
+
+    root, _, _ = phantom_luna
+    monkeypatch.setattr("noduleflow.detect.models.load_part", lambda sub, part: DenseTissue())
+    calls = []
+    real = predictor_module.probability_peaks
+    monkeypatch.setattr(predictor_module, "probability_peaks", lambda *a, **k: calls.append(1) or real(*a, **k))
+    mining.mine_candidates(root, tmp_path / "run" / "segment", tmp_path / "run" / "mined.csv", progress=False)
+    assert calls == [1]  # one scan, its peaks looked for once

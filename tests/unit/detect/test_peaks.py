@@ -89,8 +89,8 @@ def _lung(volume):
 def test_the_predictor_adds_peaks_after_the_components_in_their_order(models):
     volume = chest(nodule=False)
     probs = _map_with(5, [(8, 20, 20)])
-    comps = _predictor(models, probs).candidates(volume, _lung(volume))
-    plain = _predictor(models, probs, peaks=False).candidates(volume, _lung(volume))
+    comps = _predictor(models, probs, peaks=True).candidates(volume, _lung(volume))
+    plain = _predictor(models, probs).candidates(volume, _lung(volume))
     assert len(plain) == 5 and len(comps) == 6
     np.testing.assert_allclose(comps.centers_irc[:5], plain.centers_irc)  # the components first, highest peak first
     assert np.all(np.diff(plain.peak) < 0)
@@ -104,20 +104,20 @@ def test_the_cap_holds_and_the_peaks_take_at_most_their_slots(models):
     volume = chest(nodule=False)
     faint = [(8, 20, 20), (12, 28, 44), (6, 30, 16)]
     probs = _map_with(10, faint)
-    plain = _predictor(models, probs, peaks=False).candidates(volume, _lung(volume))
+    plain = _predictor(models, probs).candidates(volume, _lung(volume))
     n = len(plain)
     assert n >= 6
-    comps = _predictor(models, probs, max_candidates=n, peak_share=0.3).candidates(volume, _lung(volume))
+    comps = _predictor(models, probs, peaks=True, max_candidates=n, peak_share=0.3).candidates(volume, _lung(volume))
     k = int(0.3 * n)  # the peaks' places
     assert len(comps) == n and 1 <= k <= len(faint)
     np.testing.assert_allclose(comps.centers_irc[: n - k], plain.centers_irc[: n - k])  # the best keep their place
     assert comps.centers_irc[n - k :].tolist() == [list(map(float, p)) for p in faint[:k]]
     # with room to spare the peaks fill it, whatever their slots: all components, then the three peaks
-    assert len(_predictor(models, probs, peak_share=0.0).candidates(volume, _lung(volume))) == n + 3
+    assert len(_predictor(models, probs, peaks=True, peak_share=0.0).candidates(volume, _lung(volume))) == n + 3
 
 
 def test_no_lung_or_an_empty_map_gives_no_peaks(models):
     volume = chest(nodule=False)
     probs = _map_with(0, [(8, 20, 20)])
-    assert len(_predictor(models, probs).candidates(volume, np.zeros(volume.shape, bool))) == 0
-    assert len(_predictor(models, np.zeros_like(probs)).candidates(volume, _lung(volume))) == 0
+    assert len(_predictor(models, probs, peaks=True).candidates(volume, np.zeros(volume.shape, bool))) == 0
+    assert len(_predictor(models, np.zeros_like(probs), peaks=True).candidates(volume, _lung(volume))) == 0
