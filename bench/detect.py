@@ -63,7 +63,7 @@ from scipy import ndimage
 from noduleflow.ct import read_volume
 from noduleflow.data.patches import crop_box, crop_patch, hu_to_unit
 from noduleflow.detect import Predictor, detect, load_detector
-from noduleflow.detect.pipeline import SUBMISSION_CSV, scan_sources
+from noduleflow.detect.pipeline import DETECTIONS_JSON, SUBMISSION_CSV, scan_sources
 from noduleflow.detect.runtime import exported_runtime
 from noduleflow.evaluate import evaluate, read_submission
 from noduleflow.export import export_run
@@ -166,7 +166,8 @@ def score_heldout(run_dir: Path, heldout: Path, seed: int, out: Path):
     """`detect` + `evaluate` on one held-out seed's scans: (Evaluation, candidate recall, malignancy ceiling AUC)."""
     summary = detect(heldout, run_dir, out, progress=False, restart=True)  # never a previous build's results
     print(f"held-out seed {seed}: {summary.describe()}")
-    report = evaluate(heldout, out / SUBMISSION_CSV, out)
+    # the detections JSON: the same marks as submission.csv, with each finding's malignancy (the CSV has none)
+    report = evaluate(heldout, out / DETECTIONS_JSON, out)
     print(report.describe())
     sens = ", ".join(f"{s:.2f}" for s in report.froc.sensitivities)
     print(
@@ -176,7 +177,7 @@ def score_heldout(run_dir: Path, heldout: Path, seed: int, out: Path):
     labels = nodule_labels(matching.nodules, seed=seed, scans=HELDOUT_SCANS, size=SIZE)
     recall = candidate_recall(matching, labels=labels)
     print(recall.describe())
-    mal, ceiling = report.malignancy, malignancy_ceiling(report, out / SUBMISSION_CSV, seed)
+    mal, ceiling = report.malignancy, malignancy_ceiling(report, out / DETECTIONS_JSON, seed)
     if mal is not None:
         print(
             f"malignancy ROC AUC over {mal.nodules} hit nodules: model {mal.auc:.3f}, diameter alone "
