@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from noduleflow.data.cache import CachedScan, LungMask, ScanCache
 from noduleflow.data.luna16 import Candidate, Nodule
-from noduleflow.data.patches import HU_MAX, HU_MIN, crop_box, hu_to_unit
+from noduleflow.data.patches import crop_box, hu_to_unit
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 """(patches (B, 1, D, H, W) float32, labels (B,) int64, indices (B,) int64)."""
@@ -213,8 +213,10 @@ class PatchDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> PatchBatch:
         """The samples of `indices` as one batch: each patch cut into a row of one buffer, the transform run once."""
         index = np.asarray(indices, dtype=np.int64)
-        if self.size_mm is not None:  # clipped and scaled as hu_to_unit does, in place
-            patches = self._cut_mm(index).clamp_(HU_MIN, HU_MAX).mul_(1.0 / HU_MAX)[:, None]
+        if self.size_mm is not None:
+            patches = self._cut_mm(index)  # (B, D, H, W) HU, then clipped and scaled in place
+            hu_to_unit(patches.numpy(), out=patches.numpy())
+            patches = patches[:, None]
         else:
             out = np.empty((len(index), 1, *self.size), dtype=np.float32)  # (B, 1, D, H, W)
             scratch = np.empty(self.size, dtype=np.int16)

@@ -53,15 +53,13 @@ def _far_apart(
     """(N,) bool: each of the (N, 3) points (in priority order) farther than `distance_mm` from every (M, 3)
     taken point and from every earlier kept point."""
     spacing = np.asarray(spacing_irc, np.float64)
-    kept: list[np.ndarray] = [np.asarray(t, np.float64) * spacing for t in np.asarray(taken_irc).reshape(-1, 3)]
+    taken = np.asarray(taken_irc, np.float64).reshape(-1, 3) * spacing  # (M + kept, 3) mm
     keep = np.zeros(len(points_irc), bool)
-    d2 = distance_mm**2
-    taken = np.array(kept).reshape(-1, 3)
     for i, p in enumerate(points_irc * spacing):
-        if len(taken) and (((taken - p) ** 2).sum(1) <= d2).any():
+        if (((taken - p) ** 2).sum(1) <= distance_mm**2).any():
             continue
         keep[i] = True
         taken = np.vstack([taken, p])
-        if limit is not None and keep.sum() >= limit:
+        if keep.sum() == limit:
             break
     return keep
