@@ -100,6 +100,9 @@ def hu_to_unit(hu: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """
     if out is None:
         out = np.empty(hu.shape, dtype=np.float32)
+    if hu.dtype == np.float32:  # the same two steps without a temporary (in place when out is hu)
+        np.clip(hu, HU_MIN, HU_MAX, out=out)
+        return np.multiply(out, _SCALE, out=out)
     low, high = (HU_MIN, HU_MAX) if hu.dtype.kind == "f" else (int(HU_MIN), int(HU_MAX))
     np.multiply(np.clip(hu, low, high), _SCALE, out=out)  # np.clip has a fast int16 loop; maximum/minimum do not
     return out
