@@ -11,7 +11,8 @@ batch's indices, the patches are cut into one buffer, and the augmentation runs 
 collation: in the worker (or this process) on the CPU, or on the training device once the trainer
 calls `PatchLoader.augment_on(device)`. Same samples, same per-sample random transforms as one at a
 time, at a fraction of the cost (bench/loader.py). A worker writes the augmented batch straight into
-shared memory, so sending it to the main process copies nothing.
+shared memory, so sending it to the main process copies nothing, and sends the labels and indices by value,
+so the main process fetches one shared-memory file descriptor per batch instead of three.
 """
 
 from __future__ import annotations
@@ -191,13 +192,34 @@ class _PatchCollate:
 
     def __call__(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         patches, labels, index = getattr(batch, "collated", None) or default_collate(batch)
-        if isinstance(self.augment, Augment) and get_worker_info() is not None:
+        in_worker = get_worker_info() is not None
+        if isinstance(self.augment, Augment) and in_worker:
             # in a worker: the augmented batch is written straight into shared memory, which the main process
             # maps as it is; any other tensor would be copied there when it is sent (2 MB a batch of 32 patches)
             patches = self.augment.batch(patches, out=_shared_empty(patches))[0]
         elif self.augment is not None:
             patches = self.augment(patches)
-        return patches, labels, index
+        return _SentBatch((patches, labels, index)) if in_worker else (patches, labels, index)
+
+
+class _SentBatch(tuple):
+    """A worker's (patches, labels, indices) that the main process unpickles as a plain tuple of tensors.
+
+    torch's pickler moves every tensor into its own shared-memory file, whose descriptor the main process
+    then fetches from the worker over a new socket connection with an authentication handshake, while it
+    waits for the busy worker to answer. The labels and indices, (B,) int64 each, travel by value in the
+    pickle instead: one such round trip per batch rather than three (the main process's share of a
+    32-patch batch fell from about 1.3 to 0.9 ms of CPU, and it waits less for the workers).
+    """
+
+    def __reduce__(self):
+        patches, labels, index = self
+        return _received, (patches, labels.numpy(), index.numpy())
+
+
+def _received(patches: torch.Tensor, labels: np.ndarray, index: np.ndarray) -> tuple:
+    """The plain (patches, labels, indices) tuple a `_SentBatch` becomes in the receiving process."""
+    return patches, torch.from_numpy(labels), torch.from_numpy(index)
 
 
 def _shared_empty(like: torch.Tensor) -> torch.Tensor:

@@ -236,3 +236,37 @@ def test_seeded_workers_augment_patch_batches_the_same_way_twice(luna_prepared):
 
     a, b, c = one_pass(5), one_pass(5), one_pass(6)
     assert a.shape == (len(ds), 1, 6, 10, 10) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_a_worker_batch_crosses_processes_as_one_shared_file_and_arrives_as_plain_tensors(luna_prepared):
+    import multiprocessing.reduction
+
+    import torch.multiprocessing  # noqa: F401 - registers torch's reducers with the pickler the workers use
+
+    ForkingPickler = multiprocessing.reduction.ForkingPickler
+
+    rows = _column_rows(luna_prepared["volumes"][0])
+    aug = Augment(rotate_deg=15, scale=0.1, offset_vox=2, noise_hu=25)
+    loader = make_loader(CandidatePatches(luna_prepared["cache"], rows, size=(6, 10, 10), transform=aug), 8)
+    with mock.patch("noduleflow.data.loaders.get_worker_info", return_value=object()):  # as in a worker
+        sent = loader.collate_fn(loader.dataset.__getitems__([3, 1, 4, 1, 5, 9, 2, 6]))
+    patches, labels, index = sent
+    with mock.patch.object(multiprocessing.reduction, "DupFd", wraps=multiprocessing.reduction.DupFd) as dup:
+        data = ForkingPickler.dumps(sent)
+    assert dup.call_count == 1  # the patches' shared memory; labels and indices go by value
+    got = ForkingPickler.loads(data)
+    assert type(got) is tuple and all(type(t) is torch.Tensor for t in got)
+    assert torch.equal(got[0], patches) and got[0].is_shared()
+    assert got[1].dtype == got[2].dtype == torch.int64
+    assert got[1].tolist() == loader.dataset.labels[[3, 1, 4, 1, 5, 9, 2, 6]].tolist()
+    assert got[2].tolist() == [3, 1, 4, 1, 5, 9, 2, 6]
+
+
+def test_batches_from_workers_are_plain_tuples_equal_to_the_ones_made_here(luna_prepared):
+    rows = _column_rows(luna_prepared["volumes"][0])
+    ds = CandidatePatches(luna_prepared["cache"], rows, size=(6, 10, 10))
+    here = list(make_loader(ds, 4, shuffle=True, seed=2))
+    there = list(make_loader(ds, 4, workers=2, shuffle=True, seed=2, persistent_workers=False))
+    assert len(here) == len(there) == 6
+    for a, b in zip(here, there):
+        assert type(b) is tuple and all(torch.equal(x, y) for x, y in zip(a, b))
