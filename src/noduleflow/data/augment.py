@@ -9,6 +9,12 @@ A 3D image is resampled in two separable steps that give the trilinear result of
 A linear blend of two slices along I, then one 2D bilinear `grid_sample` over all slices at once, is
 about 3x faster on a CPU than the 3D kernel, which is most of the cost of a training batch.
 
+Training's mm patches (`PatchDataset` with `size_mm`, augmented on the CPU by `PatchLoader`) skip the cut:
+`batch_from_blocks` resamples each patch's source block once, through the mm grid and the transform composed
+(both affine), instead of interpolating it to the patch and the patch again. The same draws, the same
+transform, the same air beyond the patch; one interpolation less of blur (the two paths agree exactly on
+linear HU ramps and differ only at sharp edges), and a third less work per batch (docs/decisions.md).
+
 The Gaussian noise is read, not drawn: each batch adds a window at a random offset of a bank of standard
 normals drawn once per process (`noise_bank`, from a fixed seed) and scaled by `noise_hu`. Every voxel still
 gets an N(0, noise_hu) value and the voxels of one batch get distinct bank entries; windows of different
@@ -22,6 +28,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -122,6 +129,42 @@ class Augment:
             x = out.copy_(x)
         return x, mask
 
+    @property
+    def takes_blocks(self) -> bool:
+        """Whether `batch_from_blocks` applies: 3D, with rotation, zoom or shift."""
+        return self.spatial_dims == 3 and bool(self.rotate_deg or self.scale or self.offset_vox)
+
+    def batch_from_blocks(
+        self,
+        blocks: torch.Tensor,
+        first: torch.Tensor,
+        step: torch.Tensor,
+        size: tuple[int, int, int],
+        generator: torch.Generator | None = None,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Cut and augment a batch of mm patches in one resample: (B, 1, *size) float32, as `batch` would give
+        for the patches `PatchDataset` cuts from these blocks, but interpolated once instead of twice.
+
+        blocks: (B, MD, MH, MW) HU (any real dtype), each sample's source voxels with a margin around its patch;
+        first: (B, 3) float64 position in its block (I, R, C voxels) of the patch's first voxel centre;
+        step: (B, 3) block voxels per patch voxel. The random draws are `batch`'s, in the same order (so the same
+        RNG state gives the same flips, transform and noise); HU is clipped and scaled (`hu_to_unit`) before
+        the interpolation, and what the transform brings in from beyond the patch fades to `pad` over one
+        voxel, as with the patch's own zero padding in `batch`. 3D with rotation, zoom or shift only.
+        """
+        if not self.takes_blocks:
+            raise ValueError("batch_from_blocks needs a 3D Augment with rotation, zoom or shift")
+        b = blocks.shape[0]
+        flips = torch.rand(b, 3, generator=generator) < 0.5  # as in `batch`: flips, transform, then noise
+        flips[:, [a for a in range(3) if a not in self.flip_axes]] = False
+        theta = self._theta(torch.Size(size), flips, generator)
+        x = _resample_blocks(blocks, first.numpy(), step.numpy(), size, theta, self.pad).view(b, 1, *size)
+        if not self.noise_hu:
+            return x if out is None else out.copy_(x)
+        noise = _noise_window(x.shape, x.device, generator).view(x.shape)
+        return torch.add(x, noise, alpha=self.noise_hu / 1000.0, out=out)
+
     def _theta(self, spatial: torch.Size, flips: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """(B, S, S + 1) affine matrices in affine_grid's (x, y[, z]) = (W, H[, D]) axis order."""
         b, s = flips.shape[0], self.spatial_dims
@@ -194,3 +237,63 @@ def _resample_separable(x: torch.Tensor, theta: torch.Tensor, pad: float) -> tor
     grid = F.affine_grid(theta[:, :2][:, :, [0, 1, 3]], [b, d * c, h, w], align_corners=False)  # (B, H, W, 2)
     out = F.grid_sample(blended.view(b, d * c, h, w), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.view(b, d, c, h, w).transpose(1, 2).add_(pad).contiguous()
+
+
+def _tent(u: torch.Tensor, n: int) -> torch.Tensor:
+    """Patch voxel coordinates u -> 1 inside [0, n - 1], falling linearly to 0 one voxel beyond: the weight a
+    linear interpolation gives the patch's voxels where its neighbours beyond the patch read zero."""
+    return torch.minimum(u + 1, n - u).clamp_(0, 1)
+
+
+def _resample_blocks(
+    blocks: torch.Tensor,
+    first: np.ndarray,
+    step: np.ndarray,
+    size: tuple[int, int, int],
+    theta: torch.Tensor,
+    pad: float,
+) -> torch.Tensor:
+    """(B, MD, MH, MW) HU blocks -> (B, D, H, W) float32 in [-1, 1] (`hu_to_unit`): the patch grid of `first` /
+    `step` ((B, 3) block voxels, I R C) moved by `theta` (B, 3, 4) of `Augment._theta` (in-plane rotation, D row
+    diagonal), trilinear from the blocks, fading to `pad` over one voxel past the patch.
+
+    theta maps an output voxel to a patch position u (patch voxels); the patch grid maps u to first + u * step
+    in the block. Both are affine, so along I each output slice blends two block slices, and in-plane one 2D
+    bilinear `grid_sample` over the blended slices (as channels) takes the composed 2 x 3 matrix. The
+    coordinates are a few numbers a sample: numpy, whose calls cost a fraction of torch's on arrays this small.
+    """
+    b, md, mh, mw = blocks.shape
+    d, h, w = size
+    th = theta.double().numpy()  # (B, 3, 4)
+    # the blocks clipped and scaled as `hu_to_unit`, minus pad (grid_sample's zero padding then shows pad), in
+    # rows of one buffer whose last row stays zero: the slice that taps past the block read
+    flat = torch.empty(b * md + 1, mh * mw)
+    flat[:-1].copy_(blocks.reshape(b * md, mh * mw)).clamp_(-1000.0, 1000.0).mul_(1 / 1000.0).sub_(pad)
+    flat[-1] = 0.0
+    # along I: output slice k -> patch position u_z (align_corners False) -> block slice z
+    centres = (2 * np.arange(d) + 1) / d - 1  # (D,) normalised
+    u_z = ((th[:, 2, 2:3] * centres + th[:, 2, 3:4] + 1) * d - 1) / 2  # (B, D) patch voxels
+    z = first[:, 0:1] + u_z * step[:, 0:1]  # (B, D) block slices
+    below = np.floor(z).astype(np.int64)
+    offset = np.arange(b)[:, None] * md
+    rows = [torch.from_numpy(np.where((k >= 0) & (k < md), k + offset, b * md).ravel()) for k in (below, below + 1)]
+    frac = torch.from_numpy((z - below).astype(np.float32).reshape(b * d, 1))
+    blended = flat.index_select(0, rows[0]).lerp_(flat.index_select(0, rows[1]), frac)  # (B * D, MH * MW)
+    # the patch's own border along I: zero padding past it fades what lies beyond over one voxel (per output
+    # slice, so here on the blended slices: grid_sample is linear in them)
+    blended.mul_(torch.from_numpy(np.clip(np.minimum(u_z + 1, d - u_z), 0, 1).astype(np.float32).reshape(b * d, 1)))
+    # in-plane: normalised output (x, y) -> theta -> normalised patch g -> block position -> normalised block q
+    n_pix, m_pix = np.array([w, h], np.float64), np.array([mw, mh], np.float64)  # x (W, C) and y (H, R) order
+    st, fi = step[:, [2, 1]], first[:, [2, 1]]  # (B, 2) in x, y order
+    alpha = st * n_pix / m_pix  # q = alpha * g + beta
+    beta = (2 * fi + st * (n_pix - 1) + 1) / m_pix - 1
+    plane = th[:, :2][:, :, [0, 1, 3]]  # (B, 2, 3) output (x, y, 1) -> g
+    composed = plane * alpha[:, :, None]
+    composed[:, :, 2] += beta
+    grid = F.affine_grid(torch.from_numpy(composed.astype(np.float32)), [b, d, h, w], align_corners=False)
+    out = F.grid_sample(blended.view(b, d, mh, mw), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # and in-plane, per axis of the patch; then pad back on, in the same pass
+    g = F.affine_grid(torch.from_numpy(plane.astype(np.float32)), [b, 1, h, w], align_corners=False)  # (B, H, W, 2)
+    u = (g + 1) * torch.tensor([w, h], dtype=torch.float32) / 2 - 0.5  # patch voxels, x and y
+    fade = _tent(u[..., 0], w).mul_(_tent(u[..., 1], h))  # (B, H, W)
+    return torch.addcmul(torch.tensor(pad), out, fade[:, None], out=out)

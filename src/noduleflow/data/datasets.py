@@ -10,7 +10,9 @@ A DataLoader that batches calls `__getitems__` with a batch's indices: the patch
 into one (B, 1, D, H, W) buffer and the transform runs once on the whole batch. Patches spanning mm
 (`size_mm`) are interpolated for the whole batch at once as three batched matrix products (`_cut_mm`),
 about 3x faster than `crop_mm` patch by patch; the values agree with `crop_mm` (which inference uses)
-to float rounding (~1e-4 HU), not bit for bit. The result is a
+to float rounding (~1e-4 HU), not bit for bit. (A training loader that augments mm patches on the CPU
+sets `defer_mm_cut` on its copy of the dataset: batches are then `MmBlocks`, the source voxels, which the
+augmentation resamples once to augmented patches.) The result is a
 `PatchBatch`, a list of per-sample views that torch's default collate stacks into what per-sample
 `__getitem__` would give, and whose `collated` tuple `make_loader`'s collate passes on without a copy.
 """
@@ -50,6 +52,25 @@ class PatchBatch(list):
         patches, labels, index = collated
         super().__init__(zip(patches, labels, index))
         self.collated = collated
+
+
+class MmBlocks:
+    """A batch of mm patches not yet cut: `PatchDataset.mm_blocks` of its samples, labels and indices.
+
+    `PatchLoader`'s collate cuts and augments them in one resample (`Augment.batch_from_blocks`); `collated`
+    cuts them as `PatchDataset.__getitems__` does otherwise (the patches before augmentation).
+    """
+
+    def __init__(self, dataset: PatchDataset, index: np.ndarray):
+        self.blocks, self.first, self.step = dataset.mm_blocks(index)
+        self.size = dataset.size
+        self.labels, self.index = torch.from_numpy(dataset.labels[index]), torch.from_numpy(index)
+        self._dataset = dataset
+
+    @property
+    def collated(self) -> Batch:
+        patches = self._dataset._batch(self.index.numpy()).collated[0]
+        return patches, self.labels, self.index
 
 
 class OpenScans:
@@ -160,6 +181,7 @@ class PatchDataset(Dataset):
         self.size = tuple(int(s) for s in size)
         self.size_mm = None if size_mm is None else tuple(float(s) for s in size_mm)
         self.transform = transform
+        self.defer_mm_cut = False
         centers, inside = locate(self.scans, records, what)
         self.records = tuple(r for r, keep in zip(records, inside) if keep)
         self.labels = np.asarray(labels, dtype=np.int64)[inside]  # (N,)
@@ -204,15 +226,42 @@ class PatchDataset(Dataset):
         x = torch.matmul(wr[:, None], x.view(b, d, mh, mw))  # (B, D, H, MW)
         return torch.matmul(x, wc.transpose(1, 2)[:, None])  # (B, D, H, W)
 
+    def mm_blocks(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B,) sample indices -> their source voxels for `Augment.batch_from_blocks`, which cuts and augments
+        the mm patches in one resample: (blocks (B, MD, MH, MW) int16 HU, air past the scan; first (B, 3)
+        float64 position of each patch's first voxel centre in its block; step (B, 3) block voxels per patch voxel).
+
+        Each block is `_cut_mm`'s with a margin of ceil(step) voxels a side, so that a transform reaching up to
+        one patch voxel past the patch still reads the scan (it fades to air there).
+        """
+        margin = np.ceil(self._step.max(0)).astype(np.int64) if len(self._step) else np.ones(3, np.int64)  # (3,)
+        lo, _ = _source_box(self.centers_irc[index], self._step[index], self.size)
+        lo = lo - margin  # (B, 3)
+        shape = tuple(int(m) for m in np.asarray(self._block) + 2 * margin)
+        buf = np.empty((len(index), *shape), dtype=np.int16)
+        for row, (i, corner) in enumerate(zip(index.tolist(), lo.tolist())):
+            crop_box(self.scans(self.records[i].series_uid).hu, corner, shape, out=buf[row])
+        first = self.centers_irc[index] - (np.asarray(self.size) - 1) / 2 * self._step[index] - lo
+        return torch.from_numpy(buf), torch.from_numpy(first), torch.from_numpy(self._step[index])
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         patch = torch.from_numpy(hu_to_unit(self.patch_hu(index)))[None]  # (1, D, H, W)
         if self.transform is not None:
             patch = self.transform(patch)
         return patch, torch.tensor(self.labels[index]), torch.tensor(index)
 
-    def __getitems__(self, indices: Sequence[int]) -> PatchBatch:
-        """The samples of `indices` as one batch: each patch cut into a row of one buffer, the transform run once."""
+    def __getitems__(self, indices: Sequence[int]) -> PatchBatch | MmBlocks:
+        """The samples of `indices` as one batch: each patch cut into a row of one buffer, the transform run once.
+
+        With `defer_mm_cut` set (by `PatchLoader`, on its own copy of an mm dataset whose augmentation can
+        take blocks), the batch's source blocks instead (`MmBlocks`), for the collate to cut and augment at once.
+        """
         index = np.asarray(indices, dtype=np.int64)
+        if self.defer_mm_cut and self.size_mm is not None:
+            return MmBlocks(self, index)
+        return self._batch(index)
+
+    def _batch(self, index: np.ndarray) -> PatchBatch:
         if self.size_mm is not None:
             patches = self._cut_mm(index)  # (B, D, H, W) HU, then clipped and scaled in place
             hu_to_unit(patches.numpy(), out=patches.numpy())

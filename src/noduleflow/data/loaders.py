@@ -11,7 +11,10 @@ batch's indices, the patches are cut into one buffer, and the augmentation runs 
 collation: in the worker (or this process) on the CPU, or on the training device once the trainer
 calls `PatchLoader.augment_on(device)`. Same samples, same per-sample random transforms as one at a
 time, at a fraction of the cost (bench/loader.py). A worker writes the augmented batch straight into
-shared memory, so sending it to the main process copies nothing.
+shared memory, so sending it to the main process copies nothing, and sends the labels and indices by value,
+so the main process fetches one shared-memory file descriptor per batch instead of three. Patches spanning mm
+augmented on the CPU are cut and augmented in one resample (`Augment.batch_from_blocks`): the dataset hands the
+collate each batch's source blocks (`MmBlocks`) instead of cut patches.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_
 from torch.utils.data.distributed import DistributedSampler
 
 from noduleflow.data.augment import Augment
+from noduleflow.data.datasets import MmBlocks
 from noduleflow.errors import ConfigError
 
 
@@ -167,12 +171,19 @@ class PatchLoader(DataLoader):
         if hasattr(self.augment, "warm_up"):
             self.augment.warm_up()  # in this process, before any worker forks: they share what it draws
         super().__init__(dataset.without_transform(), collate_fn=_PatchCollate(self.augment), **kwargs)
+        self._defer_mm_cut(self.augment)
+
+    def _defer_mm_cut(self, augment) -> None:
+        """Let the collate cut mm patches and augment them in one resample when it augments them on the CPU."""
+        if hasattr(self.dataset, "defer_mm_cut"):  # a PatchDataset (it defers only when it cuts mm patches)
+            self.dataset.defer_mm_cut = isinstance(augment, Augment) and augment.takes_blocks
 
     def augment_on(self, device: torch.device | str) -> None:
         """Augment on `device` from now on (call before iterating): a GPU in this process, the CPU in the collate."""
         device = torch.device(device)
         self.augment_device = None if device.type == "cpu" or self.augment is None else device
         self.collate_fn = _PatchCollate(self.augment if self.augment_device is None else None)
+        self._defer_mm_cut(self.collate_fn.augment)
 
     def __iter__(self):
         batches = super().__iter__()
@@ -190,20 +201,46 @@ class _PatchCollate:
         self.augment = augment
 
     def __call__(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        in_worker = get_worker_info() is not None
+        if isinstance(batch, MmBlocks) and isinstance(self.augment, Augment):
+            labels, index = batch.labels, batch.index
+            out = _shared_empty((len(index), 1, *batch.size)) if in_worker else None
+            patches = self.augment.batch_from_blocks(batch.blocks, batch.first, batch.step, batch.size, out=out)
+            return _SentBatch((patches, labels, index)) if in_worker else (patches, labels, index)
         patches, labels, index = getattr(batch, "collated", None) or default_collate(batch)
-        if isinstance(self.augment, Augment) and get_worker_info() is not None:
+        if isinstance(self.augment, Augment) and in_worker:
             # in a worker: the augmented batch is written straight into shared memory, which the main process
             # maps as it is; any other tensor would be copied there when it is sent (2 MB a batch of 32 patches)
-            patches = self.augment.batch(patches, out=_shared_empty(patches))[0]
+            patches = self.augment.batch(patches, out=_shared_empty(patches.shape, patches.dtype))[0]
         elif self.augment is not None:
             patches = self.augment(patches)
-        return patches, labels, index
+        return _SentBatch((patches, labels, index)) if in_worker else (patches, labels, index)
 
 
-def _shared_empty(like: torch.Tensor) -> torch.Tensor:
-    """An uninitialised CPU tensor shaped and typed as `like`, in shared memory (as torch's default_collate does)."""
-    storage = like.untyped_storage()._new_shared(like.numel() * like.element_size())
-    return like.new_empty(0).set_(storage).view(like.shape)
+class _SentBatch(tuple):
+    """A worker's (patches, labels, indices) that the main process unpickles as a plain tuple of tensors.
+
+    torch's pickler moves every tensor into its own shared-memory file, whose descriptor the main process
+    then fetches from the worker over a new socket connection with an authentication handshake, while it
+    waits for the busy worker to answer. The labels and indices, (B,) int64 each, travel by value in the
+    pickle instead: one such round trip per batch rather than three (measured in docs/decisions.md).
+    """
+
+    def __reduce__(self):
+        patches, labels, index = self
+        return _received, (patches, labels.numpy(), index.numpy())
+
+
+def _received(patches: torch.Tensor, labels: np.ndarray, index: np.ndarray) -> tuple:
+    """The plain (patches, labels, indices) tuple a `_SentBatch` becomes in the receiving process."""
+    return patches, torch.from_numpy(labels), torch.from_numpy(index)
+
+
+def _shared_empty(shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An uninitialised CPU tensor of `shape` and `dtype` in shared memory (as torch's default_collate makes)."""
+    like = torch.empty(0, dtype=dtype)
+    storage = like.untyped_storage()._new_shared(math.prod(shape) * like.element_size())
+    return like.set_(storage).view(tuple(shape))
 
 
 def _seed_worker(worker_id: int) -> None:

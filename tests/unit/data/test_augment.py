@@ -145,3 +145,70 @@ def test_noise_is_read_from_a_bank_on_the_batch_device():
     out = Augment(noise_hu=25)(x)
     assert out.device.type == "meta" and out.shape == x.shape
     assert noise_bank(torch.device("meta")).device.type == "meta"
+
+
+_TRANSFORM = dict(rotate_deg=15, scale=0.1, offset_vox=2, noise_hu=25)
+
+
+def _grid_blocks(b: int, size: tuple, seed: int):
+    """Random patch grids in blocks with a margin: (first (B, 3), step (B, 3), block shape) as `PatchDataset.mm_blocks`."""
+    g = torch.Generator().manual_seed(seed)
+    step = (0.5 + torch.rand(b, 3, generator=g, dtype=torch.float64)).clone()  # 0.5-1.5 block voxels a patch voxel
+    first = 2 + torch.rand(b, 3, generator=g, dtype=torch.float64)  # the margin, then a fraction
+    extent = first + (torch.tensor(size) - 1) * step  # last patch voxel centre
+    shape = tuple(int(s) for s in torch.ceil(extent.max(0).values).long() + 3)
+    return first, step, shape
+
+
+def _cut(blocks: torch.Tensor, first: torch.Tensor, step: torch.Tensor, size: tuple) -> torch.Tensor:
+    """The patches `PatchDataset` cuts from the blocks (trilinear at first + k * step), scaled as `hu_to_unit`."""
+    b, out = blocks.shape[0], []
+    for i in range(b):
+        axes = [first[i, a] + torch.arange(n, dtype=torch.float64) * step[i, a] for a, n in enumerate(size)]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], -1)  # (D, H, W, 3) as x, y, z = C, R, I
+        norm = (2 * grid + 1) / torch.tensor(blocks.shape[1:][::-1], dtype=torch.float64) - 1
+        x = blocks[i].double().clamp(-1000, 1000)[None, None] / 1000
+        out.append(torch.nn.functional.grid_sample(x, norm[None], align_corners=False)[0])
+    return torch.stack(out).float()  # (B, 1, D, H, W)
+
+
+@pytest.mark.parametrize("volume", ["constant", "linear"])
+def test_one_resample_from_blocks_equals_cutting_then_augmenting_where_both_read_the_patch(volume):
+    size, b = (6, 10, 12), 24
+    first, step, shape = _grid_blocks(b, size, seed=3)
+    if volume == "constant":
+        blocks = torch.full((b, *shape), 300, dtype=torch.int16)
+    else:  # within [-1000, 1000] HU everywhere, so clipping before or after interpolating agrees
+        i, r, c = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape], indexing="ij")
+        blocks = -700 + 17 * i + 9 * r - 11 * c + 40 * torch.arange(b, dtype=torch.float64)[:, None, None, None] / b
+        blocks = blocks.round().to(torch.int16)
+    aug = Augment(**_TRANSFORM)
+    torch.manual_seed(7)
+    two_steps = aug.batch(_cut(blocks, first, step, size))[0]
+    after = torch.rand(1)
+    torch.manual_seed(7)
+    one_step = aug.batch_from_blocks(blocks, first, step, size)
+    assert torch.equal(torch.rand(1), after)  # the same random draws, in the same order
+    assert one_step.shape == (b, 1, *size) and one_step.dtype == torch.float32
+    if volume == "constant":  # also where the transform reads past the patch: it fades to air the same way
+        assert (one_step - two_steps).abs().max() < 1e-5
+    else:  # where the two-step path reads only the patch's own voxels, both are the ramp at the same point
+        torch.manual_seed(7)
+        coverage = Augment(**{**_TRANSFORM, "noise_hu": 0}).batch(torch.ones(b, 1, *size))[0]
+        inside = (coverage - 1).abs() < 1e-6
+        assert inside.float().mean() > 0.5
+        assert (one_step - two_steps)[inside].abs().max() < 1e-4
+
+
+def test_batch_from_blocks_writes_into_out_and_refuses_augmentations_without_a_transform():
+    size = (4, 8, 8)
+    first, step, shape = _grid_blocks(3, size, seed=1)
+    blocks = torch.randint(-1000, 1000, (3, *shape), dtype=torch.int16)
+    aug, out = Augment(**_TRANSFORM), torch.full((3, 1, *size), 9.0)
+    torch.manual_seed(2)
+    expected = aug.batch_from_blocks(blocks, first, step, size)
+    torch.manual_seed(2)
+    assert aug.batch_from_blocks(blocks, first, step, size, out=out) is out and torch.equal(out, expected)
+    assert aug.takes_blocks and not Augment(noise_hu=25).takes_blocks and not Augment(2, rotate_deg=5).takes_blocks
+    with pytest.raises(ValueError, match="rotation, zoom or shift"):
+        Augment(noise_hu=25).batch_from_blocks(blocks, first, step, size)

@@ -217,3 +217,32 @@ def test_batched_mm_patches_equal_crop_mm_to_float_rounding_in_any_batch(luna_pr
         np.testing.assert_allclose(batch[row, 0].numpy(), expected, rtol=0, atol=2e-6)
         assert torch.equal(batch[row], ds.__getitems__([i, *order[:3]]).collated[0][0])  # whatever shares its batch
     assert batch.min() >= -1 and batch.max() <= 1 and (batch == -1).any()  # air past the edge, clipped
+
+
+def test_mm_blocks_hold_each_patch_grid_with_a_margin_and_defer_the_cut_when_asked(luna_prepared):
+    from noduleflow.data.datasets import MmBlocks
+
+    size_mm = (30.0, 7.0, 20.0)
+    rows = [
+        Candidate(v.series_uid, tuple(v.irc_to_xyz([i, 7 * i % 60, 60 - i])), i % 2 == 0)
+        for v in luna_prepared["volumes"]
+        for i in range(0, 40, 6)
+    ]  # some past the edge
+    ds = CandidatePatches(luna_prepared["cache"], rows, size=(6, 10, 12), size_mm=size_mm)
+    index = np.random.default_rng(1).permutation(len(ds))[:9]
+    blocks, first, step = ds.mm_blocks(index)
+    assert blocks.dtype == torch.int16 and first.shape == step.shape == (9, 3)
+    margin = np.ceil(ds._step.max(0))
+    assert (first.numpy() >= margin).all()  # a transform reaching a patch voxel past the patch still reads the scan
+    last = first.numpy() + (np.array(ds.size) - 1) * step.numpy()
+    assert (last + 1 + margin <= np.array(blocks.shape[1:])).all()
+    for row, i in enumerate(index.tolist()):
+        spacing = ds.scans(ds.records[i].series_uid).spacing_xyz[::-1]
+        centre = first[row].numpy() + (np.array(ds.size) - 1) / 2 * step[row].numpy()
+        from_block = crop_mm(blocks[row].numpy(), centre, ds.size, size_mm, spacing)
+        np.testing.assert_allclose(from_block, ds.patch_hu(i), rtol=0, atol=2e-3)  # the same grid, air included
+    cut = ds.__getitems__(index.tolist()).collated
+    ds.defer_mm_cut = True
+    deferred = ds.__getitems__(index.tolist())
+    assert isinstance(deferred, MmBlocks) and torch.equal(deferred.blocks, blocks)
+    assert all(torch.equal(a, b) for a, b in zip(deferred.collated, cut))  # the patches before augmentation

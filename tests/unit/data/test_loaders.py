@@ -236,3 +236,80 @@ def test_seeded_workers_augment_patch_batches_the_same_way_twice(luna_prepared):
 
     a, b, c = one_pass(5), one_pass(5), one_pass(6)
     assert a.shape == (len(ds), 1, 6, 10, 10) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_a_worker_batch_crosses_processes_as_one_shared_file_and_arrives_as_plain_tensors(luna_prepared):
+    import multiprocessing.reduction
+
+    import torch.multiprocessing  # noqa: F401 - registers torch's reducers with the pickler the workers use
+
+    ForkingPickler = multiprocessing.reduction.ForkingPickler
+
+    rows = _column_rows(luna_prepared["volumes"][0])
+    aug = Augment(rotate_deg=15, scale=0.1, offset_vox=2, noise_hu=25)
+    loader = make_loader(CandidatePatches(luna_prepared["cache"], rows, size=(6, 10, 10), transform=aug), 8)
+    with mock.patch("noduleflow.data.loaders.get_worker_info", return_value=object()):  # as in a worker
+        sent = loader.collate_fn(loader.dataset.__getitems__([3, 1, 4, 1, 5, 9, 2, 6]))
+    patches, labels, index = sent
+    with mock.patch.object(multiprocessing.reduction, "DupFd", wraps=multiprocessing.reduction.DupFd) as dup:
+        data = ForkingPickler.dumps(sent)
+    assert dup.call_count == 1  # the patches' shared memory; labels and indices go by value
+    got = ForkingPickler.loads(data)
+    assert type(got) is tuple and all(type(t) is torch.Tensor for t in got)
+    assert torch.equal(got[0], patches) and got[0].is_shared()
+    assert got[1].dtype == got[2].dtype == torch.int64
+    assert got[1].tolist() == loader.dataset.labels[[3, 1, 4, 1, 5, 9, 2, 6]].tolist()
+    assert got[2].tolist() == [3, 1, 4, 1, 5, 9, 2, 6]
+
+
+def test_batches_from_workers_are_plain_tuples_equal_to_the_ones_made_here(luna_prepared):
+    rows = _column_rows(luna_prepared["volumes"][0])
+    ds = CandidatePatches(luna_prepared["cache"], rows, size=(6, 10, 10))
+    here = list(make_loader(ds, 4, shuffle=True, seed=2))
+    there = list(make_loader(ds, 4, workers=2, shuffle=True, seed=2, persistent_workers=False))
+    assert len(here) == len(there) == 6
+    for a, b in zip(here, there):
+        assert type(b) is tuple and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_mm_patches_are_cut_and_augmented_in_one_resample_close_to_cutting_then_augmenting(luna_prepared):
+    from noduleflow.data.datasets import MmBlocks
+
+    rows = [
+        Candidate(v.series_uid, tuple(v.irc_to_xyz([i, 20 + i % 30, 60 - i])), i % 5 == 0)
+        for v in luna_prepared["volumes"]
+        for i in range(4, 36, 2)
+    ]
+    aug = Augment(rotate_deg=15, scale=0.1, offset_vox=2, noise_hu=25)
+    ds = CandidatePatches(luna_prepared["cache"], rows, size=(8, 16, 16), size_mm=(16.0, 16.0, 16.0), transform=aug)
+    loader = make_loader(ds, 16, shuffle=True, seed=0)
+    assert loader.dataset.defer_mm_cut and not ds.defer_mm_cut
+    torch.manual_seed(5)
+    fused = list(loader)
+    torch.manual_seed(5)  # the same draws, through a cut and a second resample
+    order = [index for _, _, index in fused]
+    two_steps = [aug.batch(loader.dataset._batch(index.numpy()).collated[0])[0] for index in order]
+    a, b = torch.cat([p for p, _, _ in fused]), torch.cat(two_steps)
+    assert a.shape == b.shape == (len(ds), 1, 8, 16, 16)
+    diff = (a - b).abs()  # one interpolation instead of two, the same transforms: apart only at sharp edges
+    assert diff.median() < 0.003 and diff.mean() < 0.02  # 3 and 20 HU (the phantom's edges are sharp)
+    assert abs(a.mean() - b.mean()) < 0.005 and abs(a.std() / b.std() - 1) < 0.03
+    assert torch.equal(torch.cat([label for _, label, _ in fused]), torch.from_numpy(ds.labels)[torch.cat(order)])
+    loader.augment_on("meta")  # augmented on a device: the collate passes the cut patches on
+    assert not loader.dataset.defer_mm_cut
+    loader.augment_on("cpu")
+    assert loader.dataset.defer_mm_cut and isinstance(loader.dataset.__getitems__([0, 1]), MmBlocks)
+
+
+def test_workers_cut_and_augment_mm_patches_the_same_way_twice(luna_prepared):
+    rows = _column_rows(luna_prepared["volumes"][0])
+    aug = Augment(rotate_deg=15, scale=0.1, offset_vox=2, noise_hu=25)
+    ds = CandidatePatches(luna_prepared["cache"], rows, size=(6, 10, 10), size_mm=(9.0, 8.0, 8.0), transform=aug)
+
+    def one_pass(seed: int) -> list:
+        return list(make_loader(ds, 4, workers=2, shuffle=True, seed=seed, persistent_workers=False))
+
+    a, b = one_pass(5), one_pass(5)
+    assert len(a) == 6 and all(type(x) is tuple and x[0].is_shared() for x in a)
+    assert all(torch.equal(p, q) for x, y in zip(a, b) for p, q in zip(x, y))
+    assert sorted(torch.cat([i for _, _, i in a]).tolist()) == list(range(len(ds)))
