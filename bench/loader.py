@@ -11,10 +11,11 @@ extra candidates written next to the scans) weighing `classify.extra_weight`. On
 (`noduleflow.synth`, 8 small scans), the same samples in the same order (un-augmented patches checked equal
 across the three), the same DataLoader settings (batch 32, 2 worker processes), three ways to get them:
 
-- noduleflow: the task's own train loader on the memory-mapped cache of `noduleflow prepare`: each batch cut
-              at once (`__getitems__`: the mm patches interpolated as batched matrix products) and augmented
-              as one batch after collation (noise read from a bank of normals), straight into the shared
-              memory that takes it to the main process.
+- noduleflow: the task's own train loader on the memory-mapped cache of `noduleflow prepare`: each batch's
+              source blocks read at once (`__getitems__`) and every patch cut and augmented in one resample
+              (the mm scaling and the augmentation's affine composed; noise read from a bank of normals),
+              straight into the shared memory that takes it to the main process, which receives one
+              shared-memory descriptor a batch.
 - naive:      open the patch's scan with SimpleITK, resample the mm patch and augment it, for every sample.
 - diskcache:  "Deep Learning with PyTorch" p2ch11-12: `getCtRawCandidate` (here the mm patch) memoized on disk
               by a diskcache `FanoutCache`, filled in series order first as the book's prepcache does, and

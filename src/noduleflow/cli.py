@@ -210,10 +210,20 @@ def detect(
         0.5, "--threshold", min=0.0, max=1.0, help="Segmentation probability that makes a voxel part of a candidate."
     ),
     max_candidates: int = typer.Option(
-        100,
-        "--max-candidates",
+        100, "--max-candidates", min=1, help="Findings kept per scan at most (LUNA16 scores 100 marks per scan)."
+    ),
+    rank_candidates: int = typer.Option(
+        300,
+        "--rank-candidates",
         min=1,
-        help="Candidates classified per scan at most (the segmentation's most confident; LUNA16 scores 100 marks per scan).",
+        help="Candidates the classifier scores per scan to choose those findings (the segmentation's most "
+        "confident first); more finds faint nodules among many vessel ends, for about one classifier pass each.",
+    ),
+    inner_peaks: bool = typer.Option(
+        True,
+        "--inner-peaks/--no-inner-peaks",
+        help="Also score the segmentation's maxima inside a candidate far from its centre: a nodule fused with a "
+        "vessel or the pleura into one blob gets its own mark.",
     ),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads of the models; 0 keeps the runtime's choice."),
     runtime: Runtime = typer.Option(
@@ -260,6 +270,8 @@ def detect(
         out,
         threshold=threshold,
         max_candidates=max_candidates,
+        rank_candidates=rank_candidates,
+        inner_peaks=inner_peaks,
         threads=threads,
         runtime=runtime.value,
         mirror=mirror,

@@ -52,6 +52,17 @@ class Components:
             labels=None if self.labels is None else self.labels[keep],
         )
 
+    def voxels_at(self, points_irc: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """(K,) voxel count of the component (kept or not) that holds each of (K, 3) integer `points_irc`; 0 where
+        no marked voxel lies. `marked` is in raster order, so each point is one binary search."""
+        points = np.asarray(points_irc, np.int64).reshape(-1, 3)
+        if self.marked is None or not len(self.marked[0]) or not len(points):
+            return np.zeros(len(points), np.int64)
+        flat = np.ravel_multi_index(self.marked, shape)
+        at = np.minimum(np.searchsorted(flat, np.ravel_multi_index(tuple(points.T), shape)), len(flat) - 1)
+        counts = np.bincount(self.marked_labels)
+        return np.where(flat[at] == np.ravel_multi_index(tuple(points.T), shape), counts[self.marked_labels[at]], 0)
+
     def mask(self, shape: tuple[int, ...]) -> np.ndarray:
         """(I, R, C) bool: True at the voxels of these components (all False when they carry no voxels)."""
         out = np.zeros(shape, bool)

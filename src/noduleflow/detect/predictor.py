@@ -6,18 +6,24 @@ Steps (shapes for one scan of I x R x C voxels):
 2. segmentation: the 2D U-Net over lung-holding slices and boxes (`detect.windows`) -> (I, R, C) probabilities;
 3. grouping: threshold + 3D connected components (`detect.components`); components with no lung
    voxel within `lung_margin` voxels of their centre are dropped (a nodule on the pleura or a dense
-   one the lung mask left out stays), the rest ranked by peak probability (at most `max_candidates`);
+   one the lung mask left out stays); with `inner_peaks` (default), also the map's local maxima above the
+   threshold inside them that lie farther than a nodule radius (`detect.peaks`) from every component's centre:
+   a nodule fused with a vessel or the pleura into one component otherwise gets a mark at the fused blob's
+   centre, outside the nodule; all ranked by peak probability (at most `rank_candidates`);
    then, with `peaks` (off by default), the map's local maxima below the threshold, away from every component
    (`detect.peaks`): small, faint and pleural nodules often peak there; they take the places the components
    leave, and at least `peak_share` of the places (the weakest components give way), since a scan can hold
    hundreds of components. Off by default because on the development scans a detector trained with them
-   found no more nodules with them, while every scan then classifies the full `max_candidates` (docs/decisions.md);
+   found no more nodules with them, while every scan then classifies the full `rank_candidates` (docs/decisions.md);
    mining uses them (`recipes.mining`), so the classifier has seen such candidates;
 4. classification: (N, 1, D, H, W) patches (the classifier's `input_size`) around the centres, in batches -> P(nodule),
    by default the mean over each patch and its mirror image (flipped along all three axes, as training's
    augmentation flips): on the bench's 30 held-out full-resolution scans, CPM 0.843 instead of 0.827, and
    0.783 instead of 0.774 on 30 scans of another seed, for one more classifier pass per candidate;
-5. malignancy (when the run has that model) on the same patches -> P(malignant).
+   the best `max_candidates` by score (below) are kept: a full-resolution scan can hold hundreds of components, and
+   a faint nodule's peak ranks it behind vessel ends that the classifier then rejects, so the classifier, not
+   the peak alone, chooses the marks (`rank_candidates` of them scored);
+5. malignancy (when the run has that model) on the kept candidates' patches -> P(malignant).
 Findings carry world-mm centres (X, Y, Z), the two probabilities and the diameter of the sphere
 with the component's volume. A finding's score (`probability`, what submission.csv ranks by) is
 P(nodule) x the segmentation's peak: both models must agree. On the bench's held-out scans, with a
@@ -66,6 +72,10 @@ FRAME_COLUMNS = (
 """The columns of `ScanResult.to_frame`: world mm (X, Y, Z, the LUNA16 CSVs' names), fractional voxel
 indices (I, R, C), then the finding's size and scores as detections.json names them."""
 _AIR_ONLY_HU = -900  # a scan whose every voxel lies below this holds no tissue at all
+INNER_MAX_MM = 40.0
+"""`inner_peaks` come from components up to this equivalent-sphere diameter: a nodule (LUNA16 lists 3-30 mm) with
+the vessel it touches, not a stretch of chest wall or diaphragm the segmentation marked, which would give a
+candidate every few mm along it."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +169,9 @@ class Predictor:
     models: `Nets` (numpy callables with their input contracts), or the torch `DetectorModels` of a run,
     which `runtime` decides how to run. threshold: segmentation probability that makes a voxel part of a
     candidate. min_voxels: smaller components are dropped. lung_margin: a component is kept when lung lies
-    within this many voxels (per axis) of its centre. max_candidates: classified per scan at most. batch:
+    within this many voxels (per axis) of its centre. max_candidates: findings kept per scan at most (LUNA16 scores
+    100 marks a scan); rank_candidates: candidates the classifier scores to choose them (at least max_candidates).
+    inner_peaks: also the map's maxima inside components, away from their centres (module docstring). batch:
     slices per U-Net batch and patches per classifier batch. restrict_to_lung: segment only the lung
     windows (False: every voxel of every slice). window_margin: voxels of context around the lung in each
     window. threads: CPU threads of the models (0: the runtime's choice), never set process-wide.
@@ -187,6 +199,8 @@ class Predictor:
         mirror: bool = True,
         peaks: bool = False,
         peak_share: float = 0.3,
+        rank_candidates: int = 300,
+        inner_peaks: bool = True,
     ):
         self.threshold, self.min_voxels, self.mirror = float(threshold), int(min_voxels), bool(mirror)
         self.lung_margin, self.window_margin = int(lung_margin), int(window_margin)
@@ -194,6 +208,9 @@ class Predictor:
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         self.threads, self.peaks, self.peak_share = int(threads), bool(peaks), float(peak_share)
+        self.max_candidates = int(max_candidates)
+        self.rank_candidates = max(int(rank_candidates), self.max_candidates)
+        self.inner_peaks = bool(inner_peaks)
         self.nets = models if isinstance(models, Nets) else _nets_of(models, runtime, self.threads)
         self.runtime = self.nets.runtime
         self.contracts = self.nets.contracts
@@ -252,23 +269,33 @@ class Predictor:
             to_unit=contract.to_unit,
         )
 
-    def candidates(self, volume: CtVolume, lung: np.ndarray) -> Components:
-        """Steps 2-3 (module docstring): the segmentation's components near lung, highest peak first, then (with
-        `peaks`) the map's peaks below the threshold, highest first; at most `max_candidates` in all, of which
-        the peaks take `peak_share` of them when the components would fill the list."""
+    def candidates(self, volume: CtVolume, lung: np.ndarray, limit: int | None = None) -> Components:
+        """Steps 2-3 (module docstring): the segmentation's components near lung (with `inner_peaks`, also the
+        map's maxima inside them far from their centres), highest peak first, then (with `peaks`) the map's peaks
+        below the threshold, highest first; at most `limit` (default `rank_candidates`) in all, of which the peaks
+        take `peak_share` of them when the components would fill the list."""
+        limit = self.rank_candidates if limit is None else int(limit)
         probs = self.segment(volume, lung)
         comps = find_components(probs, volume.spacing_xyz, threshold=self.threshold, min_voxels=self.min_voxels)
         comps = comps.take(self._near_lung(comps.centers_irc, lung))
+        if self.inner_peaks:
+            centers, values = probability_peaks(
+                probs, comps.centers_irc, volume.spacing_irc, floor=self.threshold, threshold=1.0, limit=limit
+            )
+            voxel_mm3 = float(np.prod(volume.spacing_xyz))
+            blob_mm = np.cbrt(6 * comps.voxels_at(centers, volume.shape) * voxel_mm3 / np.pi)
+            keep = self._near_lung(centers, lung) & (blob_mm <= INNER_MAX_MM)
+            comps = with_points(comps, centers[keep], values[keep], volume.spacing_xyz)
         comps = comps.take(np.argsort(-comps.peak, kind="stable"))
         if not self.peaks:
-            return comps.take(np.arange(min(len(comps), self.max_candidates)))
-        room = max(self.max_candidates - len(comps), int(self.peak_share * self.max_candidates))
+            return comps.take(np.arange(min(len(comps), limit)))
+        room = max(limit - len(comps), int(self.peak_share * limit))
         centers, values = probability_peaks(
             probs, comps.centers_irc, volume.spacing_irc, threshold=self.threshold, limit=4 * room + 8
         )
         near = self._near_lung(centers, lung)
         centers, values = centers[near][:room], values[near][:room]
-        comps = comps.take(np.arange(min(len(comps), self.max_candidates - len(centers))))
+        comps = comps.take(np.arange(min(len(comps), limit - len(centers))))
         return with_points(comps, centers, values, volume.spacing_xyz)
 
     def _near_lung(self, centers_irc: np.ndarray, lung: np.ndarray) -> np.ndarray:
@@ -285,10 +312,19 @@ class Predictor:
 
     def _detect(self, volume: CtVolume, lung: np.ndarray) -> tuple[list[Finding], int, np.ndarray]:
         comps = self.candidates(volume, lung)
-        if len(comps) == 0:
+        classified = len(comps)
+        if classified == 0:
             return [], 0, comps.mask(volume.shape)
-        nodule, malignant = self._classify(volume, comps.centers_irc)
+        if self.nets.classify is None:
+            raise ValueError("this Predictor has no nodule classifier: only `candidates` works without one")
+        nodule = self._probabilities("classify", volume, comps.centers_irc)
         score = nodule * comps.peak
+        if classified > self.max_candidates:  # the best `max_candidates` by score (stable: ties keep the peak order)
+            best = np.sort(np.argsort(-score, kind="stable")[: self.max_candidates])
+            comps, nodule, score = comps.take(best), nodule[best], score[best]
+        malignant = None
+        if self.nets.malignancy is not None:
+            malignant = self._probabilities("malignancy", volume, comps.centers_irc)
         xyz = volume.irc_to_xyz(comps.centers_irc).reshape(-1, 3)
         findings = [
             Finding(
@@ -302,15 +338,7 @@ class Predictor:
             )
             for i in range(len(comps))
         ]
-        return sorted(findings, key=lambda f: -f.probability), len(comps), comps.mask(volume.shape)
-
-    def _classify(self, volume: CtVolume, centers_irc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(N,) P(nodule) and (N,) P(malignant) or None for patches of `volume` around (N, 3) fractional voxel centres."""
-        if self.nets.classify is None:
-            raise ValueError("this Predictor has no nodule classifier: only `candidates` works without one")
-        nodule = self._probabilities("classify", volume, centers_irc)
-        malignant = None if self.nets.malignancy is None else self._probabilities("malignancy", volume, centers_irc)
-        return nodule, malignant
+        return sorted(findings, key=lambda f: -f.probability), classified, comps.mask(volume.shape)
 
     def _probabilities(self, part: str, volume: CtVolume, centers_irc: np.ndarray) -> np.ndarray:
         """(N,) P(class 1) of the `part` model on patches around (N, 3) voxel centres, cut as it was trained on them.

@@ -227,7 +227,7 @@ def _real_inputs(models: DetectorModels, data: Path, scans: int, parts: tuple[st
     seg = contracts["segment"]
     inputs: dict[str, list[np.ndarray]] = {part: [] for part in parts}
     volumes = [read_volume(path) for path in scan_sources(data)[:scans]]
-    for volume in volumes:
+    for volume in volumes if "segment" in parts else ():
         windows = lung_windows(lung_mask(volume, step=2), chunk=8, margin=4, multiple=seg.multiple)
         for window in windows[::3]:
             inputs["segment"].append(
@@ -251,7 +251,7 @@ def _real_inputs(models: DetectorModels, data: Path, scans: int, parts: tuple[st
                 )
             batch = c.to_unit(np.stack(patches))[:, None]  # (N, 1, D, H, W)
             inputs[part] = [np.ascontiguousarray(batch[b : b + 16]) for b in range(0, len(batch), 16)]
-    if not inputs["segment"]:
+    if "segment" in parts and not inputs["segment"]:
         raise ConfigError(
             f"no lung found in the first {len(volumes)} scans of {data}",
             fix="Pass --data with chest CT scans like the training ones.",

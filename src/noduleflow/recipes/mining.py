@@ -59,17 +59,19 @@ def mine_candidates(
     segment_run = Path(segment_run)
     # the map's peaks below the threshold too (`detect.peaks`): the classifier learns them as well, should
     # `detect --peaks` show it such candidates. The int8 U-Net when `train detector` has exported it (`noduleflow export`), else eager PyTorch
+    # the components and peaks alone, as the classifier's training was measured with (no maxima inside components)
+    settings = {
+        "threshold": threshold,
+        "max_candidates": max_per_scan,
+        "rank_candidates": max_per_scan,
+        "peaks": True,
+        "inner_peaks": False,
+    }
     if exported_runtime(segment_run.parent) == "int8":
         models = load_exported(segment_run.parent, "int8", parts=("segment",))
-        predictor = Predictor(models, threshold=threshold, max_candidates=max_per_scan, peaks=True)
+        predictor = Predictor(models, **settings)
     else:
-        predictor = Predictor(
-            load_segmentation(segment_run),
-            runtime="torch",
-            threshold=threshold,
-            max_candidates=max_per_scan,
-            peaks=True,
-        )
+        predictor = Predictor(load_segmentation(segment_run), runtime="torch", **settings)
     uids = _within(index.series_uids, [scans(uid).hu.size for uid in index.series_uids], max_voxels)
     rows: list[tuple[str, float, float, float, int]] = []
     for uid in track(uids, description="mine candidates", disable=not progress):

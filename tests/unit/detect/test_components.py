@@ -109,3 +109,14 @@ def test_mask_of_selected_components_is_exactly_their_voxels(mask, data):
     keep = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool)
     chosen = comps.take(keep).take(np.argsort(-np.arange(int(keep.sum()))))  # select, then reorder
     np.testing.assert_array_equal(chosen.mask(mask.shape), np.isin(labels, np.flatnonzero(keep) + 1))
+
+
+def test_voxels_at_gives_the_size_of_the_component_holding_each_point_kept_or_not():
+    probs = np.zeros((4, 10, 10), np.float32)
+    probs[1, 1:4, 1:4] = 0.9  # 9 voxels
+    probs[2, 7, 7] = 0.8  # 1 voxel, dropped by min_voxels but still counted where it lies
+    comps = find_components(probs, (1.0, 1.0, 1.0), min_voxels=2)
+    assert len(comps) == 1
+    points = np.array([[1, 2, 2], [1, 3, 1], [2, 7, 7], [0, 0, 0], [3, 9, 9]])
+    assert comps.voxels_at(points, probs.shape).tolist() == [9, 9, 1, 0, 0]
+    assert comps.voxels_at(np.zeros((0, 3)), probs.shape).tolist() == []

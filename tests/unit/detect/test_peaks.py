@@ -107,7 +107,9 @@ def test_the_cap_holds_and_the_peaks_take_at_most_their_slots(models):
     plain = _predictor(models, probs).candidates(volume, _lung(volume))
     n = len(plain)
     assert n >= 6
-    comps = _predictor(models, probs, peaks=True, max_candidates=n, peak_share=0.3).candidates(volume, _lung(volume))
+    comps = _predictor(models, probs, peaks=True, max_candidates=n, rank_candidates=n, peak_share=0.3).candidates(
+        volume, _lung(volume)
+    )
     k = int(0.3 * n)  # the peaks' places
     assert len(comps) == n and 1 <= k <= len(faint)
     np.testing.assert_allclose(comps.centers_irc[: n - k], plain.centers_irc[: n - k])  # the best keep their place

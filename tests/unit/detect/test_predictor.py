@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from detect_phantom import NODULE_IRC, NODULE_RADIUS_MM, DenseTissue, chest
+from detect_phantom import CONTEXT, NODULE_IRC, NODULE_RADIUS_MM, DenseTissue, chest
 
 from noduleflow.ct import CtVolume
 from noduleflow.data.patches import crop, crop_mm, hu_to_unit
@@ -227,3 +227,74 @@ def test_candidate_mask_holds_the_scored_component(models):
     assert mask[tuple(int(round(v)) for v in finding.center_irc)]
     voxel_mm3 = float(np.prod(volume.spacing_xyz))
     assert (6 * mask.sum() * voxel_mm3 / np.pi) ** (1 / 3) == pytest.approx(finding.diameter_mm, rel=1e-6)
+
+
+class Brightness(Recorder):
+    """Scores a patch by its centre voxel's density: the brighter blob is the likelier nodule."""
+
+    def forward(self, x):
+        self.seen.append(x[:, 0].clone())
+        d, h, w = x.shape[2:]
+        centre = x[:, 0, d // 2, h // 2, w // 2]
+        return torch.stack([torch.zeros_like(centre), 10 * centre], dim=1)
+
+
+def _blobs(hus=(30, 100, 200, 300, 400)) -> CtVolume:
+    """The chest phantom without its nodule, with 4 mm dense blobs of rising HU, the brightest last in raster order."""
+    volume = chest(nodule=False)
+    hu = volume.hu.copy()
+    for k, value in enumerate(hus):
+        r, c = (14 + 5 * k, 18) if k < 4 else (24, 46)
+        hu[9:12, r - 1 : r + 2, c - 1 : c + 2] = value
+    return CtVolume(hu, volume.origin_xyz, volume.spacing_xyz, volume.direction, volume.series_uid)
+
+
+def test_the_classifier_chooses_the_kept_findings_among_more_candidates(models):
+    """rank_candidates are scored, the best max_candidates of them kept, and only those go to the malignancy model."""
+    volume, malignancy = _blobs(), Recorder()
+
+    def predictor(rank: int) -> Predictor:
+        nets = DetectorModels(models.segment, Brightness(), malignancy, None)
+        return Predictor(nets, runtime="torch", mirror=False, max_candidates=2, rank_candidates=rank)
+
+    first = predictor(2).predict(volume)  # the segmentation saturates on every blob: its first two, by position
+    malignancy.seen.clear()
+    best = predictor(10).predict(volume)
+    assert best.candidates == 5 and first.candidates == 2 and len(best.findings) == 2
+    assert sum(len(batch) for batch in malignancy.seen) == 2  # malignancy scores the kept findings only
+    hu_at = [volume.hu[tuple(int(round(v)) for v in f.center_irc)] for f in best.findings]
+    assert sorted(hu_at) == [300, 400]
+    assert sorted(volume.hu[tuple(int(round(v)) for v in f.center_irc)] for f in first.findings) == [30, 100]
+
+
+class Graded(torch.nn.Module):
+    """A segmentation stand-in that does not saturate: P rises with the density of the centre slice (0.73 at 0 HU)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x[:, CONTEXT : CONTEXT + 1] + 0.1) * 10
+
+
+def test_a_nodule_fused_with_a_vessel_gets_a_candidate_of_its_own():
+    """One component (a 10 mm nodule at the end of a 48 mm vessel) has its centre far outside the nodule; with
+    inner_peaks the map's maximum inside the nodule becomes a candidate too."""
+    from noduleflow.ct import lung_mask
+
+    volume = chest(nodule=False)
+    hu = volume.hu.copy()
+    hu[9:12, 12:37, 17:20] = 0  # the vessel along R (2 mm pixels), 3 slices of 3 mm
+    i, r, c = np.indices(hu.shape)
+    nodule_irc = np.array([10, 14, 18])
+    mm = np.sqrt(((i - 10) * 3.0) ** 2 + ((r - 14) * 2.0) ** 2 + ((c - 18) * 2.0) ** 2)
+    ball = mm <= 5.0
+    hu[ball] = 200 - 30 * mm[ball]  # densest at its centre, as partial volume makes a nodule's edge fainter
+    volume = CtVolume(hu, volume.origin_xyz, volume.spacing_xyz, volume.direction, volume.series_uid)
+    lung = lung_mask(volume)
+
+    def distances(inner: bool) -> np.ndarray:
+        nets = DetectorModels(Graded(), None, None, None)
+        comps = Predictor(nets, runtime="torch", inner_peaks=inner).candidates(volume, lung)
+        return np.linalg.norm((comps.centers_irc - nodule_irc) * volume.spacing_irc, axis=1)
+
+    fused = distances(False)
+    assert len(fused) == 1 and fused[0] > 10  # the fused blob's centre: mid-vessel
+    assert distances(True).min() < 1.0  # a mark at the nodule's centre (LUNA16 counts a hit within its radius)

@@ -137,3 +137,12 @@ def test_the_export_command_prints_each_files_difference(exported_run, tmp_path)
     assert "segment.int8.onnx" in result.output and "max abs diff" in result.output and "manifest.json" in result.output
     result = CliRunner().invoke(app, ["export", str(tmp_path / "nowhere")])
     assert isinstance(result.exception, CheckpointError) and "nowhere" in str(result.exception)
+
+
+def test_the_classifier_alone_exports_again_from_real_patches(exported_run, tmp_path):
+    """A run whose classifier was trained again exports that part alone, its parity checked on the scans' patches."""
+    data, source = exported_run
+    run = shutil.copytree(source, tmp_path / "run")
+    summary = export_run(run, formats=("onnx",), data=data, parts=("classify",), scans=1, force=True)
+    [entry] = summary.entries
+    assert entry["file"] == "classify.onnx" and entry["parity"]["max_abs"] <= 1e-3

@@ -48,13 +48,25 @@ def test_detect_from_the_exports_runs_without_torch_and_finds_what_eager_finds(e
     scan = scan_sources(data)[0]
     out = tmp_path / runtime
     assert "no torch" in _detect_without_torch(
-        str(scan), "--run", str(run), "-o", str(out), "--runtime", runtime, "--max-candidates", "10"
-    )
+        str(scan),
+        "--run",
+        str(run),
+        "-o",
+        str(out),
+        "--runtime",
+        runtime,
+        "--max-candidates",
+        "10",
+        "--rank-candidates",
+        "10",
+    )  # the 10 most confident components alone: an untrained classifier ties, and rounding would choose among more
     [doc] = json.loads((out / "detections.json").read_text())["scans"]
     exported = doc["findings"]
     eager = [
         f.to_dict()
-        for f in Predictor.from_run(run, runtime="torch", max_candidates=10).predict(read_volume(scan)).findings
+        for f in Predictor.from_run(run, runtime="torch", max_candidates=10, rank_candidates=10)
+        .predict(read_volume(scan))
+        .findings
     ]
     assert len(eager) == 10  # the untrained U-Net marks plenty: a real comparison
     if runtime == "onnx":  # float32: the same findings, to rounding
