@@ -214,15 +214,15 @@ def _loader(dataset):
 
 def _timed(loader) -> float:
     """Patches per second over one pass, timed from the first batch on (worker start-up excluded)."""
-    batches = iter(loader)
+    batches, last = iter(loader), len(loader) - 1
     next(batches)
     started, count = time.perf_counter(), 0
-    for patches, *_ in batches:
+    for k, (patches, *_) in enumerate(batches, start=1):
         count += len(patches)
-    rate = count / (time.perf_counter() - started)
-    children = Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()  # the live workers
-    _WORKER_HWM_MB.extend(_hwm_mb(pid) for pid in children)
-    return rate
+        if k == last - 1:  # the workers still live (a loader may join them as its last batch arrives)
+            children = Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()
+            _WORKER_HWM_MB.extend(_hwm_mb(pid) for pid in children)
+    return count / (time.perf_counter() - started)
 
 
 _WORKER_HWM_MB = [0.0]
