@@ -111,8 +111,9 @@ class Finding:
 class ScanResult:
     """Findings of one scan, most probable first; `warnings` explain an empty result; `seconds` is wall time.
 
-    candidate_mask: (I, R, C) bool, the voxels of the candidates the classifier scored (the segmentation
-    above its threshold, in the components kept), or None when nothing was segmented; what `detect`
+    candidates: how many the classifier scored (up to the Predictor's `rank_candidates`; the findings are the best
+    of them). candidate_mask: (I, R, C) bool, the voxels of the findings' components (the segmentation
+    above its threshold), or None when nothing was segmented; what `detect`
     writes as masks/<seriesuid>.nii.gz and the server overlays on the slices.
     """
 
