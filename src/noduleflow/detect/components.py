@@ -58,10 +58,9 @@ class Components:
         points = np.asarray(points_irc, np.int64).reshape(-1, 3)
         if self.marked is None or not len(self.marked[0]) or not len(points):
             return np.zeros(len(points), np.int64)
-        flat = np.ravel_multi_index(self.marked, shape)
-        at = np.minimum(np.searchsorted(flat, np.ravel_multi_index(tuple(points.T), shape)), len(flat) - 1)
-        counts = np.bincount(self.marked_labels)
-        return np.where(flat[at] == np.ravel_multi_index(tuple(points.T), shape), counts[self.marked_labels[at]], 0)
+        flat, wanted = np.ravel_multi_index(self.marked, shape), np.ravel_multi_index(tuple(points.T), shape)
+        at = np.minimum(np.searchsorted(flat, wanted), len(flat) - 1)
+        return np.where(flat[at] == wanted, np.bincount(self.marked_labels)[self.marked_labels[at]], 0)
 
     def mask(self, shape: tuple[int, ...]) -> np.ndarray:
         """(I, R, C) bool: True at the voxels of these components (all False when they carry no voxels)."""
@@ -151,14 +150,21 @@ def _label_marked(marked: tuple[np.ndarray, ...], shape: tuple[int, ...]) -> tup
     return n, rank[label]
 
 
+def sphere_diameter_mm(voxels: np.ndarray, spacing_xyz) -> np.ndarray:
+    """(N,) diameters (mm) of the spheres with the volume of (N,) voxel counts of spacing `spacing_xyz` (mm)."""
+    return np.cbrt(6 * _volume_mm3(voxels, spacing_xyz) / np.pi)
+
+
+def _volume_mm3(voxels: np.ndarray, spacing_xyz) -> np.ndarray:
+    return np.asarray(voxels, dtype=np.float64) * float(np.prod(np.asarray(spacing_xyz, dtype=np.float64)))
+
+
 def _components(centers_irc: np.ndarray, voxels: np.ndarray, spacing_xyz, peak: np.ndarray) -> Components:
     """Components from centres and voxel counts: volume = voxels x voxel mm^3, diameter of the sphere of that volume."""
-    voxel_mm3 = float(np.prod(np.asarray(spacing_xyz, dtype=np.float64)))
-    volume = np.asarray(voxels, dtype=np.float64) * voxel_mm3
     return Components(
         np.asarray(centers_irc, np.float64).reshape(-1, 3),
         np.asarray(voxels, np.int64),
-        volume,
-        np.cbrt(6 * volume / np.pi),
+        _volume_mm3(voxels, spacing_xyz),
+        sphere_diameter_mm(voxels, spacing_xyz),
         np.asarray(peak, np.float32),
     )

@@ -54,12 +54,12 @@ def _far_apart(
     taken point and from every earlier kept point."""
     spacing = np.asarray(spacing_irc, np.float64)
     taken = np.asarray(taken_irc, np.float64).reshape(-1, 3) * spacing  # (M + kept, 3) mm
-    keep = np.zeros(len(points_irc), bool)
+    keep, kept = np.zeros(len(points_irc), bool), 0
     for i, p in enumerate(points_irc * spacing):
         if (((taken - p) ** 2).sum(1) <= distance_mm**2).any():
             continue
-        keep[i] = True
+        keep[i], kept = True, kept + 1
         taken = np.vstack([taken, p])
-        if keep.sum() == limit:
+        if kept == limit:
             break
     return keep

@@ -48,7 +48,7 @@ import numpy as np
 
 from noduleflow.ct import CtVolume, lung_mask
 from noduleflow.data.patches import crop_patch
-from noduleflow.detect.components import Components, find_components, with_points
+from noduleflow.detect.components import Components, find_components, sphere_diameter_mm, with_points
 from noduleflow.detect.contract import Nets, softmax1
 from noduleflow.detect.peaks import probability_peaks
 from noduleflow.detect.windows import Window, full_windows, lung_windows, segment_windows
@@ -209,7 +209,6 @@ class Predictor:
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         self.threads, self.peaks, self.peak_share = int(threads), bool(peaks), float(peak_share)
-        self.max_candidates = int(max_candidates)
         self.rank_candidates = max(int(rank_candidates), self.max_candidates)
         self.inner_peaks = bool(inner_peaks)
         self.nets = models if isinstance(models, Nets) else _nets_of(models, runtime, self.threads)
@@ -283,8 +282,7 @@ class Predictor:
             centers, values = probability_peaks(
                 probs, comps.centers_irc, volume.spacing_irc, floor=self.threshold, threshold=1.0, limit=limit
             )
-            voxel_mm3 = float(np.prod(volume.spacing_xyz))
-            blob_mm = np.cbrt(6 * comps.voxels_at(centers, volume.shape) * voxel_mm3 / np.pi)
+            blob_mm = sphere_diameter_mm(comps.voxels_at(centers, volume.shape), volume.spacing_xyz)
             keep = self._near_lung(centers, lung) & (blob_mm <= INNER_MAX_MM)
             comps = with_points(comps, centers[keep], values[keep], volume.spacing_xyz)
         comps = comps.take(np.argsort(-comps.peak, kind="stable"))

@@ -57,9 +57,9 @@ def mine_candidates(
     index = load_index(data)
     scans = OpenScans(ScanCache(data / DEFAULT_CACHE_NAME))  # each entry opened once: sized, then mined
     segment_run = Path(segment_run)
-    # the map's peaks below the threshold too (`detect.peaks`): the classifier learns them as well, should
-    # `detect --peaks` show it such candidates. The int8 U-Net when `train detector` has exported it (`noduleflow export`), else eager PyTorch
-    # the components and peaks alone, as the classifier's training was measured with (no maxima inside components)
+    # the components and the map's peaks below the threshold (`detect.peaks`: the classifier learns them too,
+    # should `detect --peaks` show it such candidates), not the maxima inside components, as the recipe was
+    # measured; the int8 U-Net when `train detector` has exported it (`noduleflow export`), else eager PyTorch
     settings = {
         "threshold": threshold,
         "max_candidates": max_per_scan,
