@@ -240,6 +240,12 @@ def detect(
         help="Average the nodule classifier over each patch and its mirror "
         "image (ranks better, as training flips patches too; one more classifier pass per candidate).",
     ),
+    segment_mirror: bool = typer.Option(
+        False,
+        "--segment-mirror/--no-segment-mirror",
+        help="Average the U-Net's map over each slice and its left-right mirror image: twice the U-Net's time. "
+        "Off by default: on the development scans it marked no more nodules (docs/decisions.md).",
+    ),
     peaks: bool = typer.Option(
         False,
         "--peaks/--no-peaks",
@@ -275,6 +281,7 @@ def detect(
         threads=threads,
         runtime=runtime.value,
         mirror=mirror,
+        segment_mirror=segment_mirror,
         peaks=peaks,
         restart=restart,
     )

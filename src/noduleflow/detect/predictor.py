@@ -182,6 +182,7 @@ class Predictor:
     over the patch and its mirror image (module docstring); False: the patch alone. peaks: add the
     segmentation's peaks below `threshold` as candidates (`detect.peaks`), in at least `peak_share` (a fraction)
     of the `max_candidates` places; a peak's diameter is one voxel's and its `segmentation` the map's value there.
+    segment_mirror: the U-Net's map is the mean over each slice and its left-right mirror image (two U-Net passes).
     """
 
     def __init__(
@@ -202,6 +203,7 @@ class Predictor:
         peak_share: float = 0.3,
         rank_candidates: int = 300,
         inner_peaks: bool = True,
+        segment_mirror: bool = False,
     ):
         self.threshold, self.min_voxels, self.mirror = float(threshold), int(min_voxels), bool(mirror)
         self.lung_margin, self.window_margin = int(lung_margin), int(window_margin)
@@ -210,7 +212,7 @@ class Predictor:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         self.threads, self.peaks, self.peak_share = int(threads), bool(peaks), float(peak_share)
         self.rank_candidates = max(int(rank_candidates), self.max_candidates)
-        self.inner_peaks = bool(inner_peaks)
+        self.inner_peaks, self.segment_mirror = bool(inner_peaks), bool(segment_mirror)
         self.nets = models if isinstance(models, Nets) else _nets_of(models, runtime, self.threads)
         self.runtime = self.nets.runtime
         self.contracts = self.nets.contracts
@@ -267,6 +269,7 @@ class Predictor:
             context=contract.context,
             batch=self.batch,
             to_unit=contract.to_unit,
+            mirror=self.segment_mirror,
         )
 
     def candidates(self, volume: CtVolume, lung: np.ndarray, limit: int | None = None) -> Components:

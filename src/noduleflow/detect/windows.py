@@ -78,12 +78,13 @@ def segment_windows(
     context: int,
     batch: int = 16,
     to_unit: Callable[[np.ndarray], np.ndarray] = hu_to_unit,
+    mirror: bool = False,
 ) -> np.ndarray:
     """(I, R, C) float32 nodule probabilities of the (I, R, C) int16 `hu` scan: sigmoid of `net` in each window.
 
     net: (B, 2 * context + 1, h, w) float32 -> (B, 1, h, w) logits, numpy in and out (`detect.contract.Net`).
     to_unit: the model's HU scaling (its `InputContract.to_unit`). Slices past the scan's ends are read as air,
-    as in training.
+    as in training. mirror: the mean probability over each window and its left-right mirror image (two passes).
     """
     from noduleflow.detect.contract import sigmoid
 
@@ -93,6 +94,9 @@ def segment_windows(
         out = np.empty((n, win.h, win.w), dtype=np.float32)
         for b, x in window_inputs(hu, win, context=context, batch=batch, to_unit=to_unit):
             out[b : b + len(x)] = sigmoid(net(x)[:, 0])  # (m, h, w)
+            if mirror:
+                flipped = sigmoid(net(np.ascontiguousarray(x[..., ::-1]))[:, 0])[..., ::-1]
+                out[b : b + len(x)] = 0.5 * (out[b : b + len(x)] + flipped)
         target = win.target(hu.shape)
         rows, cols = target[1], target[2]
         probs[target] = out[:, rows.start - win.r0 : rows.stop - win.r0, cols.start - win.c0 : cols.stop - win.c0]

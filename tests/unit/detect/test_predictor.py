@@ -298,3 +298,17 @@ def test_a_nodule_fused_with_a_vessel_gets_a_candidate_of_its_own():
     fused = distances(False)
     assert len(fused) == 1 and fused[0] > 10  # the fused blob's centre: mid-vessel
     assert distances(True).min() < 1.0  # a mark at the nodule's centre (LUNA16 counts a hit within its radius)
+
+
+def test_segment_mirror_keeps_what_a_voxelwise_unet_finds(models):
+    """DenseTissue marks each voxel by its own HU, so the mirrored pass gives the same map: the same finding."""
+    from noduleflow.ct.lungmask import lung_mask
+
+    volume = chest()
+    lung = lung_mask(volume, step=2)
+    plain, mirrored = Predictor(models, runtime="torch"), Predictor(models, runtime="torch", segment_mirror=True)
+    probs = plain.segment(volume, lung)
+    assert probs.max() > 0.5  # the phantom's nodule is marked
+    np.testing.assert_allclose(mirrored.segment(volume, lung), probs, atol=1e-6)
+    [a], [b] = plain.predict(volume).findings, mirrored.predict(volume).findings
+    np.testing.assert_allclose(b.center_irc, a.center_irc, atol=1e-6)

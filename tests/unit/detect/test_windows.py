@@ -58,3 +58,18 @@ def test_lungs_far_apart_get_a_box_each():
     assert len(windows) == 2
     assert _coverage(windows, lung.shape)[:, :, 45:65].sum() == 0  # the gap between them is not segmented
     assert np.all(_coverage(windows, lung.shape)[lung] == 1)
+
+
+def test_mirror_averages_each_window_with_its_left_right_mirror_image():
+    def left_half(x):  # (B, D, h, w) -> (B, 1, h, w): a net that marks only the left half of whatever it sees
+        logits = np.full((x.shape[0], 1, *x.shape[2:]), -30.0, np.float32)
+        logits[..., : x.shape[-1] // 2] = 30.0
+        return logits
+
+    hu = np.zeros((3, 8, 12), np.int16)
+    windows = full_windows(hu.shape, chunk=2, multiple=4)
+    plain = segment_windows(left_half, hu, windows, context=1)
+    mirrored = segment_windows(left_half, hu, windows, context=1, mirror=True)
+    np.testing.assert_allclose(plain[..., :6], 1.0)
+    np.testing.assert_allclose(plain[..., 6:], 0.0, atol=1e-12)
+    np.testing.assert_allclose(mirrored, 0.5)  # each half marked by one of the two passes
