@@ -27,7 +27,7 @@ BEFORE = {
     },
     "classify": {
         "run.epochs": 8,
-        "classify.epoch_samples": 6144,
+        "classify.epoch_samples": 12288,  # 6144 until 2026-12-07 (docs/decisions.md)
         "data.batch_size": 32,
         "optim.lr": 1e-3,
         "classify.balance": 1,
