@@ -19,7 +19,7 @@ REPO = Path(__file__).parents[3]
 BEFORE = {
     "segment": {
         "model.width": 16,
-        "run.epochs": 12,
+        "run.epochs": 24,  # 12 until 2026-12-07 (docs/decisions.md)
         "segment.epoch_samples": 2048,
         "data.batch_size": 32,
         "optim.lr": 2e-3,
