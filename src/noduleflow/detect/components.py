@@ -152,7 +152,11 @@ def _label_marked(marked: tuple[np.ndarray, ...], shape: tuple[int, ...]) -> tup
 
 def sphere_diameter_mm(voxels: np.ndarray, spacing_xyz) -> np.ndarray:
     """(N,) diameters (mm) of the spheres with the volume of (N,) voxel counts of spacing `spacing_xyz` (mm)."""
-    return np.cbrt(6 * _volume_mm3(voxels, spacing_xyz) / np.pi)
+    return _diameter_of(_volume_mm3(voxels, spacing_xyz))
+
+
+def _diameter_of(volume_mm3: np.ndarray) -> np.ndarray:
+    return np.cbrt(6 * volume_mm3 / np.pi)
 
 
 def _volume_mm3(voxels: np.ndarray, spacing_xyz) -> np.ndarray:
@@ -161,10 +165,11 @@ def _volume_mm3(voxels: np.ndarray, spacing_xyz) -> np.ndarray:
 
 def _components(centers_irc: np.ndarray, voxels: np.ndarray, spacing_xyz, peak: np.ndarray) -> Components:
     """Components from centres and voxel counts: volume = voxels x voxel mm^3, diameter of the sphere of that volume."""
+    volume = _volume_mm3(voxels, spacing_xyz)
     return Components(
         np.asarray(centers_irc, np.float64).reshape(-1, 3),
         np.asarray(voxels, np.int64),
-        _volume_mm3(voxels, spacing_xyz),
-        sphere_diameter_mm(voxels, spacing_xyz),
+        volume,
+        _diameter_of(volume),
         np.asarray(peak, np.float32),
     )

@@ -93,10 +93,10 @@ def segment_windows(
         n = win.i1 - win.i0
         out = np.empty((n, win.h, win.w), dtype=np.float32)
         for b, x in window_inputs(hu, win, context=context, batch=batch, to_unit=to_unit):
-            out[b : b + len(x)] = sigmoid(net(x)[:, 0])  # (m, h, w)
+            p = sigmoid(net(x)[:, 0])  # (m, h, w)
             if mirror:
-                flipped = sigmoid(net(np.ascontiguousarray(x[..., ::-1]))[:, 0])[..., ::-1]
-                out[b : b + len(x)] = 0.5 * (out[b : b + len(x)] + flipped)
+                p = 0.5 * (p + sigmoid(net(np.ascontiguousarray(x[..., ::-1]))[:, 0])[..., ::-1])
+            out[b : b + len(x)] = p
         target = win.target(hu.shape)
         rows, cols = target[1], target[2]
         probs[target] = out[:, rows.start - win.r0 : rows.stop - win.r0, cols.start - win.c0 : cols.stop - win.c0]
