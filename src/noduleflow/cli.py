@@ -232,7 +232,8 @@ def detect(
         help="Where the models run. onnx: the run's float32 exports under "
         "ONNX Runtime, without torch; int8: the same with the U-Net in int8 (faster, about the same "
         "findings); both read RUN/export/ (`noduleflow export RUN`, which `train detector` runs); "
-        "torch: eager PyTorch from the best.pt files; auto: int8 or onnx when the run has exports, else torch.",
+        "torch: eager PyTorch from the best.pt files; auto: each model where it is fastest, the U-Net "
+        "from the exports (int8) and the classifiers in PyTorch; the exports alone when the run has no best.pt.",
     ),
     mirror: bool = typer.Option(
         True,

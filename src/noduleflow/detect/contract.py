@@ -29,6 +29,13 @@ OUTPUTS = {
     "classify": "logits (B, 2) of (B, 1, D, H, W) patches; softmax[:, 1] = P(nodule)",
     "malignancy": "logits (B, 2) of (B, 1, D, H, W) patches; softmax[:, 1] = P(malignant)",
 }
+JOINT = "joint"
+"""The classifier and malignancy model as one net where malignancy shares the classifier's first blocks
+(`detect.models.JointNet`); exported as joint.onnx, a manifest entry of this part name."""
+JOINT_OUTPUT = (
+    "logits (B, 4) of (B, 1, D, H, W) patches: [:, :2] the classifier's (P(nodule) = softmax[:, 1]), [:, 2:] "
+    "malignancy's (P(malignant) = softmax[:, 3]); the layers both models share run once"
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,8 @@ class InputContract:
 class Nets:
     """The models of a detector as `Net`s, with their contracts; classify (and malignancy) None for a
     segmentation-only bundle (mining). runtime: where they run ("torch", "onnx" or "int8"); files: per
-    part, the file each was loaded from (for messages)."""
+    part, the file each was loaded from (for messages). joint: the classifier and malignancy in one pass
+    (`JOINT_OUTPUT`, the classifier's contract), or None where malignancy shares no layer with it."""
 
     segment: Net
     classify: Net | None
@@ -87,6 +95,7 @@ class Nets:
     contracts: Mapping[str, InputContract]
     runtime: str
     files: Mapping[str, str] = field(default_factory=dict)
+    joint: Net | None = None
 
     def net(self, part: str) -> Net | None:
         return getattr(self, part)

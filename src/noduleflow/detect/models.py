@@ -188,13 +188,87 @@ def _torch_threads(threads: int):
             torch.set_num_threads(before)
 
 
-def torch_nets(models: DetectorModels, *, threads: int = 0) -> Nets:
-    """`models` as eager-PyTorch `Nets` (the Predictor's runtime "torch")."""
+def torch_nets(models: DetectorModels, *, threads: int = 0, parts: tuple[str, ...] = PARTS) -> Nets:
+    """`models` as eager-PyTorch `Nets` (the Predictor's runtime "torch"), with the joint classifier and malignancy
+    model when the two share their first blocks (`joint_model`); `parts` limits which become nets (the others None)."""
     nets = {
-        part: None if getattr(models, part) is None else TorchNet(getattr(models, part), threads=threads)
+        part: None
+        if getattr(models, part) is None or part not in parts
+        else TorchNet(getattr(models, part), threads=threads)
         for part in PARTS
     }
     files = {
         part: str(models.run_dir / part / "best.pt") for part in PARTS if models.run_dir and nets[part] is not None
     }
-    return Nets(nets["segment"], nets["classify"], nets["malignancy"], models.contracts(), "torch", files)
+    joint = joint_model(models) if "classify" in parts and "malignancy" in parts else None
+    return Nets(
+        nets["segment"],
+        nets["classify"],
+        nets["malignancy"],
+        models.contracts(),
+        "torch",
+        files,
+        joint=None if joint is None else TorchNet(joint, threads=threads),
+    )
+
+
+class JointNet(torch.nn.Module):
+    """The classifier and the malignancy model in one pass: (B, 1, D, H, W) patches -> (B, 4) logits, the
+    classifier's two then malignancy's two (`detect.contract.JOINT_OUTPUT`).
+
+    Malignancy is fine-tuned from the classifier with its first blocks frozen (`model.finetune_depth`), so
+    both compute the same features there; this module computes them once (`shared` top-level blocks) and
+    runs each model's own later blocks on them. Built by `joint_model`, which checks the outputs.
+    """
+
+    def __init__(self, classify: torch.nn.Module, malignancy: torch.nn.Module, shared: int):
+        super().__init__()
+        blocks = list(classify.children())
+        self.trunk = torch.nn.Sequential(*blocks[:shared])
+        self.classify = torch.nn.ModuleList(blocks[shared:])
+        self.malignancy = torch.nn.ModuleList(list(malignancy.children())[shared:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.trunk(x)
+        return torch.cat([_run_blocks(self.classify, x), _run_blocks(self.malignancy, x)], dim=1)
+
+
+def _run_blocks(blocks, x: torch.Tensor) -> torch.Tensor:
+    """Top-level blocks in order, flattening before a linear head, as the nodule classifiers' forward runs them."""
+    for block in blocks:
+        x = block(torch.flatten(x, 1) if isinstance(block, torch.nn.Linear) else x)
+    return x
+
+
+def shared_blocks(a: torch.nn.Module, b: torch.nn.Module) -> int:
+    """How many leading top-level blocks `a` and `b` have in common: same kind, same weights and statistics."""
+    count = 0
+    for x, y in zip(a.children(), b.children(), strict=False):
+        sx, sy = x.state_dict(), y.state_dict()
+        if type(x) is not type(y) or sx.keys() != sy.keys() or not all(torch.equal(sx[k], sy[k]) for k in sx):
+            break
+        count += 1
+    return count
+
+
+def joint_model(models: DetectorModels) -> JointNet | None:
+    """A `JointNet` of `models`' classifier and malignancy model, or None where one is missing, their patches
+    differ, they share no block, or the blocks run in order do not reproduce each model's own outputs (an
+    architecture whose forward is more than its blocks in order)."""
+    classify, malignancy = models.classify, models.malignancy
+    if classify is None or malignancy is None or type(classify) is not type(malignancy):
+        return None
+    contracts = models.contracts()
+    if contracts["classify"] != contracts["malignancy"]:
+        return None
+    shared = shared_blocks(classify, malignancy)
+    if shared == 0 or shared >= len(list(classify.children())):
+        return None
+    joint = JointNet(copy.deepcopy(classify), copy.deepcopy(malignancy), shared).eval()
+    x = torch.randn(2, 1, *contracts["classify"].patch_size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        apart = torch.cat([classify.eval()(x), malignancy.eval()(x)], dim=1)
+        together = joint(x)
+    if together.shape != apart.shape or not torch.allclose(together, apart, rtol=1e-4, atol=1e-4):
+        return None
+    return joint

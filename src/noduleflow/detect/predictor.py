@@ -23,7 +23,10 @@ Steps (shapes for one scan of I x R x C voxels):
    the best `max_candidates` by score (below) are kept: a full-resolution scan can hold hundreds of components, and
    a faint nodule's peak ranks it behind vessel ends that the classifier then rejects, so the classifier, not
    the peak alone, chooses the marks (`rank_candidates` of them scored);
-5. malignancy (when the run has that model) on the kept candidates' patches -> P(malignant).
+5. malignancy (when the run has that model) on the kept candidates' patches -> P(malignant). Malignancy is
+   fine-tuned from the classifier with its first blocks frozen, so where the run has the joint net
+   (`Nets.joint`: `noduleflow export` writes it, the torch runtime builds it) those blocks run once for both
+   models, on every candidate of step 4, instead of a second full pass on the kept ones.
 Findings carry world-mm centres (X, Y, Z), the two probabilities and the diameter of the sphere
 with the component's volume. A finding's score (`probability`, what submission.csv ranks by) is
 P(nodule) x the segmentation's peak: both models must agree. On the bench's held-out scans, with a
@@ -41,7 +44,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +181,10 @@ class Predictor:
     window. threads: CPU threads of the models (0: the runtime's choice), never set process-wide.
     runtime (for `DetectorModels`): "torch" eager PyTorch; "onnx" / "int8" the run's exports
     (`noduleflow export`: float32 ONNX, or the U-Net in int8), read from RUN/export/; "auto" (default)
-    int8 or onnx when the run has exports, else torch. mirror: the classifier's P(nodule) is the mean
+    each model where it runs fastest: the U-Net from the exports (int8, else onnx) under ONNX Runtime, whose
+    fused 2D convolutions beat eager PyTorch's, and the 3D classifiers in eager PyTorch (batch norm folded,
+    channels_last_3d), whose 3D convolutions beat ONNX Runtime's (docs/decisions.md); without exports all in
+    torch. Its `runtime` reads e.g. "int8+torch". mirror: the classifier's P(nodule) is the mean
     over the patch and its mirror image (module docstring); False: the patch alone. peaks: add the
     segmentation's peaks below `threshold` as candidates (`detect.peaks`), in at least `peak_share` (a fraction)
     of the `max_candidates` places; a peak's diameter is one voxel's and its `segmentation` the map's value there.
@@ -220,19 +226,20 @@ class Predictor:
     @classmethod
     def from_run(cls, run_dir: str | Path, *, runtime: str = "auto", threads: int = 0, **kwargs) -> Predictor:
         """A predictor over `run_dir`'s segment/, classify/ and (optional) malignancy/ models: its exports
-        (RUN/export/) for runtime "onnx" or "int8", its best.pt files for "torch"; "auto" picks the exports
-        when the run has them. The exported runtimes load without torch."""
+        (RUN/export/) for runtime "onnx" or "int8", its best.pt files for "torch"; "auto" runs the U-Net from
+        the exports and the classifiers from their best.pt files (`Predictor`), or the exports alone where the
+        run has no best.pt. The exported runtimes load without torch."""
         from noduleflow.detect.runtime import exported_runtime, load_exported
 
-        if runtime == "auto":
-            runtime = exported_runtime(run_dir) or "torch"
+        if runtime == "auto" and not (Path(run_dir) / "classify" / "best.pt").is_file():
+            runtime = exported_runtime(run_dir) or "torch"  # a run shipped as RUN/export/ alone, or a missing one
         if runtime in ("onnx", "int8"):
             return cls(load_exported(run_dir, runtime, threads=threads), threads=threads, **kwargs)
-        if runtime != "torch":
+        if runtime not in ("auto", "torch"):
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         from noduleflow.detect.models import load_detector
 
-        return cls(load_detector(run_dir), runtime="torch", threads=threads, **kwargs)
+        return cls(load_detector(run_dir), runtime=runtime, threads=threads, **kwargs)
 
     @property
     def multiple(self) -> int:
@@ -319,13 +326,17 @@ class Predictor:
             return [], 0, comps.mask(volume.shape)
         if self.nets.classify is None:
             raise ValueError("this Predictor has no nodule classifier: only `candidates` works without one")
-        nodule = self._probabilities("classify", volume, comps.centers_irc)
+        joint = self._joint
+        if joint:  # both models in one pass, on every ranked candidate: cheaper than malignancy's own pass on the kept
+            nodule, malignant = self._probabilities("classify", volume, comps.centers_irc, self.classify_patches)
+        else:
+            nodule, malignant = self._probabilities("classify", volume, comps.centers_irc), None
         score = nodule * comps.peak
         if classified > self.max_candidates:  # the best `max_candidates` by score (stable: ties keep the peak order)
             best = np.sort(np.argsort(-score, kind="stable")[: self.max_candidates])
             comps, nodule, score = comps.take(best), nodule[best], score[best]
-        malignant = None
-        if self.nets.malignancy is not None:
+            malignant = None if malignant is None else malignant[best]
+        if self.nets.malignancy is not None and not joint:
             malignant = self._probabilities("malignancy", volume, comps.centers_irc)
         xyz = volume.irc_to_xyz(comps.centers_irc).reshape(-1, 3)
         findings = [
@@ -342,22 +353,22 @@ class Predictor:
         ]
         return sorted(findings, key=lambda f: -f.probability), classified, comps.mask(volume.shape)
 
-    def _probabilities(self, part: str, volume: CtVolume, centers_irc: np.ndarray) -> np.ndarray:
+    def _probabilities(self, part: str, volume: CtVolume, centers_irc: np.ndarray, scorer=None):
         """(N,) P(class 1) of the `part` model on patches around (N, 3) voxel centres, cut as it was trained on them.
 
         Patches of its input size in voxels (centred on the nearest voxel), or resampled from its
-        `patch_mm` when it was trained on patches sized in mm.
+        `patch_mm` when it was trained on patches sized in mm. scorer: what scores each batch of HU patches
+        instead of `score_patches(part, ...)`; one returning a tuple of arrays gives a tuple of (N,) arrays.
         """
         size, size_mm, spacing_irc = self.patch_size(part), self.contracts[part].patch_mm or None, volume.spacing_irc
+        scorer = scorer or (lambda patches: self.score_patches(part, patches))
+        step = 4 * self.batch
         out = [
-            self.score_patches(
-                part,
-                np.stack(
-                    [crop_patch(volume.hu, c, size, size_mm, spacing_irc) for c in centers_irc[b : b + 4 * self.batch]]
-                ),
-            )  # (B, D, H, W)
-            for b in range(0, len(centers_irc), 4 * self.batch)
-        ]
+            scorer(np.stack([crop_patch(volume.hu, c, size, size_mm, spacing_irc) for c in centers_irc[b : b + step]]))
+            for b in range(0, len(centers_irc), step)
+        ]  # each a (B,) array, or a tuple of them
+        if isinstance(out[0], tuple):
+            return tuple(np.concatenate(column) for column in zip(*out, strict=True))
         return np.concatenate(out)
 
     def patch_size(self, part: str = "classify") -> tuple[int, ...]:
@@ -384,9 +395,23 @@ class Predictor:
     def classify_patches(self, patches_hu: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(N,) P(nodule) and (N,) P(malignant) (None without a malignancy model) for (N, D, H, W) HU patches
         of the classifier's `patch_size` (the server's /v1/classify). Both models take the same patch size
-        (malignancy is fine-tuned from the classifier)."""
-        nodule = self.score_patches("classify", patches_hu)
-        return nodule, None if self.nets.malignancy is None else self.score_patches("malignancy", patches_hu)
+        (malignancy is fine-tuned from the classifier). With the joint net (`Nets.joint`), one pass gives
+        both, plus the classifier alone on the mirror images when `mirror`."""
+        if not self._joint:
+            nodule = self.score_patches("classify", patches_hu)
+            return nodule, None if self.nets.malignancy is None else self.score_patches("malignancy", patches_hu)
+        x = np.ascontiguousarray(self.contracts["classify"].to_unit(np.asarray(patches_hu))[:, None])
+        logits = self.nets.joint(x)  # (N, 4): the classifier's two, then malignancy's two
+        nodule, malignant = softmax1(logits[:, :2]), softmax1(logits[:, 2:])
+        if self.mirror:
+            mirrored = softmax1(self.nets.classify(np.ascontiguousarray(x[:, :, ::-1, ::-1, ::-1])))
+            nodule = np.stack([nodule, mirrored]).mean(0)
+        return nodule, malignant
+
+    @property
+    def _joint(self) -> bool:
+        """Whether the classifier and malignancy run as one net (`Nets.joint`: they share their first layers)."""
+        return self.nets.joint is not None and self.nets.malignancy is not None and self.nets.classify is not None
 
     @staticmethod
     def _warn(result: ScanResult, text: str) -> None:
@@ -400,7 +425,10 @@ def _nets_of(models, runtime: str, threads: int) -> Nets:
     from noduleflow.detect.runtime import exported_runtime, load_exported
 
     if runtime == "auto":
-        runtime = exported_runtime(models.run_dir) or "torch"
+        exported = exported_runtime(models.run_dir)
+        if exported is not None and models.classify is not None:
+            return _mixed_nets(models, exported, threads)
+        runtime = exported or "torch"
     if runtime == "torch":
         from noduleflow.detect.models import torch_nets
 
@@ -411,3 +439,20 @@ def _nets_of(models, runtime: str, threads: int) -> Nets:
         )
     parts = tuple(part for part in ("segment", "classify", "malignancy") if getattr(models, part) is not None)
     return load_exported(models.run_dir, runtime, parts=parts, threads=threads)
+
+
+def _mixed_nets(models, exported: str, threads: int) -> Nets:
+    """Runtime "auto": the U-Net from the run's `exported` runtime ("int8" or "onnx") under ONNX Runtime, the
+    classifiers (and their joint net) in eager PyTorch, each where it runs fastest (`Predictor`)."""
+    from noduleflow.detect.models import torch_nets
+    from noduleflow.detect.runtime import load_exported
+
+    unet = load_exported(models.run_dir, exported, parts=("segment",), threads=threads)
+    classifiers = torch_nets(models, threads=threads, parts=("classify", "malignancy"))
+    return replace(
+        classifiers,
+        segment=unet.segment,
+        contracts={**classifiers.contracts, "segment": unet.contracts["segment"]},
+        runtime=f"{exported}+torch",
+        files={**classifiers.files, **unet.files},
+    )

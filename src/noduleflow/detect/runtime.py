@@ -6,7 +6,8 @@ runs faster there than in eager PyTorch (channels_last, batch norm folded), and 
 (docs/decisions.md, 2026-11-29).
 
 Runtimes: "onnx" runs every model's float32 export; "int8" the U-Net's int8 export and the
-classifiers' int8 exports where the manifest has them (else their float32 ones). Each file is
+classifiers' int8 exports where the manifest has them (else their float32 ones). Both load joint.onnx
+where the manifest lists it: the classifier and malignancy in one pass (`detect.models.JointNet`). Each file is
 checked against RUN/export/manifest.json first (`export.manifest.verified_file`), and the input
 contracts come from the manifest too, so this module needs neither torch nor the training configs.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from noduleflow.detect.contract import PARTS, InputContract, Nets
+from noduleflow.detect.contract import JOINT, PARTS, InputContract, Nets
 from noduleflow.errors import CheckpointError
 from noduleflow.export.manifest import EXPORT_DIR, MANIFEST_NAME, find_entry, read_manifest, verified_file
 
@@ -97,4 +98,9 @@ def load_exported(run_dir: str | Path, runtime: str, *, parts: tuple[str, ...] =
             InputContract.from_dict(entry["input"]),
             str(path),
         )
-    return Nets(nets["segment"], nets["classify"], nets["malignancy"], contracts, runtime, files)
+    joint = None
+    entry = find_entry(doc, JOINT, "onnx") if nets["classify"] is not None and nets["malignancy"] is not None else None
+    if entry is not None:  # float32 like the classifiers it joins, in both runtimes
+        joint = OrtNet(verified_file(run_dir, entry), threads=threads)
+        files[JOINT] = str(joint.path)
+    return Nets(nets["segment"], nets["classify"], nets["malignancy"], contracts, runtime, files, joint=joint)

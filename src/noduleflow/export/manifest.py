@@ -2,11 +2,14 @@
 
 One entry per exported file::
 
-    {"part": "segment" | "classify" | "malignancy", "format": "onnx" | "int8" | "pt2",
+    {"part": "segment" | "classify" | "malignancy" | "joint", "format": "onnx" | "int8" | "pt2",
      "file": "segment.onnx", "sha256": ..., "bytes": ...,
      "input": InputContract.to_dict(), "output": what the outputs mean,
      "source": {"file": "segment/best.pt", "sha256": ...},      the checkpoint it was exported from
      "parity": {"compared": ..., "on": ..., "max_abs": ..., "mean_abs": ..., "tolerance": ...}}
+
+The "joint" part (the classifier and malignancy in one net, `detect.models.JointNet`) comes from two
+checkpoints: its entry adds "sources", both of them, and each is checked.
 
 Every file is checked against its checksum before it is loaded, and its source against the run's
 current best.pt, so a damaged, truncated or stale export is a `CheckpointError` naming the file
@@ -79,11 +82,9 @@ def verified_file(run_dir: str | Path, entry: dict) -> Path:
         raise CheckpointError(
             f"is damaged or truncated (its checksum differs from {MANIFEST_NAME}'s)", path=path, fix=export_fix(run_dir)
         )
-    source = run_dir / entry["source"]["file"]
-    if source.is_file() and sha256_file(source) != entry["source"]["sha256"]:
-        raise CheckpointError(
-            f"was exported from an older {entry['source']['file']} (retrained since)",
-            path=path,
-            fix=export_fix(run_dir),
-        )
+    for source in entry.get("sources") or [entry["source"]]:
+        if (run_dir / source["file"]).is_file() and sha256_file(run_dir / source["file"]) != source["sha256"]:
+            raise CheckpointError(
+                f"was exported from an older {source['file']} (retrained since)", path=path, fix=export_fix(run_dir)
+            )
     return path

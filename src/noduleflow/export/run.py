@@ -1,7 +1,9 @@
 """`export_run`: every model of a detector run into RUN/export/, each checked against eager, with manifest.json.
 
 Files: RUN/export/<part>.onnx, <part>.pt2 for every part (segment, classify, malignancy when the run
-has it), segment.int8.onnx for the U-Net (format "int8"). The int8 export is the U-Net's only: the
+has it), segment.int8.onnx for the U-Net (format "int8"), and with "onnx" joint.onnx where malignancy
+shares the classifier's first blocks (fine-tuned from it with them frozen): both models in one net,
+those blocks run once (`detect.models.JointNet`), what `detect` runs for them. The int8 export is the U-Net's only: the
 classifiers see at most a few hundred patches a scan, a small share of its time, and quantized they were
 no faster while their probabilities moved (docs/decisions.md, 2026-12-06); so they keep float32.
 
@@ -20,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from noduleflow.detect.contract import OUTPUTS, PARTS
-from noduleflow.detect.models import DetectorModels, fuse_batchnorm, load_detector, load_segmentation
+from noduleflow.detect.contract import JOINT, JOINT_OUTPUT, OUTPUTS, PARTS
+from noduleflow.detect.models import DetectorModels, fuse_batchnorm, joint_model, load_detector, load_segmentation
 from noduleflow.errors import ConfigError
 from noduleflow.export.formats import export_onnx, export_pt2, quantize_onnx
 from noduleflow.export.manifest import (
@@ -82,6 +84,12 @@ def export_run(
     parts = tuple(p for p in (parts or PARTS) if p in contracts)
     source = Path(data) if data else _data_root(run_dir)
     inputs = _real_inputs(models, source, scans, parts)
+
+    def _patch_inputs() -> list[
+        np.ndarray
+    ]:  # the classifier's check patches, for the joint when classify is not exported
+        return _real_inputs(models, source, scans, ("classify",))["classify"]
+
     (run_dir / EXPORT_DIR).mkdir(parents=True, exist_ok=True)
     old = read_manifest(run_dir) if (run_dir / EXPORT_DIR / "manifest.json").is_file() else None
     kept = [e for e in (old or {}).get("models", [])]
@@ -126,37 +134,71 @@ def export_run(
                 f"{sum(len(x) for x in inputs[part])} {'lung-window slices' if part == 'segment' else 'candidate patches'}"
                 f" of {source}"
             )
-            log.info(
-                "export %s: max abs diff %.3g, mean %.3g (%s)",
-                name,
-                check["max_abs"],
-                check["mean_abs"],
-                check["tolerance"],
-            )
-            if not check.pop("ok"):
-                path.unlink(missing_ok=True)
-                raise ExportError(
-                    f"differs from the eager model by {check['max_abs']:.3g} at most, {check['mean_abs']:.3g} on "
-                    f"average, over the allowed {check['tolerance']}",
-                    path=path,
-                    fix="Detect with `--runtime torch`; report the export bug with this run's models.",
-                )
-            done.append(
-                {
-                    "part": part,
-                    "format": fmt,
-                    "file": name,
-                    "sha256": sha256_file(path),
-                    "bytes": path.stat().st_size,
-                    "input": contracts[part].to_dict(),
-                    "output": OUTPUTS[part] if fmt != "pt2" else OUTPUTS[part] + " (torch.export.load(file).module())",
-                    "source": src,
-                    "parity": check,
-                }
-            )
+            output = OUTPUTS[part] if fmt != "pt2" else OUTPUTS[part] + " (torch.export.load(file).module())"
+            done.append(_entry(part, fmt, path, contracts[part], output, [src], check, "the eager model"))
+    if "onnx" in formats and models.classify is not None:
+        kept = [e for e in kept if e["part"] != JOINT]  # the joint is exported again, kept as it is, or dropped
+        joint = _export_joint(run_dir, models, old, force, lambda: inputs.get("classify") or _patch_inputs(), source)
+        done += [joint] if joint else []
     keys = {(e["part"], e["format"]) for e in done}
     write_manifest(run_dir, done + [e for e in kept if (e["part"], e["format"]) not in keys])
     return ExportSummary(run_dir / EXPORT_DIR, tuple(done))
+
+
+def _export_joint(run_dir: Path, models: DetectorModels, old: dict | None, force: bool, inputs, source: Path):
+    """joint.onnx's manifest entry: the classifier and malignancy in one net (`detect.models.JointNet`), checked
+    against the two models run apart; the intact one kept unless `force`; None (and no file) where they share no
+    layer. inputs: a function giving the check's patch batches."""
+    path = run_dir / EXPORT_DIR / f"{JOINT}.onnx"
+    joint = joint_model(models)
+    if joint is None:
+        path.unlink(missing_ok=True)
+        return None
+    entry = find_entry(old, JOINT, "onnx")
+    if entry is not None and not force and _intact(run_dir, entry):
+        return entry
+    contract = models.contracts()["classify"]
+    export_onnx(fuse_batchnorm(_copy(joint)), torch.zeros(2, 1, *contract.patch_size), path)
+    classify, malignancy = _eager(models.classify), _eager(models.malignancy)
+    batches = inputs()
+    check = parity(lambda x: np.concatenate([classify(x), malignancy(x)], 1), _ort(path), batches, "onnx", dense=False)
+    check["on"] = f"{sum(len(x) for x in batches)} candidate patches of {source}"
+    sources = [{"file": f"{part}/best.pt", "sha256": sha256_file(run_dir / part / "best.pt")} for part in PARTS[1:]]
+    return _entry(
+        JOINT, "onnx", path, contract, JOINT_OUTPUT, sources, check, "the classifier and malignancy run apart"
+    )
+
+
+def _entry(part: str, fmt: str, path: Path, contract, output: str, sources: list[dict], check: dict, reference: str):
+    """The manifest entry of the export at `path` after its parity `check` against `reference` (logged); outside
+    its tolerance the file is removed and `ExportError` raised. sources: the checkpoints it came from."""
+    log.info(
+        "export %s: max abs diff %.3g, mean %.3g (%s)",
+        path.name,
+        check["max_abs"],
+        check["mean_abs"],
+        check["tolerance"],
+    )
+    if not check.pop("ok"):
+        path.unlink(missing_ok=True)
+        raise ExportError(
+            f"differs from {reference} by {check['max_abs']:.3g} at most, {check['mean_abs']:.3g} on "
+            f"average, over the allowed {check['tolerance']}",
+            path=path,
+            fix="Detect with `--runtime torch`; report the export bug with this run's models.",
+        )
+    entry = {
+        "part": part,
+        "format": fmt,
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        "input": contract.to_dict(),
+        "output": output,
+        "source": sources[0],
+        "parity": check,
+    }
+    return entry | ({"sources": sources} if len(sources) > 1 else {})
 
 
 def _intact(run_dir: Path, entry: dict) -> bool:

@@ -51,3 +51,35 @@ def test_a_classifier_of_another_input_size_is_rebuilt_with_it(tmp_path):
     x = torch.randn(3, 1, 16, 24, 24)
     with torch.inference_mode():
         torch.testing.assert_close(loaded(x), trained.eval()(x))
+
+
+def test_the_joint_net_runs_the_shared_blocks_once_and_gives_both_models_logits():
+    """Malignancy fine-tuned from the classifier with all but its last 2 blocks frozen: the joint net shares those
+    blocks (both architectures), and refuses models that share none or cut other patches."""
+    from noduleflow.detect.models import DetectorModels, JointNet, joint_model, shared_blocks
+    from noduleflow.models import create_model
+
+    for name, size in (("nodule_net", (16, 32, 32)), ("nodule_classifier", (32, 48, 48))):
+        torch.manual_seed(0)
+        classify = create_model(name, in_channels=1, num_classes=2, width=2).eval()
+        malignancy = copy.deepcopy(classify)
+        with torch.no_grad():
+            for block in list(malignancy.children())[-2:]:
+                for p in block.parameters():
+                    p.add_(torch.randn_like(p))
+        blocks = len(list(classify.children()))
+        assert shared_blocks(classify, malignancy) == blocks - 2 and shared_blocks(classify, classify) == blocks
+        joint = joint_model(DetectorModels(torch.nn.Identity(), classify, malignancy, run_dir=None))
+        assert isinstance(joint, JointNet) and len(joint.trunk) == blocks - 2
+        x = torch.randn(3, 1, *size)
+        with torch.inference_mode():
+            torch.testing.assert_close(joint(x), torch.cat([classify(x), malignancy(x)], 1), atol=1e-5, rtol=1e-5)
+        other = create_model(name, in_channels=1, num_classes=2, width=2).eval()  # trained apart: nothing shared
+        with torch.no_grad():
+            for p in other.parameters():
+                p.add_(0.01)
+        assert joint_model(DetectorModels(torch.nn.Identity(), classify, other, run_dir=None)) is None
+        mm = DetectorModels(
+            torch.nn.Identity(), classify, malignancy, run_dir=None, patch_mm={"classify": (24, 24, 24)}
+        )
+        assert joint_model(mm) is None  # the two cut different patches

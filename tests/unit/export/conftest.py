@@ -25,10 +25,16 @@ PARTS = {
 }
 
 
-def make_run(root, data):
-    """RUN/{segment,classify,malignancy}/ with config.yaml and best.pt, batch-norm statistics away from 0 / 1."""
+def make_run(root, data, finetuned: bool = False):
+    """RUN/{segment,classify,malignancy}/ with config.yaml and best.pt, batch-norm statistics away from 0 / 1.
+
+    finetuned: malignancy as `train detector` makes it, fine-tuned from the classifier: its patches, and its
+    weights but for the last two blocks (`model.finetune_depth` 2); else a model of its own."""
     torch.manual_seed(0)
+    built = {}
     for part, flags in PARTS.items():
+        if finetuned and part == "malignancy":
+            flags = {**PARTS["malignancy"], "malignancy.patch_mm": PARTS["classify"]["classify.patch_mm"]}
         cfg = resolve_config(part, overrides={"data.root": str(data), **flags})
         model = (
             segmentation_unet(cfg.model.width, cfg.model.depth, cfg.segment.context)
@@ -39,6 +45,13 @@ def make_run(root, data):
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
+        if finetuned and part == "malignancy":
+            tuned = list(model.children())[-2:]  # the blocks fine-tuning trains; the rest comes from the classifier
+            model.load_state_dict(built["classify"].state_dict())
+            with torch.no_grad():
+                for p in (p for block in tuned for p in block.parameters()):
+                    p.add_(torch.randn_like(p) * 0.1)
+        built[part] = model
         (root / part).mkdir(parents=True)
         save_config(cfg, root / part / "config.yaml")
         save_checkpoint({"model": model.state_dict()}, root / part / "best.pt")
@@ -54,5 +67,17 @@ def exported_run(tmp_path_factory):
     data = base / "data"
     synthesize(data, scans=2, seed=2, size="small", scale=0.5, progress=False)
     run = make_run(base / "run", data)
+    export_run(run, formats=("onnx", "int8"), scans=1)
+    return data, run
+
+
+@pytest.fixture(scope="session")
+def joint_run(exported_run, tmp_path_factory):
+    """(data folder, run folder) whose malignancy model is fine-tuned from its classifier, exported as
+    `train detector` exports it: with joint.onnx."""
+    from noduleflow.export import export_run
+
+    data, _ = exported_run
+    run = make_run(tmp_path_factory.mktemp("joint") / "run", data, finetuned=True)
     export_run(run, formats=("onnx", "int8"), scans=1)
     return data, run

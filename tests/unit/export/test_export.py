@@ -146,3 +146,63 @@ def test_the_classifier_alone_exports_again_from_real_patches(exported_run, tmp_
     summary = export_run(run, formats=("onnx",), data=data, parts=("classify",), scans=1, force=True)
     [entry] = summary.entries
     assert entry["file"] == "classify.onnx" and entry["parity"]["max_abs"] <= 1e-3
+
+
+def test_a_finetuned_malignancy_model_runs_jointly_with_the_classifier_and_gives_what_both_give_apart(joint_run):
+    """Malignancy fine-tuned from the classifier shares its first blocks: joint.onnx (and the torch runtime's
+    joint net) runs them once, and the findings' scores are those of the two models run apart."""
+    from dataclasses import replace
+
+    from noduleflow.ct import read_volume
+    from noduleflow.detect.pipeline import scan_sources
+
+    data, run = joint_run
+    entries = {(m["part"], m["format"]): m for m in _manifest(run)["models"]}
+    joint = entries[("joint", "onnx")]
+    assert joint["file"] == "joint.onnx" and joint["parity"]["max_abs"] < 1e-3
+    assert joint["sources"] == [
+        {"file": f"{part}/best.pt", "sha256": sha256_file(run / part / "best.pt")}
+        for part in ("classify", "malignancy")
+    ]
+    assert joint["input"] == entries[("classify", "onnx")]["input"] and "[:, 2:] malignancy's" in joint["output"]
+    volume = read_volume(scan_sources(data)[0])
+    for runtime in ("onnx", "torch"):
+        together = Predictor.from_run(run, runtime=runtime, threshold=0.3)
+        assert together.nets.joint is not None
+        apart = Predictor(replace(together.nets, joint=None), threshold=0.3)
+        a, b = together.predict(volume), apart.predict(volume)
+        assert a.candidates == b.candidates > 0 and len(a.findings) == len(b.findings)
+        for x, y in zip(a.findings, b.findings, strict=True):
+            assert x.center_irc == y.center_irc
+            np.testing.assert_allclose([x.probability, x.malignancy], [y.probability, y.malignancy], atol=1e-5)
+        patches = np.random.default_rng(0).uniform(-1000, 400, (5, *together.patch_size())).astype(np.float32)
+        for p, q in zip(together.classify_patches(patches), apart.classify_patches(patches), strict=True):
+            np.testing.assert_allclose(p, q, atol=1e-5)
+
+
+def test_a_classifier_retrained_alone_drops_the_joint_net_it_no_longer_shares_layers_with(joint_run, tmp_path):
+    data, source = joint_run
+    run = shutil.copytree(source, tmp_path / "run")
+    model = torch.load(run / "classify" / "best.pt", weights_only=False)
+    model["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in model["model"].items()}  # "retrained"
+    torch.save(model, run / "classify" / "best.pt")
+    with pytest.raises(CheckpointError, match=r"classify.onnx: was exported from an older classify/best.pt"):
+        Predictor.from_run(run, runtime="onnx")
+    export_run(run, formats=("onnx",), data=data, parts=("classify",), scans=1)
+    assert ("joint", "onnx") not in {(m["part"], m["format"]) for m in _manifest(run)["models"]}
+    assert not (run / "export" / "joint.onnx").exists()
+    predictor = Predictor.from_run(run, runtime="onnx")
+    assert predictor.nets.joint is None and predictor.nets.malignancy is not None
+    assert Predictor.from_run(run, runtime="torch").nets.joint is None
+
+
+def test_a_stale_joint_export_is_named(joint_run, tmp_path):
+    _, source = joint_run
+    run = shutil.copytree(source, tmp_path / "run")
+    manifest = _manifest(run)
+    for entry in manifest["models"]:  # the joint's record of malignancy/best.pt no longer matches it
+        if entry["part"] == "joint":
+            entry["sources"][1]["sha256"] = "0" * 64
+    (run / "export" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"joint.onnx: was exported from an older malignancy/best.pt.*export"):
+        Predictor.from_run(run, runtime="int8")

@@ -92,15 +92,27 @@ def test_detect_from_the_exports_runs_without_torch_and_finds_what_eager_finds(e
         assert len(exported) == 10 and np.mean(np.less(near, 2.0)) >= 0.5
 
 
-def test_auto_prefers_the_int8_export_and_threads_stay_per_session(exported_run):
-    _, run = exported_run
+def test_auto_runs_the_int8_unet_and_the_torch_classifiers_with_threads_per_session(exported_run):
+    """auto: each model where it runs fastest, the U-Net from its int8 export, the 3D classifiers in torch."""
+    from noduleflow.detect.models import TorchNet
+
+    data, run = exported_run
     predictor = Predictor.from_run(run, threads=1)
-    assert (
-        predictor.runtime == "int8" and predictor.nets.segment.session.get_session_options().intra_op_num_threads == 1
-    )
+    assert predictor.runtime == "int8+torch"
+    assert predictor.nets.segment.session.get_session_options().intra_op_num_threads == 1
+    assert isinstance(predictor.nets.classify, TorchNet) and isinstance(predictor.nets.malignancy, TorchNet)
+    assert predictor.nets.files["segment"].endswith("segment.int8.onnx")
+    assert predictor.nets.files["classify"].endswith("classify/best.pt")
     assert predictor.patch_size() == (8, 16, 16) and predictor.multiple == 4
-    nodule, malignant = predictor.classify_patches(np.full((3, 8, 16, 16), -800, np.int16))
+    patches = np.random.default_rng(0).uniform(-1000, 400, (3, 8, 16, 16)).astype(np.float32)
+    nodule, malignant = predictor.classify_patches(patches)
     assert nodule.shape == malignant.shape == (3,) and np.all((0 <= nodule) & (nodule <= 1))
+    exported = Predictor.from_run(run, runtime="int8")  # the same weights under ONNX Runtime: the same scores
+    for ours, theirs in zip((nodule, malignant), exported.classify_patches(patches), strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    volume = read_volume(scan_sources(data)[0])
+    a, b = predictor.predict(volume), exported.predict(volume)
+    assert a.candidates == b.candidates and [f.center_irc for f in a.findings] == [f.center_irc for f in b.findings]
 
 
 def test_the_export_folder_alone_is_enough_to_detect(exported_run, tmp_path):
@@ -112,5 +124,5 @@ def test_the_export_folder_alone_is_enough_to_detect(exported_run, tmp_path):
     shutil.copytree(run / "export", shipped / "export")
     volume = read_volume(scan_sources(data)[0])
     alone = Predictor.from_run(shipped, max_candidates=5).predict(volume)
-    full = Predictor.from_run(run, max_candidates=5).predict(volume)
+    full = Predictor.from_run(run, runtime="int8", max_candidates=5).predict(volume)
     assert [f.to_dict() for f in alone.findings] == [f.to_dict() for f in full.findings] and len(alone.findings) == 5
