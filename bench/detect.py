@@ -25,8 +25,9 @@ pass --retrain to train the detector again even though a complete one is cached 
 3. `noduleflow detect` on the held-out scans, scored by `noduleflow evaluate`'s FROC code -> CPM.
 4. Time per small held-out scan (the issue's 256 x 256 x ~128), the same trained weights in both
    pipelines (speed depends on the architecture, not on which scans trained it), interleaved in one run:
-   - noduleflow: `Predictor` as `detect` runs it (lung windows, 8 slices a batch, the U-Net's int8
-     version under ONNX Runtime, batch-norm-folded channels_last_3d classifier, candidates batched and ranked);
+   - noduleflow: `Predictor` as `detect` runs it (`--runtime auto`: lung windows, 8 slices a batch, the U-Net's
+     int8 version under ONNX Runtime, the batch-norm-folded channels_last_3d classifier in PyTorch, malignancy
+     computed with it over their shared layers, candidates batched and ranked);
    - baseline, as "Deep Learning with PyTorch" ch. 14 does it: every slice at full resolution, 4 a
      batch, eager fp32 under no_grad, no channels_last, no lung restriction, every connected
      component of the thresholded segmentation (eroded once, labelled and centred over the whole volume,
@@ -68,7 +69,6 @@ from noduleflow.ct import read_volume
 from noduleflow.data.patches import crop_box, crop_patch, hu_to_unit
 from noduleflow.detect import Predictor, detect, load_detector
 from noduleflow.detect.pipeline import DETECTIONS_JSON, SUBMISSION_CSV, scan_sources
-from noduleflow.detect.runtime import exported_runtime
 from noduleflow.evaluate import evaluate, read_submission
 from noduleflow.export import export_run
 from noduleflow.metrics.classification import roc_auc
@@ -184,8 +184,8 @@ def _trained(run_dir: Path, train_data: Path, seed: int) -> Path:
         print(
             train_detector(train_data, run=run_dir.name, runs_dir=run_dir.parent, seed=seed, progress=False).describe()
         )
-    if exported_runtime(run_dir) != "int8":  # a detector cached before `noduleflow export` existed
-        print(export_run(run_dir, formats=EXPORT_FORMATS, data=train_data).describe())
+    # what a cached detector's export lacks (made before `noduleflow export`, or before joint.onnx); the rest is kept
+    print(export_run(run_dir, formats=EXPORT_FORMATS, data=train_data).describe())
     budget = json.loads((run_dir / TRAINING_JSON).read_text())["seconds"]
     print(
         f"training budget (seed {seed}): {sum(budget.values()) / 60:.1f} min ("
