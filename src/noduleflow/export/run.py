@@ -3,9 +3,10 @@
 Files: RUN/export/<part>.onnx, <part>.pt2 for every part (segment, classify, malignancy when the run
 has it), segment.int8.onnx for the U-Net (format "int8"), and with "onnx" joint.onnx where malignancy
 shares the classifier's first blocks (fine-tuned from it with them frozen): both models in one net,
-those blocks run once (`detect.models.JointNet`), what `detect` runs for them. The int8 export is the U-Net's only: the
-classifiers see at most a few hundred patches a scan, a small share of its time, and quantized they were
-no faster while their probabilities moved (docs/decisions.md, 2026-12-06); so they keep float32.
+those blocks run once (`detect.models.JointNet`), what `detect` runs for them. The int8 export is the
+U-Net's only: the classifiers see at most a few hundred patches a scan, a small share of its time, and
+quantized they were no faster while their probabilities moved (docs/decisions.md, 2026-12-06); so they
+keep float32.
 
 Real inputs for the parity checks and the int8 calibration come from the run's training data (the
 segment run's data.root, or `data`): lung windows of the first `scans` scans, as `detect` cuts them
@@ -85,11 +86,6 @@ def export_run(
     source = Path(data) if data else _data_root(run_dir)
     inputs = _real_inputs(models, source, scans, parts)
 
-    def _patch_inputs() -> list[
-        np.ndarray
-    ]:  # the classifier's check patches, for the joint when classify is not exported
-        return _real_inputs(models, source, scans, ("classify",))["classify"]
-
     (run_dir / EXPORT_DIR).mkdir(parents=True, exist_ok=True)
     old = read_manifest(run_dir) if (run_dir / EXPORT_DIR / "manifest.json").is_file() else None
     kept = [e for e in (old or {}).get("models", [])]
@@ -138,7 +134,11 @@ def export_run(
             done.append(_entry(part, fmt, path, contracts[part], output, [src], check, "the eager model"))
     if "onnx" in formats and models.classify is not None:
         kept = [e for e in kept if e["part"] != JOINT]  # the joint is exported again, kept as it is, or dropped
-        joint = _export_joint(run_dir, models, old, force, lambda: inputs.get("classify") or _patch_inputs(), source)
+
+        def patches():  # the classifier's check patches, cut here when only malignancy was exported
+            return inputs.get("classify") or _real_inputs(models, source, scans, ("classify",))["classify"]
+
+        joint = _export_joint(run_dir, models, old, force, patches, source)
         done += [joint] if joint else []
     keys = {(e["part"], e["format"]) for e in done}
     write_manifest(run_dir, done + [e for e in kept if (e["part"], e["format"]) not in keys])
