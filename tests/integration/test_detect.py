@@ -36,6 +36,7 @@ def test_recipe_writes_every_part_and_its_budget(trained):
         ("segment", "int8"),
         ("classify", "onnx"),
         ("malignancy", "onnx"),
+        ("joint", "onnx"),  # malignancy is fine-tuned from the classifier: one pass over the layers they share
     }
     int8 = run_dir / "export" / "segment.int8.onnx"
     assert int8.stat().st_mtime <= (run_dir / MINED_CSV).stat().st_mtime  # made before mining, which runs it too
