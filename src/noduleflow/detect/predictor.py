@@ -388,7 +388,7 @@ class Predictor:
         x = self.contracts[part].to_unit(np.asarray(patches_hu))[:, None]  # (B, 1, D, H, W)
         mirror = self.mirror and part == "classify"
         if mirror:
-            x = np.concatenate([x, x[:, :, ::-1, ::-1, ::-1]])  # (2B, 1, D, H, W)
+            x = np.concatenate([x, _mirrored(x)])  # (2B, 1, D, H, W)
         p = softmax1(net(np.ascontiguousarray(x)))
         return p.reshape(2, -1).mean(0) if mirror else p
 
@@ -404,7 +404,7 @@ class Predictor:
         logits = self.nets.joint(x)  # (N, 4): the classifier's two, then malignancy's two
         nodule, malignant = softmax1(logits[:, :2]), softmax1(logits[:, 2:])
         if self.mirror:
-            mirrored = softmax1(self.nets.classify(np.ascontiguousarray(x[:, :, ::-1, ::-1, ::-1])))
+            mirrored = softmax1(self.nets.classify(np.ascontiguousarray(_mirrored(x))))
             nodule = np.stack([nodule, mirrored]).mean(0)
         return nodule, malignant
 
@@ -418,6 +418,11 @@ class Predictor:
         message = f"scan {result.series_uid or '(unnamed)'} {text}"
         result.warnings.append(message)
         warnings.warn(message, stacklevel=3)
+
+
+def _mirrored(x: np.ndarray) -> np.ndarray:
+    """(B, 1, D, H, W) patches flipped along all three axes, as the classifier's training augmentation flips them."""
+    return x[:, :, ::-1, ::-1, ::-1]
 
 
 def _nets_of(models, runtime: str, threads: int) -> Nets:

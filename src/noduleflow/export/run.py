@@ -84,7 +84,15 @@ def export_run(
     contracts = models.contracts()
     parts = tuple(p for p in (parts or PARTS) if p in contracts)
     source = Path(data) if data else _data_root(run_dir)
-    inputs = _real_inputs(models, source, scans, parts)
+    # real inputs, cut by the first export that needs them (none when every entry is intact); the classifier's
+    # patches also check the joint net when classify itself is not exported
+    checked = parts + (("classify",) if "classify" in contracts and "classify" not in parts else ())
+    cut: dict[str, list[np.ndarray]] = {}
+
+    def inputs(part: str) -> list[np.ndarray]:
+        if not cut:
+            cut.update(_real_inputs(models, source, scans, checked))
+        return cut[part]
 
     (run_dir / EXPORT_DIR).mkdir(parents=True, exist_ok=True)
     old = read_manifest(run_dir) if (run_dir / EXPORT_DIR / "manifest.json").is_file() else None
@@ -120,25 +128,21 @@ def export_run(
                 onnx = run_dir / EXPORT_DIR / f"{part}.onnx"
                 if not onnx.is_file() or find_entry({"models": done}, part, "onnx") is None:
                     export_onnx(folded, example, onnx, multiple=multiple)
-                quantize_onnx(onnx, path, inputs[part])
+                quantize_onnx(onnx, path, inputs(part))
                 exported = _ort(path)
             else:
                 export_pt2(folded, example, path, multiple=multiple)
                 exported = _pt2(path)
-            check = parity(eager, exported, inputs[part], fmt, dense=part == "segment")
+            check = parity(eager, exported, inputs(part), fmt, dense=part == "segment")
             check["on"] = (
-                f"{sum(len(x) for x in inputs[part])} {'lung-window slices' if part == 'segment' else 'candidate patches'}"
+                f"{sum(len(x) for x in inputs(part))} {'lung-window slices' if part == 'segment' else 'candidate patches'}"
                 f" of {source}"
             )
             output = OUTPUTS[part] if fmt != "pt2" else OUTPUTS[part] + " (torch.export.load(file).module())"
             done.append(_entry(part, fmt, path, contracts[part], output, [src], check, "the eager model"))
     if "onnx" in formats and models.classify is not None:
         kept = [e for e in kept if e["part"] != JOINT]  # the joint is exported again, kept as it is, or dropped
-
-        def patches():  # the classifier's check patches, cut here when only malignancy was exported
-            return inputs.get("classify") or _real_inputs(models, source, scans, ("classify",))["classify"]
-
-        joint = _export_joint(run_dir, models, old, force, patches, source)
+        joint = _export_joint(run_dir, models, old, force, lambda: inputs("classify"), source)
         done += [joint] if joint else []
     keys = {(e["part"], e["format"]) for e in done}
     write_manifest(run_dir, done + [e for e in kept if (e["part"], e["format"]) not in keys])
