@@ -46,6 +46,34 @@ def test_recipe_writes_every_part_and_its_budget(trained):
     )
 
 
+def test_the_unet_records_its_training_scans_spacing_and_the_export_carries_it(trained):
+    """The Predictor resamples a scan outside this range (`detect.grid`): it must be the training split's own."""
+    import numpy as np
+
+    from noduleflow.config import load_config
+    from noduleflow.data import load_index
+    from noduleflow.detect import Predictor
+    from noduleflow.models.weights import read_checkpoint
+
+    data, run_dir = trained
+    recorded = np.array(read_checkpoint(run_dir / "segment" / "best.pt")["trained_on"]["spacing_irc_mm"])  # (3, 3)
+    cfg = load_config(run_dir / "segment" / "config.yaml")
+    split = load_index(data).split(
+        val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.run.seed
+    )
+    scans = {v.series_uid: v for v in map(read_volume, sorted(data.glob("subset*/*.mhd")))}
+    spacing = np.array([scans[uid].spacing_irc for uid in split.train])  # (N, 3), I R C
+    widen = np.array([0, cfg.segment.augment.scale, cfg.segment.augment.scale])
+    np.testing.assert_allclose(recorded[:, 0], spacing.min(0) * (1 - widen))
+    np.testing.assert_allclose(recorded[:, 1], np.median(spacing, 0))
+    np.testing.assert_allclose(recorded[:, 2], spacing.max(0) * (1 + widen))
+    manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
+    segment = next(m for m in manifest["models"] if m["part"] == "segment")
+    np.testing.assert_allclose(segment["input"]["spacing_mm"], recorded)  # what the exported runtimes resample by
+    train_scan = scans[split.train[0]]
+    assert Predictor.from_run(run_dir, runtime="int8").grid(train_scan) is None  # a training scan: as it is
+
+
 def test_detect_folder_then_evaluate_both_outputs(trained, tmp_path):
     data, run_dir = trained
     out = tmp_path / "out"

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from noduleflow.data.patches import HU_MAX, HU_MIN, hu_to_unit
+from noduleflow.detect.grid import SpacingRange
 
 Net = Callable[[np.ndarray], np.ndarray]
 """A model as a function: float32 input batch -> float32 logits (shapes in `OUTPUTS`)."""
@@ -46,6 +47,9 @@ class InputContract:
     HU clipped and mapped linearly to [-1, 1]. context: slices on each side (segment). multiple: the
     U-Net's height and width must divide by it (2**(depth - 1)). patch_size: (D, H, W) voxels (patch).
     patch_mm: (D, H, W) millimetres the patch spans, resampled to patch_size; empty: the scan's own voxels.
+    spacing_mm: (segment) per axis I, R, C, the (low, median, high) voxel spacing in mm of the U-Net's training
+    scans (`detect.grid`): a scan outside that range is segmented resampled to the median; empty: unknown (a run
+    trained before it was recorded), every scan segmented as it is.
     """
 
     kind: str
@@ -54,6 +58,7 @@ class InputContract:
     multiple: int = 1
     patch_size: tuple[int, ...] = ()
     patch_mm: tuple[float, ...] = ()
+    spacing_mm: tuple[tuple[float, float, float], ...] = ()
 
     @property
     def in_channels(self) -> int:
@@ -68,7 +73,7 @@ class InputContract:
         return ((np.clip(np.asarray(hu, np.float32), low, high) - mid) / half).astype(np.float32)
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return {k: _lists(v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> InputContract:
@@ -79,7 +84,13 @@ class InputContract:
             multiple=int(data["multiple"]),
             patch_size=tuple(int(v) for v in data["patch_size"]),
             patch_mm=tuple(float(v) for v in data["patch_mm"]),
+            spacing_mm=tuple(tuple(float(v) for v in axis) for axis in data.get("spacing_mm", ())),
         )
+
+    @property
+    def spacing_ranges(self) -> tuple[SpacingRange, ...]:
+        """`spacing_mm` as (I, R, C) `detect.grid.SpacingRange`s (empty where unknown)."""
+        return tuple(SpacingRange(*axis) for axis in self.spacing_mm)
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,11 @@ class Nets:
 
     def net(self, part: str) -> Net | None:
         return getattr(self, part)
+
+
+def _lists(value):
+    """Tuples (nested too) as lists, for JSON."""
+    return [_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
 def softmax1(logits: np.ndarray) -> np.ndarray:

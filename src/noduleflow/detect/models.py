@@ -27,7 +27,7 @@ from noduleflow.detect.contract import PARTS, InputContract, Nets
 from noduleflow.errors import CheckpointError
 from noduleflow.models import build_model, input_size_of
 from noduleflow.models.unet import segmentation_unet
-from noduleflow.models.weights import load_weights
+from noduleflow.models.weights import load_weights, read_checkpoint
 
 REQUIRED = ("segment", "classify")
 DEFAULT_CONTEXT = 3  # segment.context of runs saved before it was a setting (the value they were trained with)
@@ -43,6 +43,8 @@ class DetectorModels:
     patch_mm: per classifier part, the millimetres (D, H, W) its patches span when it was trained on
         resampled patches (the part's `patch_mm`); a part not named here sees the scan's own voxels.
     context: the U-Net's context slices on each side (the segment run's `segment.context`).
+    spacing_mm: per axis I, R, C, the (low, median, high) voxel spacing of the U-Net's training scans, as its
+        best.pt records it (`trained_spacing`); empty for a run trained before it was recorded.
     """
 
     segment: torch.nn.Module
@@ -52,12 +54,16 @@ class DetectorModels:
     segment_checkpoint: Path | None = None
     patch_mm: dict[str, tuple[float, ...]] = field(default_factory=dict)
     context: int = DEFAULT_CONTEXT
+    spacing_mm: tuple[tuple[float, float, float], ...] = ()
 
     def contracts(self) -> dict[str, InputContract]:
         """The input contract of each model present (see `detect.contract`)."""
         found = {
             "segment": InputContract(
-                "segment", context=self.context, multiple=2 ** (getattr(self.segment, "depth", 3) - 1)
+                "segment",
+                context=self.context,
+                multiple=2 ** (getattr(self.segment, "depth", 3) - 1),
+                spacing_mm=self.spacing_mm,
             )
         }
         for part in PARTS[1:]:
@@ -91,6 +97,7 @@ def load_detector(run_dir: str | Path) -> DetectorModels:
         run_dir / "segment" / "best.pt",
         patch_mm,
         configs["segment"].segment.context,
+        trained_spacing(run_dir / "segment" / "best.pt"),
     )
 
 
@@ -102,9 +109,25 @@ def load_segmentation(segment_run: str | Path) -> DetectorModels:
         if (segment_run / "config.yaml").is_file()
         else DEFAULT_CONTEXT
     )
+    checkpoint = segment_run / "best.pt"
     return DetectorModels(
-        load_part(segment_run, "segment"), None, None, segment_run.parent, segment_run / "best.pt", context=context
+        load_part(segment_run, "segment"),
+        None,
+        None,
+        segment_run.parent,
+        checkpoint,
+        context=context,
+        spacing_mm=trained_spacing(checkpoint),
     )
+
+
+def trained_spacing(checkpoint: Path) -> tuple[tuple[float, float, float], ...]:
+    """The (low, median, high) voxel spacing (mm) per axis I, R, C of the scans a segment checkpoint was trained on
+    (`train.segment_task`), or () where it records none (a run trained before it was recorded) or is absent."""
+    if not checkpoint.is_file():
+        return ()
+    spacing = read_checkpoint(checkpoint).get("trained_on", {}).get("spacing_irc_mm", ())
+    return tuple(tuple(float(v) for v in axis) for axis in spacing)
 
 
 def fuse_batchnorm(module: torch.nn.Module) -> torch.nn.Module:

@@ -4,6 +4,8 @@ Steps (shapes for one scan of I x R x C voxels):
 1. lung field: `ct.lung_mask` on every second row and column (3.5x faster, its edge off by a voxel)
    -> (I, R, C) bool; no lung (or a scan of only air) -> no findings and a warning;
 2. segmentation: the 2D U-Net over lung-holding slices and boxes (`detect.windows`) -> (I, R, C) probabilities;
+   a scan whose voxel spacing lies outside that of the U-Net's training scans is segmented resampled to their
+   median spacing, and step 3's candidates are mapped back onto its voxels (`detect.grid`);
 3. grouping: threshold + 3D connected components (`detect.components`); components with no lung
    voxel within `lung_margin` voxels of their centre are dropped (a nodule on the pleura or a dense
    one the lung mask left out stays); with `inner_peaks` (default), also the map's local maxima above the
@@ -53,6 +55,7 @@ from noduleflow.ct import CtVolume, lung_mask
 from noduleflow.data.patches import crop_patch
 from noduleflow.detect.components import Components, find_components, sphere_diameter_mm, with_points
 from noduleflow.detect.contract import Nets, softmax1
+from noduleflow.detect.grid import SegmentGrid
 from noduleflow.detect.peaks import probability_peaks
 from noduleflow.detect.windows import Window, full_windows, lung_windows, segment_windows
 from noduleflow.errors import NoduleflowError
@@ -189,6 +192,8 @@ class Predictor:
     segmentation's peaks below `threshold` as candidates (`detect.peaks`), in at least `peak_share` (a fraction)
     of the `max_candidates` places; a peak's diameter is one voxel's and its `segmentation` the map's value there.
     segment_mirror: the U-Net's map is the mean over each slice and its left-right mirror image (two U-Net passes).
+    resample: a scan whose voxel spacing lies outside the U-Net's training scans' (a 2 mm-pixel scan for a U-Net
+    trained on 0.6-0.9 mm) is segmented resampled to their median spacing (`detect.grid`); False: as it is.
     """
 
     def __init__(
@@ -210,6 +215,7 @@ class Predictor:
         rank_candidates: int = 300,
         inner_peaks: bool = True,
         segment_mirror: bool = False,
+        resample: bool = True,
     ):
         self.threshold, self.min_voxels, self.mirror = float(threshold), int(min_voxels), bool(mirror)
         self.lung_margin, self.window_margin = int(lung_margin), int(window_margin)
@@ -218,7 +224,7 @@ class Predictor:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         self.threads, self.peaks, self.peak_share = int(threads), bool(peaks), float(peak_share)
         self.rank_candidates = max(int(rank_candidates), self.max_candidates)
-        self.inner_peaks, self.segment_mirror = bool(inner_peaks), bool(segment_mirror)
+        self.inner_peaks, self.segment_mirror, self.resample = bool(inner_peaks), bool(segment_mirror), bool(resample)
         self.nets = models if isinstance(models, Nets) else _nets_of(models, runtime, self.threads)
         self.runtime = self.nets.runtime
         self.contracts = self.nets.contracts
@@ -256,7 +262,14 @@ class Predictor:
         elif not lung.any():
             self._warn(result, "has no lung field (no large air-filled region inside the body); nothing to detect")
         else:
-            result.findings, result.candidates, result.candidate_mask = self._detect(volume, lung)
+            grid = self.grid(volume)
+            if grid is not None and grid.capped:
+                self._warn(
+                    result,
+                    f"needs a {' x '.join(map(str, grid.volume.shape))}-voxel grid at the U-Net's spacing, more than "
+                    "it may hold: segmented at a coarser spacing, so small nodules may be missed",
+                )
+            result.findings, result.candidates, result.candidate_mask = self._detect(volume, lung, grid)
         result.seconds = time.perf_counter() - start
         return result
 
@@ -279,11 +292,22 @@ class Predictor:
             mirror=self.segment_mirror,
         )
 
-    def candidates(self, volume: CtVolume, lung: np.ndarray, limit: int | None = None) -> Components:
+    def grid(self, volume: CtVolume) -> SegmentGrid | None:
+        """`volume` resampled to the U-Net's training spacing where it lies outside it (`detect.grid`); None: the
+        U-Net sees the scan as it is (within that spacing, or `resample` off, or a run that did not record it)."""
+        return SegmentGrid.of(volume, self.contracts["segment"].spacing_ranges) if self.resample else None
+
+    def candidates(
+        self, volume: CtVolume, lung: np.ndarray, limit: int | None = None, grid: SegmentGrid | None | bool = True
+    ) -> Components:
         """Steps 2-3 (module docstring): the segmentation's components near lung (with `inner_peaks`, also the
         map's maxima inside them far from their centres), highest peak first, then (with `peaks`) the map's peaks
         below the threshold, highest first; at most `limit` (default `rank_candidates`) in all, of which the peaks
-        take `peak_share` of them when the components would fill the list."""
+        take `peak_share` of them when the components would fill the list. Found on `grid` (by default
+        `self.grid(volume)`) where the scan is resampled for the U-Net, and returned on the scan's voxels."""
+        grid = self.grid(volume) if grid is True else grid
+        if grid:
+            return grid.to_scan(self.candidates(grid.volume, grid.mask_to_grid(lung), limit, grid=None))
         limit = self.rank_candidates if limit is None else int(limit)
         probs = self.segment(volume, lung)
         comps = find_components(probs, volume.spacing_xyz, threshold=self.threshold, min_voxels=self.min_voxels)
@@ -319,8 +343,10 @@ class Predictor:
             dtype=bool,
         )
 
-    def _detect(self, volume: CtVolume, lung: np.ndarray) -> tuple[list[Finding], int, np.ndarray]:
-        comps = self.candidates(volume, lung)
+    def _detect(
+        self, volume: CtVolume, lung: np.ndarray, grid: SegmentGrid | None
+    ) -> tuple[list[Finding], int, np.ndarray]:
+        comps = self.candidates(volume, lung, grid=grid)
         classified = len(comps)
         if classified == 0:
             return [], 0, comps.mask(volume.shape)

@@ -117,7 +117,7 @@ def export_run(
                 continue
             entry = find_entry(old, part, fmt)
             if entry is not None and not force and _intact(run_dir, entry):
-                done.append(entry)
+                done.append({**entry, "input": c.to_dict()})  # the contract as read now (a field added since)
                 continue
             name = f"{part}.int8.onnx" if fmt == "int8" else f"{part}.{fmt}"
             path = run_dir / EXPORT_DIR / name

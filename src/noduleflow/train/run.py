@@ -103,6 +103,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, until_epoch: int | None = N
         metrics_fn=parts.metrics_fn,
         run_dir=run_dir,
         dist=dist,
+        trained_on=parts.trained_on,
     )
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

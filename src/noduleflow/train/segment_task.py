@@ -29,7 +29,9 @@ from __future__ import annotations
 import dataclasses
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
@@ -38,6 +40,9 @@ from noduleflow.data.loaders import make_loader
 from noduleflow.errors import ConfigError
 from noduleflow.models.unet import segmentation_unet
 from noduleflow.train.distributed import DistInfo, ShardSampler
+
+if TYPE_CHECKING:
+    from noduleflow.data import SegmentationCrops
 from noduleflow.train.tasks import TaskParts
 
 SPATIAL_DIMS = 2  # the U-Net and its crops (detect runs it slice by slice); its context slices are `segment.context`
@@ -149,7 +154,18 @@ def build_segment_task(cfg: TrainConfig, dist: DistInfo = DistInfo()) -> TaskPar
         evaluation(val),
         None if test is None else evaluation(test),
         metrics_fn=segmentation_metrics,
+        trained_on={"spacing_irc_mm": _spacing_record(train, own.augment.scale if cfg.data.augment else 0.0)},
     )
+
+
+def _spacing_record(train: SegmentationCrops, scale: float) -> list[list[float]]:
+    """Per axis I, R, C, the [low, median, high] voxel spacing (mm) of the training scans as the U-Net sees them
+    (the ends widened by the scale augmentation): the Predictor segments a scan outside it resampled to the
+    median (`detect.grid`)."""
+    from noduleflow.detect.grid import spacing_ranges
+
+    spacings = [train.scans(uid).spacing_xyz[::-1] for uid in train.series_uids]
+    return [[r.low, r.median, r.high] for r in spacing_ranges(np.array(spacings), scale)]
 
 
 def _frozen(dataset: Dataset, seed: int) -> TensorDataset:

@@ -11,7 +11,7 @@ Every task is classification with cross-entropy on (B, C) logits, so the same `T
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,7 +31,8 @@ _CT_AUGMENT = {"rotate_deg": 15.0, "scale": 0.1, "offset_vox": 2.0, "noise_hu": 
 
 @dataclass
 class TaskParts:
-    """A task's collaborators for the `Trainer` (test_loader None when nothing is held out)."""
+    """A task's collaborators for the `Trainer` (test_loader None when nothing is held out); trained_on: what the
+    checkpoints should record about the training data for inference (the segment task: its scans' spacing)."""
 
     model: nn.Module
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -39,6 +40,7 @@ class TaskParts:
     val_loader: DataLoader
     test_loader: DataLoader | None
     metrics_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] = classification_metrics
+    trained_on: dict = field(default_factory=dict)
 
 
 def build_task(cfg: TrainConfig, dist: DistInfo = DistInfo()) -> TaskParts:

@@ -57,7 +57,9 @@ class Trainer:
         metrics_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] = classification_metrics,
         run_dir: str | Path | None = None,
         dist: DistInfo = DistInfo(),
+        trained_on: dict | None = None,
     ):
+        self.trained_on = dict(trained_on or {})  # written into every checkpoint (`TaskParts.trained_on`)
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
         self.train_loader, self.val_loader, self.metrics_fn = train_loader, val_loader, metrics_fn
         self.config, self.dist = config, dist
@@ -263,4 +265,5 @@ class Trainer:
             "rng": states,
             "world_size": self.dist.world_size,
             "config": config_to_dict(self.config),
+            "trained_on": self.trained_on,
         }

@@ -9,6 +9,7 @@ import torch
 from noduleflow.config import resolve_config, save_config
 from noduleflow.detect.models import fuse_batchnorm, load_detector
 from noduleflow.models.unet import segmentation_unet
+from noduleflow.train.checkpoint import save_checkpoint
 
 
 def test_folding_batchnorm_keeps_the_unet_outputs_and_removes_every_batchnorm():
@@ -32,7 +33,11 @@ def test_a_classifier_trained_on_mm_patches_is_loaded_with_them(tmp_path, monkey
         (tmp_path / part).mkdir()
         save_config(resolve_config(part, overrides={"data.root": "d", **flags}), tmp_path / part / "config.yaml")
         (tmp_path / part / "best.pt").write_bytes(b"")
-    assert load_detector(tmp_path).patch_mm == {"classify": (32.0, 40.0, 40.0)}
+    spacing = [[1.0, 2.0, 3.0], [0.5, 0.7, 0.9], [0.5, 0.7, 0.9]]
+    save_checkpoint({"model": {}, "trained_on": {"spacing_irc_mm": spacing}}, tmp_path / "segment" / "best.pt")
+    loaded = load_detector(tmp_path)
+    assert loaded.patch_mm == {"classify": (32.0, 40.0, 40.0)}
+    assert loaded.spacing_mm == ((1.0, 2.0, 3.0), (0.5, 0.7, 0.9), (0.5, 0.7, 0.9))  # what the contract carries
 
 
 def test_a_classifier_of_another_input_size_is_rebuilt_with_it(tmp_path):

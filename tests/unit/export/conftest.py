@@ -24,6 +24,10 @@ PARTS = {
     "malignancy": {"model.width": 4, "model.depth": 2, "model.input_size": [8, 16, 16]},
 }
 
+TRAINED_SPACING = [[0.5, 2.5, 10.0], [0.5, 2.0, 10.0], [0.5, 2.0, 10.0]]
+"""The segment checkpoint's record of its training scans' spacing (`detect.grid`): wide, so that the synthetic
+scans here are segmented as they are."""
+
 
 def make_run(root, data, finetuned: bool = False):
     """RUN/{segment,classify,malignancy}/ with config.yaml and best.pt, batch-norm statistics away from 0 / 1.
@@ -54,7 +58,8 @@ def make_run(root, data, finetuned: bool = False):
         built[part] = model
         (root / part).mkdir(parents=True)
         save_config(cfg, root / part / "config.yaml")
-        save_checkpoint({"model": model.state_dict()}, root / part / "best.pt")
+        trained_on = {"spacing_irc_mm": TRAINED_SPACING} if part == "segment" else {}
+        save_checkpoint({"model": model.state_dict(), "trained_on": trained_on}, root / part / "best.pt")
     return root
 
 

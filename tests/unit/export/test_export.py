@@ -42,6 +42,11 @@ def test_every_model_is_exported_with_its_contract_checksum_and_parity(exported_
         "multiple": 4,
         "patch_size": [],
         "patch_mm": [],
+        "spacing_mm": [
+            [0.5, 2.5, 10.0],
+            [0.5, 2.0, 10.0],
+            [0.5, 2.0, 10.0],
+        ],  # its best.pt's (conftest's TRAINED_SPACING)
     }
     assert classify["patch_size"] == [8, 16, 16] and classify["patch_mm"] == [12.0, 16.0, 16.0]
     assert entries[("malignancy", "onnx")]["input"]["patch_mm"] == []

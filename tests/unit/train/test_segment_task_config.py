@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset
@@ -20,6 +21,8 @@ class _Crops(Dataset):
     def __init__(self, cache, nodules, uids, **kwargs):
         self.kwargs = kwargs
         self.n_nodule_samples = 1
+        self.series_uids = tuple(uids)  # each scan at 0.7 mm pixels, 1.25 mm slices (X, Y, Z)
+        self.scans = lambda uid: SimpleNamespace(spacing_xyz=np.array([0.7, 0.7, 1.25]))
         _Crops.made.append(kwargs)
 
     def __len__(self) -> int:
@@ -58,6 +61,8 @@ def test_the_defaults_are_the_former_constants(crops):
     assert (augment.rotate_deg, augment.scale, augment.offset_vox, augment.noise_hu) == (15.0, 0.1, 2.0, 25.0)
     assert parts.loss_fn.keywords == {"alpha": 0.3, "beta": 0.7, "pos_weight": 10.0}
     assert torch.all(parts.model.head.bias == HEAD_BIAS) and cfg.segment.head_bias == HEAD_BIAS
+    # the checkpoints record the training scans' spacing, in-plane widened by the 10% scale augmentation
+    assert np.allclose(parts.trained_on["spacing_irc_mm"], [[1.25, 1.25, 1.25], [0.63, 0.7, 0.77], [0.63, 0.7, 0.77]])
 
 
 def test_every_setting_reaches_the_task(crops):

@@ -1,0 +1,151 @@
+"""The U-Net's grid: a scan resampled to the voxel spacing the U-Net was trained at, and candidates mapped back.
+
+The 2D U-Net works in voxels: trained on 0.6-0.9 mm pixels, it sees a 4 mm nodule imaged at 2 mm pixels as
+a speck of two voxels, smaller than any nodule it learned, and misses most such nodules. So a segment run
+records the voxel spacing of its training scans (`SpacingRange` per axis: the lowest, median and highest,
+the ends widened by the training's scale augmentation), and where a scan's spacing along an axis lies
+outside that range, the Predictor runs the U-Net on the scan resampled along that axis to the training
+median (as nnU-Net does) and maps the candidates' centres and voxels back onto the scan. The classifiers
+need no such step: they cut their patches in millimetres (`patch_mm`) from the scan itself.
+
+Resampling is linear along each resampled axis, on the centre-aligned grid of `ct.resample` (the new grid
+spans the same millimetres, with its centre on the old grid's centre); it is written as two gathers and a
+blend per axis, since scipy's general zoom took 0.5 s a small scan against 0.05 s this way
+(docs/decisions.md, 2026-12-07). Growth is bounded: the grid never holds more than `MAX_GRID_VOXELS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from noduleflow.ct import CtVolume
+from noduleflow.detect.components import Components
+
+MAX_GRID_VOXELS = 2**28
+"""The most voxels the U-Net's grid may hold (a 512 x 512 x 1024 scan: 1 GiB of float32 probabilities); a scan
+whose resampled grid would be larger is resampled less finely, the same factor less on each growing axis."""
+
+
+@dataclass(frozen=True)
+class SpacingRange:
+    """The voxel spacing (mm) of a U-Net's training scans along one axis: lowest, median, highest (the ends
+    widened by the training's scale augmentation): it sees a scan within [low, high] as it is."""
+
+    low: float
+    median: float
+    high: float
+
+    def target(self, spacing: float) -> float:
+        """The spacing to resample an axis of `spacing` mm to: itself within the range, else the median."""
+        return spacing if self.low <= spacing <= self.high else self.median
+
+
+def spacing_ranges(spacings_irc: np.ndarray, scale: float = 0.0) -> tuple[SpacingRange, ...]:
+    """The (I, R, C) `SpacingRange`s of (N, 3) training-scan spacings (mm, I R C), the ends widened by a scale
+    augmentation of +-`scale` (0.1: zoomed by 0.9-1.1), which shows the U-Net each scan at those spacings too.
+    The slice axis is not widened: a 2D U-Net's augmentation zooms within slices only."""
+    s = np.asarray(spacings_irc, np.float64).reshape(-1, 3)
+    if not len(s):
+        return ()
+    widen = np.array([0.0, scale, scale])
+    low, high = s.min(0) * (1 - widen), s.max(0) * (1 + widen)
+    return tuple(SpacingRange(float(a), float(m), float(b)) for a, m, b in zip(low, np.median(s, 0), high))
+
+
+@dataclass(frozen=True)
+class SegmentGrid:
+    """A scan resampled for the U-Net (`volume`) and the map back; `of` gives None where no axis needs it.
+
+    shape: the scan's (I, R, C) voxels; volume: the resampled scan; capped: the grid was held to
+    `MAX_GRID_VOXELS` (coarser than the training median along the growing axes)."""
+
+    shape: tuple[int, int, int]
+    volume: CtVolume
+    capped: bool = False
+
+    @classmethod
+    def of(cls, volume: CtVolume, ranges: Sequence[SpacingRange]) -> SegmentGrid | None:
+        """The grid `volume` is segmented on, for a U-Net trained at `ranges` (I, R, C); None: the scan as it is."""
+        if len(ranges) != 3 or not volume.hu.size:
+            return None
+        spacing = volume.spacing_irc
+        target = np.array([r.target(float(s)) for r, s in zip(ranges, spacing)])
+        if np.array_equal(target, spacing):
+            return None
+        shape = np.array(volume.shape)
+        new = np.maximum(1, np.round(shape * spacing / target)).astype(np.int64)
+        capped = float(np.prod(new)) > max(MAX_GRID_VOXELS, float(np.prod(shape)))
+        if capped:  # shrink each growing axis by the same factor until the grid fits
+            grow = new > shape
+            fixed = float(np.prod(new[~grow]))
+            shrink = (MAX_GRID_VOXELS / fixed / float(np.prod(new[grow]))) ** (1 / grow.sum())
+            new[grow] = np.maximum(shape[grow], np.floor(new[grow] * shrink)).astype(np.int64)
+        if np.array_equal(new, shape):
+            return None
+        hu = volume.hu
+        for axis in range(3):
+            hu = _resize_linear(hu, axis, int(new[axis]))
+        if hu.dtype != np.int16:  # a blend of int16 values: rounded, it is int16 again
+            hu = np.rint(hu, out=hu).astype(np.int16)
+        first = _source_index(0, shape, new)  # the old fractional index of new voxel (0, 0, 0)
+        resampled = CtVolume(
+            hu,
+            volume.irc_to_xyz(first),
+            (spacing * shape / new)[::-1],
+            volume.direction,
+            series_uid=volume.series_uid,
+        )
+        return cls(tuple(int(n) for n in shape), resampled, capped)
+
+    @property
+    def factor(self) -> np.ndarray:
+        """(3,) grid voxels per scan voxel along I, R, C."""
+        return np.array(self.volume.shape) / np.array(self.shape)
+
+    def mask_to_grid(self, mask: np.ndarray) -> np.ndarray:
+        """An (I, R, C) bool mask of the scan on the grid (nearest voxel)."""
+        for axis in range(3):
+            if mask.shape[axis] != self.volume.shape[axis]:
+                n_old, n_new = mask.shape[axis], self.volume.shape[axis]
+                index = np.clip(np.floor(_source_index(np.arange(n_new), n_old, n_new) + 0.5), 0, n_old - 1)
+                mask = np.take(mask, index.astype(np.intp), axis=axis)
+        return mask
+
+    def to_scan(self, comps: Components) -> Components:
+        """Components found on the grid, with centres (fractional) and marked voxels on the scan's voxels.
+        Volumes and diameters are in mm and stay; `voxels` stays the count on the grid."""
+        factor = self.factor
+        centers = (comps.centers_irc + 0.5) / factor - 0.5
+        marked = comps.marked
+        if marked is not None:
+            marked = tuple(
+                np.minimum(np.floor((m + 0.5) / f).astype(np.int64), n - 1)
+                for m, f, n in zip(marked, factor, self.shape)
+            )
+        return replace(comps, centers_irc=centers, marked=marked)
+
+
+def _source_index(new_index, n_old, n_new) -> np.ndarray:
+    """The old fractional index that new index `new_index` samples on the centre-aligned grid (elementwise)."""
+    return (np.asarray(new_index, np.float64) + 0.5) * np.asarray(n_old, np.float64) / np.asarray(n_new) - 0.5
+
+
+def _resize_linear(a: np.ndarray, axis: int, n: int) -> np.ndarray:
+    """`a` resampled linearly to `n` samples along `axis` (centre-aligned; edges held): a float32 array, or `a`
+    itself where the length does not change."""
+    n0 = a.shape[axis]
+    if n == n0:
+        return a
+    x = np.clip((np.arange(n) + 0.5) * (n0 / n) - 0.5, 0, n0 - 1)
+    i0 = np.floor(x).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n0 - 1)
+    w = (x - i0).astype(np.float32).reshape([n if k == axis else 1 for k in range(a.ndim)])
+    lo = np.take(a, i0, axis=axis).astype(np.float32, copy=False)
+    hi = np.take(a, i1, axis=axis).astype(np.float32, copy=False)
+    hi -= lo
+    hi *= w
+    hi += lo
+    return hi
