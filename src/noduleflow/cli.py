@@ -247,6 +247,13 @@ def detect(
         help="Average the U-Net's map over each slice and its left-right mirror image: twice the U-Net's time. "
         "Off by default: on the development scans it marked no more nodules (docs/decisions.md).",
     ),
+    resample: bool = typer.Option(
+        True,
+        "--resample/--no-resample",
+        help="Segment a scan whose voxel size lies outside the U-Net's training scans' (say 2 mm pixels for a "
+        "detector trained on 0.7 mm) resampled to their median size; findings stay on the scan's own voxels. "
+        "--no-resample: every scan as it is (faster on such scans, and it misses most small nodules there).",
+    ),
     peaks: bool = typer.Option(
         False,
         "--peaks/--no-peaks",
@@ -283,6 +290,7 @@ def detect(
         runtime=runtime.value,
         mirror=mirror,
         segment_mirror=segment_mirror,
+        resample=resample,
         peaks=peaks,
         restart=restart,
     )

@@ -127,6 +127,30 @@ def test_detect_one_nifti_scan(trained, tmp_path):
     assert (tmp_path / "out" / "png" / "chest.png").is_file()
 
 
+def test_detect_a_scan_coarser_than_the_training_scans_with_and_without_resampling(trained, tmp_path):
+    """A scan at 2.5 x the pixel size: segmented on the U-Net's grid by default, as it is with --no-resample; either
+    way the findings lie on the scan, in its world mm, and its mask has the scan's own shape."""
+    import numpy as np
+
+    from noduleflow.ct.resample import resample
+    from noduleflow.detect import Predictor
+
+    data, run_dir = trained
+    volume = read_volume(next(data.glob("subset*/*.mhd")))
+    coarse = resample(volume, volume.spacing_xyz * [2.5, 2.5, 1])
+    scan = write_volume(coarse, tmp_path / "coarse.nii.gz")
+    assert Predictor.from_run(run_dir, runtime="int8").grid(coarse) is not None
+    lo, hi = coarse.irc_to_xyz([0, 0, 0]), coarse.irc_to_xyz(np.array(coarse.shape) - 1)
+    for flag in ("--resample", "--no-resample"):
+        out = tmp_path / flag
+        result = runner.invoke(app, ["detect", str(scan), "--run", str(run_dir), "-o", str(out), flag])
+        assert result.exit_code == 0, result.output
+        findings = json.loads((out / "detections.json").read_text())["scans"][0]["findings"]
+        xyz = np.array([[f["coordX"], f["coordY"], f["coordZ"]] for f in findings]).reshape(-1, 3)
+        assert np.all((xyz >= np.minimum(lo, hi) - 1e-6) & (xyz <= np.maximum(lo, hi) + 1e-6))
+        assert read_volume(out / "masks" / "coarse.nii.gz").shape == coarse.shape
+
+
 def test_detect_with_an_incomplete_run_names_the_missing_model(trained, tmp_path):
     data, _ = trained
     (tmp_path / "run" / "segment").mkdir(parents=True)
