@@ -297,17 +297,19 @@ class Predictor:
         U-Net sees the scan as it is (within that spacing, or `resample` off, or a run that did not record it)."""
         return SegmentGrid.of(volume, self.contracts["segment"].spacing_ranges) if self.resample else None
 
-    def candidates(
-        self, volume: CtVolume, lung: np.ndarray, limit: int | None = None, grid: SegmentGrid | None | bool = True
-    ) -> Components:
+    def candidates(self, volume: CtVolume, lung: np.ndarray, limit: int | None = None) -> Components:
         """Steps 2-3 (module docstring): the segmentation's components near lung (with `inner_peaks`, also the
         map's maxima inside them far from their centres), highest peak first, then (with `peaks`) the map's peaks
         below the threshold, highest first; at most `limit` (default `rank_candidates`) in all, of which the peaks
-        take `peak_share` of them when the components would fill the list. Found on `grid` (by default
-        `self.grid(volume)`) where the scan is resampled for the U-Net, and returned on the scan's voxels."""
-        grid = self.grid(volume) if grid is True else grid
-        if grid:
-            return grid.to_scan(self.candidates(grid.volume, grid.mask_to_grid(lung), limit, grid=None))
+        take `peak_share` of them when the components would fill the list. On the scan's voxels, found on
+        `grid(volume)` where the scan is resampled for the U-Net."""
+        return self._candidates(volume, lung, self.grid(volume), limit)
+
+    def _candidates(
+        self, volume: CtVolume, lung: np.ndarray, grid: SegmentGrid | None, limit: int | None
+    ) -> Components:
+        if grid is not None:
+            return grid.to_scan(self._candidates(grid.volume, grid.mask_to_grid(lung), None, limit))
         limit = self.rank_candidates if limit is None else int(limit)
         probs = self.segment(volume, lung)
         comps = find_components(probs, volume.spacing_xyz, threshold=self.threshold, min_voxels=self.min_voxels)
@@ -346,7 +348,7 @@ class Predictor:
     def _detect(
         self, volume: CtVolume, lung: np.ndarray, grid: SegmentGrid | None
     ) -> tuple[list[Finding], int, np.ndarray]:
-        comps = self.candidates(volume, lung, grid=grid)
+        comps = self._candidates(volume, lung, grid, None)
         classified = len(comps)
         if classified == 0:
             return [], 0, comps.mask(volume.shape)
