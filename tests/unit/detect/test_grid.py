@@ -43,8 +43,13 @@ def test_the_grid_is_the_scan_resampled_to_the_training_median_in_place():
     assert np.abs(grid.volume.hu.astype(int) - reference.hu).max() <= 1  # rounding of the same linear blend
 
 
-def test_components_on_the_grid_come_back_at_the_same_world_position_and_voxels():
-    volume = chest()
+@pytest.mark.parametrize(
+    "direction", [np.eye(3), np.diag([-1.0, 1.0, -1.0]), np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1.0]])]
+)
+def test_components_on_the_grid_come_back_at_the_same_world_position_and_voxels(direction):
+    """Also for scans whose axes point otherwise (a flipped or a transposed direction matrix)."""
+    phantom = chest()
+    volume = CtVolume(phantom.hu, phantom.origin_xyz, phantom.spacing_xyz, direction, phantom.series_uid)
     grid = SegmentGrid.of(volume, FINE)
     dense = find_components(grid.volume.hu > -400, grid.volume.spacing_xyz)
     nodule = dense.take([np.argmin(np.abs(dense.diameter_mm - 2 * NODULE_RADIUS_MM))])
