@@ -115,17 +115,36 @@ class SegmentGrid:
         return mask
 
     def to_scan(self, comps: Components) -> Components:
-        """Components found on the grid, with centres (fractional) and marked voxels on the scan's voxels.
+        """Components found on the grid, with centres (fractional) and marked voxels on the scan's voxels: a scan
+        voxel is marked where a marked grid voxel lies in it, or (along an axis where the grid is coarser) where
+        its centre lies in a marked grid voxel, so that a mask drawn from them has no holes either way.
         Volumes and diameters are in mm and stay; `voxels` stays the count on the grid."""
-        factor = self.factor
-        centers = (comps.centers_irc + 0.5) / factor - 0.5
-        marked = comps.marked
-        if marked is not None:
-            marked = tuple(
-                np.minimum(np.floor((m + 0.5) / f).astype(np.int64), n - 1)
-                for m, f, n in zip(marked, factor, self.shape)
-            )
-        return replace(comps, centers_irc=centers, marked=marked)
+        centers = (comps.centers_irc + 0.5) / self.factor - 0.5
+        if comps.marked is None or not len(comps.marked[0]):
+            return replace(comps, centers_irc=centers)
+        marked, labels = list(comps.marked), comps.marked_labels
+        for axis, (n_grid, n_scan) in enumerate(zip(self.volume.shape, self.shape)):
+            first, count = _scan_voxels(n_grid, n_scan)  # per grid index: the scan voxels it marks
+            j = marked[axis]
+            pick = np.repeat(np.arange(len(j)), count[j])  # each marked voxel once per scan voxel it marks
+            offset = np.arange(len(pick)) - np.repeat(np.cumsum(count[j]) - count[j], count[j])
+            marked = [m[pick] for m in marked]
+            marked[axis] = first[j][pick] + offset
+            labels = labels[pick]
+        return replace(comps, centers_irc=centers, marked=tuple(marked), marked_labels=labels)
+
+
+def _scan_voxels(n_grid: int, n_scan: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per grid index along one axis, (first scan index, count) of the scan voxels it marks: the one holding its
+    centre where the grid is finer, those whose centres it holds where it is coarser (the same where equal)."""
+    j = np.arange(n_grid)
+    if n_grid >= n_scan:
+        first = np.minimum(np.floor((j + 0.5) * n_scan / n_grid).astype(np.int64), n_scan - 1)
+        return first, np.ones(n_grid, np.int64)
+    centre = (np.arange(n_scan) + 0.5) * n_grid / n_scan  # scan voxel centres in grid units (voxel j spans [j, j+1))
+    holder = np.minimum(np.floor(centre).astype(np.int64), n_grid - 1)
+    count = np.bincount(holder, minlength=n_grid)
+    return np.cumsum(count) - count, count
 
 
 def _source_index(new_index, n_old, n_new) -> np.ndarray:

@@ -66,6 +66,27 @@ def test_components_on_the_grid_come_back_at_the_same_world_position_and_voxels(
     )  # the nodule's voxels, give or take an edge
 
 
+def test_a_grid_coarser_than_the_scan_marks_the_scan_voxels_without_holes():
+    """A detector trained on coarse scans (the demo's) detecting a finer scan segments it on a coarser grid; the
+    nodule's voxels on the scan are then every voxel whose centre lies in a marked grid voxel, not every other one."""
+    volume = chest()
+    coarse = (SpacingRange(2.0, 3.0, 4.0), SpacingRange(3.0, 4.0, 5.0), SpacingRange(3.0, 4.0, 5.0))
+    grid = SegmentGrid.of(volume, coarse)
+    assert grid.volume.shape == (20, 24, 32)
+    dense = find_components(grid.volume.hu > -400, grid.volume.spacing_xyz)
+    nodule = dense.take([np.argmin(np.abs(dense.diameter_mm - 2 * NODULE_RADIUS_MM))])
+    back = grid.to_scan(nodule)
+    np.testing.assert_allclose(back.centers_irc[0], NODULE_IRC, atol=0.6)
+    mask = back.mask(volume.shape)
+    assert mask.sum() == 4 * nodule.voxels[0]  # each grid voxel: the 2 x 2 scan voxels whose centres it holds
+    i, r, c = NODULE_IRC
+    assert mask[i, r - 1 : r + 2, c - 1 : c + 2].all()  # solid around the centre
+    own = find_components(volume.hu > -400, volume.spacing_xyz)
+    own_nodule = own.take([np.argmin(np.linalg.norm(own.centers_irc - NODULE_IRC, axis=1))]).mask(volume.shape)
+    both = (mask & own_nodule).sum()  # the coarse grid blurs the edge away: most voxels, hardly any others
+    assert both / own_nodule.sum() > 0.6 and both / mask.sum() > 0.9  # every other voxel alone would be 1/4
+
+
 def test_a_mask_of_the_scan_is_carried_onto_the_grid_by_nearest_voxel():
     volume = chest()
     grid = SegmentGrid.of(volume, FINE)
