@@ -330,7 +330,8 @@ def _time_both(run_dir: Path, paths: list[Path], rounds: int = 1) -> tuple[list[
                 resampled = (
                     ""
                     if grid is None
-                    else f" on a {grid.volume.shape} grid, {np.median(own[:, k]):.1f} s on the scan's own voxels"
+                    else f" at {np.round(grid.volume.spacing_irc, 2).tolist()} mm (I R C), {np.median(own[:, k]):.1f} s on "
+                    "the scan's own voxels"
                 )
                 print(
                     f"  {volume.series_uid[-12:]} {volume.shape}: noduleflow {np.median(ours[:, k]):.1f} s{resampled} "

@@ -5,7 +5,8 @@ a speck of two voxels, smaller than any nodule it learned, and misses most such 
 records the voxel spacing of its training scans (`SpacingRange` per axis: the lowest, median and highest,
 the ends widened by the training's scale augmentation), and where a scan's spacing along an axis lies
 outside that range, the Predictor runs the U-Net on the scan resampled along that axis to the training
-median (as nnU-Net does) and maps the candidates' centres and voxels back onto the scan. The classifiers
+median (as nnU-Net does) and maps the candidates' centres and voxels back onto the scan. Only the lung's box
+and what the U-Net's windows read around it are resampled: about a third of a chest scan. The classifiers
 need no such step: they cut their patches in millimetres (`patch_mm`) from the scan itself.
 
 Resampling is linear along each resampled axis, on the centre-aligned grid of `ct.resample` (the new grid
@@ -23,6 +24,8 @@ import numpy as np
 
 from noduleflow.ct import CtVolume
 from noduleflow.detect.components import Components
+
+_OTHER = ((1, 2), (0, 2), (0, 1))  # per axis, the other two (to project a mask onto it)
 
 MAX_GRID_VOXELS = 2**28
 """The most voxels the U-Net's grid may hold (a 512 x 512 x 1024 scan: 1 GiB of float32 probabilities); a scan
@@ -57,59 +60,76 @@ def spacing_ranges(spacings_irc: np.ndarray, scale: float = 0.0) -> tuple[Spacin
 
 @dataclass(frozen=True)
 class SegmentGrid:
-    """A scan resampled for the U-Net (`volume`) and the map back; `of` gives None where no axis needs it.
+    """A scan's box resampled for the U-Net (`volume`) and the map back; `of` gives None where no axis needs it.
 
-    shape: the scan's (I, R, C) voxels; volume: the resampled scan; capped: the grid was held to
-    `MAX_GRID_VOXELS` (coarser than the training median along the growing axes)."""
+    shape: the scan's (I, R, C) voxels; offset: the scan voxel where the box starts; box: its (I, R, C) scan voxels;
+    volume: the box resampled; capped: the grid was held to `MAX_GRID_VOXELS` (coarser than the training median
+    along the growing axes)."""
 
     shape: tuple[int, int, int]
+    offset: tuple[int, int, int]
+    box: tuple[int, int, int]
     volume: CtVolume
     capped: bool = False
 
     @classmethod
-    def of(cls, volume: CtVolume, ranges: Sequence[SpacingRange]) -> SegmentGrid | None:
-        """The grid `volume` is segmented on, for a U-Net trained at `ranges` (I, R, C); None: the scan as it is."""
+    def of(
+        cls, volume: CtVolume, ranges: Sequence[SpacingRange], lung: np.ndarray | None = None, pad=(0, 0, 0)
+    ) -> SegmentGrid | None:
+        """The grid `volume` is segmented on, for a U-Net trained at `ranges` (I, R, C); None: the scan as it is.
+
+        lung: the scan's lung mask, whose box (plus `pad` grid voxels per axis: what the U-Net's windows read
+        around the lung) is all that is resampled (a third of a chest scan); None: the whole scan."""
         if len(ranges) != 3 or not volume.hu.size:
             return None
         spacing = volume.spacing_irc
         target = np.array([r.target(float(s)) for r, s in zip(ranges, spacing)])
         if np.array_equal(target, spacing):
             return None
-        shape = np.array(volume.shape)
-        new = np.maximum(1, np.round(shape * spacing / target)).astype(np.int64)
-        capped = float(np.prod(new)) > max(MAX_GRID_VOXELS, float(np.prod(shape)))
+        lo, hi = np.zeros(3, np.int64), np.array(volume.shape, np.int64)
+        if lung is not None and lung.any():
+            reach = np.ceil(np.asarray(pad, np.float64) * target / spacing).astype(np.int64)  # in scan voxels
+            lo = np.maximum([int(np.flatnonzero(lung.any(axis=a)).min()) for a in _OTHER] - reach, 0)
+            hi = np.minimum([int(np.flatnonzero(lung.any(axis=a)).max()) + 1 for a in _OTHER] + reach, hi)
+        box = hi - lo
+        new = np.maximum(1, np.round(box * spacing / target)).astype(np.int64)
+        capped = float(np.prod(new)) > max(MAX_GRID_VOXELS, float(np.prod(box)))
         if capped:  # shrink each growing axis by the same factor until the grid fits
-            grow = new > shape
+            grow = new > box
             fixed = float(np.prod(new[~grow]))
             shrink = (MAX_GRID_VOXELS / fixed / float(np.prod(new[grow]))) ** (1 / grow.sum())
-            new[grow] = np.maximum(shape[grow], np.floor(new[grow] * shrink)).astype(np.int64)
-        if np.array_equal(new, shape):
+            new[grow] = np.maximum(box[grow], np.floor(new[grow] * shrink)).astype(np.int64)
+        if np.array_equal(new, box):
             return None
-        hu = volume.hu
+        hu = volume.hu[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
         for axis in range(3):
             hu = _resize_linear(hu, axis, int(new[axis]))
         if hu.dtype != np.int16:  # a blend of int16 values: rounded, it is int16 again
             hu = np.rint(hu, out=hu).astype(np.int16)
-        first = _source_index(0, shape, new)  # the old fractional index of new voxel (0, 0, 0)
+        else:
+            hu = np.ascontiguousarray(hu)
+        first = lo + _source_index(0, box, new)  # the scan's fractional index of grid voxel (0, 0, 0)
         resampled = CtVolume(
             hu,
             volume.irc_to_xyz(first),
-            (spacing * shape / new)[::-1],
+            (spacing * box / new)[::-1],
             volume.direction,
             series_uid=volume.series_uid,
         )
-        return cls(tuple(int(n) for n in shape), resampled, capped)
+        return cls(*(tuple(int(n) for n in v) for v in (volume.shape, lo, box)), resampled, capped)
 
     @property
     def factor(self) -> np.ndarray:
         """(3,) grid voxels per scan voxel along I, R, C."""
-        return np.array(self.volume.shape) / np.array(self.shape)
+        return np.array(self.volume.shape) / np.array(self.box)
 
     def mask_to_grid(self, mask: np.ndarray) -> np.ndarray:
         """An (I, R, C) bool mask of the scan on the grid (nearest voxel)."""
+        (i, r, c), (n, m, k) = self.offset, self.box
+        mask = mask[i : i + n, r : r + m, c : c + k]
         for axis in range(3):
-            if mask.shape[axis] != self.volume.shape[axis]:
-                n_old, n_new = mask.shape[axis], self.volume.shape[axis]
+            n_old, n_new = mask.shape[axis], self.volume.shape[axis]
+            if n_old != n_new:
                 index = np.clip(np.floor(_source_index(np.arange(n_new), n_old, n_new) + 0.5), 0, n_old - 1)
                 mask = np.take(mask, index.astype(np.intp), axis=axis)
         return mask
@@ -119,12 +139,13 @@ class SegmentGrid:
         voxel is marked where a marked grid voxel lies in it, or (along an axis where the grid is coarser) where
         its centre lies in a marked grid voxel, so that a mask drawn from them has no holes either way.
         Volumes and diameters are in mm and stay; `voxels` stays the count on the grid."""
-        centers = (comps.centers_irc + 0.5) / self.factor - 0.5
+        centers = (comps.centers_irc + 0.5) / self.factor - 0.5 + np.array(self.offset)
         if comps.marked is None or not len(comps.marked[0]):
             return replace(comps, centers_irc=centers)
         marked, labels = list(comps.marked), comps.marked_labels
-        for axis, (n_grid, n_scan) in enumerate(zip(self.volume.shape, self.shape)):
-            first, count = _scan_voxels(n_grid, n_scan)  # per grid index: the scan voxels it marks
+        for axis, (n_grid, n_scan) in enumerate(zip(self.volume.shape, self.box)):
+            first, count = _scan_voxels(n_grid, n_scan)  # per grid index: the box voxels it marks
+            first = first + self.offset[axis]
             j = marked[axis]
             pick = np.repeat(np.arange(len(j)), count[j])  # each marked voxel once per scan voxel it marks
             offset = np.arange(len(pick)) - np.repeat(np.cumsum(count[j]) - count[j], count[j])

@@ -262,7 +262,7 @@ class Predictor:
         elif not lung.any():
             self._warn(result, "has no lung field (no large air-filled region inside the body); nothing to detect")
         else:
-            grid = self.grid(volume)
+            grid = self.grid(volume, lung)
             if grid is not None and grid.capped:
                 self._warn(
                     result,
@@ -292,10 +292,20 @@ class Predictor:
             mirror=self.segment_mirror,
         )
 
-    def grid(self, volume: CtVolume) -> SegmentGrid | None:
-        """`volume` resampled to the U-Net's training spacing where it lies outside it (`detect.grid`); None: the
+    def grid(self, volume: CtVolume, lung: np.ndarray | None = None) -> SegmentGrid | None:
+        """`volume` resampled to the U-Net's training spacing where it lies outside it (`detect.grid`): only the
+        box of `lung` and what the U-Net's windows read around it, when given and `restrict_to_lung`; None: the
         U-Net sees the scan as it is (within that spacing, or `resample` off, or a run that did not record it)."""
-        return SegmentGrid.of(volume, self.contracts["segment"].spacing_ranges) if self.resample else None
+        if not self.resample:
+            return None
+        contract = self.contracts["segment"]
+        around = self.window_margin + self.multiple + 1  # a window's margin, rounded up to the U-Net's multiple
+        return SegmentGrid.of(
+            volume,
+            contract.spacing_ranges,
+            lung if self.restrict_to_lung else None,
+            pad=(contract.context + 1, around, around),
+        )
 
     def candidates(self, volume: CtVolume, lung: np.ndarray, limit: int | None = None) -> Components:
         """Steps 2-3 (module docstring): the segmentation's components near lung (with `inner_peaks`, also the
@@ -303,7 +313,7 @@ class Predictor:
         below the threshold, highest first; at most `limit` (default `rank_candidates`) in all, of which the peaks
         take `peak_share` of them when the components would fill the list. On the scan's voxels, found on
         `grid(volume)` where the scan is resampled for the U-Net."""
-        return self._candidates(volume, lung, self.grid(volume), limit)
+        return self._candidates(volume, lung, self.grid(volume, lung), limit)
 
     def _candidates(
         self, volume: CtVolume, lung: np.ndarray, grid: SegmentGrid | None, limit: int | None

@@ -87,6 +87,23 @@ def test_a_grid_coarser_than_the_scan_marks_the_scan_voxels_without_holes():
     assert both / own_nodule.sum() > 0.6 and both / mask.sum() > 0.9  # every other voxel alone would be 1/4
 
 
+def test_only_the_lung_box_and_its_padding_is_resampled():
+    volume = chest()
+    lung = volume.hu < -400
+    lung[:, :4], lung[:, -4:], lung[:, :, :4], lung[:, :, -4:] = False, False, False, False  # the air outside the body
+    whole, boxed = SegmentGrid.of(volume, FINE), SegmentGrid.of(volume, FINE, lung, pad=(1, 2, 2))
+    at = [np.flatnonzero(lung.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]  # lung slices, rows, columns
+    assert boxed.offset == tuple(a[0] - 1 for a in at)  # 1 slice; 2 grid voxels: 1 scan voxel at twice the pixels
+    assert boxed.box == tuple(a[-1] - a[0] + 3 for a in at)
+    assert np.prod(boxed.volume.shape) < 0.7 * np.prod(whole.volume.shape)
+    for grid in (whole, boxed):
+        dense = find_components(grid.volume.hu > -400, grid.volume.spacing_xyz)
+        nodule = dense.take([np.argmin(np.abs(dense.diameter_mm - 2 * NODULE_RADIUS_MM))])
+        np.testing.assert_allclose(grid.to_scan(nodule).centers_irc[0], NODULE_IRC, atol=0.1)
+        assert grid.to_scan(nodule).mask(volume.shape)[NODULE_IRC]
+    assert boxed.mask_to_grid(lung).sum() == 4 * lung.sum()  # every lung voxel lies in the box
+
+
 def test_a_mask_of_the_scan_is_carried_onto_the_grid_by_nearest_voxel():
     volume = chest()
     grid = SegmentGrid.of(volume, FINE)
