@@ -35,8 +35,8 @@ pass --retrain to train the detector again even though a complete one is cached 
      run one patch at a time on those called nodules).
    Each small scan is timed 3 times with both (medians: timings here wander by a third between runs).
    The U-Net was trained on full-resolution scans, so by default noduleflow segments these 1.2-2.4 mm-pixel
-   scans resampled to its training spacing (`detect.grid`: about 5x the voxels, for a CPM on small scans
-   of 0.7-0.8 instead of 0.4-0.6); the baseline, as the book, segments every scan as it is. So each small
+   scans resampled to its training spacing (`detect.grid`: several times the voxels of their lung box, for a
+   CPM on small scans of 0.7-0.85 instead of 0.4-0.6); the baseline, as the book, segments every scan as it is. So each small
    scan is also timed with noduleflow on its own voxels (`resample=False`), the baseline's work:
    `ratio_vs_baseline` compares the two pipelines on the same voxels, `ratio_vs_baseline_resampled` the
    default against the baseline.
