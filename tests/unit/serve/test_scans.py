@@ -76,6 +76,26 @@ def test_slices_and_mask_pngs(client, uploaded, volume):
         assert abs(r - finding["center_irc"][1]) < 10 and abs(c - finding["center_irc"][2]) < 10
 
 
+def test_an_upload_outside_the_unets_spacing_is_segmented_resampled_and_shown_on_its_own_voxels(
+    client, scans, predictor, tmp_path
+):
+    """A scan of coarser pixels than the detector's training scans: the job holds the local Predictor's findings (on
+    the resampled grid), and its slices and mask overlays keep the upload's own size."""
+    from noduleflow.ct.resample import resample
+
+    coarse = min(map(read, scans), key=lambda volume: volume.hu.size)
+    coarse = resample(coarse, coarse.spacing_xyz * [1.5, 1.5, 1])
+    assert predictor.grid(coarse) is not None
+    name, data, local = upload_file(coarse, "mha", tmp_path)
+    response = client.post("/v1/scans", files={"file": (name, data, "application/octet-stream")})
+    assert response.status_code == 202, response.text
+    job, result = wait_job(client, response.json()["id"]), predictor.predict(read(local))
+    assert job["status"] == "done" and job["scan"]["shape"] == list(coarse.shape), job
+    assert [f["probability"] for f in job["findings"]] == pytest.approx([f.probability for f in result.findings])
+    k = coarse.shape[0] // 2
+    assert png(client.get(f"/v1/scans/{job['id']}/mask/{k}.png").content).shape == (*coarse.shape[1:], 4)
+
+
 @pytest.mark.parametrize(
     "path, status",
     [("slices/-1.png", 404), ("slices/9999.png", 404), ("mask/9999.png", 404), ("slices/x.png", 422)],
