@@ -310,10 +310,10 @@ def _time_both(run_dir: Path, paths: list[Path], rounds: int = 1) -> tuple[list[
     native = Predictor(predictor.nets, resample=False)
     volumes = [read_volume(p) for p in paths]
     predictor.predict(volumes[0])  # warm-up: first calls allocate and pick kernels
+    grids = [predictor.grid(volume) for volume in volumes]  # which are resampled for the U-Net, and to what spacing
     ours, own, base = (np.zeros((rounds, len(volumes))) for _ in range(3))
     for r in range(rounds):
-        for k, volume in enumerate(volumes):
-            grid = predictor.grid(volume)
+        for k, (volume, grid) in enumerate(zip(volumes, grids)):
             start = time.perf_counter()
             found = predictor.predict(volume)
             ours[r, k] = time.perf_counter() - start

@@ -130,8 +130,7 @@ class SegmentGrid:
         for axis in range(3):
             n_old, n_new = mask.shape[axis], self.volume.shape[axis]
             if n_old != n_new:
-                index = np.clip(np.floor(_source_index(np.arange(n_new), n_old, n_new) + 0.5), 0, n_old - 1)
-                mask = np.take(mask, index.astype(np.intp), axis=axis)
+                mask = np.take(mask, _nearest(np.arange(n_new), n_old, n_new), axis=axis)
         return mask
 
     def to_scan(self, comps: Components) -> Components:
@@ -160,8 +159,7 @@ def _scan_voxels(n_grid: int, n_scan: int) -> tuple[np.ndarray, np.ndarray]:
     centre where the grid is finer, those whose centres it holds where it is coarser (the same where equal)."""
     j = np.arange(n_grid)
     if n_grid >= n_scan:
-        first = np.minimum(np.floor((j + 0.5) * n_scan / n_grid).astype(np.int64), n_scan - 1)
-        return first, np.ones(n_grid, np.int64)
+        return _nearest(j, n_scan, n_grid), np.ones(n_grid, np.int64)
     centre = (np.arange(n_scan) + 0.5) * n_grid / n_scan  # scan voxel centres in grid units (voxel j spans [j, j+1))
     holder = np.minimum(np.floor(centre).astype(np.int64), n_grid - 1)
     count = np.bincount(holder, minlength=n_grid)
@@ -173,13 +171,18 @@ def _source_index(new_index, n_old, n_new) -> np.ndarray:
     return (np.asarray(new_index, np.float64) + 0.5) * np.asarray(n_old, np.float64) / np.asarray(n_new) - 0.5
 
 
+def _nearest(new_index: np.ndarray, n_old: int, n_new: int) -> np.ndarray:
+    """The old voxel holding the centre of each new voxel `new_index` (centre-aligned grid)."""
+    return np.clip(np.floor(_source_index(new_index, n_old, n_new) + 0.5), 0, n_old - 1).astype(np.intp)
+
+
 def _resize_linear(a: np.ndarray, axis: int, n: int) -> np.ndarray:
     """`a` resampled linearly to `n` samples along `axis` (centre-aligned; edges held): a float32 array, or `a`
     itself where the length does not change."""
     n0 = a.shape[axis]
     if n == n0:
         return a
-    x = np.clip((np.arange(n) + 0.5) * (n0 / n) - 0.5, 0, n0 - 1)
+    x = np.clip(_source_index(np.arange(n), n0, n), 0, n0 - 1)
     i0 = np.floor(x).astype(np.intp)
     i1 = np.minimum(i0 + 1, n0 - 1)
     w = (x - i0).astype(np.float32).reshape([n if k == axis else 1 for k in range(a.ndim)])

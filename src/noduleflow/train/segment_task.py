@@ -40,10 +40,10 @@ from noduleflow.data.loaders import make_loader
 from noduleflow.errors import ConfigError
 from noduleflow.models.unet import segmentation_unet
 from noduleflow.train.distributed import DistInfo, ShardSampler
+from noduleflow.train.tasks import TaskParts
 
 if TYPE_CHECKING:
     from noduleflow.data import SegmentationCrops
-from noduleflow.train.tasks import TaskParts
 
 SPATIAL_DIMS = 2  # the U-Net and its crops (detect runs it slice by slice); its context slices are `segment.context`
 _DEFAULT = SegmentConfig()  # the loss functions' defaults: a run passes its own section's values
