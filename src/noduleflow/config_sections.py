@@ -223,12 +223,27 @@ class AugmentConfig:
     scale: float = _f(0.1, "Largest zoom in or out, as a fraction.")
     offset_vox: float = _f(2.0, "Largest shift, voxels either way.")
     noise_hu: float = _f(25.0, "Standard deviation of the added Gaussian noise, HU.")
+    low_res: float = _f(
+        0.0,
+        "Share of crops shown as if scanned with coarser voxels (averaged down, interpolated back), after the noise.",
+    )
+    low_res_factor: tuple[float, ...] = _f(
+        (3.0, 2.5), "Largest coarsening of low_res: in-plane, and along the slices (the context slices)."
+    )
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "low_res_factor", tuple(float(f) for f in self.low_res_factor))
         for name in ("rotate_deg", "scale", "offset_vox", "noise_hu"):
             value = getattr(self, name)
             require(value >= 0, f"segment.augment.{name}", value, "Use 0 (off) or a positive range.")
         require(self.scale < 1, "segment.augment.scale", self.scale, "Use a zoom fraction below 1, e.g. 0.1.")
+        require(0 <= self.low_res <= 1, "segment.augment.low_res", self.low_res, "Use a share in [0, 1], e.g. 0.25.")
+        require(
+            len(self.low_res_factor) == 2 and min(self.low_res_factor) >= 1,
+            "segment.augment.low_res_factor",
+            list(self.low_res_factor),
+            "Give two factors >= 1 (in-plane, along the slices), e.g. [3.0, 2.5].",
+        )
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,12 @@ class Augment:
         in-plane, because CT voxels are often coarser along I.
     scale: zoom by a factor in [1 - scale, 1 + scale]. offset_vox: shift by up to +-offset_vox voxels per axis.
     noise_hu: standard deviation of added Gaussian noise in HU (inputs are HU / 1000, see `hu_to_unit`).
+    low_res: probability that a sample is shown as if scanned with coarser voxels, after the noise (nnU-Net's
+        low-resolution simulation): averaged down to 1 / f of its voxels per axis (each voxel the mean of its
+        footprint, as a coarse scanner's partial volume) and interpolated back (linear, as `detect.grid` brings a
+        coarse scan to the U-Net's spacing), so the noise is smoothed too. f is drawn in [1, low_res_factor[0]]
+        in-plane and [1, low_res_factor[1]] along the slice axis: D for 3D, and for 2D the channels, which are
+        the neighbouring slices of the U-Net's crops. The label (mask) is unchanged.
     pad: value shown where the transform looks outside the input (-1 = air after scaling).
     """
 
@@ -56,6 +62,8 @@ class Augment:
     scale: float = 0.0
     offset_vox: float = 0.0
     noise_hu: float = 0.0
+    low_res: float = 0.0
+    low_res_factor: tuple[float, float] = (3.0, 2.5)
     pad: float = -1.0
 
     def __post_init__(self) -> None:
@@ -66,7 +74,11 @@ class Augment:
             raise ValueError(f"flip_axes {axes} must lie in 0..{self.spatial_dims - 1}")
         if min(self.rotate_deg, self.scale, self.offset_vox, self.noise_hu) < 0 or self.scale >= 1:
             raise ValueError("rotate_deg, offset_vox and noise_hu must be >= 0, and scale in [0, 1)")
+        factor = tuple(float(f) for f in self.low_res_factor)
+        if not 0 <= self.low_res <= 1 or len(factor) != 2 or min(factor) < 1:
+            raise ValueError(f"low_res must lie in [0, 1] and low_res_factor be two factors >= 1, got {factor}")
         object.__setattr__(self, "flip_axes", axes)
+        object.__setattr__(self, "low_res_factor", factor)
 
     def warm_up(self) -> None:
         """Draw the CPU noise bank now (else on the first batch): `PatchLoader` calls this before it forks its
@@ -127,6 +139,8 @@ class Augment:
                 x = x.add(noise, alpha=scale) if x is image else x.add_(noise, alpha=scale)
         elif out is not None:
             x = out.copy_(x)
+        if self.low_res:
+            x = self._low_res(x if x is not image else x.clone(), generator)
         return x, mask
 
     @property
@@ -160,10 +174,32 @@ class Augment:
         flips[:, [a for a in range(3) if a not in self.flip_axes]] = False
         theta = self._theta(torch.Size(size), flips, generator)
         x = _resample_blocks(blocks, first.numpy(), step.numpy(), size, theta, self.pad).view(b, 1, *size)
-        if not self.noise_hu:
-            return x if out is None else out.copy_(x)
-        noise = _noise_window(x.shape, x.device, generator).view(x.shape)
-        return torch.add(x, noise, alpha=self.noise_hu / 1000.0, out=out)
+        if self.noise_hu:
+            noise = _noise_window(x.shape, x.device, generator).view(x.shape)
+            x = torch.add(x, noise, alpha=self.noise_hu / 1000.0, out=out)
+        elif out is not None:
+            x = out.copy_(x)
+        return self._low_res(x, generator) if self.low_res else x
+
+    def _low_res(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Each sample of the (B, C, *spatial) batch, with probability `low_res`, coarsened and interpolated back
+        in place (see the class docstring); the draws come after all of `batch`'s, so they change none of those."""
+        b = x.shape[0]
+        picked = torch.rand(b, generator=generator) < self.low_res
+        factors = 1 + torch.rand(b, 2, generator=generator, dtype=torch.float64) * (
+            torch.tensor(self.low_res_factor, dtype=torch.float64) - 1
+        )
+        for i in torch.nonzero(picked).flatten().tolist():
+            in_plane, along = factors[i].tolist()
+            # one (1, 1, D, H, W) volume: 3D samples per channel, 2D samples with their channels as slices
+            volume = x[i : i + 1].transpose(0, 1) if self.spatial_dims == 3 else x[i : i + 1, None]
+            full = volume.shape[2:]
+            coarse = [max(1, round(n / f)) for n, f in zip(full, (along, in_plane, in_plane))]
+            smooth = F.interpolate(
+                F.adaptive_avg_pool3d(volume, coarse), size=full, mode="trilinear", align_corners=False
+            )
+            volume.copy_(smooth)
+        return x
 
     def _theta(self, spatial: torch.Size, flips: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """(B, S, S + 1) affine matrices in affine_grid's (x, y[, z]) = (W, H[, D]) axis order."""

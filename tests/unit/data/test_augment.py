@@ -212,3 +212,61 @@ def test_batch_from_blocks_writes_into_out_and_refuses_augmentations_without_a_t
     assert aug.takes_blocks and not Augment(noise_hu=25).takes_blocks and not Augment(2, rotate_deg=5).takes_blocks
     with pytest.raises(ValueError, match="rotation, zoom or shift"):
         Augment(noise_hu=25).batch_from_blocks(blocks, first, step, size)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_low_res_with_factor_one_changes_nothing_and_draws_after_everything_else(spatial_dims):
+    x = torch.randn(6, 5, *([12] * spatial_dims))
+    mask = torch.rand(6, 1, *([12] * spatial_dims)) > 0.7
+    plain = Augment(spatial_dims, rotate_deg=15, scale=0.1, offset_vox=2, noise_hu=25)
+    identity = Augment(
+        spatial_dims, rotate_deg=15, scale=0.1, offset_vox=2, noise_hu=25, low_res=1, low_res_factor=(1, 1)
+    )
+    coarse = Augment(
+        spatial_dims, rotate_deg=15, scale=0.1, offset_vox=2, noise_hu=25, low_res=1, low_res_factor=(3, 2)
+    )
+    a, b, c = (aug.batch(x, mask, torch.Generator().manual_seed(4)) for aug in (plain, identity, coarse))
+    assert (a[0] - b[0]).abs().max() < 1e-6  # same flips, transform and noise: the low-res draws come last
+    assert torch.equal(a[1], c[1])  # the label keeps the nodule's true extent
+    assert not torch.allclose(a[0], c[0])
+
+
+def test_low_res_blurs_a_point_in_place_keeps_a_smooth_ramp_and_smooths_the_noise():
+    # 2D crops: the channels are the neighbouring slices, coarsened too
+    point = torch.zeros(8, 7, 32, 32)
+    point[:, 3, 16, 16] = 1.0
+    aug = Augment(2, flip_axes=(), low_res=1, low_res_factor=(3, 2.5))
+    out = aug(point, generator=torch.Generator().manual_seed(0))
+    assert out.amax(dim=(1, 2, 3)).max() < 0.9  # every sample coarsened (probability 1): the point is spread
+    assert out[:, 2].abs().sum() > 0  # into the neighbouring slice too
+    for sample in out:  # spread around where it was
+        peak = torch.tensor(torch.unravel_index(sample.argmax(), sample.shape))
+        assert (peak - torch.tensor([3, 16, 16])).abs().max() <= 1
+    i, r, c = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in (1, 24, 24)], indexing="ij")
+    ramp = (0.02 * r - 0.01 * c)[None].expand(4, 1, 1, 24, 24).contiguous()  # (B, 1, D=1, H, W)
+    smooth = Augment(3, flip_axes=(), low_res=1, low_res_factor=(2, 1))(
+        ramp, generator=torch.Generator().manual_seed(1)
+    )
+    assert (smooth - ramp)[..., 3:-3, 3:-3].abs().max() < 0.02  # less than a voxel of the ramp, away from the edges
+    noise = torch.randn(16, 1, 8, 32, 32, generator=torch.Generator().manual_seed(2))
+    assert Augment(3, flip_axes=(), low_res=1, low_res_factor=(3, 2.5))(noise).std() < 0.75
+
+
+def test_low_res_applies_to_patches_cut_from_blocks_and_only_to_the_share_asked():
+    size = (6, 10, 12)
+    first, step, shape = _grid_blocks(64, size, seed=5)
+    blocks = torch.randint(-1000, 1000, (64, *shape), dtype=torch.int16)
+    torch.manual_seed(3)
+    plain = Augment(**_TRANSFORM).batch_from_blocks(blocks, first, step, size)
+    torch.manual_seed(3)
+    half = Augment(**_TRANSFORM, low_res=0.5).batch_from_blocks(blocks, first, step, size)
+    changed = ((half - plain).abs().amax(dim=(1, 2, 3, 4)) > 1e-6).float().mean()
+    assert 0.25 < changed < 0.75
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(low_res=1.5), dict(low_res=-0.1), dict(low_res_factor=(0.5, 2)), dict(low_res_factor=(2,))]
+)
+def test_bad_low_res_raises(kwargs):
+    with pytest.raises(ValueError, match="low_res"):
+        Augment(**kwargs)

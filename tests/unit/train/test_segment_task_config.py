@@ -59,6 +59,7 @@ def test_the_defaults_are_the_former_constants(crops):
     assert val["samples_per_epoch"] == 256 and val["transform"] is None
     augment = train["transform"]
     assert (augment.rotate_deg, augment.scale, augment.offset_vox, augment.noise_hu) == (15.0, 0.1, 2.0, 25.0)
+    assert augment.low_res == 0.0  # measured no better on the development scans (docs/decisions.md)
     assert parts.loss_fn.keywords == {"alpha": 0.3, "beta": 0.7, "pos_weight": 10.0}
     assert torch.all(parts.model.head.bias == HEAD_BIAS) and cfg.segment.head_bias == HEAD_BIAS
     # the checkpoints record the training scans' spacing, in-plane widened by the 10% scale augmentation
@@ -78,7 +79,14 @@ def test_every_setting_reaches_the_task(crops):
         "tversky_beta": 0.5,
         "pos_weight": 2.0,
         "head_bias": -2.0,
-        "augment": {"rotate_deg": 5, "scale": 0.0, "offset_vox": 1, "noise_hu": 0},
+        "augment": {
+            "rotate_deg": 5,
+            "scale": 0.0,
+            "offset_vox": 1,
+            "noise_hu": 0,
+            "low_res": 0.5,
+            "low_res_factor": [2, 1.5],
+        },
     }
     cfg = resolve_config(
         "segment",
@@ -94,7 +102,9 @@ def test_every_setting_reaches_the_task(crops):
         12,
     )
     assert len(parts.val_loader.dataset) == val["samples_per_epoch"] == 5
-    assert (train["transform"].rotate_deg, train["transform"].offset_vox, train["transform"].noise_hu) == (5, 1, 0)
+    augment = train["transform"]
+    assert (augment.rotate_deg, augment.offset_vox, augment.noise_hu, augment.low_res) == (5, 1, 0, 0.5)
+    assert augment.low_res_factor == (2.0, 1.5)
     assert parts.loss_fn.keywords == {"alpha": 0.5, "beta": 0.5, "pos_weight": 2.0}
     assert parts.model.down[0][0].in_channels == 3 and torch.all(parts.model.head.bias == -2.0)
     images, masks, _ = next(iter(parts.train_loader))

@@ -8,6 +8,7 @@ import yaml
 from noduleflow.config import (
     PRESETS,
     TASKS,
+    AugmentConfig,
     DataConfig,
     DigitsConfig,
     OptimConfig,
@@ -78,6 +79,9 @@ def test_round_trip_through_yaml(tmp_path):
         (lambda: RunConfig(amp="fp8"), "run.amp"),
         (lambda: RunConfig(name="a/b"), "run.name"),
         (lambda: TrainConfig(task="classify"), "data.root"),
+        (lambda: AugmentConfig(low_res=1.5), "segment.augment.low_res"),
+        (lambda: AugmentConfig(low_res_factor=(0.5, 2.0)), "segment.augment.low_res_factor"),
+        (lambda: AugmentConfig(low_res_factor=(2.0,)), "segment.augment.low_res_factor"),
     ],
 )
 def test_bad_values_name_the_key_and_the_fix(build, key):
