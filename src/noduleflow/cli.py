@@ -233,7 +233,8 @@ def detect(
         "ONNX Runtime, without torch; int8: the same with the U-Net in int8 (faster, about the same "
         "findings); both read RUN/export/ (`noduleflow export RUN`, which `train detector` runs); "
         "torch: eager PyTorch from the best.pt files; auto: each model where it is fastest, the U-Net "
-        "from the exports (int8) and the classifiers in PyTorch; the exports alone when the run has no best.pt.",
+        "from the exports (int8) and the classifiers in PyTorch (bfloat16 on CPUs with AMX or AVX512-BF16); "
+        "the exports alone when the run has no best.pt.",
     ),
     mirror: bool = typer.Option(
         True,

@@ -173,13 +173,15 @@ class TorchNet:
 
     Runs a batch-norm-folded copy in channels_last(_3d) memory format (both faster at inference:
     docs/decisions.md, 2026-11-29), so the caller's module is left as given; a module without parameters (a test's stand-in) is used as it is. threads: torch's thread
-    count during each call, set and restored (0 keeps the process's).
+    count during each call, set and restored (0 keeps the process's). bf16: run under bfloat16 autocast
+    (worth it only where the CPU computes bf16 natively, `train.wrap.cpu_has_native_bf16`); the logits come back
+    as float32.
     """
 
-    def __init__(self, module: torch.nn.Module, *, threads: int = 0):
+    def __init__(self, module: torch.nn.Module, *, threads: int = 0, bf16: bool = False):
         if any(True for _ in module.parameters()):
             module = fuse_batchnorm(copy.deepcopy(module).eval())
-        self.module, self.threads = module.eval(), int(threads)
+        self.module, self.threads, self.bf16 = module.eval(), int(threads), bool(bf16)
         self.memory_format: torch.memory_format | None = None
         convs = [m for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
         if convs:
@@ -189,7 +191,11 @@ class TorchNet:
             self.module.to(memory_format=self.memory_format)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode(), _torch_threads(self.threads):
+        with (
+            torch.inference_mode(),
+            _torch_threads(self.threads),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16),
+        ):
             x = np.ascontiguousarray(x, dtype=np.float32)
             t = torch.from_numpy(x if x.flags.writeable else x.copy())  # torch refuses read-only arrays
             if self.memory_format is not None and t.dim() == (4 if self.memory_format == torch.channels_last else 5):
@@ -211,13 +217,14 @@ def _torch_threads(threads: int):
             torch.set_num_threads(before)
 
 
-def torch_nets(models: DetectorModels, *, threads: int = 0, parts: tuple[str, ...] = PARTS) -> Nets:
+def torch_nets(models: DetectorModels, *, threads: int = 0, parts: tuple[str, ...] = PARTS, bf16: bool = False) -> Nets:
     """`models` as eager-PyTorch `Nets` (the Predictor's runtime "torch"), with the joint classifier and malignancy
-    model when the two share their first blocks (`joint_model`); `parts` limits which become nets (the others None)."""
+    model when the two share their first blocks (`joint_model`); `parts` limits which become nets (the others None);
+    bf16: every net under bfloat16 autocast (`TorchNet`)."""
     nets = {
         part: None
         if getattr(models, part) is None or part not in parts
-        else TorchNet(getattr(models, part), threads=threads)
+        else TorchNet(getattr(models, part), threads=threads, bf16=bf16)
         for part in PARTS
     }
     files = {
@@ -231,7 +238,7 @@ def torch_nets(models: DetectorModels, *, threads: int = 0, parts: tuple[str, ..
         models.contracts(),
         "torch",
         files,
-        joint=None if joint is None else TorchNet(joint, threads=threads),
+        joint=None if joint is None else TorchNet(joint, threads=threads, bf16=bf16),
     )
 
 

@@ -186,8 +186,9 @@ class Predictor:
     (`noduleflow export`: float32 ONNX, or the U-Net in int8), read from RUN/export/; "auto" (default)
     each model where it runs fastest: the U-Net from the exports (int8, else onnx) under ONNX Runtime, whose
     fused 2D convolutions beat eager PyTorch's, and the 3D classifiers in eager PyTorch (batch norm folded,
-    channels_last_3d), whose 3D convolutions beat ONNX Runtime's (docs/decisions.md); without exports all in
-    torch. Its `runtime` reads e.g. "int8+torch". mirror: the classifier's P(nodule) is the mean
+    channels_last_3d; in bfloat16 on a CPU with AMX or AVX512-BF16), whose 3D convolutions beat ONNX Runtime's
+    (docs/decisions.md); without exports all in torch. Its `runtime` reads e.g. "int8+torch" ("int8+torch-bf16"
+    in bfloat16). mirror: the classifier's P(nodule) is the mean
     over the patch and its mirror image (module docstring); False: the patch alone. peaks: add the
     segmentation's peaks below `threshold` as candidates (`detect.peaks`), in at least `peak_share` (a fraction)
     of the `max_candidates` places; a peak's diameter is one voxel's and its `segmentation` the map's value there.
@@ -486,16 +487,19 @@ def _nets_of(models, runtime: str, threads: int) -> Nets:
 
 def _mixed_nets(models, exported: str, threads: int) -> Nets:
     """Runtime "auto": the U-Net from the run's `exported` runtime ("int8" or "onnx") under ONNX Runtime, the
-    classifiers (and their joint net) in eager PyTorch, each where it runs fastest (`Predictor`)."""
+    classifiers (and their joint net) in eager PyTorch, each where it runs fastest (`Predictor`); in bfloat16
+    where the CPU computes it natively (AMX or AVX512-BF16), which moves no development finding (docs/decisions.md)."""
     from noduleflow.detect.models import torch_nets
     from noduleflow.detect.runtime import load_exported
+    from noduleflow.train.wrap import cpu_has_native_bf16
 
     unet = load_exported(models.run_dir, exported, parts=("segment",), threads=threads)
-    classifiers = torch_nets(models, threads=threads, parts=("classify", "malignancy"))
+    bf16 = cpu_has_native_bf16()
+    classifiers = torch_nets(models, threads=threads, parts=("classify", "malignancy"), bf16=bf16)
     return replace(
         classifiers,
         segment=unet.segment,
         contracts={**classifiers.contracts, "segment": unet.contracts["segment"]},
-        runtime=f"{exported}+torch",
+        runtime=f"{exported}+torch" + ("-bf16" if bf16 else ""),
         files={**classifiers.files, **unet.files},
     )

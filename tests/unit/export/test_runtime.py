@@ -92,10 +92,12 @@ def test_detect_from_the_exports_runs_without_torch_and_finds_what_eager_finds(e
         assert len(exported) == 10 and np.mean(np.less(near, 2.0)) >= 0.5
 
 
-def test_auto_runs_the_int8_unet_and_the_torch_classifiers_with_threads_per_session(exported_run):
-    """auto: each model where it runs fastest, the U-Net from its int8 export, the 3D classifiers in torch."""
+def test_auto_runs_the_int8_unet_and_the_torch_classifiers_with_threads_per_session(exported_run, monkeypatch):
+    """auto: each model where it runs fastest, the U-Net from its int8 export, the 3D classifiers in torch
+    (float32 on a CPU without native bfloat16, which this test stands in for)."""
     from noduleflow.detect.models import TorchNet
 
+    monkeypatch.setattr("noduleflow.train.wrap.cpu_has_native_bf16", lambda: False)
     data, run = exported_run
     predictor = Predictor.from_run(run, threads=1)
     assert predictor.runtime == "int8+torch"
@@ -113,6 +115,21 @@ def test_auto_runs_the_int8_unet_and_the_torch_classifiers_with_threads_per_sess
     volume = read_volume(scan_sources(data)[0])
     a, b = predictor.predict(volume), exported.predict(volume)
     assert a.candidates == b.candidates and [f.center_irc for f in a.findings] == [f.center_irc for f in b.findings]
+
+
+def test_auto_runs_the_classifiers_in_bf16_where_the_cpu_computes_it_natively(exported_run, monkeypatch):
+    monkeypatch.setattr("noduleflow.train.wrap.cpu_has_native_bf16", lambda: True)
+    data, run = exported_run
+    predictor = Predictor.from_run(run, threads=1)
+    assert predictor.runtime == "int8+torch-bf16"
+    assert predictor.nets.classify.bf16 and predictor.nets.malignancy.bf16
+    patches = np.random.default_rng(0).uniform(-1000, 400, (16, 8, 16, 16)).astype(np.float32)
+    exact = Predictor.from_run(run, runtime="torch", threads=1)  # float32 PyTorch
+    assert not exact.nets.classify.bf16
+    for ours, theirs in zip(predictor.classify_patches(patches), exact.classify_patches(patches), strict=True):
+        assert ours.dtype == np.float32
+        np.testing.assert_allclose(ours, theirs, atol=0.02)  # bfloat16 keeps 8 bits of mantissa
+        assert np.corrcoef(ours, theirs)[0, 1] > 0.99
 
 
 def test_the_export_folder_alone_is_enough_to_detect(exported_run, tmp_path):

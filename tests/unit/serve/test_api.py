@@ -28,7 +28,15 @@ def test_health_model_and_openapi(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
     model = client.get("/v1/model").json()
-    assert model.pop("runtime") in ("int8+torch", "onnx+torch", "int8", "onnx", "torch")
+    assert model.pop("runtime") in (
+        "int8+torch",
+        "onnx+torch",
+        "int8+torch-bf16",
+        "onnx+torch-bf16",
+        "int8",
+        "onnx",
+        "torch",
+    )
     assert model == {"run": "tiny", "patch_size": [16, 32, 32], "has_malignancy": True}
     paths = client.get("/openapi.json").json()["paths"]
     for path in (
