@@ -46,8 +46,9 @@ pass --retrain to train the detector again even though a complete one is cached 
    the default), each scored -> `cpm_torch`, `cpm_onnx`, `cpm_int8` and their differences from eager (the
    exports must stay within 0.005 of it); and the seconds per small scan of each, interleaved.
 After the CPM it prints the candidate recall (nodules that get at least one candidate, by size, kind and site),
-and the malignancy ROC AUC of the hit nodules three ways: the model's, the annotated diameter's alone (the
-baseline a learned model must beat), and the ceiling: the generator's own noiseless log-odds, which even a
+and the malignancy ROC AUC of the hit nodules three ways: the detector's (its measured model, `detect.measure`,
+fitted on the training scans' labelled nodules), the annotated diameter's alone (the baseline a model must
+beat), and the ceiling: the generator's own noiseless log-odds, which even a
 perfect model cannot pass, since each label was drawn from those log-odds plus noise.
 Steps 3 and the recall are repeated on a second held-out seed (9002, 30 full scans): `cpm_seed2` and the spread
 between the two seeds' CPMs (`cpm_seed_spread`), and on the same two seeds' patients imaged as 30 `small` scans
@@ -77,6 +78,7 @@ from scipy import ndimage
 from noduleflow.ct import read_volume
 from noduleflow.data.patches import crop_box, crop_patch, hu_to_unit
 from noduleflow.detect import Predictor, detect, load_detector
+from noduleflow.detect.measure import MEASURED_NAME
 from noduleflow.detect.pipeline import DETECTIONS_JSON, SUBMISSION_CSV, scan_sources
 from noduleflow.evaluate import evaluate, read_submission
 from noduleflow.export import export_run
@@ -85,6 +87,7 @@ from noduleflow.metrics.malignancy import malignancy_inputs
 from noduleflow.metrics.recall import candidate_recall
 from noduleflow.models import input_size_of
 from noduleflow.recipes.detector import EXPORT_FORMATS, TRAINING_JSON, train_detector
+from noduleflow.recipes.measured import fit_run_measured
 from noduleflow.synth import synthesize
 from noduleflow.synth.truth import nodule_labels, nodule_log_odds
 
@@ -204,6 +207,9 @@ def _trained(run_dir: Path, train_data: Path, seed: int) -> Path:
         print(
             train_detector(train_data, run=run_dir.name, runs_dir=run_dir.parent, seed=seed, progress=False).describe()
         )
+    if (run_dir / "malignancy" / "best.pt").is_file() and not (run_dir / "malignancy" / MEASURED_NAME).is_file():
+        fitted = fit_run_measured(train_data, run_dir)  # a cached run trained before the recipe fitted it
+        print(f"measured malignancy fitted on {fitted['nodules']} labelled training nodules")
     # what a cached detector's export lacks (made before `noduleflow export`, or before joint.onnx); the rest is kept
     print(export_run(run_dir, formats=EXPORT_FORMATS, data=train_data).describe())
     budget = json.loads((run_dir / TRAINING_JSON).read_text())["seconds"]

@@ -189,6 +189,13 @@ class Runtime(StrEnum):
     torch = "torch"
 
 
+class MalignancyModel(StrEnum):
+    """Where `detect`'s P(malignant) comes from (see noduleflow.detect.measure)."""
+
+    measured = "measured"
+    network = "network"
+
+
 @app.command()
 def detect(
     source: Path = typer.Argument(
@@ -262,6 +269,14 @@ def detect(
         "often peak there), after its components; when these fill --max-candidates, the weakest give way to a few "
         "peaks. Off by default: every scan then classifies --max-candidates candidates.",
     ),
+    malignancy_model: MalignancyModel = typer.Option(
+        MalignancyModel.measured,
+        "--malignancy-model",
+        help="Where P(malignant) comes from. measured: a logistic regression over the nodule's measured size, "
+        "density and calcium, fitted on the training scans' labelled nodules (malignancy/measured.json, which "
+        "`train detector` writes; it ranked better than the network on the development scans); network: the "
+        "malignancy network. A run without measured.json uses the network.",
+    ),
     restart: bool = typer.Option(
         False,
         "--restart",
@@ -293,6 +308,7 @@ def detect(
         segment_mirror=segment_mirror,
         resample=resample,
         peaks=peaks,
+        malignancy_model=malignancy_model.value,
         restart=restart,
     )
     typer.echo(summary.describe())

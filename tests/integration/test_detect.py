@@ -27,7 +27,7 @@ def test_recipe_writes_every_part_and_its_budget(trained):
     for part in ("segment", "classify", "malignancy"):
         assert (run_dir / part / "best.pt").is_file() and (run_dir / part / "config.yaml").is_file()
     budget = json.loads((run_dir / TRAINING_JSON).read_text())["seconds"]
-    assert set(budget) == {"segment", "mine", "classify", "malignancy", "export"} and all(
+    assert set(budget) == {"segment", "mine", "classify", "malignancy", "measured", "export"} and all(
         s > 0 for s in budget.values()
     )
     manifest = json.loads((run_dir / "export" / "manifest.json").read_text())  # what detect runs by default

@@ -20,6 +20,7 @@ import numpy as np
 
 from noduleflow.data.patches import HU_MAX, HU_MIN, hu_to_unit
 from noduleflow.detect.grid import SpacingRange
+from noduleflow.detect.measure import MeasuredMalignancy
 
 Net = Callable[[np.ndarray], np.ndarray]
 """A model as a function: float32 input batch -> float32 logits (shapes in `OUTPUTS`)."""
@@ -98,7 +99,8 @@ class Nets:
     """The models of a detector as `Net`s, with their contracts; classify (and malignancy) None for a
     segmentation-only bundle (mining). runtime: where they run ("torch", "onnx" or "int8"); files: per
     part, the file each was loaded from (for messages). joint: the classifier and malignancy in one pass
-    (`JOINT_OUTPUT`, the classifier's contract), or None where malignancy shares no layer with it."""
+    (`JOINT_OUTPUT`, the classifier's contract), or None where malignancy shares no layer with it. measured:
+    the run's measured malignancy model (`detect.measure`: HU patches in, P(malignant) out), or None."""
 
     segment: Net
     classify: Net | None
@@ -107,6 +109,7 @@ class Nets:
     runtime: str
     files: Mapping[str, str] = field(default_factory=dict)
     joint: Net | None = None
+    measured: MeasuredMalignancy | None = None
 
     def net(self, part: str) -> Net | None:
         return getattr(self, part)

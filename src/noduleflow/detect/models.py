@@ -5,6 +5,7 @@ Layout of a detector run folder (what `noduleflow train detector DATA --run NAME
     runs/NAME/segment/      2D U-Net run   (config.yaml, best.pt, ...)   required
     runs/NAME/classify/     nodule classifier run                        required
     runs/NAME/malignancy/   malignancy classifier run                    optional
+                            (+ measured.json, the measured malignancy model: `detect.measure`)
     runs/NAME/export/       what `noduleflow export` wrote (ONNX, int8, pt2 and manifest.json): `detect.runtime`
 
 Each sub-folder is an ordinary run folder of `noduleflow train <task>`, so any part can be
@@ -24,12 +25,14 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from noduleflow.config import TrainConfig, load_config
 from noduleflow.detect.contract import PARTS, InputContract, Nets
+from noduleflow.detect.measure import MEASURED_NAME, MeasuredMalignancy, read_measured
 from noduleflow.errors import CheckpointError
 from noduleflow.models import build_model, input_size_of
 from noduleflow.models.unet import segmentation_unet
 from noduleflow.models.weights import load_weights, read_checkpoint
 
 REQUIRED = ("segment", "classify")
+MEASURED_FIX = "Delete it to use the malignancy network's P(malignant), or train the detector again."
 DEFAULT_CONTEXT = 3  # segment.context of runs saved before it was a setting (the value they were trained with)
 
 
@@ -45,6 +48,7 @@ class DetectorModels:
     context: the U-Net's context slices on each side (the segment run's `segment.context`).
     spacing_mm: per axis I, R, C, the (low, median, high) voxel spacing of the U-Net's training scans, as its
         best.pt records it (`trained_spacing`); empty for a run trained before it was recorded.
+    measured: the measured malignancy model (malignancy/measured.json), None where the run has none.
     """
 
     segment: torch.nn.Module
@@ -55,6 +59,7 @@ class DetectorModels:
     patch_mm: dict[str, tuple[float, ...]] = field(default_factory=dict)
     context: int = DEFAULT_CONTEXT
     spacing_mm: tuple[tuple[float, float, float], ...] = ()
+    measured: MeasuredMalignancy | None = None
 
     def contracts(self) -> dict[str, InputContract]:
         """The input contract of each model present (see `detect.contract`)."""
@@ -98,6 +103,9 @@ def load_detector(run_dir: str | Path) -> DetectorModels:
         patch_mm,
         configs["segment"].segment.context,
         trained_spacing(run_dir / "segment" / "best.pt"),
+        read_measured(run_dir / "malignancy" / MEASURED_NAME, fix=MEASURED_FIX)
+        if models["malignancy"] is not None
+        else None,
     )
 
 
@@ -239,6 +247,7 @@ def torch_nets(models: DetectorModels, *, threads: int = 0, parts: tuple[str, ..
         "torch",
         files,
         joint=None if joint is None else TorchNet(joint, threads=threads, bf16=bf16),
+        measured=models.measured if "malignancy" in parts else None,
     )
 
 

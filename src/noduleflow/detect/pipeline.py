@@ -201,7 +201,8 @@ def _settings(run: str | Path, predictor_kwargs: dict) -> dict:
     """What decides a scan's results: the run folder, its models (size and time of each best.pt), the predictor's settings."""
     run = Path(run).resolve()
     models = {
-        p.relative_to(run).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(run.glob("*/best.pt"))
+        p.relative_to(run).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns]
+        for p in sorted([*run.glob("*/best.pt"), *run.glob("malignancy/measured.json")])
     }
     kwargs = {k: v for k, v in sorted(predictor_kwargs.items()) if k != "threads"}  # threads change speed, not results
     return json.loads(json.dumps({"run": str(run), "models": models, "predictor": kwargs}, default=str))

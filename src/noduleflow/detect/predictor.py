@@ -25,10 +25,13 @@ Steps (shapes for one scan of I x R x C voxels):
    the best `max_candidates` by score (below) are kept: a full-resolution scan can hold hundreds of components, and
    a faint nodule's peak ranks it behind vessel ends that the classifier then rejects, so the classifier, not
    the peak alone, chooses the marks (`rank_candidates` of them scored);
-5. malignancy (when the run has that model) on the kept candidates' patches -> P(malignant). Malignancy is
-   fine-tuned from the classifier with its first blocks frozen, so where the run has the joint net
-   (`Nets.joint`: `noduleflow export` writes it, the torch runtime builds it) those blocks run once for both
-   models, on every candidate of step 4, instead of a second full pass on the kept ones.
+5. malignancy (when the run has that model) on the kept candidates -> P(malignant). By default from the run's
+   measured model where it has one (`detect.measure`: size, density and calcium read off a 24 mm patch, then a
+   logistic regression fitted on the training scans' labelled nodules), which ranked malignancy better than
+   the network on the development scans (docs/decisions.md); else (or with `malignancy_model="network"`) the
+   malignancy network, fine-tuned from the classifier with its first blocks frozen, so where the run has the
+   joint net (`Nets.joint`: `noduleflow export` writes it, the torch runtime builds it) those blocks run once
+   for both models, on every candidate of step 4, instead of a second full pass on the kept ones.
 Findings carry world-mm centres (X, Y, Z), the two probabilities and the diameter of the sphere
 with the component's volume. A finding's score (`probability`, what submission.csv ranks by) is
 P(nodule) x the segmentation's peak: both models must agree. On the bench's held-out scans, with a
@@ -56,11 +59,13 @@ from noduleflow.data.patches import crop_patch
 from noduleflow.detect.components import Components, find_components, sphere_diameter_mm, with_points
 from noduleflow.detect.contract import Nets, softmax1
 from noduleflow.detect.grid import SegmentGrid
+from noduleflow.detect.measure import crop_measured
 from noduleflow.detect.peaks import probability_peaks
 from noduleflow.detect.windows import Window, full_windows, lung_windows, segment_windows
 from noduleflow.errors import NoduleflowError
 
 RUNTIMES = ("auto", "int8", "onnx", "torch")
+MALIGNANCY_MODELS = ("measured", "network")
 FRAME_COLUMNS = (
     "seriesuid",
     "coordX",
@@ -195,6 +200,8 @@ class Predictor:
     segment_mirror: the U-Net's map is the mean over each slice and its left-right mirror image (two U-Net passes).
     resample: a scan whose voxel spacing lies outside the U-Net's training scans' (a 2 mm-pixel scan for a U-Net
     trained on 0.6-0.9 mm) is segmented resampled to their median spacing (`detect.grid`); False: as it is.
+    malignancy_model: "measured" (default) P(malignant) from the run's measured model where it has one, else from
+    the network; "network": from the network (module docstring, step 5). `malignancy_source` says which runs.
     """
 
     def __init__(
@@ -217,6 +224,7 @@ class Predictor:
         inner_peaks: bool = True,
         segment_mirror: bool = False,
         resample: bool = True,
+        malignancy_model: str = "measured",
     ):
         self.threshold, self.min_voxels, self.mirror = float(threshold), int(min_voxels), bool(mirror)
         self.lung_margin, self.window_margin = int(lung_margin), int(window_margin)
@@ -226,9 +234,21 @@ class Predictor:
         self.threads, self.peaks, self.peak_share = int(threads), bool(peaks), float(peak_share)
         self.rank_candidates = max(int(rank_candidates), self.max_candidates)
         self.inner_peaks, self.segment_mirror, self.resample = bool(inner_peaks), bool(segment_mirror), bool(resample)
+        if malignancy_model not in MALIGNANCY_MODELS:
+            raise ValueError(
+                f"malignancy_model must be one of {', '.join(MALIGNANCY_MODELS)}, got {malignancy_model!r}"
+            )
         self.nets = models if isinstance(models, Nets) else _nets_of(models, runtime, self.threads)
         self.runtime = self.nets.runtime
         self.contracts = self.nets.contracts
+        self.measured = self.nets.measured if malignancy_model == "measured" else None
+
+    @property
+    def malignancy_source(self) -> str | None:
+        """Where P(malignant) comes from: "measured", "network", or None (the run has no malignancy model)."""
+        if self.measured is not None:
+            return "measured"
+        return "network" if self.nets.malignancy is not None else None
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, runtime: str = "auto", threads: int = 0, **kwargs) -> Predictor:
@@ -375,7 +395,9 @@ class Predictor:
             best = np.sort(np.argsort(-score, kind="stable")[: self.max_candidates])
             comps, nodule, score = comps.take(best), nodule[best], score[best]
             malignant = None if malignant is None else malignant[best]
-        if self.nets.malignancy is not None and not joint:
+        if self.measured is not None:
+            malignant = self.measured(crop_measured(volume, comps.centers_irc))
+        elif self.nets.malignancy is not None and not joint:
             malignant = self._probabilities("malignancy", volume, comps.centers_irc)
         xyz = volume.irc_to_xyz(comps.centers_irc).reshape(-1, 3)
         findings = [
@@ -435,7 +457,12 @@ class Predictor:
         """(N,) P(nodule) and (N,) P(malignant) (None without a malignancy model) for (N, D, H, W) HU patches
         of the classifier's `patch_size` (the server's /v1/classify). Both models take the same patch size
         (malignancy is fine-tuned from the classifier). With the joint net (`Nets.joint`), one pass gives
-        both, plus the classifier alone on the mirror images when `mirror`."""
+        both, plus the classifier alone on the mirror images when `mirror`. The measured model (where it runs)
+        reads the same patches when the classifier's are cut in mm, else the network scores them."""
+        measured, patch_mm = self.measured, self.contracts["classify"].patch_mm
+        if measured is not None and patch_mm:
+            spacing = np.divide(patch_mm, self.patch_size("classify"))
+            return self.score_patches("classify", patches_hu), measured(np.asarray(patches_hu), spacing)
         if not self._joint:
             nodule = self.score_patches("classify", patches_hu)
             return nodule, None if self.nets.malignancy is None else self.score_patches("malignancy", patches_hu)
@@ -449,8 +476,10 @@ class Predictor:
 
     @property
     def _joint(self) -> bool:
-        """Whether the classifier and malignancy run as one net (`Nets.joint`: they share their first layers)."""
-        return self.nets.joint is not None and self.nets.malignancy is not None and self.nets.classify is not None
+        """Whether the classifier and malignancy network run as one net (`Nets.joint`: they share their first
+        layers); not when the measured model gives P(malignant)."""
+        joint = self.nets.joint is not None and self.nets.malignancy is not None and self.nets.classify is not None
+        return joint and self.measured is None
 
     @staticmethod
     def _warn(result: ScanResult, text: str) -> None:

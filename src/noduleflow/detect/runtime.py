@@ -19,8 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from noduleflow.detect.contract import JOINT, PARTS, InputContract, Nets
+from noduleflow.detect.measure import MeasuredMalignancy
 from noduleflow.errors import CheckpointError
-from noduleflow.export.manifest import EXPORT_DIR, MANIFEST_NAME, find_entry, read_manifest, verified_file
+from noduleflow.export.manifest import (
+    EXPORT_DIR,
+    MANIFEST_NAME,
+    MEASURED_KEY,
+    find_entry,
+    read_manifest,
+    verified_file,
+)
 
 EXPORTED = ("onnx", "int8")  # the runtimes served from RUN/export/
 
@@ -103,4 +111,16 @@ def load_exported(run_dir: str | Path, runtime: str, *, parts: tuple[str, ...] =
     if entry is not None:  # float32 like the classifiers it joins, in both runtimes
         joint = OrtNet(verified_file(run_dir, entry), threads=threads)
         files[JOINT] = str(joint.path)
-    return Nets(nets["segment"], nets["classify"], nets["malignancy"], contracts, runtime, files, joint=joint)
+    measured = None
+    if nets["malignancy"] is not None and doc.get(MEASURED_KEY) is not None:  # the fitted numbers, in the manifest
+        try:
+            measured = MeasuredMalignancy.from_dict(doc[MEASURED_KEY])
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(
+                f"has a damaged measured malignancy model ({err})",
+                path=run_dir / EXPORT_DIR / MANIFEST_NAME,
+                fix=f"Run `noduleflow export {run_dir}` again.",
+            ) from None
+    return Nets(
+        nets["segment"], nets["classify"], nets["malignancy"], contracts, runtime, files, joint=joint, measured=measured
+    )

@@ -11,6 +11,9 @@ One entry per exported file::
 The "joint" part (the classifier and malignancy in one net, `detect.models.JointNet`) comes from two
 checkpoints: its entry adds "sources", both of them, and each is checked.
 
+Beside "models", "measured_malignancy" holds the run's measured malignancy model (`detect.measure`: a
+logistic regression's few numbers, copied from malignancy/measured.json) where the run has one.
+
 Every file is checked against its checksum before it is loaded, and its source against the run's
 current best.pt, so a damaged, truncated or stale export is a `CheckpointError` naming the file
 and the fix instead of a crash or, worse, wrong findings.
@@ -28,6 +31,7 @@ from noduleflow.files import atomic_write
 
 EXPORT_DIR, MANIFEST_NAME, FORMAT = "export", "manifest.json", 1
 FORMATS = ("onnx", "int8", "pt2")
+MEASURED_KEY = "measured_malignancy"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -58,9 +62,12 @@ def read_manifest(run_dir: str | Path) -> dict | None:
     return doc
 
 
-def write_manifest(run_dir: str | Path, models: list[dict]) -> Path:
-    """Write RUN/export/manifest.json (atomically) listing `models` (entries as in the module docstring)."""
+def write_manifest(run_dir: str | Path, models: list[dict], measured: dict | None = None) -> Path:
+    """Write RUN/export/manifest.json (atomically) listing `models` (entries as in the module docstring) and the
+    `measured` malignancy model's dict, if any."""
     doc = {"format": FORMAT, "models": sorted(models, key=lambda m: (m["part"], FORMATS.index(m["format"])))}
+    if measured is not None:
+        doc[MEASURED_KEY] = measured
     path = atomic_write(Path(run_dir) / EXPORT_DIR / MANIFEST_NAME, json.dumps(doc, indent=1) + "\n")
     os.chmod(path, 0o644)  # readable like the exports beside it (a server may run as another user)
     return path

@@ -30,6 +30,7 @@ from noduleflow.export.formats import export_onnx, export_pt2, quantize_onnx
 from noduleflow.export.manifest import (
     EXPORT_DIR,
     FORMATS,
+    MEASURED_KEY,
     find_entry,
     read_manifest,
     sha256_file,
@@ -145,7 +146,10 @@ def export_run(
         joint = _export_joint(run_dir, models, old, force, lambda: inputs("classify"), source)
         done += [joint] if joint else []
     keys = {(e["part"], e["format"]) for e in done}
-    write_manifest(run_dir, done + [e for e in kept if (e["part"], e["format"]) not in keys])
+    measured = None if models.measured is None else models.measured.to_dict()
+    if parts == ("segment",) and old is not None:  # the U-Net alone: the classifiers' side stays as it was
+        measured = old.get(MEASURED_KEY)
+    write_manifest(run_dir, done + [e for e in kept if (e["part"], e["format"]) not in keys], measured)
     return ExportSummary(run_dir / EXPORT_DIR, tuple(done))
 
 

@@ -107,7 +107,9 @@ def train_detector(
     """
     from noduleflow.data.luna16 import load_index
     from noduleflow.data.prepare_cache import prepare
+    from noduleflow.detect.measure import MEASURED_NAME
     from noduleflow.export import export_run
+    from noduleflow.recipes.measured import fit_run_measured
     from noduleflow.recipes.mining import mine_candidates
     from noduleflow.train import train
 
@@ -166,6 +168,23 @@ def train_detector(
         start = time.perf_counter()
         train(cfg)
         seconds[part] = time.perf_counter() - start
+        if part == "malignancy":  # the measured model beside the network (`detect.measure`), on the same scans
+            start = time.perf_counter()
+            split = index.split(
+                val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.run.seed
+            )
+            try:
+                fitted = fit_run_measured(data, run_dir, exclude=split.test)
+            except ValueError as err:  # too few labelled nodules: detect uses the network's P(malignant)
+                (run_dir / "malignancy" / MEASURED_NAME).unlink(missing_ok=True)
+                skipped["measured"] = str(err)
+                fitted = None
+            seconds["measured"] = time.perf_counter() - start
+            if progress and fitted:
+                print(
+                    f"measured malignancy fitted on {fitted['nodules']} labelled nodules ({fitted['malignant']} "
+                    f"malignant) -> {run_dir / 'malignancy' / MEASURED_NAME}"
+                )
         if part == "segment":  # exported first, so that mining already runs the int8 U-Net
             start = time.perf_counter()
             export_run(run_dir, formats=EXPORT_FORMATS, data=data, parts=("segment",))

@@ -361,6 +361,7 @@ def _other_routes(app: FastAPI, server: _Server) -> None:
             "runtime": server.runner.runtime or settings.runtime,
             "patch_size": list(p.patch_size()),
             "has_malignancy": _has_malignancy(p),
+            "malignancy_model": getattr(p, "malignancy_source", None),
         }
 
     @app.get("/healthz", summary="The process is alive")

@@ -81,11 +81,17 @@ def fake_training(monkeypatch):
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         trained.append(cfg)
 
-    index = SimpleNamespace(nodules=[SimpleNamespace(malignant=True), SimpleNamespace(malignant=False)])
+    index = SimpleNamespace(
+        nodules=[SimpleNamespace(malignant=True), SimpleNamespace(malignant=False)],
+        split=lambda **kwargs: SimpleNamespace(test=()),
+    )
     monkeypatch.setattr("noduleflow.train.train", train)
     monkeypatch.setattr("noduleflow.data.prepare_cache.prepare", lambda data, progress: None)
     monkeypatch.setattr("noduleflow.data.luna16.load_index", lambda data: index)
     monkeypatch.setattr("noduleflow.export.export_run", lambda *args, **kwargs: None)
+    monkeypatch.setattr(
+        "noduleflow.recipes.measured.fit_run_measured", lambda *args, **kwargs: {"nodules": 2, "malignant": 1}
+    )
     monkeypatch.setattr(
         "noduleflow.recipes.mining.mine_candidates",
         lambda *args, progress: {"candidates": 0, "scans": 0, "of": 0, "positives": 0},
