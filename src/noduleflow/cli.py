@@ -661,7 +661,8 @@ def train_detector(
     malignancy: bool = typer.Option(
         True,
         "--malignancy/--no-malignancy",
-        help="Also fine-tune the malignancy classifier (when the data has labels).",
+        help="Also fine-tune the malignancy classifier and fit the measured malignancy model (when the data has "
+        "labels; the measured model needs at least 10 labelled nodules).",
     ),
     threads: int = typer.Option(0, "--threads", min=0, help=field_help("run.threads")),
     progress: bool = typer.Option(True, "--progress/--no-progress", help=field_help("run.progress")),

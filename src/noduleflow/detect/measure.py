@@ -85,20 +85,22 @@ def nodule_measures(patches_hu: np.ndarray, spacing_irc: Sequence[float] | None 
     spacing = np.asarray(patch_spacing() if spacing_irc is None else spacing_irc, np.float64)
     centre = (np.array(patches.shape[1:]) - 1) / 2
     points = centre + _RAYS[:, None, :] * _RAY_MM[None, :, None] / spacing  # (R, S, 3) voxel coordinates
-    coords = points.reshape(-1, 3).T
     sigma = 0.75 / spacing  # a 0.75 mm Gaussian: the rays follow the nodule, not the noise
-    out = np.empty((len(patches), len(FEATURES)))
-    for n, patch in enumerate(patches):
-        smooth = ndimage.gaussian_filter(patch, sigma)
-        profile = ndimage.map_coordinates(smooth, coords, order=1, mode="nearest").reshape(points.shape[:2])
-        density = float(profile[:, :_CENTRE_STEPS].mean())
-        below = profile < (density + LUNG_HU) / 2
-        below[:, -1] = True  # a ray that never leaves the nodule ends at the patch's edge
-        lengths = _RAY_MM[np.argmax(below, axis=1)]
-        diameter = 2.0 * float(np.percentile(lengths, 25))
-        raw = ndimage.map_coordinates(patch, points[:, :_CALCIUM_STEPS].reshape(-1, 3).T, order=1, mode="nearest")
-        out[n] = (math.log1p(diameter), density / 1000.0, float(raw.max() > CALCIUM_HU))
-    return out
+    smooth = ndimage.gaussian_filter(patches, (0.0, *sigma))  # the batch at once: no smoothing across patches
+    n, (rays, steps) = len(patches), points.shape[:2]
+    batch = np.repeat(np.arange(n, dtype=np.float64), rays * steps)
+    coords = np.vstack([batch, np.tile(points.reshape(-1, 3).T, n)])
+    profile = ndimage.map_coordinates(smooth, coords, order=1, mode="nearest").reshape(n, rays, steps)
+    density = profile[:, :, :_CENTRE_STEPS].mean(axis=(1, 2))  # (N,)
+    below = profile < ((density + LUNG_HU) / 2)[:, None, None]
+    below[:, :, -1] = True  # a ray that never leaves the nodule ends at the patch's edge
+    lengths = _RAY_MM[np.argmax(below, axis=2)]  # (N, rays)
+    diameter = 2.0 * np.percentile(lengths, 25, axis=1)
+    near = points[:, :_CALCIUM_STEPS].reshape(-1, 3).T
+    calcium = ndimage.map_coordinates(
+        patches, np.vstack([np.repeat(np.arange(n, dtype=np.float64), near.shape[1]), np.tile(near, n)]), order=1
+    ).reshape(n, -1)
+    return np.stack([np.log1p(diameter), density / 1000.0, (calcium.max(axis=1) > CALCIUM_HU).astype(np.float64)], 1)
 
 
 def measured_diameter_mm(measures: np.ndarray) -> np.ndarray:

@@ -97,7 +97,8 @@ def train_detector(
     overrides: dict[str, dict[str, Any]] | None = None,
     recipe: str | Path | None = None,
 ) -> DetectorTraining:
-    """Prepare `data`'s cache, then train segment, classify and (if `malignancy` and labels exist) malignancy.
+    """Prepare `data`'s cache, then train segment, classify and (if `malignancy` and labels exist) malignancy, then
+    fit the measured malignancy model (`recipes.measured`; skipped, and said so, with too few labelled nodules).
 
     scale: multiplies epoch_samples (training length) for quick tests (e.g. 0.02) or longer recipes.
     mine: between segment and classify, add the trained segmentation's own candidates on `data` to the
