@@ -113,6 +113,9 @@ class MeasuredMalignancy:
     """P(malignant) = logistic(intercept + coef . (measures - mean) / scale) over `FEATURES`.
 
     nodules, malignant: how many labelled nodules (and malignant ones among them) it was fitted on.
+    diameter_factor: a nodule's diameter is this times its measured one (`measured_diameter_mm`): the median ratio
+    of the annotated to the measured diameter over the nodules it was fitted on (the rays' lower quartile reads
+    a little short of an annotation's equivalent diameter).
     """
 
     mean: tuple[float, ...]
@@ -121,6 +124,7 @@ class MeasuredMalignancy:
     intercept: float
     nodules: int
     malignant: int
+    diameter_factor: float = 1.0
     features: tuple[str, ...] = FEATURES
 
     def logits(self, measures: np.ndarray) -> np.ndarray:
@@ -128,11 +132,19 @@ class MeasuredMalignancy:
         z = (np.asarray(measures, np.float64) - np.array(self.mean)) / np.array(self.scale)
         return z @ np.array(self.coef) + self.intercept
 
+    def probabilities(self, measures: np.ndarray) -> np.ndarray:
+        """(N,) float32 P(malignant) for (N, 3) `nodule_measures`."""
+        return (1.0 / (1.0 + np.exp(-self.logits(measures)))).astype(np.float32)
+
+    def diameters_mm(self, measures: np.ndarray) -> np.ndarray:
+        """(N,) diameters in mm for (N, 3) `nodule_measures`, calibrated by `diameter_factor`."""
+        return self.diameter_factor * measured_diameter_mm(measures)
+
     def __call__(self, patches_hu: np.ndarray, spacing_irc: Sequence[float] | None = None) -> np.ndarray:
         """(N,) float32 P(malignant) of (N, D, H, W) HU patches (`nodule_measures`'s arguments)."""
         if len(patches_hu) == 0:
             return np.zeros(0, np.float32)
-        return (1.0 / (1.0 + np.exp(-self.logits(nodule_measures(patches_hu, spacing_irc))))).astype(np.float32)
+        return self.probabilities(nodule_measures(patches_hu, spacing_irc))
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -150,7 +162,11 @@ class MeasuredMalignancy:
             raise ValueError("a measured malignancy model needs finite mean, scale and coef of one value per feature")
         if min(vectors["scale"]) <= 0:
             raise ValueError("a measured malignancy model's scale must be positive")
-        return cls(**vectors, intercept=intercept, nodules=int(data["nodules"]), malignant=int(data["malignant"]))
+        factor = float(data.get("diameter_factor", math.nan))
+        if not 0.25 <= factor <= 4.0:  # NaN fails too
+            raise ValueError(f"a measured malignancy model's diameter_factor must lie in 0.25..4, got {factor}")
+        counts = {"nodules": int(data["nodules"]), "malignant": int(data["malignant"])}
+        return cls(**vectors, intercept=intercept, **counts, diameter_factor=factor)
 
 
 def read_measured(path: str | Path, *, fix: str) -> MeasuredMalignancy | None:
@@ -169,10 +185,12 @@ def read_measured(path: str | Path, *, fix: str) -> MeasuredMalignancy | None:
         raise CheckpointError(f"cannot read the measured malignancy model ({err})", path=path, fix=fix) from None
 
 
-def fit_measured(measures: np.ndarray, malignant: Sequence[bool], *, c: float = 1.0) -> MeasuredMalignancy:
+def fit_measured(
+    measures: np.ndarray, malignant: Sequence[bool], *, diameters_mm: Sequence[float] | None = None, c: float = 1.0
+) -> MeasuredMalignancy:
     """A `MeasuredMalignancy` fitted to (N, 3) `nodule_measures` and their labels (L2-regularised logistic
-    regression on standardised measures, strength 1 / c). Fewer than `MIN_NODULES` or one label only raises
-    ValueError."""
+    regression on standardised measures, strength 1 / c), and with their annotated `diameters_mm` (NaN: unknown),
+    the diameter calibration. Fewer than `MIN_NODULES` or one label only raises ValueError."""
     from sklearn.linear_model import LogisticRegression
 
     x, y = np.asarray(measures, np.float64), np.asarray(malignant, bool)
@@ -184,6 +202,12 @@ def fit_measured(measures: np.ndarray, malignant: Sequence[bool], *, c: float = 
     mean, scale = x.mean(0), x.std(0)
     scale = np.where(scale > 1e-6, scale, 1.0)  # a measure that never varies (no calcified nodule) weighs nothing
     model = LogisticRegression(C=c, max_iter=1000).fit((x - mean) / scale, y)
+    factor = 1.0
+    if diameters_mm is not None:
+        annotated, measured = np.asarray(diameters_mm, np.float64), measured_diameter_mm(x)
+        known = np.isfinite(annotated) & (annotated > 0) & (measured > 0)
+        if known.any():
+            factor = float(np.clip(np.median(annotated[known] / measured[known]), 0.25, 4.0))
     return MeasuredMalignancy(
         tuple(map(float, mean)),
         tuple(map(float, scale)),
@@ -191,4 +215,5 @@ def fit_measured(measures: np.ndarray, malignant: Sequence[bool], *, c: float = 
         float(model.intercept_[0]),
         int(len(y)),
         int(y.sum()),
+        factor,
     )

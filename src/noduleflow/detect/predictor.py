@@ -32,8 +32,11 @@ Steps (shapes for one scan of I x R x C voxels):
    malignancy network, fine-tuned from the classifier with its first blocks frozen, so where the run has the
    joint net (`Nets.joint`: `noduleflow export` writes it, the torch runtime builds it) those blocks run once
    for both models, on every candidate of step 4, instead of a second full pass on the kept ones.
-Findings carry world-mm centres (X, Y, Z), the two probabilities and the diameter of the sphere
-with the component's volume. A finding's score (`probability`, what submission.csv ranks by) is
+Findings carry world-mm centres (X, Y, Z), the two probabilities and a diameter: with the measured model, the
+one it measures along the finding's free rays (calibrated on the training nodules' annotated diameters; it
+follows the annotations far more closely than a component's volume, which fuses with vessels: docs/decisions.md),
+else the diameter of the sphere with the component's volume.
+A finding's score (`probability`, what submission.csv ranks by) is
 P(nodule) x the segmentation's peak: both models must agree. On the bench's held-out scans, with a
 13-minute recipe, this product ranked better than either alone (CPM 0.74-0.76 over segmentation
 thresholds 0.15-0.5, against 0.66-0.76 for the classifier alone and 0.68 for the segmentation alone).
@@ -59,7 +62,7 @@ from noduleflow.data.patches import crop_patch
 from noduleflow.detect.components import Components, find_components, sphere_diameter_mm, with_points
 from noduleflow.detect.contract import Nets, softmax1
 from noduleflow.detect.grid import SegmentGrid
-from noduleflow.detect.measure import crop_measured
+from noduleflow.detect.measure import crop_measured, nodule_measures
 from noduleflow.detect.peaks import probability_peaks
 from noduleflow.detect.windows import Window, full_windows, lung_windows, segment_windows
 from noduleflow.errors import NoduleflowError
@@ -92,7 +95,7 @@ candidate every few mm along it."""
 @dataclass(frozen=True)
 class Finding:
     """One detected nodule: world centre (mm, X, Y, Z), voxel centre (I, R, C), score (`probability` =
-    classifier x segmentation), P(malignant) or None, equivalent-sphere diameter (mm), the segmentation's
+    classifier x segmentation), P(malignant) or None, diameter (mm; module docstring), the segmentation's
     peak probability and the classifier's P(nodule)."""
 
     center_xyz: tuple[float, float, float]
@@ -395,8 +398,10 @@ class Predictor:
             best = np.sort(np.argsort(-score, kind="stable")[: self.max_candidates])
             comps, nodule, score = comps.take(best), nodule[best], score[best]
             malignant = None if malignant is None else malignant[best]
-        if self.measured is not None:
-            malignant = self.measured(crop_measured(volume, comps.centers_irc))
+        diameters = comps.diameter_mm
+        if self.measured is not None:  # P(malignant) and the diameter along the finding's free rays
+            measures = nodule_measures(crop_measured(volume, comps.centers_irc))
+            malignant, diameters = self.measured.probabilities(measures), self.measured.diameters_mm(measures)
         elif self.nets.malignancy is not None and not joint:
             malignant = self._probabilities("malignancy", volume, comps.centers_irc)
         xyz = volume.irc_to_xyz(comps.centers_irc).reshape(-1, 3)
@@ -406,7 +411,7 @@ class Predictor:
                 tuple(map(float, comps.centers_irc[i])),
                 float(score[i]),
                 None if malignant is None else float(malignant[i]),
-                float(comps.diameter_mm[i]),
+                float(diameters[i]),
                 float(comps.peak[i]),
                 float(nodule[i]),
             )

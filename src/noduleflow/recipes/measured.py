@@ -2,8 +2,9 @@
 
 `train detector` calls `fit_run_measured` after the malignancy network: every nodule of `data` that carries a
 malignant/benign label (annotations_with_malignancy.csv), on every scan outside the test split, is measured at
-its annotated centre, and a logistic regression over the measures is written to RUN/malignancy/measured.json,
-which `detect` then uses for P(malignant) and `noduleflow export` copies into the manifest.
+its annotated centre, and a logistic regression over the measures (with the ratio of the annotated to the
+measured diameters, which calibrates the findings' diameters) is written to RUN/malignancy/measured.json,
+which `detect` then uses for P(malignant) and diameters, and `noduleflow export` copies into the manifest.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ def fit_run_measured(data: str | Path, run_dir: str | Path, *, exclude: Iterable
     by_series: dict[str, list] = {}
     for nodule in nodules:
         by_series.setdefault(nodule.series_uid, []).append(nodule)
-    measures, labels = [], []
+    measures, labels, diameters = [], [], []
     for uid, found in sorted(by_series.items()):
         volume = scans(uid).volume()
         centers = volume.xyz_to_irc(np.array([n.center_xyz for n in found]), rounded=False)
         measures.append(nodule_measures(crop_measured(volume, centers)))
         labels += [bool(n.malignant) for n in found]
-    model = fit_measured(np.concatenate(measures) if measures else np.zeros((0, 3)), labels)
+        diameters += [float(n.diameter_mm) for n in found]
+    model = fit_measured(np.concatenate(measures) if measures else np.zeros((0, 3)), labels, diameters_mm=diameters)
     (run_dir / "malignancy").mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "malignancy" / MEASURED_NAME, json.dumps(model.to_dict(), indent=1) + "\n")
     return {"nodules": model.nodules, "malignant": model.malignant}

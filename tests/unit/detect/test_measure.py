@@ -77,6 +77,7 @@ def test_a_fitted_model_ranks_large_nodules_as_malignant_on_new_patches():
     train, labels = nodules(60, 0)
     model = fit_measured(nodule_measures(train), labels)
     assert model.coef[0] > 0 and (model.nodules, model.malignant) == (60, int(labels.sum()))
+    assert model.diameter_factor == 1.0  # no annotated diameters: the measured ones as they are
     test, truth = nodules(60, 100)
     p = model(test)
     assert p.dtype == np.float32 and ((p > 0) & (p < 1)).all()
@@ -93,8 +94,20 @@ def test_fitting_needs_enough_nodules_of_both_labels():
     assert model.scale[2] == 1.0 and math.isfinite(model.coef[2])
 
 
+def test_the_diameter_calibration_is_the_median_ratio_of_annotated_to_measured():
+    diameters = np.array([4.0, 6.0, 8.0, 10.0, 12.0] * 2)
+    measures = nodule_measures(np.stack([_patch(d, seed=i) for i, d in enumerate(diameters)]))
+    measured = measured_diameter_mm(measures)
+    labels = [False, True] * 5
+    model = fit_measured(measures, labels, diameters_mm=1.2 * measured)  # annotations 20% larger than measured
+    assert model.diameter_factor == pytest.approx(1.2)
+    np.testing.assert_allclose(model.diameters_mm(measures), 1.2 * measured)
+    unknown = fit_measured(measures, labels, diameters_mm=[float("nan")] * 10)
+    assert unknown.diameter_factor == 1.0
+
+
 def _model() -> MeasuredMalignancy:
-    return MeasuredMalignancy((2.0, -0.1, 0.1), (0.35, 0.2, 0.3), (1.0, 0.2, -0.9), -1.6, 133, 31)
+    return MeasuredMalignancy((2.0, -0.1, 0.1), (0.35, 0.2, 0.3), (1.0, 0.2, -0.9), -1.6, 133, 31, 1.1)
 
 
 def test_the_model_round_trips_through_its_file_and_damaged_files_name_themselves(tmp_path):
@@ -110,6 +123,8 @@ def test_the_model_round_trips_through_its_file_and_damaged_files_name_themselve
         {**_model().to_dict(), "intercept": float("nan")},
         {**_model().to_dict(), "scale": [1.0, 0.0, 1.0]},
         {**_model().to_dict(), "features": ["diameter"]},
+        {**_model().to_dict(), "diameter_factor": 40.0},
+        {k: v for k, v in _model().to_dict().items() if k != "diameter_factor"},
         [1, 2, 3],
     ):
         path.write_text(json.dumps(bad))
