@@ -272,10 +272,11 @@ def detect(
     malignancy_model: MalignancyModel = typer.Option(
         MalignancyModel.measured,
         "--malignancy-model",
-        help="Where P(malignant) comes from. measured: a logistic regression over the nodule's measured size, "
-        "density and calcium, fitted on the training scans' labelled nodules (malignancy/measured.json, which "
-        "`train detector` writes; it ranked better than the network on the development scans); network: the "
-        "malignancy network. A run without measured.json uses the network.",
+        help="Where P(malignant) and the diameter come from. measured: a logistic regression over the nodule's "
+        "measured size, density and calcium, fitted on the training scans' labelled nodules (malignancy/measured.json, "
+        "which `train detector` writes; it ranked better than the network on the development scans), and the diameter "
+        "measured along the nodule's free sides; network: the malignancy network, and the diameter of the "
+        "segmentation's blob. A run without measured.json uses the network.",
     ),
     restart: bool = typer.Option(
         False,
