@@ -44,6 +44,7 @@ _STEP_MM = 0.375
 _RAY_MM = np.arange(0.0, 12.0 + _STEP_MM / 2, _STEP_MM)  # (S,) sample distances along a ray
 _CENTRE_STEPS = 3  # the centre's density: the mean of every ray's first samples (within 0.75 mm)
 _CALCIUM_STEPS = 4  # calcium is looked for within 1.1 mm of the centre
+_HU_RANGE = (-2048.0, 4096.0)  # beyond any CT scanner's numbers
 
 
 def _directions(n: int = 64) -> np.ndarray:
@@ -82,6 +83,7 @@ def nodule_measures(patches_hu: np.ndarray, spacing_irc: Sequence[float] | None 
     patches = np.asarray(patches_hu, np.float32)
     if patches.ndim != 4:
         raise ValueError(f"patches must be (N, D, H, W), got shape {patches.shape}")
+    patches = np.clip(patches, *_HU_RANGE)  # an uploaded patch of absurd numbers still gives finite measures
     spacing = np.asarray(patch_spacing() if spacing_irc is None else spacing_irc, np.float64)
     centre = (np.array(patches.shape[1:]) - 1) / 2
     points = centre + _RAYS[:, None, :] * _RAY_MM[None, :, None] / spacing  # (R, S, 3) voxel coordinates

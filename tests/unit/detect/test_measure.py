@@ -136,6 +136,14 @@ def test_the_model_round_trips_through_its_file_and_damaged_files_name_themselve
         read_measured(path, fix="f")
 
 
+def test_absurd_numbers_give_finite_probabilities():
+    """A served patch is untrusted: float32's largest numbers must not overflow into NaN."""
+    huge = np.full((2, *PATCH_SIZE), np.finfo(np.float32).max, np.float32)
+    huge[1] *= -1
+    p = _model()(huge)
+    assert np.isfinite(p).all() and np.isfinite(nodule_measures(huge)).all()
+
+
 def test_an_empty_batch_scores_nothing():
     assert _model()(np.zeros((0, *PATCH_SIZE), np.float32)).shape == (0,)
     with pytest.raises(ValueError, match="patches must be"):
