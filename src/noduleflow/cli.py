@@ -214,7 +214,12 @@ def detect(
         help="Folder for submission.csv, detections.json and the per-scan png/, markups/, masks/ and sr/ files.",
     ),
     threshold: float = typer.Option(
-        0.5, "--threshold", min=0.0, max=1.0, help="Segmentation probability that makes a voxel part of a candidate."
+        0.2,  # detect.predictor.DEFAULT_THRESHOLD (a test keeps them equal; importing it here would slow --help)
+        "--threshold",
+        min=0.0,
+        max=1.0,
+        help="Segmentation probability that makes a voxel part of a candidate. Low by default: the classifier "
+        "chooses the findings among --rank-candidates candidates, and fainter nodules get one.",
     ),
     max_candidates: int = typer.Option(
         100, "--max-candidates", min=1, help="Findings kept per scan at most (LUNA16 scores 100 marks per scan)."

@@ -69,6 +69,10 @@ from noduleflow.errors import NoduleflowError
 
 RUNTIMES = ("auto", "int8", "onnx", "torch")
 MALIGNANCY_MODELS = ("measured", "network")
+DEFAULT_THRESHOLD = 0.2
+"""The segmentation probability that makes a voxel part of a candidate: low, since the classifier chooses the marks
+among `rank_candidates`; at 0.2 more development nodules got a candidate than at 0.5, for a few % more time
+(docs/decisions.md). `detect --threshold` and the server's settings default to it."""
 FRAME_COLUMNS = (
     "seriesuid",
     "coordX",
@@ -211,7 +215,7 @@ class Predictor:
         self,
         models,
         *,
-        threshold: float = 0.5,
+        threshold: float = DEFAULT_THRESHOLD,
         min_voxels: int = 2,
         max_candidates: int = 100,
         batch: int = 8,

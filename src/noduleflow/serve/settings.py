@@ -47,7 +47,7 @@ class ServeSettings:
     upload_idle_s: float = 30.0
     classify_max_batch: int = 64
     classify_max_wait_ms: float = 10.0
-    threshold: float = 0.5
+    threshold: float = 0.2  # detect.predictor.DEFAULT_THRESHOLD (a test keeps them equal)
     max_candidates: int = 100
     runtime: str = "auto"
     threads: int = 0

@@ -66,7 +66,7 @@ def test_peaks_are_local_maxima_in_the_band_far_apart_and_at_most_limit(points, 
 
 
 def _predictor(models, probs, **kwargs) -> Predictor:
-    predictor = Predictor(models, runtime="torch", **kwargs)
+    predictor = Predictor(models, runtime="torch", **{"threshold": 0.5, **kwargs})  # the maps' bumps are built for 0.5
     predictor.segment = lambda volume, lung: probs  # the map under test instead of the stand-in U-Net's
     return predictor
 

@@ -312,3 +312,16 @@ def test_segment_mirror_keeps_what_a_voxelwise_unet_finds(models):
     np.testing.assert_allclose(mirrored.segment(volume, lung), probs, atol=1e-6)
     [a], [b] = plain.predict(volume).findings, mirrored.predict(volume).findings
     np.testing.assert_allclose(b.center_irc, a.center_irc, atol=1e-6)
+
+
+def test_detect_and_the_server_default_to_the_predictor_s_threshold():
+    """The CLI and the server settings cannot import the Predictor cheaply, so they repeat its number: kept equal."""
+    import inspect
+
+    from noduleflow.cli import detect
+    from noduleflow.detect.predictor import DEFAULT_THRESHOLD, Predictor
+    from noduleflow.serve.settings import ServeSettings
+
+    assert inspect.signature(Predictor).parameters["threshold"].default == DEFAULT_THRESHOLD
+    assert inspect.signature(detect).parameters["threshold"].default.default == DEFAULT_THRESHOLD
+    assert ServeSettings.__dataclass_fields__["threshold"].default == DEFAULT_THRESHOLD
