@@ -22,6 +22,7 @@ the previous job's submission.csv, detections.json and PNGs, so an old result ne
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import logging
 import time
@@ -198,13 +199,20 @@ def _write_scan(out: Path, volume: CtVolume, result: ScanResult, source: Path) -
 
 
 def _settings(run: str | Path, predictor_kwargs: dict) -> dict:
-    """What decides a scan's results: the run folder, its models (size and time of each best.pt), the predictor's settings."""
+    """What decides a scan's results: the run folder, its models (size and time of each best.pt and measured.json),
+    the predictor's settings, its defaults included (a release that changes a default redoes the scans)."""
     run = Path(run).resolve()
     models = {
         p.relative_to(run).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns]
         for p in sorted([*run.glob("*/best.pt"), *run.glob("malignancy/measured.json")])
     }
-    kwargs = {k: v for k, v in sorted(predictor_kwargs.items()) if k != "threads"}  # threads change speed, not results
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(Predictor.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    given = {**defaults, **predictor_kwargs}
+    kwargs = {k: v for k, v in sorted(given.items()) if k != "threads"}  # threads change speed, not results
     return json.loads(json.dumps({"run": str(run), "models": models, "predictor": kwargs}, default=str))
 
 

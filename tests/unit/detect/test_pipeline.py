@@ -147,7 +147,7 @@ def test_other_settings_or_restart_start_afresh_and_remove_the_old_results(data,
     assert sorted(p.name for p in (out / "png").iterdir()) == [f"{UIDS[0]}.png"]  # the other scans' PNGs are gone
 
     detect(data, run, out, progress=False, threshold=0.4)  # other settings: everything redone
-    assert fake.calls == UIDS and _doc(out)["settings"]["predictor"] == {"threshold": 0.4}
+    assert fake.calls == UIDS and _doc(out)["settings"]["predictor"]["threshold"] == 0.4
     fake.calls = []
     detect(data, run, out, progress=False, threshold=0.4, threads=1)  # threads change speed, not results
     assert fake.calls == []
@@ -157,6 +157,16 @@ def test_other_settings_or_restart_start_afresh_and_remove_the_old_results(data,
     (run / "segment" / "best.pt").write_bytes(b"retrained weights")  # the same run folder, trained again
     detect(data, run, out, progress=False, threshold=0.4)
     assert fake.calls == UIDS
+
+
+def test_the_settings_record_the_predictor_s_defaults_too(run, monkeypatch):
+    """A release that changes a default (the threshold did) redoes the scans instead of keeping stale results."""
+    from noduleflow.detect.predictor import DEFAULT_THRESHOLD, Predictor
+
+    monkeypatch.setattr(pipeline, "Predictor", Predictor)  # the real one's defaults, not the stand-in's
+    predictor = pipeline._settings(run, {"max_candidates": 50, "threads": 2})["predictor"]
+    assert predictor["max_candidates"] == 50 and predictor["threshold"] == DEFAULT_THRESHOLD
+    assert predictor["malignancy_model"] == "measured" and "threads" not in predictor  # threads change only speed
 
 
 def test_a_fresh_job_replaces_the_old_files_before_its_first_scan(data, run, tmp_path, fake):
