@@ -30,7 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 MEASURED_NAME = "measured.json"
-"""The fitted model in a run's malignancy/ folder, and the manifest's key for it."""
+"""The fitted model's file in a run's malignancy/ folder (the manifest holds it under `export.manifest.MEASURED_KEY`)."""
 FEATURES = ("log_diameter", "centre_density", "calcified")
 PATCH_MM = (24.0, 24.0, 24.0)
 PATCH_SIZE = (16, 32, 32)

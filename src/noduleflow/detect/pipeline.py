@@ -35,6 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from noduleflow.ct import CtVolume, read_volume
 from noduleflow.detect import detections_file
+from noduleflow.detect.measure import MEASURED_NAME
 from noduleflow.detect.outputs import MARKUPS_DIR, MASKS_DIR, SR_DIR, scan_name, series_uid, write_scan_outputs
 from noduleflow.detect.predictor import Predictor, ScanResult
 from noduleflow.detect.render import write_scan_png
@@ -204,7 +205,7 @@ def _settings(run: str | Path, predictor_kwargs: dict) -> dict:
     run = Path(run).resolve()
     models = {
         p.relative_to(run).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns]
-        for p in sorted([*run.glob("*/best.pt"), *run.glob("malignancy/measured.json")])
+        for p in sorted([*run.glob("*/best.pt"), *run.glob(f"malignancy/{MEASURED_NAME}")])
     }
     defaults = {
         name: p.default
