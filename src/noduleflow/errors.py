@@ -55,3 +55,7 @@ class CheckpointError(NoduleflowError):
 
 class OutputError(NoduleflowError):
     """An output folder or file that cannot be written (read-only, full disk, a file where a folder should be)."""
+
+
+class TrainingError(NoduleflowError):
+    """A training run that cannot go on: its gradients stopped being finite numbers."""

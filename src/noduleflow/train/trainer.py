@@ -10,12 +10,19 @@ Exact resume: the checkpoint taken after epoch k holds every RNG state (torch, C
 Python, and the DataLoader/sampler generators, per rank) captured after that epoch's evaluation.
 Restoring them right before epoch k+1 replays the same shuffles, augmentations and dropout masks,
 so on CPU "2 epochs" and "1 epoch, resume, 1 epoch" end with bitwise-equal weights.
+
+Numbers that are not finite: an optimizer step whose gradients hold NaN or inf is skipped (as a GradScaler
+skips fp16's), and an epoch that skips more than `MAX_SKIPPED_SHARE` of its steps stops the run with a
+`TrainingError`. Under 'auto' mixed precision on a CPU, each layer's bf16 gradients on the first batch are
+checked against float32 ones (`train.wrap.bf16_gradient_errors`), and a layer whose bf16 kernels get them wrong
+trains in float32 (`train.wrap.run_in_float32`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from noduleflow.config import TrainConfig, config_to_dict
-from noduleflow.errors import CheckpointError, ConfigError
+from noduleflow.errors import CheckpointError, ConfigError, TrainingError
 from noduleflow.metrics.classification import classification_metrics
 from noduleflow.train.checkpoint import (
     freeze_batchnorm_statistics,
@@ -38,7 +45,9 @@ from noduleflow.train.checkpoint import (
 )
 from noduleflow.train.distributed import DistInfo, all_gather_objects
 from noduleflow.train.runlog import EpochProgress, RunLog
-from noduleflow.train.wrap import WrappedModel
+from noduleflow.train.wrap import WrappedModel, bf16_gradient_errors, run_in_float32
+
+MAX_SKIPPED_SHARE = 0.1  # of an epoch's optimizer steps skipped for non-finite gradients, before the run stops
 
 
 class Trainer:
@@ -66,6 +75,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None and dist.is_main else None
         self.monitor, self.lower_is_better = config.run.monitor, config.run.monitor.endswith("loss")
         self.epoch, self.step, self.bad_epochs = 0, 0, 0
+        self.skipped_steps = 0  # optimizer steps skipped in the current epoch (gradients not finite)
+        self._precision_checked = False
         self.best_value, self.best_epoch = (math.inf if self.lower_is_better else -math.inf), 0
         self.best_threshold: float | None = None  # val_threshold of the best epoch (binary tasks): the operating point
         self.history: list[dict[str, Any]] = []
@@ -180,8 +191,11 @@ class Trainer:
         loss_sum, samples = torch.zeros((), device=policy.device), 0
         self.progress.start(epoch, self.config.run.epochs, batches)
         self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps, first_step = 0, self.step
         for i, batch in enumerate(self.train_loader):
             x, y = policy.to_device(batch[0]), batch[1].to(policy.device, non_blocking=True)
+            if not self._precision_checked:
+                self._check_bf16(x)
             group = min(accumulate, batches - (i - i % accumulate))  # micro-batches in this step
             stepping = i % accumulate == group - 1
             no_sync = isinstance(model, DistributedDataParallel) and not stepping
@@ -200,16 +214,52 @@ class Trainer:
         )  # waits for the device's queued work, so that the rate counts it (CUDA runs asynchronously)
         rate = self.progress.rate
         self.progress.stop()
+        steps = self.step - first_step
+        if self.skipped_steps > max(1, MAX_SKIPPED_SHARE * steps):
+            raise TrainingError(
+                f"{self.skipped_steps} of the {steps} optimizer steps of epoch {epoch} had gradients that are not finite "
+                "numbers (NaN or inf), so the weights stopped learning",
+                path=self.run_dir,
+                fix="Lower optim.lr, clip the gradients (--set optim.grad_clip=1.0), or train in float32 "
+                "(--set run.amp=off).",
+            )
         shards = all_gather_objects((total, samples, rate))
-        return {
+        record = {
             "step": self.step,
             "lr": self.optimizer.param_groups[0]["lr"],
             "train_loss": sum(s[0] for s in shards) / max(sum(s[1] for s in shards), 1),
             "samples_per_s": sum(s[2] for s in shards),
         }
+        if self.skipped_steps:
+            record["skipped_steps"] = self.skipped_steps
+        return record
+
+    def _check_bf16(self, x: torch.Tensor) -> None:
+        """Under run.amp 'auto' on a CPU in bf16: the layers whose bf16 gradients this batch shows wrong
+        (`train.wrap.bf16_gradient_errors`) train in float32; an explicit run.amp = 'bf16' is left as asked."""
+        self._precision_checked = True
+        policy = self.model.policy
+        if policy.amp_dtype != torch.bfloat16 or policy.device.type != "cpu" or self.config.run.amp != "auto":
+            return
+        errors = bf16_gradient_errors(self.model.module, x[:8])
+        if errors:
+            run_in_float32(self.model.module, errors)
+            worst = ", ".join(f"{name} ({error:.3g})" for name, error in list(errors.items())[:3])
+            warnings.warn(
+                f"this CPU's bf16 kernels get the gradients of {len(errors)} layer(s) wrong (relative error: {worst}); "
+                "those layers train in float32, the rest in bf16 (run.amp = 'bf16' trains all in bf16 anyway)",
+                stacklevel=2,
+            )
 
     def _optimizer_step(self) -> None:
         scaler = self.model.scaler
+        if scaler is None and not self._gradients_finite():  # a GradScaler skips such a step itself
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            if self.scheduler is not None:  # the schedule keeps its length, as after a GradScaler's skip
+                self.scheduler.step()
+            self.step += 1
+            return
         if self.config.optim.grad_clip > 0:
             if scaler is not None:
                 scaler.unscale_(self.optimizer)
@@ -223,6 +273,10 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step()
         self.step += 1
+
+    def _gradients_finite(self) -> bool:
+        grads = [p.grad for p in self.model.module.parameters() if p.grad is not None]
+        return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
     def _update_best(self, value: float, epoch: int) -> bool:
         better = not math.isnan(value) and (

@@ -7,12 +7,18 @@ Models stay plain single-device modules; `wrap_model` returns a `WrappedModel` h
 and an `ExecPolicy` that moves batches to the device in the model's memory format and opens the
 autocast context. On a CPU without native bf16, channels_last_3d makes the 3D nodule classifier
 faster while bf16 autocast makes it much slower (docs/decisions.md, 2026-11-29), so 'auto' turns bf16
-on only for CUDA and for CPUs with native bf16 (AMX or AVX512-BF16).
+on only for CUDA and for CPUs with native bf16 (AMX or AVX512-BF16). Native is not always right: on an AMD
+EPYC with AVX512-BF16 and no AMX, PyTorch 2.13's bf16 weight gradient of a 3D convolution over 2 slices came
+out as garbage (the classifier's last stage; docs/decisions.md, 2026-12-07), so the `Trainer` checks each layer's
+gradients on its first batch (`bf16_gradient_errors`) and runs the layers they disagree on in float32
+(`run_in_float32`), the rest in bf16.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,3 +126,72 @@ def _memory_format(model: nn.Module, device: torch.device, channels_last: str) -
     if channels_last == "auto" and not (three_d and device.type == "cpu"):
         return torch.contiguous_format
     return torch.channels_last_3d if three_d else torch.channels_last
+
+
+BF16_GRADIENT_TOLERANCE = 0.05  # max |bf16 - fp32| over max |fp32|; sound kernels differ by about 0.005
+_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
+
+
+def bf16_gradient_errors(
+    model: nn.Module, x: torch.Tensor, *, tolerance: float = BF16_GRADIENT_TOLERANCE
+) -> dict[str, float]:
+    """{layer: relative error} of the convolutions and linear layers of `model` whose gradients (of the weight,
+    bias and input) under bf16 autocast differ from float32's by more than `tolerance` (relative to the largest
+    float32 value; inf where not finite), each layer checked alone on the input it gets from the batch `x`, so
+    that bf16's rounding does not compound through the net. Runs on a copy of `model` in eval mode: the model,
+    its batch-norm statistics and the random streams are left as they were."""
+    probe = copy.deepcopy(model).eval()
+    layers = {name: m for name, m in probe.named_modules() if isinstance(m, _WEIGHTED)}
+    inputs: dict[str, torch.Tensor] = {}
+
+    def keep_input(name: str):
+        def hook(_module: nn.Module, args: tuple, _output) -> None:
+            inputs.setdefault(name, args[0].detach())
+
+        return hook
+
+    hooks = [m.register_forward_hook(keep_input(name)) for name, m in layers.items()]
+    with torch.no_grad():
+        probe(x)
+    for hook in hooks:
+        hook.remove()
+    generator = torch.Generator(device=x.device).manual_seed(0)
+    errors = {}
+    for name, layer in layers.items():
+        if name not in inputs or not inputs[name].is_floating_point():
+            continue
+        upstream = None
+        grads = []
+        for enabled in (False, True):
+            layer.zero_grad(set_to_none=True)
+            inp = inputs[name].clone().requires_grad_(True)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=enabled):
+                out = layer(inp).float()
+            if upstream is None:
+                upstream = torch.randn(out.shape, generator=generator, device=out.device)
+            out.backward(upstream)
+            grads.append(
+                [t.detach().float().clone() for t in (inp.grad, *(p.grad for p in layer.parameters())) if t is not None]
+            )
+        error = 0.0
+        for ref, got in zip(*grads):
+            scale = float(ref.abs().max())
+            if scale > 0:
+                error = max(error, float((got - ref).abs().max()) / scale if torch.isfinite(got).all() else math.inf)
+        if not error <= tolerance:
+            errors[name] = error
+    return errors
+
+
+def run_in_float32(model: nn.Module, names) -> None:
+    """Make the named submodules of `model` compute in float32 under autocast (their inputs cast up, autocast off
+    inside them); their weights, state_dict and outputs' shapes are unchanged."""
+    for name in names:
+        layer = model.get_submodule(name)
+        forward = layer.forward
+
+        def float32_forward(x: torch.Tensor, *args, _forward=forward, **kwargs):
+            with torch.autocast(x.device.type, enabled=False):
+                return _forward(x.float(), *args, **kwargs)
+
+        layer.forward = float32_forward
