@@ -27,6 +27,10 @@ from noduleflow.train.distributed import DistInfo, ShardSampler
 
 # Book ch. 12-14 style augmentation of (1, 32, 48, 48) patches: flips, small rotation/zoom/shift, noise.
 _CT_AUGMENT = {"rotate_deg": 15.0, "scale": 0.1, "offset_vox": 2.0, "noise_hu": 25.0}
+# The nodule classifier sees its patches turned by any angle and zoomed by up to 20%: a nodule has no in-plane
+# orientation, and with +-15 degrees and 10% it learned its ~130 training nodules (P about 1 on nearly all of them)
+# while giving P < 0.1 to a tenth of another seed's nodules at their own centres (docs/decisions.md, 2026-12-07)
+_CLASSIFY_AUGMENT = {**_CT_AUGMENT, "rotate_deg": 180.0, "scale": 0.2}
 
 
 @dataclass
@@ -76,7 +80,9 @@ def _ct(cfg: TrainConfig, dist: DistInfo) -> TaskParts:
     index = load_index(root, **extra)
     split = index.split(val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction, seed=cfg.run.seed)
     cache = ScanCache(cfg.data.cache or root / DEFAULT_CACHE_NAME, spacing_xyz=cfg.data.spacing or None)
-    augment = Augment(spatial_dims=3, **_CT_AUGMENT) if cfg.data.augment else None
+    augment = (
+        Augment(spatial_dims=3, **(_CLASSIFY_AUGMENT if cfg.classify else _CT_AUGMENT)) if cfg.data.augment else None
+    )
     model = build_model(cfg.model, in_channels=1, num_classes=2)
     size, size_mm = input_size_of(model), own.patch_mm or None
     if cfg.task == "classify":
