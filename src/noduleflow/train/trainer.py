@@ -252,31 +252,26 @@ class Trainer:
             )
 
     def _optimizer_step(self) -> None:
-        scaler = self.model.scaler
-        if scaler is None and not self._gradients_finite():  # a GradScaler skips such a step itself
-            self.optimizer.zero_grad(set_to_none=True)
-            self.skipped_steps += 1
-            if self.scheduler is not None:  # the schedule keeps its length, as after a GradScaler's skip
-                self.scheduler.step()
-            self.step += 1
-            return
-        if self.config.optim.grad_clip > 0:
-            if scaler is not None:
+        scaler, clip = self.model.scaler, self.config.optim.grad_clip
+        params = [p for p in self.model.module.parameters() if p.grad is not None]
+        if scaler is not None:  # fp16: the GradScaler skips a step with inf or NaN gradients itself
+            if clip > 0:
                 scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.module.parameters(), self.config.optim.grad_clip)
-        if scaler is not None:
+                nn.utils.clip_grad_norm_(params, clip)
             scaler.step(self.optimizer)
             scaler.update()
-        else:
-            self.optimizer.step()
+        else:  # one norm serves both the finiteness check and the clipping
+            norm = nn.utils.get_total_norm([p.grad for p in params]) if params else None
+            if norm is not None and not bool(torch.isfinite(norm)):
+                self.skipped_steps += 1  # the schedule keeps its length, as after a GradScaler's skip
+            else:
+                if clip > 0 and norm is not None:
+                    nn.utils.clip_grads_with_norm_(params, clip, norm)
+                self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.scheduler is not None:
             self.scheduler.step()
         self.step += 1
-
-    def _gradients_finite(self) -> bool:
-        grads = [p.grad for p in self.model.module.parameters() if p.grad is not None]
-        return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
     def _update_best(self, value: float, epoch: int) -> bool:
         better = not math.isnan(value) and (
