@@ -237,6 +237,15 @@ def detect(
         help="Also score the segmentation's maxima inside a candidate far from its centre: a nodule fused with a "
         "vessel or the pleura into one blob gets its own mark.",
     ),
+    blob_weight: float = typer.Option(
+        0.25,  # detect.predictor.DEFAULT_BLOB_WEIGHT (a test keeps them equal)
+        "--blob-weight",
+        min=0.0,
+        max=1.0,
+        help="Also score the lung's blob-shaped spots that the segmentation left without a candidate (where small, "
+        "faint and pleural nodules hide), and keep those the classifier calls nodules, scored P(nodule) x this: "
+        "below the findings both models agree on. 0 turns them off (faster: a few seconds less per scan).",
+    ),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads of the models; 0 keeps the runtime's choice."),
     runtime: Runtime = typer.Option(
         Runtime.auto,
@@ -290,7 +299,7 @@ def detect(
         "keeps the scans OUT already holds results for (an interrupted or partly failed job goes on).",
     ),
 ) -> None:
-    """Find nodules: lung field -> U-Net segmentation -> connected components -> nodule classifier -> malignancy.
+    """Find nodules: lung field -> U-Net segmentation and blob spots -> nodule classifier -> malignancy.
 
     Writes OUT/submission.csv (LUNA16: seriesuid,coordX,coordY,coordZ,probability), OUT/detections.json
     (with malignancy and diameter), and per scan a PNG, 3D Slicer markups, the candidate mask (.nii.gz) and, for
@@ -308,6 +317,7 @@ def detect(
         max_candidates=max_candidates,
         rank_candidates=rank_candidates,
         inner_peaks=inner_peaks,
+        blob_weight=blob_weight,
         threads=threads,
         runtime=runtime.value,
         mirror=mirror,
@@ -418,14 +428,21 @@ def serve(
         10.0, "--classify-max-wait-ms", min=0.0, help="How long a /v1/classify request waits for others to batch with."
     ),
     threshold: float = typer.Option(
-        0.5,
+        0.2,  # detect.predictor.DEFAULT_THRESHOLD, as `detect` (a test keeps them equal)
         "--threshold",
         min=0.0,
         max=1.0,
         help="Segmentation probability that makes a voxel part of a candidate (as for `detect`).",
     ),
     max_candidates: int = typer.Option(
-        100, "--max-candidates", min=1, help="Candidates classified per scan at most (as for `detect`)."
+        100, "--max-candidates", min=1, help="Findings kept per scan at most (as for `detect`)."
+    ),
+    blob_weight: float = typer.Option(
+        0.25,  # detect.predictor.DEFAULT_BLOB_WEIGHT (a test keeps them equal)
+        "--blob-weight",
+        min=0.0,
+        max=1.0,
+        help="Score of a blob candidate, as a fraction of its P(nodule) (as for `detect`); 0 turns them off.",
     ),
     runtime: Runtime = typer.Option(Runtime.auto, "--runtime", help="Where the U-Net runs (as for `detect`)."),
     threads: int = typer.Option(
@@ -451,6 +468,7 @@ def serve(
         classify_max_wait_ms=classify_max_wait_ms,
         threshold=threshold,
         max_candidates=max_candidates,
+        blob_weight=blob_weight,
         runtime=runtime.value,
         threads=threads,
     )

@@ -43,11 +43,11 @@ def probability_peaks(
     idx = idx[peak]
     values = probs[tuple(idx.T)].astype(np.float32)
     order = np.argsort(-values, kind="stable")
-    keep = _far_apart(idx[order].astype(np.float64), taken_irc, spacing_irc, exclude_mm, limit)
+    keep = far_apart(idx[order].astype(np.float64), taken_irc, spacing_irc, exclude_mm, limit)
     return idx[order][keep].astype(np.float64), values[order][keep]
 
 
-def _far_apart(
+def far_apart(
     points_irc: np.ndarray, taken_irc: np.ndarray, spacing_irc, distance_mm: float, limit: int | None = None
 ) -> np.ndarray:
     """(N,) bool: each of the (N, 3) points (in priority order) farther than `distance_mm` from every (M, 3)

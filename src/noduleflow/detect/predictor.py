@@ -25,6 +25,13 @@ Steps (shapes for one scan of I x R x C voxels):
    the best `max_candidates` by score (below) are kept: a full-resolution scan can hold hundreds of components, and
    a faint nodule's peak ranks it behind vessel ends that the classifier then rejects, so the classifier, not
    the peak alone, chooses the marks (`rank_candidates` of them scored);
+4b. blobs (with `blob_weight` > 0, the default): the lung's blob maxima (`detect.blobs`: multi-scale LoG over the
+   lung field) farther than 3 mm from every kept candidate, each scored by the classifier; those it calls
+   nodules (P > 0.5) join the candidates with the score P(nodule) x `blob_weight`, and the best `max_candidates`
+   of all are kept. The U-Net gives most missed nodules (small, faint, pleural) no candidate at all, while the
+   classifier recognises many of them from a patch (docs/decisions.md); a blob ranks below a candidate both
+   models call likely, since its weight stands in for the U-Net's peak. The scan's own grid, also where the
+   U-Net reads it resampled;
 5. malignancy (when the run has that model) on the kept candidates -> P(malignant). By default from the run's
    measured model where it has one (`detect.measure`: size, density and calcium read off a 24 mm patch, then a
    logistic regression fitted on the training scans' labelled nodules), which ranked malignancy better than
@@ -59,6 +66,7 @@ import numpy as np
 
 from noduleflow.ct import CtVolume, lung_mask
 from noduleflow.data.patches import crop_patch
+from noduleflow.detect.blobs import lung_blobs, pick_blobs
 from noduleflow.detect.components import Components, find_components, sphere_diameter_mm, with_points
 from noduleflow.detect.contract import Nets, softmax1
 from noduleflow.detect.grid import SegmentGrid
@@ -73,6 +81,13 @@ DEFAULT_THRESHOLD = 0.2
 """The segmentation probability that makes a voxel part of a candidate: low, since the classifier chooses the marks
 among `rank_candidates`; at 0.2 more development nodules got a candidate than at 0.5, for a few % more time
 (docs/decisions.md). `detect --threshold` and the server's settings default to it."""
+DEFAULT_BLOB_WEIGHT = 0.25
+"""A blob candidate's score is P(nodule) x this (`Predictor`'s `blob_weight`): below a U-Net candidate that both
+models call likely, above the weak ones. At 1 (ranked as U-Net candidates) they cost CPM on the development
+scans, their false positives then outranking true U-Net marks (docs/decisions.md)."""
+BLOB_FIRST_LOOK = 0.3
+"""A blob is scored with its mirror image only where its patch alone gives P(nodule) above this: most blobs are
+vessels the classifier rejects at a glance, and the second look would double their cost."""
 FRAME_COLUMNS = (
     "seriesuid",
     "coordX",
@@ -100,7 +115,8 @@ candidate every few mm along it."""
 class Finding:
     """One detected nodule: world centre (mm, X, Y, Z), voxel centre (I, R, C), score (`probability` =
     classifier x segmentation), P(malignant) or None, diameter (mm; module docstring), the segmentation's
-    peak probability and the classifier's P(nodule)."""
+    peak probability (for a blob candidate, module docstring step 4b: the Predictor's `blob_weight`) and the
+    classifier's P(nodule)."""
 
     center_xyz: tuple[float, float, float]
     center_irc: tuple[float, float, float]
@@ -129,8 +145,8 @@ class Finding:
 class ScanResult:
     """Findings of one scan, most probable first; `warnings` explain an empty result; `seconds` is wall time.
 
-    candidates: how many the classifier scored (up to the Predictor's `rank_candidates`; the findings are the best
-    of them). candidate_mask: (I, R, C) bool, the voxels of the findings' components (the segmentation
+    candidates: how many the findings were chosen from: the segmentation's that the classifier scored (up to the
+    Predictor's `rank_candidates`) and the blob candidates it called nodules. candidate_mask: (I, R, C) bool, the voxels of the findings' components (the segmentation
     above its threshold), or None when nothing was segmented; what `detect`
     writes as masks/<seriesuid>.nii.gz and the server overlays on the slices.
     """
@@ -209,6 +225,7 @@ class Predictor:
     trained on 0.6-0.9 mm) is segmented resampled to their median spacing (`detect.grid`); False: as it is.
     malignancy_model: "measured" (default) P(malignant) from the run's measured model where it has one, else from
     the network; "network": from the network (module docstring, step 5). `malignancy_source` says which runs.
+    blob_weight: 0-1, a blob candidate's score is P(nodule) x this (module docstring, step 4b); 0: no blob candidates.
     """
 
     def __init__(
@@ -232,6 +249,7 @@ class Predictor:
         segment_mirror: bool = False,
         resample: bool = True,
         malignancy_model: str = "measured",
+        blob_weight: float = DEFAULT_BLOB_WEIGHT,
     ):
         self.threshold, self.min_voxels, self.mirror = float(threshold), int(min_voxels), bool(mirror)
         self.lung_margin, self.window_margin = int(lung_margin), int(window_margin)
@@ -249,6 +267,9 @@ class Predictor:
         self.runtime = self.nets.runtime
         self.contracts = self.nets.contracts
         self.measured = self.nets.measured if malignancy_model == "measured" else None
+        if not 0.0 <= float(blob_weight) <= 1.0:
+            raise ValueError(f"blob_weight must lie in 0..1 (0: no blob candidates), got {blob_weight!r}")
+        self.blob_weight = float(blob_weight)
 
     @property
     def malignancy_source(self) -> str | None:
@@ -387,26 +408,23 @@ class Predictor:
         self, volume: CtVolume, lung: np.ndarray, grid: SegmentGrid | None
     ) -> tuple[list[Finding], int, np.ndarray]:
         comps = self._candidates(volume, lung, grid, None)
-        classified = len(comps)
-        if classified == 0:
-            return [], 0, comps.mask(volume.shape)
         if self.nets.classify is None:
             raise ValueError("this Predictor has no nodule classifier: only `candidates` works without one")
-        joint = self._joint
-        if joint:  # both models in one pass, on every ranked candidate: cheaper than malignancy's own pass on the kept
-            nodule, malignant = self._probabilities("classify", volume, comps.centers_irc, self.classify_patches)
-        else:
-            nodule, malignant = self._probabilities("classify", volume, comps.centers_irc), None
+        classified = len(comps)
+        comps, nodule, malignant = self._best(comps, *self._nodule_scores(volume, comps.centers_irc))
+        if self.blob_weight > 0:  # the second source, ranked below what both models agree on
+            before = len(comps)
+            comps, nodule, malignant = self._with_blobs(volume, lung, comps, nodule, malignant)
+            classified += len(comps) - before
+            comps, nodule, malignant = self._best(comps, nodule, malignant)
+        if not len(comps):
+            return [], 0, comps.mask(volume.shape)
         score = nodule * comps.peak
-        if classified > self.max_candidates:  # the best `max_candidates` by score (stable: ties keep the peak order)
-            best = np.sort(np.argsort(-score, kind="stable")[: self.max_candidates])
-            comps, nodule, score = comps.take(best), nodule[best], score[best]
-            malignant = None if malignant is None else malignant[best]
         diameters = comps.diameter_mm
         if self.measured is not None:  # P(malignant) and the diameter along the finding's free rays
             measures = nodule_measures(crop_measured(volume, comps.centers_irc))
             malignant, diameters = self.measured.probabilities(measures), self.measured.diameters_mm(measures)
-        elif self.nets.malignancy is not None and not joint:
+        elif self.nets.malignancy is not None and not self._joint:
             malignant = self._probabilities("malignancy", volume, comps.centers_irc)
         xyz = volume.irc_to_xyz(comps.centers_irc).reshape(-1, 3)
         findings = [
@@ -422,6 +440,43 @@ class Predictor:
             for i in range(len(comps))
         ]
         return sorted(findings, key=lambda f: -f.probability), classified, comps.mask(volume.shape)
+
+    def _nodule_scores(self, volume: CtVolume, centers_irc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N,) P(nodule) at (N, 3) voxel centres and, with the joint net, (N,) P(malignant) from the same pass
+        (cheaper than malignancy's own pass on the kept ones); else None."""
+        if not len(centers_irc):
+            return np.zeros(0, np.float32), np.zeros(0, np.float32) if self._joint else None
+        if self._joint:
+            return self._probabilities("classify", volume, centers_irc, self.classify_patches)
+        return self._probabilities("classify", volume, centers_irc), None
+
+    def _best(self, comps: Components, nodule: np.ndarray, malignant: np.ndarray | None):
+        """The best `max_candidates` of `comps` by score, P(nodule) x peak, in their order (stable: ties keep it)."""
+        if len(comps) <= self.max_candidates:
+            return comps, nodule, malignant
+        best = np.sort(np.argsort(-(nodule * comps.peak), kind="stable")[: self.max_candidates])
+        return comps.take(best), nodule[best], None if malignant is None else malignant[best]
+
+    def _with_blobs(self, volume: CtVolume, lung: np.ndarray, comps: Components, nodule, malignant):
+        """`comps` and their P(nodule) and P(malignant) (None: not computed yet), followed by the lung's blob
+        maxima (`detect.blobs`) that the classifier calls nodules, away from every candidate; each blob's `peak`
+        is `blob_weight`, so its score is P(nodule) x `blob_weight`. The classifier first reads each blob's patch
+        alone, then with its mirror image (`mirror`) only where that first look passes `BLOB_FIRST_LOOK`, the
+        `max_candidates` likeliest at most (a weak classifier passes most blobs)."""
+        centers, _ = lung_blobs(volume.hu, lung, volume.spacing_irc)
+        if len(centers):
+            glance = self._probabilities(
+                "classify", volume, centers, lambda p: self.score_patches("classify", p, False)
+            )
+            likeliest = np.argsort(-glance, kind="stable")[: self.max_candidates]  # no more can be kept
+            centers = centers[likeliest[glance[likeliest] > BLOB_FIRST_LOOK]]
+        blob_nodule, blob_malignant = self._nodule_scores(volume, centers)
+        keep = pick_blobs(centers, blob_nodule, comps.centers_irc, volume.spacing_irc)
+        comps = with_points(comps, centers[keep], np.full(len(keep), self.blob_weight), volume.spacing_xyz)
+        nodule = np.concatenate([nodule, blob_nodule[keep]])
+        if malignant is not None:
+            malignant = np.concatenate([malignant, blob_malignant[keep]])
+        return comps, nodule, malignant
 
     def _probabilities(self, part: str, volume: CtVolume, centers_irc: np.ndarray, scorer=None):
         """(N,) P(class 1) of the `part` model on patches around (N, 3) voxel centres, cut as it was trained on them.
@@ -447,16 +502,17 @@ class Predictor:
             raise ValueError(f"this Predictor has no {part} model")
         return tuple(self.contracts[part].patch_size)
 
-    def score_patches(self, part: str, patches_hu: np.ndarray) -> np.ndarray:
+    def score_patches(self, part: str, patches_hu: np.ndarray, mirror: bool | None = None) -> np.ndarray:
         """(N,) P(class 1) of the `part` model for (N, D, H, W) HU patches of its `patch_size`, already cut.
 
-        The classifier's is averaged with its mirror image's when `mirror` (one batch of 2N patches).
+        The classifier's is averaged with its mirror image's when `mirror` (default: the Predictor's; one batch
+        of 2N patches).
         """
         net = self.nets.net(part)
         if net is None:
             raise ValueError(f"this Predictor has no {part} model")
         x = self.contracts[part].to_unit(np.asarray(patches_hu))[:, None]  # (B, 1, D, H, W)
-        mirror = self.mirror and part == "classify"
+        mirror = (self.mirror if mirror is None else mirror) and part == "classify"
         if mirror:
             x = np.concatenate([x, _mirrored(x)])  # (2B, 1, D, H, W)
         p = softmax1(net(np.ascontiguousarray(x)))

@@ -26,8 +26,9 @@ class ServeSettings:
     max_queue: queued scan jobs at most; the next upload gets 429. job_timeout_s: a job running longer is
     stopped (its worker process killed) and fails. upload_idle_s: a client that sends no byte of its
     upload for this long is cut off (408), so slow clients cannot hold the server.
-    threshold / max_candidates: the Predictor's (segmentation probability that makes a candidate voxel;
-    candidates classified per scan at most), as `noduleflow detect` takes them.
+    threshold / max_candidates / blob_weight: the Predictor's (segmentation probability that makes a candidate
+    voxel; findings kept per scan at most; a blob candidate's score over its P(nodule), 0: none), as
+    `noduleflow detect` takes them.
     classify_max_batch / classify_max_wait_ms: /v1/classify requests are batched up to this many patches,
     waiting at most this long for more after the first. runtime: where the U-Net runs (`Predictor`).
     threads: torch/ONNX threads per process (0: the libraries' choice).
@@ -49,6 +50,7 @@ class ServeSettings:
     classify_max_wait_ms: float = 10.0
     threshold: float = 0.2  # detect.predictor.DEFAULT_THRESHOLD (a test keeps them equal)
     max_candidates: int = 100
+    blob_weight: float = 0.25  # detect.predictor.DEFAULT_BLOB_WEIGHT (a test keeps them equal)
     runtime: str = "auto"
     threads: int = 0
 
@@ -80,6 +82,8 @@ class ServeSettings:
             raise ConfigError("classify_max_wait_ms and threads must not be negative")
         if not 0 < self.threshold < 1:
             raise ConfigError(f"threshold must lie between 0 and 1, got {self.threshold}")
+        if not 0 <= self.blob_weight <= 1:
+            raise ConfigError(f"blob_weight must lie in 0..1 (0: no blob candidates), got {self.blob_weight}")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
         if self.token is None and not is_loopback(self.host):
@@ -95,6 +99,7 @@ class ServeSettings:
             "threads": self.threads,
             "threshold": self.threshold,
             "max_candidates": self.max_candidates,
+            "blob_weight": self.blob_weight,
         }
 
     @property

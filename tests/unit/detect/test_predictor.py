@@ -30,7 +30,10 @@ def _onnx_nets(models, tmp_path):
 @pytest.mark.parametrize("runtime", ["torch", "onnx"])
 def test_phantom_nodule_is_found_at_its_centre_with_its_size(models, runtime, tmp_path):
     volume = chest()
-    result = Predictor(_onnx_nets(models, tmp_path) if runtime == "onnx" else models, runtime="torch").predict(volume)
+    nets = _onnx_nets(models, tmp_path) if runtime == "onnx" else models
+    result = Predictor(nets, runtime="torch", blob_weight=0).predict(
+        volume
+    )  # the untrained stand-in classifier would call blobs at the lung's edge nodules (test_blobs)
     assert result.warnings == []
     assert len(result.findings) == 1  # the body wall is dense too, but lies outside the lung field
     finding = result.findings[0]
@@ -41,7 +44,7 @@ def test_phantom_nodule_is_found_at_its_centre_with_its_size(models, runtime, tm
     )  # the stand-in's logit there: >= 20
     assert finding.probability == pytest.approx(finding.classifier * finding.segmentation)  # both models must agree
     if runtime == "onnx":
-        eager = Predictor(models, runtime="torch").predict(volume).findings[0]
+        eager = Predictor(models, runtime="torch", blob_weight=0).predict(volume).findings[0]
         assert finding.probability == pytest.approx(eager.probability, abs=1e-5)
 
 
@@ -94,7 +97,7 @@ def test_scan_smaller_than_the_classifier_patch_is_padded(models):
     small = CtVolume(
         volume.hu[2:18, 2:46, 2:62].copy(), volume.origin_xyz, volume.spacing_xyz, volume.direction, "small"
     )
-    result = Predictor(models, runtime="torch").predict(small)
+    result = Predictor(models, runtime="torch", blob_weight=0).predict(small)  # blob candidates: test_blobs
     assert len(result.findings) == 1
     np.testing.assert_allclose(result.findings[0].center_irc, np.subtract(NODULE_IRC, 2), atol=0.3)
 
@@ -255,7 +258,7 @@ def test_the_classifier_chooses_the_kept_findings_among_more_candidates(models):
 
     def predictor(rank: int) -> Predictor:
         nets = DetectorModels(models.segment, Brightness(), malignancy, None)
-        return Predictor(nets, runtime="torch", mirror=False, max_candidates=2, rank_candidates=rank)
+        return Predictor(nets, runtime="torch", mirror=False, max_candidates=2, rank_candidates=rank, blob_weight=0)
 
     first = predictor(2).predict(volume)  # the segmentation saturates on every blob: its first two, by position
     malignancy.seen.clear()
@@ -306,7 +309,8 @@ def test_segment_mirror_keeps_what_a_voxelwise_unet_finds(models):
 
     volume = chest()
     lung = lung_mask(volume, step=2)
-    plain, mirrored = Predictor(models, runtime="torch"), Predictor(models, runtime="torch", segment_mirror=True)
+    plain = Predictor(models, runtime="torch", blob_weight=0)  # blob candidates: test_blobs
+    mirrored = Predictor(models, runtime="torch", segment_mirror=True, blob_weight=0)
     probs = plain.segment(volume, lung)
     assert probs.max() > 0.5  # the phantom's nodule is marked
     np.testing.assert_allclose(mirrored.segment(volume, lung), probs, atol=1e-6)
@@ -314,14 +318,18 @@ def test_segment_mirror_keeps_what_a_voxelwise_unet_finds(models):
     np.testing.assert_allclose(b.center_irc, a.center_irc, atol=1e-6)
 
 
-def test_detect_and_the_server_default_to_the_predictor_s_threshold():
+def test_detect_and_the_server_default_to_the_predictor_s_threshold_and_blob_weight():
     """The CLI and the server settings cannot import the Predictor cheaply, so they repeat its number: kept equal."""
     import inspect
 
-    from noduleflow.cli import detect
-    from noduleflow.detect.predictor import DEFAULT_THRESHOLD, Predictor
+    from noduleflow.cli import detect, serve
+    from noduleflow.detect.predictor import DEFAULT_BLOB_WEIGHT, DEFAULT_THRESHOLD, Predictor
     from noduleflow.serve.settings import ServeSettings
 
     assert inspect.signature(Predictor).parameters["threshold"].default == DEFAULT_THRESHOLD
     assert inspect.signature(detect).parameters["threshold"].default.default == DEFAULT_THRESHOLD
     assert ServeSettings.__dataclass_fields__["threshold"].default == DEFAULT_THRESHOLD
+    assert inspect.signature(serve).parameters["threshold"].default.default == DEFAULT_THRESHOLD
+    for command in (detect, serve):
+        assert inspect.signature(command).parameters["blob_weight"].default.default == DEFAULT_BLOB_WEIGHT
+    assert ServeSettings.__dataclass_fields__["blob_weight"].default == DEFAULT_BLOB_WEIGHT

@@ -87,6 +87,9 @@ def test_settings_refuse_an_open_bind_without_a_token(monkeypatch, tmp_path):
     assert ServeSettings(run=tmp_path).state == tmp_path / "serve-state"
     with pytest.raises(ConfigError, match="max_queue"):
         ServeSettings(run=tmp_path, max_queue=0)
+    with pytest.raises(ConfigError, match="blob_weight must lie in 0..1"):
+        ServeSettings(run=tmp_path, blob_weight=1.5)
+    assert ServeSettings(run=tmp_path, blob_weight=0).predictor_options()["blob_weight"] == 0
 
 
 def test_cli_refuses_to_bind_openly_without_a_token(trained):
