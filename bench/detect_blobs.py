@@ -1,7 +1,8 @@
 """The blob candidates (`detect.blobs`, `Predictor(blob_weight=...)`): what they add and what they cost.
 
 Run after bench/detect.py (it reads that bench's trained detector and held-out scans, under
-NODULEFLOW_BENCH_DIR or $TMPDIR/noduleflow-bench): .venv/bin/python bench/detect_blobs.py   (about 15 minutes on 2 cores)
+NODULEFLOW_BENCH_DIR or $TMPDIR/noduleflow-bench): .venv/bin/python bench/detect_blobs.py   (about 20 minutes
+on 2 cores)
 
 1. Quality: `detect` on the two held-out seeds' full-resolution scans (30 each) with the default blob weight
    and with none (`blob_weight=0`, the baseline: the U-Net's candidates alone), each scored -> CPM and
@@ -54,8 +55,10 @@ def main() -> None:
             cpms.append(report.froc.cpm)
             found, nodules = found + recall.found, nodules + recall.total
         totals[weight] = (float(np.mean(cpms)), found / nodules)
-    ours, base = _time(run_dir, scan_sources(folder / SEEDS[9001])[:TIMED_FULL], "full-resolution")
-    small, small_base = _time(run_dir, scan_sources(folder / "timed-small"), "small")
+    with_blobs = Predictor.from_run(run_dir)
+    predictors = (with_blobs, Predictor(with_blobs.nets, blob_weight=0))  # the same loaded models
+    ours, base = _time(predictors, scan_sources(folder / SEEDS[9001])[:TIMED_FULL], "full-resolution")
+    small, small_base = _time(predictors, scan_sources(folder / "timed-small"), "small")
     print(f"small scans: {small:.2f} s/scan with blobs, {small_base:.2f} without, ratio {small / small_base:.2f}")
     (cpm_base, recall_base), (cpm, recall) = totals[0.0], totals[DEFAULT_BLOB_WEIGHT]
     print(f"cpm_no_blobs {cpm_base:.4f}")
@@ -68,16 +71,15 @@ def main() -> None:
     print(f"ratio_vs_no_blobs {ours / base:.2f}")
 
 
-def _time(run_dir: Path, paths: list[Path], label: str) -> tuple[float, float]:
-    """Mean over `paths` of the median seconds per scan (ROUNDS rounds) with blobs and without, interleaved."""
-    with_blobs = Predictor.from_run(run_dir)
-    without = Predictor(with_blobs.nets, blob_weight=0)
+def _time(predictors: tuple[Predictor, Predictor], paths: list[Path], label: str) -> tuple[float, float]:
+    """Mean over `paths` of the median seconds per scan (ROUNDS rounds) of both `predictors` (with blobs, without),
+    interleaved."""
     volumes = [read_volume(p) for p in paths]
-    without.predict(volumes[0])  # warm-up: first calls allocate and pick kernels
+    predictors[1].predict(volumes[0])  # warm-up: first calls allocate and pick kernels
     times = np.zeros((2, ROUNDS, len(volumes)))
     for r in range(ROUNDS):
         for k, volume in enumerate(volumes):
-            for j, predictor in enumerate((with_blobs, without)):
+            for j, predictor in enumerate(predictors):
                 start = time.perf_counter()
                 predictor.predict(volume)
                 times[j, r, k] = time.perf_counter() - start

@@ -146,9 +146,9 @@ class ScanResult:
     """Findings of one scan, most probable first; `warnings` explain an empty result; `seconds` is wall time.
 
     candidates: how many the findings were chosen from: the segmentation's that the classifier scored (up to the
-    Predictor's `rank_candidates`) and the blob candidates it called nodules. candidate_mask: (I, R, C) bool, the voxels of the findings' components (the segmentation
-    above its threshold), or None when nothing was segmented; what `detect`
-    writes as masks/<seriesuid>.nii.gz and the server overlays on the slices.
+    Predictor's `rank_candidates`) and the blob candidates it called nodules. candidate_mask: (I, R, C) bool, the
+    voxels of the findings' components (the segmentation above its threshold), or None when nothing was
+    segmented; what `detect` writes as masks/<seriesuid>.nii.gz and the server overlays on the slices.
     """
 
     series_uid: str
